@@ -1,0 +1,5 @@
+"""The one exception type for bad user input: the CLI prints its message as one line and exits with code 2."""
+
+
+class UsageError(ValueError):
+    """Bad input from the user (a file, an option, a shape). The message says what is wrong and what to do."""
