@@ -1,0 +1,71 @@
+"""What every sampler shares: the per-step callback record and per-seed noise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+__all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK"]
+
+# Step noise is drawn per seed in blocks of this many steps. It is part of the noise protocol (changing it
+# changes every stochastic sample), so it is a constant, never derived from memory or batch size.
+NOISE_BLOCK = 8
+
+
+@dataclass
+class StepInfo:
+    """What a sampler reports at every network evaluation (``callback(info)``).
+
+    ``x`` is the network input in sigma space (``x = x_t / sqrt(ᾱ)``), ``denoised`` the x_0 estimate the sampler
+    uses (after ES, before any clipping), ``eps = (x - denoised) / sigma`` the ε the sampler uses (ε_θ / λ under
+    ES). ``i`` is the sampling step (0 = first, noisiest), ``stage`` is ``"step"`` or, for Heun's second
+    evaluation, ``"correction"``. ``t`` is the VP timestep for VP samplers (None for EDM samplers).
+    """
+
+    i: int
+    n: int
+    sigma: float
+    x: torch.Tensor
+    denoised: torch.Tensor
+    eps: torch.Tensor
+    t: Optional[float] = None
+    stage: str = "step"
+
+    @property
+    def x_vp(self) -> torch.Tensor:
+        """The same input in VP space: x_t = x / sqrt(1 + σ²)."""
+        return self.x / (1.0 + self.sigma**2) ** 0.5
+
+
+class SeedNoise:
+    """Noise that depends only on each sample's seed, never on the batch it is drawn in.
+
+    One ``torch.Generator`` per seed. Its first draw is the initial noise ``z`` (shape ``shape``); every later draw
+    is step noise, drawn per seed in blocks of ``NOISE_BLOCK`` steps. Baseline and ES runs with the same seeds
+    therefore see identical noise. Draws are float32 (the field's convention) returned as float64.
+    """
+
+    def __init__(self, seeds: Sequence[int], shape: Sequence[int], device="cpu"):
+        self.seeds = [int(s) for s in seeds]
+        self.shape = tuple(int(d) for d in shape)
+        self.device = torch.device(device)
+        self._gens = [torch.Generator().manual_seed(s) for s in self.seeds]
+        self._z = torch.stack([torch.randn(self.shape, generator=g) for g in self._gens])
+        self._block_start, self._block = None, None
+
+    def initial(self) -> torch.Tensor:
+        return self._z.to(self.device, torch.float64)
+
+    def __call__(self, i: int) -> torch.Tensor:
+        """Step noise for sampling step ``i`` (steps must be requested in increasing order)."""
+        start = (i // NOISE_BLOCK) * NOISE_BLOCK
+        if self._block_start != start:
+            if self._block_start is not None and start < self._block_start:
+                raise RuntimeError("step noise must be requested in increasing step order")
+            while self._block_start is None or self._block_start < start:
+                # draw (and, if steps were skipped, discard) blocks so the stream position depends only on i
+                self._block = torch.stack([torch.randn((NOISE_BLOCK, *self.shape), generator=g) for g in self._gens])
+                self._block_start = 0 if self._block_start is None else self._block_start + NOISE_BLOCK
+        return self._block[:, i - start].to(self.device, torch.float64)

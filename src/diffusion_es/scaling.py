@@ -1,0 +1,271 @@
+"""Epsilon Scaling (Ning et al., ICLR 2024): λ schedules and the one wrapper that applies them.
+
+ES divides the network's noise prediction by λ at every sampling step and leaves the sampler unchanged. In
+denoiser form, with ``x = x_0 + σ ε``::
+
+    D'(x, σ) = x - (x - D(x, σ)) / λ          (ε' = ε / λ)
+
+Schedules (``λ`` may be below 1; it must be finite and > 0):
+
+* :class:`Uniform` ``λ = b`` (the paper's default);
+* :class:`Linear` ``λ_t = k·t + b`` with ``t`` the index in the sampling grid and ``t = 0`` the LAST step, so
+  λ is largest at the noisiest step (the paper's convention);
+* :class:`PerStep` an explicit list, first entry = first (noisiest) sampling step;
+* :class:`SigmaKeyed` any callable ``σ -> λ`` (not JSON-serialisable).
+
+A schedule is *bound* to a sampling grid (the σ of each network evaluation step, descending). Lookups are keyed
+on σ, never on a call counter: a network evaluation at σ belongs to the step ``i`` whose interval
+``[σ_i, σ_{i-1})`` contains σ. So Heun's correction at ``σ_{i+1}`` gets ``λ_{i+1}``, and a stochastic (churned)
+evaluation at ``σ̂_i ≥ σ_i`` gets ``λ_i``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable, Sequence, Union
+
+import numpy as np
+import torch
+
+from .param import Denoiser, as_denoiser, sigma_batch
+
+__all__ = [
+    "LambdaSchedule",
+    "Uniform",
+    "Linear",
+    "PerStep",
+    "SigmaKeyed",
+    "BoundLambda",
+    "EpsilonScaled",
+    "epsilon_scaled",
+    "schedule_from_dict",
+    "load_schedule",
+    "save_schedule",
+]
+
+
+def _check_lambda(values, what: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    bad = ~np.isfinite(arr) | (arr <= 0)
+    if bad.any():
+        raise ValueError(f"{what}: λ must be finite and > 0 (values below 1 are allowed), got {arr[bad][0]!r}")
+    return arr
+
+
+class LambdaSchedule:
+    """Base class. ``values(n)`` gives λ for the n sampling steps in sampling order (first = noisiest)."""
+
+    kind = ""
+
+    def values(self, n: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def bind(self, sigmas: Sequence[float]) -> "BoundLambda":
+        return BoundLambda(self, sigmas)
+
+    def is_identity(self, n: int) -> bool:
+        return bool(np.all(self.values(n) == 1.0))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "kind")
+        return f"{type(self).__name__}({args})"
+
+
+class Uniform(LambdaSchedule):
+    kind = "uniform"
+
+    def __init__(self, b: float = 1.0):
+        self.b = float(_check_lambda([b], "uniform schedule")[0])
+
+    def values(self, n):
+        return np.full(int(n), self.b)
+
+    def to_dict(self):
+        return {"kind": self.kind, "b": self.b}
+
+
+class Linear(LambdaSchedule):
+    """``λ_t = k·t + b``; t counts sampling steps from the end (t = 0 is the last step, t = n-1 the first)."""
+
+    kind = "linear"
+
+    def __init__(self, k: float, b: float):
+        if not (math.isfinite(k) and math.isfinite(b)):
+            raise ValueError(f"linear schedule: k and b must be finite, got k={k!r}, b={b!r}")
+        self.k, self.b = float(k), float(b)
+        _check_lambda([b], "linear schedule (value at the last step)")
+
+    def values(self, n):
+        t = np.arange(int(n) - 1, -1, -1, dtype=np.float64)  # first step has t = n-1
+        return _check_lambda(self.k * t + self.b, f"linear schedule k={self.k}, b={self.b} over {n} steps")
+
+    def to_dict(self):
+        return {"kind": self.kind, "k": self.k, "b": self.b}
+
+
+class PerStep(LambdaSchedule):
+    """An explicit λ per sampling step, first entry = first (noisiest) step."""
+
+    kind = "per_step"
+
+    def __init__(self, values: Sequence[float]):
+        self._values = _check_lambda(values, "per-step schedule")
+        if len(self._values) == 0:
+            raise ValueError("per-step schedule: the list of λ values is empty")
+
+    def values(self, n):
+        if int(n) != len(self._values):
+            raise ValueError(f"per-step schedule has {len(self._values)} values but the sampler runs {n} steps; "
+                             f"give exactly one λ per step")
+        return self._values.copy()
+
+    def to_dict(self):
+        return {"kind": self.kind, "values": [float(v) for v in self._values]}
+
+
+class SigmaKeyed(LambdaSchedule):
+    """``λ = fn(σ)`` for any callable; checked on the sampling grid when bound, and at every other σ it meets."""
+
+    kind = "sigma_keyed"
+
+    def __init__(self, fn: Callable[[float], float]):
+        if not callable(fn):
+            raise ValueError("SigmaKeyed needs a callable sigma -> lambda")
+        self.fn = fn
+
+    def values(self, n):  # only meaningful once bound to a grid
+        raise ValueError("a sigma-keyed schedule has no per-step values before it is bound to a sampling grid")
+
+    def is_identity(self, n):
+        return False
+
+    def to_dict(self):
+        raise ValueError("a sigma-keyed (callable) schedule cannot be written as JSON; use PerStep with its values")
+
+    def __eq__(self, other):
+        return isinstance(other, SigmaKeyed) and other.fn is self.fn
+
+    def __repr__(self):
+        return f"SigmaKeyed({self.fn!r})"
+
+
+class BoundLambda:
+    """A schedule attached to a sampling grid: ``__call__(σ)`` returns λ for a (B,) tensor of sigmas."""
+
+    def __init__(self, schedule: LambdaSchedule, sigmas: Sequence[float]):
+        s = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+        s = s[s > 0]  # the final σ = 0 of EDM grids is never evaluated
+        if len(s) == 0 or np.any(np.diff(s) >= 0):
+            raise ValueError("a λ schedule must be bound to a strictly decreasing grid of positive sigmas")
+        self.schedule, self.sigmas = schedule, s
+        if isinstance(schedule, SigmaKeyed):
+            self.lams = _check_lambda([schedule.fn(float(v)) for v in s], "sigma-keyed schedule on the grid")
+        else:
+            self.lams = schedule.values(len(s))
+        self.identity = (not isinstance(schedule, SigmaKeyed)) and bool(np.all(self.lams == 1.0))
+
+    def index(self, sigma: np.ndarray) -> np.ndarray:
+        """Step index for each sigma: the number of grid sigmas strictly above it (relative tolerance 1e-9)."""
+        above = self.sigmas[None, :] > np.asarray(sigma, dtype=np.float64).reshape(-1, 1) * (1 + 1e-9)
+        return np.minimum(above.sum(axis=1), len(self.sigmas) - 1)
+
+    def __call__(self, sigma) -> np.ndarray:
+        s = np.asarray(sigma, dtype=np.float64).reshape(-1)
+        if isinstance(self.schedule, SigmaKeyed):
+            return _check_lambda([self.schedule.fn(float(v)) for v in s], f"sigma-keyed schedule at σ={s[0]:.4g}")
+        return self.lams[self.index(s)]
+
+
+class EpsilonScaled(Denoiser):
+    """``D'(x, σ) = x - (x - D(x, σ)) / λ(σ)``; extras (e.g. learned variance) pass through unchanged.
+
+    Where λ = 1 the inner denoiser's output is returned untouched, so λ = 1 is the baseline bit for bit.
+    """
+
+    def __init__(self, denoiser, lam: BoundLambda):
+        super().__init__()
+        self.inner = as_denoiser(denoiser)
+        self.lam = lam
+        for attr in ("sigma_min", "sigma_max"):
+            if hasattr(self.inner, attr):
+                setattr(self, attr, getattr(self.inner, attr))
+
+    def forward_full(self, x, sigma, **kwargs):
+        s = sigma_batch(sigma, x)
+        D, extras = self.inner.forward_full(x, s, **kwargs)
+        lam_np = self.lam(s.detach().cpu().numpy())
+        if np.all(lam_np == 1.0):
+            return D, extras
+        lam = torch.from_numpy(lam_np).to(device=x.device, dtype=D.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        D_es = x - (x - D) / lam
+        if np.any(lam_np == 1.0):
+            D_es = torch.where(lam == 1.0, D, D_es)
+        return D_es, extras
+
+
+def epsilon_scaled(denoiser, schedule: Union[LambdaSchedule, None], sigmas) -> Denoiser:
+    """Wrap ``denoiser`` with ES for the sampling grid ``sigmas``; ``None`` or an all-ones schedule returns
+    the denoiser itself (so the baseline is untouched)."""
+    if schedule is None:
+        return as_denoiser(denoiser)
+    bound = schedule.bind(sigmas)
+    if bound.identity:
+        return as_denoiser(denoiser)
+    return EpsilonScaled(denoiser, bound)
+
+
+# ---- JSON ------------------------------------------------------------------------------------------------
+_KINDS = {"uniform": Uniform, "linear": Linear, "per_step": PerStep}
+
+
+def schedule_from_dict(d: dict) -> LambdaSchedule:
+    if not isinstance(d, dict) or "kind" not in d:
+        raise ValueError("a λ schedule must be a JSON object with a 'kind' (uniform, linear or per_step)")
+    kind = d["kind"]
+    if kind not in _KINDS:
+        raise ValueError(f"unknown λ schedule kind {kind!r}: use uniform, linear or per_step")
+    try:
+        if kind == "uniform":
+            return Uniform(float(d["b"]))
+        if kind == "linear":
+            return Linear(float(d["k"]), float(d["b"]))
+        return PerStep([float(v) for v in d["values"]])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"λ schedule of kind {kind!r} is missing or has a malformed field: {e}") from None
+
+
+def load_schedule(path) -> LambdaSchedule:
+    """Read a schedule JSON file (as written by :func:`save_schedule` or ``diffusion-es calibrate``).
+
+    The file may hold the schedule itself or an object with a ``"schedule"`` field.
+    """
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such λ schedule file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(d, dict) and "schedule" in d:
+        d = d["schedule"]
+    try:
+        return schedule_from_dict(d)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def save_schedule(path, schedule: LambdaSchedule, **meta) -> None:
+    from .io import write_json
+
+    write_json(path, {"schedule": schedule.to_dict(), **meta} if meta else schedule.to_dict())
