@@ -67,7 +67,16 @@ class SamplingPlan:
         return z if self.chain is not None else z * float(self.grid[0])
 
     def run(self, denoiser, z: torch.Tensor, noise: Optional[Callable] = None, callback=None, **kwargs):
-        x = self.initial(z)
+        """Sample from unit noise ``z`` (see :meth:`initial`)."""
+        return self._run(denoiser, self.initial(z), noise, callback, **kwargs)
+
+    def run_from(self, denoiser, x_sigma: torch.Tensor, noise: Optional[Callable] = None, callback=None, **kwargs):
+        """Sample from a given sigma-space state at the first step (``x = x_0 + σ_0 ε``), e.g. real data
+        diffused to the first step with q (the paper's δ_t protocol)."""
+        x = x_sigma / (1.0 + float(self.sigmas[0]) ** 2) ** 0.5 if self.chain is not None else x_sigma
+        return self._run(denoiser, x, noise, callback, **kwargs)
+
+    def _run(self, denoiser, x, noise, callback, **kwargs):
         if self.sampler == "ddpm":
             return sample_ddpm(denoiser, x, self.chain, noise, callback=callback, **kwargs)
         if self.sampler == "ddim":

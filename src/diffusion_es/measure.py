@@ -1,0 +1,260 @@
+"""Exposure-bias diagnostics of the paper, on any denoiser, built on the samplers' per-step callback.
+
+Per sampling step i (noise level σ_i, VP ᾱ_i = 1 / (1 + σ_i²)):
+
+* **ε-norm gap**: mean over samples of ‖ε‖ (Frobenius norm over all C·H·W entries) along a normal sampling run
+  from pure noise, against the same on training-style inputs ``x = x_0 + σ_i ε`` built from real data. Both the
+  raw network ε (``eps_raw``) and the ε the sampler actually used (``eps_used`` = ε_θ / λ under ES) are kept.
+* **δ_t** (variance error): real x_0 is diffused to the first step with q, then sampled normally; per step the
+  per-pixel standard deviation over samples of ``x̂_t − sqrt(ᾱ_t) x_0`` (VP space, same x_0) averaged over pixels
+  gives σ̂_t, and ``δ_t = (σ̂_t − sqrt(1 − ᾱ_t))²``.
+* **Var(x_t)**: the mean per-pixel variance over samples of the VP sample x̂_t along sampling, against that of
+  training-style x_t (same σ, real data).
+
+Everything is reported per *step* evaluation (for Heun, the first evaluation of each step).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import UsageError
+from .param import as_denoiser
+from .samplers import SamplingPlan, SeedNoise
+from .scaling import LambdaSchedule, epsilon_scaled
+from .schedules import VPSchedule
+
+__all__ = ["ExposureCurves", "measure_exposure", "training_eps_norms", "estimate_lambda", "plot_exposure"]
+
+
+@dataclass
+class ExposureCurves:
+    """Per-step curves of one (sampler, steps, λ schedule) setting. Lists are in sampling order."""
+
+    sampler: str
+    steps: int
+    es: Optional[dict]
+    n_samples: int
+    sigma: list
+    t: list
+    lam: list
+    eps_norm_train: list
+    eps_norm_sample_raw: list
+    eps_norm_sample_used: list
+    var_train: list
+    var_sample: list
+    sigma_hat: list
+    sigma_true: list
+    delta: list = field(default_factory=list)
+
+    @property
+    def ratio_raw(self) -> np.ndarray:
+        return np.asarray(self.eps_norm_sample_raw) / np.asarray(self.eps_norm_train)
+
+    @property
+    def ratio_used(self) -> np.ndarray:
+        return np.asarray(self.eps_norm_sample_used) / np.asarray(self.eps_norm_train)
+
+    def summary(self) -> dict:
+        return {
+            "sampler": self.sampler, "steps": self.steps, "es": self.es, "n_samples": self.n_samples,
+            "mean_ratio_raw": float(self.ratio_raw.mean()), "mean_ratio_used": float(self.ratio_used.mean()),
+            "frac_steps_sampling_above_training": float((self.ratio_raw > 1).mean()),
+            "sum_delta": float(np.sum(self.delta)),
+        }
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ratio_raw"] = self.ratio_raw.tolist()
+        d["ratio_used"] = self.ratio_used.tolist()
+        d["summary"] = self.summary()
+        return d
+
+    def write_csv(self, path) -> None:
+        from .io import atomic_path
+
+        cols = ["sigma", "t", "lam", "eps_norm_train", "eps_norm_sample_raw", "eps_norm_sample_used",
+                "var_train", "var_sample", "sigma_hat", "sigma_true", "delta"]
+        with atomic_path(path, suffix=".csv") as tmp:
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["step"] + cols + ["ratio_raw", "ratio_used"])
+                for i in range(len(self.sigma)):
+                    w.writerow([i] + [getattr(self, c)[i] for c in cols] + [self.ratio_raw[i], self.ratio_used[i]])
+
+
+def _check_data(data: torch.Tensor, shape, n_min: int = 2) -> torch.Tensor:
+    if tuple(data.shape[1:]) != tuple(shape):
+        raise UsageError(f"data shape {tuple(data.shape[1:])} does not match the model's sample shape {tuple(shape)}; "
+                         f"use data of the kind the model was trained on")
+    if data.shape[0] < n_min:
+        raise UsageError(f"need at least {n_min} real samples for the statistics, got {data.shape[0]}")
+    return data.to(torch.float64)
+
+
+def _flat_norm(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1).norm(dim=1)
+
+
+def _pick(data: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if n <= data.shape[0]:
+        return data[torch.randperm(data.shape[0], generator=g)[:n]]
+    return data[torch.randint(data.shape[0], (n,), generator=g)]
+
+
+def training_eps_norms(denoiser, x0: torch.Tensor, sigmas: Sequence[float], seed: int = 0,
+                       batch_size: int = 512):
+    """Mean ‖ε_θ(x_0 + σ ε, σ)‖ and mean per-pixel Var(x_t) (VP) on training-style inputs, for each σ."""
+    den = as_denoiser(denoiser)
+    g = torch.Generator().manual_seed(seed)
+    norms, varis = [], []
+    with torch.no_grad():
+        for s in sigmas:
+            tot, xt_all = 0.0, []
+            for b in range(0, x0.shape[0], batch_size):
+                xb = x0[b:b + batch_size]
+                x = xb + float(s) * torch.randn(xb.shape, generator=g, dtype=torch.float64)
+                eps = (x - den(x, float(s))) / float(s)
+                tot += float(_flat_norm(eps).sum())
+                xt_all.append(x / math.sqrt(1 + float(s) ** 2))
+            norms.append(tot / x0.shape[0])
+            varis.append(float(torch.cat(xt_all).var(dim=0).mean()))
+    return norms, varis
+
+
+def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, schedule: Optional[VPSchedule] = None,
+                     es: Optional[LambdaSchedule] = None, n_samples: int = 500, seed: int = 0,
+                     batch_size: int = 500, **sampler_kwargs) -> ExposureCurves:
+    """Run the paper's two diagnostics (plus Var(x_t)) for one sampler setting. ``data``: real x_0, (N, *shape)."""
+    if schedule is None:
+        schedule = getattr(denoiser, "schedule", None) or VPSchedule.linear()
+    if n_samples < 2:
+        raise UsageError(f"need at least 2 samples for per-pixel statistics, got {n_samples}")
+    shape = tuple(data.shape[1:])
+    data = _check_data(data, shape)
+    plan = SamplingPlan(sampler, steps, schedule)
+    den = epsilon_scaled(as_denoiser(denoiser), es, plan.sigmas)
+    lam_of = es.bind(plan.sigmas) if es is not None else None
+    seeds = list(range(seed * 1_000_003, seed * 1_000_003 + n_samples))
+    n = plan.steps
+    used_sum, raw_sum, xs = np.zeros(n), np.zeros(n), [[] for _ in range(n)]
+    sig_eval = np.zeros(n)
+    dev_steps = [[] for _ in range(n)]
+
+    def record_free(info):  # normal sampling run from pure noise
+        if info.stage != "step":
+            return
+        lam = 1.0 if lam_of is None else float(lam_of([info.sigma])[0])
+        used = _flat_norm(info.eps)
+        used_sum[info.i] += float(used.sum())
+        raw_sum[info.i] += float(used.sum()) * lam
+        sig_eval[info.i] = info.sigma
+        xs[info.i].append(info.x_vp)
+
+    with torch.no_grad():
+        for b in range(0, n_samples, batch_size):
+            batch = seeds[b:b + batch_size]
+            noise = SeedNoise(batch, shape)
+            plan.run(den, noise.initial(), noise, callback=record_free, **sampler_kwargs)
+            # δ_t protocol: real x_0 diffused to the first step with the same seeds' noise, then sampled
+            x0 = _pick(data, n_samples, seed + 1)[b:b + len(batch)]
+            noise = SeedNoise(batch, shape)
+
+            def record_delta(info, x0=x0):
+                if info.stage == "step":
+                    dev_steps[info.i].append((info.x - x0) / math.sqrt(1 + info.sigma**2))
+
+            plan.run_from(den, x0 + float(plan.sigmas[0]) * noise.initial(), noise, callback=record_delta,
+                          **sampler_kwargs)
+    train_norms, var_train = training_eps_norms(denoiser, _pick(data, n_samples, seed + 2), sig_eval, seed=seed + 3)
+    sigma_hat = [float(torch.cat(d).std(dim=0).mean()) for d in dev_steps]
+    sigma_true = [float(math.sqrt(s**2 / (1 + s**2))) for s in sig_eval]
+    lams = [1.0] * n if lam_of is None else [float(v) for v in lam_of(sig_eval)]
+    t_list = (plan.chain.timesteps[::-1].astype(float).tolist() if plan.chain is not None
+              else schedule.sigma_to_t(sig_eval).tolist())
+    return ExposureCurves(
+        sampler=sampler, steps=n, es=None if es is None else es.to_dict(), n_samples=n_samples,
+        sigma=sig_eval.tolist(), t=t_list, lam=lams,
+        eps_norm_train=train_norms, eps_norm_sample_raw=(raw_sum / n_samples).tolist(),
+        eps_norm_sample_used=(used_sum / n_samples).tolist(), var_train=var_train,
+        var_sample=[float(torch.cat(v).var(dim=0).mean()) for v in xs],
+        sigma_hat=sigma_hat, sigma_true=sigma_true,
+        delta=[(a - b) ** 2 for a, b in zip(sigma_hat, sigma_true)],
+    )
+
+
+def estimate_lambda(curves: ExposureCurves, kind: str = "uniform", skip_first: int = 1):
+    """Metric-free λ from the ε-norm curves of a *baseline* run: λ_i = ‖ε_sample‖ / ‖ε_train‖ per step, so that
+    the used ε norm along sampling matches the training curve.
+
+    ``uniform`` returns the mean ratio over steps (the first ``skip_first`` steps are left out: at pure noise the
+    sampling and training inputs coincide), ``linear`` a least-squares line in the paper's t (t = 0 last step),
+    ``per_step`` the ratios themselves. Returns a :class:`LambdaSchedule`.
+    """
+    from .scaling import Linear, PerStep, Uniform
+
+    if curves.es is not None:
+        raise UsageError("estimate λ from a baseline run (no ES)")
+    r = curves.ratio_raw
+    if kind == "per_step":
+        return PerStep(r.tolist())
+    rr = r[skip_first:] if len(r) > skip_first + 1 else r
+    if kind == "uniform":
+        return Uniform(float(rr.mean()))
+    if kind == "linear":
+        n = len(r)
+        t = np.arange(n - 1, -1, -1, dtype=np.float64)[len(r) - len(rr):]
+        k, b = np.polyfit(t, rr, 1)
+        return Linear(float(k), float(b))
+    raise UsageError(f"unknown estimate kind {kind!r}: use uniform, linear or per_step")
+
+
+def plot_exposure(curves_list: Sequence[ExposureCurves], path, title: str = "") -> None:
+    """Three panels: ε-norm (training vs sampling, raw and used), δ_t, Var(x_t); one line per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    base = curves_list[0]
+    steps = np.arange(len(base.sigma))
+    ax[0].plot(steps, base.eps_norm_train, "k-", lw=2, label="training inputs x_t from real data")
+    for c in curves_list:
+        tag = "baseline" if c.es is None else f"ES {_es_label(c.es)}"
+        ax[0].plot(steps, c.eps_norm_sample_raw, "--", label=f"sampling, raw ε_θ ({tag})")
+        if c.es is not None:
+            ax[0].plot(steps, c.eps_norm_sample_used, "-", label=f"sampling, used ε_θ/λ ({tag})")
+        ax[1].plot(steps, c.delta, "-o", ms=3, label=tag)
+        ax[2].plot(steps, c.var_sample, "-", label=f"sampling ({tag})")
+    ax[2].plot(steps, base.var_train, "k-", lw=2, label="training")
+    ax[0].set_title("mean ‖ε‖ per step")
+    ax[1].set_title("δ_t = (σ̂_t − √(1−ᾱ_t))²")
+    ax[1].set_yscale("log")
+    ax[2].set_title("Var(x_t) per pixel")
+    for a in ax:
+        a.set_xlabel("sampling step (0 = noisiest)")
+        a.legend(fontsize=7)
+    fig.suptitle(title or f"exposure bias: {base.sampler}, {base.steps} steps, {base.n_samples} samples")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _es_label(es: dict) -> str:
+    if es["kind"] == "uniform":
+        return f"λ={es['b']:.4g}"
+    if es["kind"] == "linear":
+        return f"k={es['k']:.3g}, b={es['b']:.4g}"
+    return "per-step λ"
