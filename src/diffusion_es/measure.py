@@ -132,13 +132,15 @@ def training_eps_norms(denoiser, x0: torch.Tensor, sigmas: Sequence[float], seed
 
 def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, schedule: Optional[VPSchedule] = None,
                      es: Optional[LambdaSchedule] = None, n_samples: int = 500, seed: int = 0,
-                     batch_size: int = 500, **sampler_kwargs) -> ExposureCurves:
-    """Run the paper's two diagnostics (plus Var(x_t)) for one sampler setting. ``data``: real x_0, (N, *shape)."""
+                     batch_size: int = 500, shape: Optional[Sequence[int]] = None,
+                     **sampler_kwargs) -> ExposureCurves:
+    """Run the paper's two diagnostics (plus Var(x_t)) for one sampler setting. ``data``: real x_0, (N, *shape);
+    ``shape``: the model's sample shape, checked against the data when given."""
     if schedule is None:
         schedule = getattr(denoiser, "schedule", None) or VPSchedule.linear()
     if n_samples < 2:
         raise UsageError(f"need at least 2 samples for per-pixel statistics, got {n_samples}")
-    shape = tuple(data.shape[1:])
+    shape = tuple(data.shape[1:]) if shape is None else tuple(shape)
     data = _check_data(data, shape)
     plan = SamplingPlan(sampler, steps, schedule)
     den = epsilon_scaled(as_denoiser(denoiser), es, plan.sigmas)

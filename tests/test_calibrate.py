@@ -1,0 +1,88 @@
+"""Calibration on analytic models where the right λ is known."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from diffusion_es.calibrate import calibrate, paired_gain
+from diffusion_es.errors import UsageError
+from diffusion_es.param import FnDenoiser
+from diffusion_es.scaling import Linear, Uniform, schedule_from_dict
+
+S, D = 0.5, 4  # data N(0, S² I) in D dimensions
+
+
+def over_predicting(c):
+    """The exact denoiser of N(0, S²I) with ε over-predicted by the factor c: λ = c compensates exactly."""
+
+    def den(x, sig):
+        sig = sig.reshape(-1, 1)
+        eps = (x - x * S**2 / (S**2 + sig**2)) / sig
+        return x - sig * c * eps
+
+    return FnDenoiser(den)
+
+
+def gaussian_fd(x):
+    """Fréchet distance of the samples' Gaussian fit to the true N(0, S²I) (closed form for the reference)."""
+    x = x.numpy()
+    mu, cov = x.mean(0), np.cov(x, rowvar=False)
+    return float(mu @ mu + np.trace(cov) + D * S**2 - 2 * S * np.trace(scipy.linalg.sqrtm(cov).real))
+
+
+@pytest.mark.parametrize("sampler,steps", [("euler", 200), ("heun", 30)])
+def test_recovers_injected_overprediction(sampler, steps):
+    c = 1.03
+    r = calibrate(over_predicting(c), sampler, steps, (D,), gaussian_fd, lam_range=(0.98, 1.08),
+                  n_samples=300, n_sets=3, n_val_sets=3)
+    assert r.significant and r.schedule is not None
+    assert abs(r.schedule["b"] - c) < 0.007, r.schedule
+    assert r.gain < -0.3 and r.gain_ci[1] < 0
+    # the cost is what was spent: each search evaluation on 3 seed sets, then baseline and best on 3 fresh sets
+    per_run = 300 * (2 * steps - 1 if sampler == "heun" else steps)
+    assert r.nfe == per_run * (3 * len(r.evaluations) + 2 * 3)
+    assert len(r.evaluations) <= 5 + 2 * 3  # coarse grid + two points per refinement round
+
+
+def test_recovers_injected_underprediction_below_one():
+    r = calibrate(over_predicting(0.95), "euler", 200, (D,), gaussian_fd, lam_range=(0.9, 1.02),
+                  n_samples=300)
+    assert r.significant and abs(r.schedule["b"] - 0.95) < 0.006
+
+
+def test_says_plainly_when_nothing_beats_the_baseline():
+    # D(x, σ) = x: ε = 0, so no λ can change anything; every candidate ties with the baseline
+    r = calibrate(FnDenoiser(lambda x, s: x.clone()), "ddim", 5, (D,), gaussian_fd, n_samples=50,
+                  lam_range=(0.99, 1.03))
+    assert not r.significant and r.schedule is None
+    assert "no λ beat the baseline" in r.message
+    assert r.gain == 0.0
+
+
+def test_linear_search_returns_a_valid_schedule():
+    r = calibrate(over_predicting(1.03), "euler", 50, (D,), gaussian_fd, kind="linear",
+                  lam_range=(0.98, 1.08), n_samples=100, coarse=3, refine=1)
+    s = schedule_from_dict(r.candidate)
+    assert isinstance(s, (Linear, Uniform))
+    assert np.all(s.values(50) > 0)
+
+
+def test_bad_input_is_a_clear_error():
+    den = over_predicting(1.0)
+    with pytest.raises(UsageError, match="empty or invalid λ range"):
+        calibrate(den, "ddim", 5, (D,), gaussian_fd, lam_range=(1.02, 1.01))
+    with pytest.raises(UsageError, match="empty or invalid λ range"):
+        calibrate(den, "ddim", 5, (D,), gaussian_fd, lam_range=(0.0, 1.01))
+    with pytest.raises(UsageError, match="validation seed sets"):
+        calibrate(den, "ddim", 5, (D,), gaussian_fd, n_val_sets=1)
+    with pytest.raises(UsageError, match="unknown calibration kind"):
+        calibrate(den, "ddim", 5, (D,), gaussian_fd, kind="cubic")
+
+
+def test_paired_gain_matches_hand_computation():
+    per, m, (lo, hi) = paired_gain([2.0, 4.0, 5.0], [1.0, 3.0, 4.5])
+    g = np.array([-0.5, -0.25, -0.1])
+    assert np.allclose(per, g) and m == pytest.approx(g.mean())
+    half = 4.302652729911275 * g.std(ddof=1) / np.sqrt(3)  # t_{0.975, 2}
+    assert lo == pytest.approx(g.mean() - half) and hi == pytest.approx(g.mean() + half)

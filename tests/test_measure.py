@@ -1,0 +1,102 @@
+"""Exposure-bias diagnostics on analytic models."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_es.errors import UsageError
+from diffusion_es.measure import estimate_lambda, measure_exposure, plot_exposure, training_eps_norms
+from diffusion_es.param import FnDenoiser
+from diffusion_es.scaling import Linear, PerStep, Uniform
+
+S, D = 0.5, 16
+
+
+def scaled_eps_denoiser(c):
+    def den(x, sig):
+        sig = sig.reshape(-1, 1)
+        eps = (x - x * S**2 / (S**2 + sig**2)) / sig
+        return x - sig * c * eps
+
+    return FnDenoiser(den)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return S * torch.randn(3000, D, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+def test_exact_model_has_no_eps_norm_gap(data):
+    cur = measure_exposure(scaled_eps_denoiser(1.0), data, "ddim", 100, n_samples=400)
+    r = cur.ratio_raw
+    assert np.all(np.abs(r[:-5] - 1) < 0.05), r
+    # Var(x_t) along sampling equals the training value
+    assert np.allclose(cur.var_sample[:-5], cur.var_train[:-5], rtol=0.1)
+    # the used ε equals the raw ε without ES
+    assert cur.eps_norm_sample_used == cur.eps_norm_sample_raw
+
+
+def test_underpredicting_model_shows_the_gap_and_es_reports_raw_and_used(data):
+    # ε predicted too small: too little noise removed, sampling inputs are more spread than training inputs
+    den = scaled_eps_denoiser(0.9)
+    base = measure_exposure(den, data, "ddpm", 20, n_samples=400)
+    assert (base.ratio_raw[1:] > 1).mean() > 0.8
+    assert np.mean(base.var_sample[1:]) > np.mean(base.var_train[1:])
+    es = measure_exposure(den, data, "ddpm", 20, n_samples=400, es=Uniform(0.9))
+    # used ε = raw ε / λ at every step
+    assert np.allclose(np.array(es.eps_norm_sample_used) * 0.9, es.eps_norm_sample_raw, rtol=1e-12)
+    # λ = c makes the model exact: the gap closes
+    assert abs(es.ratio_raw[1:].mean() - 1) < abs(base.ratio_raw[1:].mean() - 1)
+    assert es.es == {"kind": "uniform", "b": 0.9} and es.lam == [0.9] * 20
+
+
+def test_delta_definition(data):
+    cur = measure_exposure(scaled_eps_denoiser(1.0), data, "euler", 10, n_samples=200)
+    s = np.array(cur.sigma)
+    assert np.allclose(cur.sigma_true, np.sqrt(s**2 / (1 + s**2)))
+    assert np.allclose(cur.delta, (np.array(cur.sigma_hat) - np.array(cur.sigma_true)) ** 2)
+    # at the first step the deviation is exactly the injected forward noise: σ̂ ≈ sqrt(1 - ᾱ)
+    assert cur.sigma_hat[0] == pytest.approx(cur.sigma_true[0], rel=0.1)
+
+
+def test_training_norms_are_sqrt_d_for_pure_noise_levels(data):
+    norms, var = training_eps_norms(scaled_eps_denoiser(1.0), data[:500], [80.0])
+    assert norms[0] == pytest.approx(math.sqrt(D), rel=0.05)
+    assert var[0] == pytest.approx(1.0, rel=0.1)
+
+
+def test_estimate_lambda_kinds(data):
+    cur = measure_exposure(scaled_eps_denoiser(0.9), data, "ddim", 20, n_samples=300)
+    u = estimate_lambda(cur, "uniform")
+    assert u.b == pytest.approx(cur.ratio_raw[1:].mean())
+    lin = estimate_lambda(cur, "linear")
+    assert isinstance(lin, Linear)
+    ps = estimate_lambda(cur, "per_step")
+    assert isinstance(ps, PerStep) and np.allclose(ps.values(20), cur.ratio_raw)
+    es_run = measure_exposure(scaled_eps_denoiser(0.9), data, "ddim", 20, n_samples=50, es=u)
+    with pytest.raises(UsageError, match="baseline"):
+        estimate_lambda(es_run)
+
+
+def test_bad_input(data):
+    den = scaled_eps_denoiser(1.0)
+    with pytest.raises(UsageError, match="does not match the model's sample shape"):
+        measure_exposure(den, data.reshape(-1, 4, 4)[:100], "ddim", 5, n_samples=10, shape=(D,))
+    with pytest.raises(UsageError, match="at least 2"):
+        measure_exposure(den, data, "ddim", 5, n_samples=1)
+    with pytest.raises(UsageError, match="at least 2 real samples"):
+        measure_exposure(den, data[:1], "ddim", 5, n_samples=10)
+
+
+def test_outputs_csv_json_and_plot(tmp_path, data):
+    cur = measure_exposure(scaled_eps_denoiser(0.95), data, "ddim", 8, n_samples=50)
+    es = measure_exposure(scaled_eps_denoiser(0.95), data, "ddim", 8, n_samples=50, es=Uniform(0.97))
+    cur.write_csv(tmp_path / "c.csv")
+    lines = (tmp_path / "c.csv").read_text().splitlines()
+    assert len(lines) == 9 and lines[0].startswith("step,sigma")
+    d = cur.to_dict()
+    assert d["summary"]["steps"] == 8 and len(d["ratio_raw"]) == 8
+    plot_exposure([cur, es], tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
