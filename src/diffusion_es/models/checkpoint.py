@@ -1,0 +1,227 @@
+"""Checkpoints: a directory with ``config.json`` and ``model.safetensors``.
+
+* ``config.json``: ``{"format": "diffusion-es/checkpoint", "format_version": 1, "model": ModelConfig,
+  "diffusion": {"T", "beta_schedule", "prediction", "learned_variance"}, "data": {...}, "training": {...}}``.
+* ``model.safetensors``: the EMA weights under ``ema.<name>`` and (optionally) the raw weights under
+  ``model.<name>``.
+* ``train_state.safetensors`` (written by :mod:`diffusion_es.train`): everything needed to resume exactly.
+
+Loading never executes code: weights are read with safetensors (or, for a plain ``model.pt`` state dict,
+``torch.load(weights_only=True)``); anything corrupt, foreign or inconsistent raises
+:class:`~diffusion_es.errors.UsageError` with one line that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..io import atomic_path
+from ..schedules import VPSchedule
+from .config import ModelConfig
+
+__all__ = [
+    "FORMAT",
+    "PREDICTIONS",
+    "BETA_SCHEDULES",
+    "build_model",
+    "diffusion_config",
+    "save_checkpoint",
+    "read_config",
+    "read_weights",
+    "resolve_checkpoint",
+    "LoadedModel",
+    "load_model",
+]
+
+FORMAT = "diffusion-es/checkpoint"
+FORMAT_VERSION = 1
+PREDICTIONS = ("eps", "v", "x0")
+BETA_SCHEDULES = ("linear", "cosine")
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """A fresh network for a config (float32, train mode)."""
+    if config.arch == "mlp":
+        from .mlp import ResMLP
+
+        return ResMLP(config)
+    from .unet import UNet
+
+    return UNet(config)
+
+
+def diffusion_config(T: int = 1000, beta_schedule: str = "linear", prediction: str = "eps",
+                     learned_variance: bool = False) -> dict:
+    """The diffusion half of ``config.json``, validated."""
+    if int(T) < 1:
+        raise UsageError(f"T must be >= 1, got {T}")
+    if beta_schedule not in BETA_SCHEDULES:
+        raise UsageError(f"unknown beta schedule {beta_schedule!r}: use one of {', '.join(BETA_SCHEDULES)}")
+    if prediction not in PREDICTIONS:
+        raise UsageError(f"unknown prediction {prediction!r}: use one of {', '.join(PREDICTIONS)}")
+    return {"T": int(T), "beta_schedule": beta_schedule, "prediction": prediction,
+            "learned_variance": bool(learned_variance)}
+
+
+def _state(net: nn.Module) -> dict:
+    return {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in net.state_dict().items()}
+
+
+def save_checkpoint(out_dir, config: dict, ema: nn.Module, net: Optional[nn.Module] = None) -> Path:
+    """Write ``model.safetensors`` (EMA, plus raw weights if ``net`` is given) and then ``config.json``,
+    each atomically. ``config`` is the full ``config.json`` dict (``format`` keys are added)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"ema.{k}": v for k, v in _state(ema).items()}
+    if net is not None:
+        tensors.update({f"model.{k}": v for k, v in _state(net).items()})
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    cfg = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    cfg.update({k: v for k, v in config.items() if k not in cfg})
+    with atomic_path(out / "config.json") as tmp:
+        tmp.write_text(json.dumps(cfg, indent=2, default=float) + "\n")
+    return out
+
+
+def resolve_checkpoint(path) -> Path:
+    """'default' -> the shipped digits model; a file inside a checkpoint folder -> that folder."""
+    if str(path) == "default":
+        from importlib.resources import files
+
+        p = Path(str(files("diffusion_es") / "assets" / "digits_default"))
+        if not (p / "config.json").exists():
+            raise UsageError("the default model is not installed with this copy of diffusion-es "
+                             "(assets/digits_default missing); train one with 'diffusion-es train' and pass --model PATH")
+        return p
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p}: no such checkpoint; give a folder written by 'diffusion-es train' or 'default'")
+    if p.is_file():
+        p = p.parent
+    return p
+
+
+def read_config(ckpt_dir) -> dict:
+    d = Path(ckpt_dir)
+    f = d / "config.json"
+    if not f.exists():
+        raise UsageError(f"{d}: no config.json; not a diffusion-es checkpoint folder (expected config.json + model.safetensors)")
+    try:
+        cfg = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{f}: corrupt config.json ({e.__class__.__name__}); retrain or restore the checkpoint") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise UsageError(f"{f}: not a diffusion-es checkpoint (no \"format\": \"{FORMAT}\"); "
+                         "foreign checkpoints need an adapter (diffusion_es.adapters)")
+    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+        raise UsageError(f"{f}: checkpoint format version {cfg.get('format_version')} is newer than this diffusion-es "
+                         f"understands ({FORMAT_VERSION}); upgrade diffusion-es")
+    for key in ("model", "diffusion"):
+        if not isinstance(cfg.get(key), dict):
+            raise UsageError(f"{f}: config.json has no {key!r} section; the checkpoint is incomplete")
+    return cfg
+
+
+def read_weights(ckpt_dir) -> dict:
+    """All tensors of ``model.safetensors`` (or a plain ``model.pt`` state dict), read without executing code."""
+    d = Path(ckpt_dir)
+    st, pt = d / "model.safetensors", d / "model.pt"
+    if st.exists():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(st))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise UsageError(f"{st}: corrupt or not a safetensors file ({str(e).splitlines()[0][:80]}); "
+                             "retrain or restore the checkpoint") from None
+    if pt.exists():
+        import pickle
+
+        try:
+            obj = torch.load(str(pt), map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as e:
+            raise UsageError(f"{pt}: refused: not a plain tensor state dict ({e.__class__.__name__}); "
+                             "only weights are loaded, never code") from None
+        if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+            raise UsageError(f"{pt}: not a flat state dict of tensors")
+        return obj
+    raise UsageError(f"{d}: no model.safetensors; the checkpoint is incomplete")
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for sampling, with the diffusion process it was trained for."""
+
+    net: nn.Module
+    schedule: VPSchedule
+    prediction: str
+    learned_variance: bool
+    data_shape: Tuple[int, ...]
+    config: dict = field(default_factory=dict)
+    path: Optional[Path] = None
+
+    def denoiser(self):
+        """The network as a sigma-space denoiser (:class:`diffusion_es.param.VPDenoiser`)."""
+        from ..param import VPDenoiser
+
+        return VPDenoiser(self.net, self.schedule, prediction=self.prediction, learned_variance=self.learned_variance)
+
+
+def _split_weights(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def load_model(path="default", use_ema: bool = True, device="cpu") -> LoadedModel:
+    """Load a checkpoint folder (or 'default', the shipped digits model) for sampling: eval mode, float32."""
+    d = resolve_checkpoint(path)
+    cfg = read_config(d)
+    where = f"{d}/config.json"
+    try:
+        mcfg = ModelConfig.from_dict(cfg["model"])
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
+    dcfg = cfg["diffusion"]
+    try:
+        dif = diffusion_config(dcfg.get("T", 1000), dcfg.get("beta_schedule", "linear"), dcfg.get("prediction", "eps"),
+                               dcfg.get("learned_variance", False))
+    except (UsageError, TypeError, ValueError) as e:
+        raise UsageError(f"{where}: {e}") from None
+    if dif["learned_variance"] != mcfg.learned_variance:
+        raise UsageError(f"{where}: model and diffusion sections disagree about learned_variance")
+    tensors = read_weights(d)
+    state = _split_weights(tensors, "ema." if use_ema else "model.")
+    if not state:
+        if any(k.startswith(("ema.", "model.")) for k in tensors):
+            which = "EMA" if use_ema else "raw (non-EMA)"
+            raise UsageError(f"{d}: the checkpoint holds no {which} weights; load it with use_ema={not use_ema}")
+        state = tensors  # a plain state dict without prefixes
+    net = build_model(mcfg)
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise UsageError(f"{d}: weights do not match config.json (missing {missing[:2]}, unexpected {extra[:2]}); "
+                         "the checkpoint is corrupt or from another model")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise UsageError(f"{d}: weight {k} has shape {tuple(v.shape)}, config.json implies {tuple(expected[k].shape)}")
+        if not torch.isfinite(v.float()).all():
+            raise UsageError(f"{d}: weight {k} holds NaN or inf; the checkpoint is corrupt")
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    net = net.to(device=device, dtype=torch.float32).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    schedule = VPSchedule.from_name(dif["beta_schedule"], dif["T"])
+    return LoadedModel(net=net, schedule=schedule, prediction=dif["prediction"],
+                       learned_variance=dif["learned_variance"], data_shape=mcfg.data_shape, config=cfg, path=d)
