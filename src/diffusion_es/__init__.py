@@ -3,9 +3,26 @@
 Public API (see the README for a tour):
 
 * schedules: :class:`VPSchedule`, :func:`respace`, :func:`karras_sigmas`
-* parameterisations: :mod:`diffusion_es.param` (eps / x0 / v, VP <-> sigma space, network -> denoiser)
-* Epsilon Scaling: :class:`Uniform`, :class:`Linear`, :class:`PerStep`, :class:`SigmaKeyed`, :func:`epsilon_scaled`
-* samplers: :func:`sample_ddpm`, :func:`sample_ddim`, :func:`sample_euler`, :func:`sample_heun`
+* parameterisations: :class:`VPDenoiser`, :class:`DenoiserEpsNet`, :class:`Denoiser` (module :mod:`.param`)
+* Epsilon Scaling: :class:`Uniform`, :class:`Linear`, :class:`PerStep`, :class:`SigmaKeyed`,
+  :func:`epsilon_scaled`, :func:`load_schedule`, :func:`save_schedule`
+* samplers: :func:`sample`, :func:`sample_ddpm`, :func:`sample_ddim`, :func:`sample_euler`, :func:`sample_heun`
+* diagnostics and calibration: :func:`measure_exposure`, :func:`calibrate`
 """
 
 __version__ = "0.1.0"
+
+from .calibrate import calibrate
+from .measure import measure_exposure
+from .param import Denoiser, DenoiserEpsNet, VPDenoiser
+from .samplers import SeedNoise, StepInfo, sample, sample_ddim, sample_ddpm, sample_euler, sample_heun
+from .scaling import Linear, PerStep, SigmaKeyed, Uniform, epsilon_scaled, load_schedule, save_schedule
+from .schedules import VPSchedule, karras_sigmas, respace
+
+__all__ = [
+    "VPSchedule", "respace", "karras_sigmas",
+    "Denoiser", "VPDenoiser", "DenoiserEpsNet",
+    "Uniform", "Linear", "PerStep", "SigmaKeyed", "epsilon_scaled", "load_schedule", "save_schedule",
+    "sample", "sample_ddpm", "sample_ddim", "sample_euler", "sample_heun", "SeedNoise", "StepInfo",
+    "measure_exposure", "calibrate",
+]

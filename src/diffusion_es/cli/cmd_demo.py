@@ -1,0 +1,90 @@
+"""``diffusion-es demo``: Epsilon Scaling on an analytic model, in seconds, with nothing to download.
+
+The data are a 2-D mixture of 8 Gaussians, whose ideal denoiser is closed-form. The "network" is that ideal
+denoiser with its noise prediction over-estimated by a factor ``c`` (``--eps-error``), a controlled stand-in for
+a trained model whose ε is too large along sampling. ES with λ = c undoes the error exactly, so the demo shows,
+for each sampler, the distance of the samples to the true distribution without ES, with λ = c, and that
+λ = 1 reproduces the baseline bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import UsageError
+from .common import parse_seeds, print_json
+
+
+def register(sub):
+    p = sub.add_parser("demo", help="ES on an analytic 2-D model: baseline vs ES, seconds on a CPU",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--eps-error", type=float, default=1.1, metavar="C",
+                   help="factor by which the model over-predicts ε (default 1.1); ES uses λ = C")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    p.add_argument("--seeds", default="0-1999", help="sample seeds (default 0-1999)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=run)
+
+
+def _mixture():
+    from ..analytic import GaussianMixtureDenoiser
+
+    ang = np.arange(8) * 2 * math.pi / 8
+    means = np.stack([np.cos(ang), np.sin(ang)], axis=1) * 0.8
+    return GaussianMixtureDenoiser(means, stds=0.08)
+
+
+def sliced_w2(a: torch.Tensor, b: torch.Tensor, n_proj: int = 64, seed: int = 0) -> float:
+    """Sliced 2-Wasserstein distance between two equal-size point sets (fixed random directions)."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(a.shape[1], n_proj, generator=g, dtype=torch.float64)
+    dirs /= dirs.norm(dim=0, keepdim=True)
+    pa, pb = (a @ dirs).sort(dim=0).values, (b @ dirs).sort(dim=0).values
+    return float(((pa - pb) ** 2).mean().sqrt())
+
+
+def run(args) -> int:
+    from ..param import FnDenoiser
+    from ..samplers import SAMPLERS, sample
+    from ..scaling import Uniform
+
+    c = args.eps_error
+    if not (math.isfinite(c) and c > 0):
+        raise UsageError(f"--eps-error must be finite and > 0, got {c}")
+    if args.steps < 2:
+        raise UsageError("--steps must be at least 2")
+    seeds = parse_seeds(args.seeds)
+    oracle = _mixture()
+
+    def flawed(x, sigma):  # the ideal denoiser with ε scaled by c: D = x - σ c ε*
+        return x - c * (x - oracle(x, sigma))
+
+    model = FnDenoiser(flawed)
+    truth = oracle.sample(len(seeds), generator=12345)
+    rows = []
+    for sampler in SAMPLERS:
+        kw = {"clip": False} if sampler in ("ddpm", "ddim") else {}
+        base = sample(model, sampler, args.steps, (2,), seeds, **kw)
+        same = sample(model, sampler, args.steps, (2,), seeds, es=Uniform(1.0), **kw)
+        es = sample(model, sampler, args.steps, (2,), seeds, es=Uniform(c), **kw)
+        exact = sample(oracle, sampler, args.steps, (2,), seeds, **kw)
+        rows.append({
+            "sampler": sampler, "steps": args.steps,
+            "swd_baseline": sliced_w2(base, truth), "swd_es": sliced_w2(es, truth),
+            "swd_ideal_model": sliced_w2(exact, truth),
+            "lambda": c, "lambda1_bit_identical": bool(torch.equal(base, same)),
+            "es_equals_ideal_model": float((es - exact).abs().max()),
+        })
+    if args.json:
+        print_json({"eps_error": c, "n_samples": len(seeds), "results": rows})
+        return 0
+    print(f"Analytic 2-D mixture of 8 Gaussians; the model over-predicts ε by {c:g}; {len(seeds)} samples.")
+    print("Sliced Wasserstein-2 distance to the true distribution (lower is better):")
+    print(f"{'sampler':8s} {'baseline':>10s} {'ES λ=' + format(c, 'g'):>12s} {'ideal model':>12s}  λ=1 identical")
+    for r in rows:
+        print(f"{r['sampler']:8s} {r['swd_baseline']:10.4f} {r['swd_es']:12.4f} {r['swd_ideal_model']:12.4f}"
+              f"  {r['lambda1_bit_identical']}")
+    return 0
