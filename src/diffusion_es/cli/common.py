@@ -38,3 +38,76 @@ def parse_seeds(text: str) -> list:
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds {text!r} repeats a seed: each seed must appear once")
     return seeds
+
+
+# ---- options shared by sample / measure / calibrate / repro ------------------------------------------------
+def add_model_args(p) -> None:
+    p.add_argument("--model", default="default", metavar="PATH|default",
+                   help="checkpoint folder (config.json + model.safetensors), a diffusers UNet folder, or "
+                        "'default' (the shipped digits model)")
+
+
+def load_model_arg(path):
+    """The model behind ``--model``, as (LoadedModel-like object with .schedule/.data_shape, denoiser)."""
+    from ..models import load_model
+
+    m = load_model(path)
+    return m, m.denoiser()
+
+
+def add_sampler_args(p, steps_default: int = 20) -> None:
+    from ..samplers import SAMPLERS, VARIANCES
+
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="sampler (default ddim)")
+    p.add_argument("--steps", type=int, default=steps_default, help=f"sampling steps (default {steps_default})")
+    p.add_argument("--variance", choices=VARIANCES, default="small", help="ddpm: variance (default small)")
+    p.add_argument("--eta", type=float, default=0.0, help="ddim: eta (default 0, deterministic)")
+    p.add_argument("--no-clip", action="store_true", help="ddpm/ddim: do not clip x0 to [-1, 1]")
+    p.add_argument("--churn", type=float, default=0.0, help="euler/heun: EDM S_churn (default 0)")
+    p.add_argument("--s-noise", type=float, default=1.0, help="euler/heun: EDM S_noise (default 1)")
+    p.add_argument("--s-tmin", type=float, default=0.0, help="euler/heun: EDM S_tmin (default 0)")
+    p.add_argument("--s-tmax", type=float, default=float("inf"), help="euler/heun: EDM S_tmax (default inf)")
+
+
+def sampler_kwargs(args) -> dict:
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.sampler == "ddpm":
+        return {"variance": args.variance, "clip": not args.no_clip}
+    if args.sampler == "ddim":
+        return {"eta": args.eta, "clip": not args.no_clip}
+    return {"S_churn": args.churn, "S_noise": args.s_noise, "S_tmin": args.s_tmin, "S_tmax": args.s_tmax}
+
+
+def add_es_args(p) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--es", type=float, metavar="B", help="Epsilon Scaling with uniform λ = B")
+    g.add_argument("--es-linear", metavar="K,B", help="Epsilon Scaling with λ_t = K·t + B (t = 0 is the last step)")
+    g.add_argument("--es-schedule", metavar="FILE.json", help="Epsilon Scaling schedule from a JSON file "
+                                                             "(e.g. written by `diffusion-es calibrate`)")
+
+
+def es_from_args(args):
+    """The λ schedule the ES options ask for, or None."""
+    from ..scaling import Linear, Uniform, load_schedule
+
+    try:
+        if getattr(args, "es", None) is not None:
+            return Uniform(args.es)
+        if getattr(args, "es_linear", None):
+            try:
+                k, b = (float(v) for v in args.es_linear.split(","))
+            except ValueError:
+                raise UsageError(f"--es-linear {args.es_linear!r}: give two numbers K,B, e.g. 0.0025,1.0") from None
+            return Linear(k, b)
+        if getattr(args, "es_schedule", None):
+            return load_schedule(args.es_schedule)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return None
+
+
+def progress_bar(total: int, desc: str, unit: str = "sample"):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)

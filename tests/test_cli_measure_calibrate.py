@@ -1,0 +1,60 @@
+"""`measure` and `calibrate` end to end on a tiny digits model trained by our own `train` command."""
+
+import json
+
+import pytest
+
+from diffusion_es.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    assert main(["train", "--data", "digits", "--out", str(out), "--steps", "150", "--width", "32", "--blocks", "1",
+                 "--no-progress", "--threads", "1"]) == 0
+    return out
+
+
+def test_measure_writes_tables_and_plot(tiny_model, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["measure", "--model", str(tiny_model), "--sampler", "ddpm", "--steps", "6", "--n", "40",
+                 "--es", "1.02", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [r["es"] for r in summary["runs"]] == [None, {"kind": "uniform", "b": 1.02}]
+    base = json.loads((out / "exposure_ddpm6_baseline.json").read_text())
+    es = json.loads((out / "exposure_ddpm6_es.json").read_text())
+    assert len(base["eps_norm_train"]) == 6 and base["lam"] == [1.0] * 6
+    assert es["eps_norm_sample_used"] == pytest.approx([r / 1.02 for r in es["eps_norm_sample_raw"]], rel=1e-12)
+    assert (out / "exposure_ddpm6.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "exposure_ddpm6_baseline.csv").read_text().count("\n") == 7
+    assert set(summary["metric_free_lambda"]) == {"uniform", "linear"}
+
+
+def test_calibrate_reports_and_writes_only_a_real_gain(tiny_model, tmp_path, capsys):
+    lam = tmp_path / "lam.json"
+    assert main(["calibrate", "--model", str(tiny_model), "--sampler", "ddim", "--steps", "4", "--n", "30",
+                 "--sets", "2", "--val-sets", "2", "--coarse", "3", "--refine", "1", "--out", str(lam),
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["metric"] == "FD-digits vs train" and r["nfe"] > 0
+    assert len(r["evaluations"]) >= 3
+    if r["significant"]:
+        saved = json.loads(lam.read_text())
+        assert saved["schedule"] == r["schedule"]
+        assert main(["sample", "--model", str(tiny_model), "--sampler", "ddim", "--steps", "4", "--seeds", "0-3",
+                     "--es-schedule", str(lam), "--out", str(tmp_path / "s.npz")]) == 0
+    else:
+        assert r["schedule"] is None and not lam.exists()
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["calibrate", "--range", "1.1,1.0"], "empty or invalid λ range"),
+    (["calibrate", "--range", "x"], "--range"),
+    (["measure", "--n", "1"], "--n must be at least 2"),
+    (["measure", "--data", "toy:moons"], "does not match the model's sample shape"),
+    (["calibrate", "--data", "toy:moons"], "shape"),
+])
+def test_bad_input_is_one_line_and_exit_2(tiny_model, argv, msg, capsys):
+    assert main(argv + ["--model", str(tiny_model)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0], err
