@@ -1,0 +1,74 @@
+"""`diffusion-es fid-ref` and `diffusion-es fid` end to end through diffusion_es.cli.main."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_es.cli import main
+from diffusion_es.data import load_digits
+from diffusion_es.io import save_npz, to_uint8
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory):
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("refs")
+    assert main(["fid-ref", "--data", "digits", "--split", "heldout", "--out", str(d / "held.npz")]) == 0
+    return d
+
+
+def test_fid_against_reference_json(refs, tmp_path, capsys):
+    save_npz(tmp_path / "train.npz", to_uint8(load_digits("train")))
+    capsys.readouterr()
+    assert main(["fid", str(tmp_path / "train.npz"), "--ref", str(refs / "held.npz"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metric"] == "FD-digits" and out["n_samples"] == 1437
+    assert 0 < out["fd"] < 60
+    assert out["reference"]["split"] == "heldout" and out["reference"]["count"] == 360
+    assert 0.5 < out["precision"] <= 1 and 0.5 < out["recall"] <= 1 and out["k"] == 3
+    # identical images as PNG folder: FD 0, precision = recall = 1
+    from PIL import Image
+
+    png = tmp_path / "png"
+    png.mkdir()
+    for i, im in enumerate(to_uint8(load_digits("heldout"))):
+        Image.fromarray(im[:, :, 0]).save(png / f"{i:05d}.png")
+    assert main(["fid", str(png), "--ref", str(refs / "held.npz"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert abs(out["fd"]) < 1e-6 and out["precision"] == 1.0 and out["recall"] == 1.0
+
+
+def test_fid_ref_from_npz_and_text_output(refs, tmp_path, capsys):
+    noise = np.random.default_rng(0).integers(0, 256, size=(100, 8, 8, 1), dtype=np.uint8)
+    save_npz(tmp_path / "noise.npz", noise)
+    assert main(["fid-ref", "--data", str(tmp_path / "noise.npz"), "--out", str(tmp_path / "n.npz")]) == 0
+    capsys.readouterr()
+    assert main(["fid", str(tmp_path / "noise.npz"), "--ref", str(refs / "held.npz")]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("FD-digits ") and float(text.split()[1]) > 500
+    assert "precision" in text
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["fid", "{tmp}/missing.npz", "--ref", "{refs}/held.npz"], "no such file"),
+    (["fid", "{tmp}/s.npz", "--ref", "{tmp}/missing_ref.npz"], "does not exist"),
+    (["fid", "{tmp}/s.npz", "--ref", "{refs}/held.npz", "--features", "mnist"], "'digits' feature network"),
+    (["fid", "{tmp}/s.npz", "--ref", "{tmp}/foreign.npz"], "no provenance"),
+    (["fid", "{tmp}/bad.npz", "--ref", "{refs}/held.npz"], "arr_0"),
+    (["fid-ref", "--data", "toy:moons", "--out", "{tmp}/t.npz"], "not images"),
+    (["fid-ref", "--data", "{tmp}/s.npz", "--split", "heldout", "--out", "{tmp}/t.npz"], "no held-out"),
+    (["fid-ref", "--data", "digits", "--features", "inception", "--out", "{tmp}/t.npz"], "Inception"),
+])
+def test_bad_input_exits_2_with_one_line(refs, tmp_path, capsys, monkeypatch, argv, msg):
+    monkeypatch.delenv("DIFFUSION_ES_INCEPTION", raising=False)
+    save_npz(tmp_path / "s.npz", to_uint8(load_digits("heldout"))[:10])
+    np.savez(tmp_path / "foreign.npz", mu=np.zeros(128), sigma=np.eye(128))
+    np.savez(tmp_path / "bad.npz", images=np.zeros((3, 8, 8, 1), np.uint8))
+    argv = [a.format(tmp=tmp_path, refs=refs) for a in argv]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffusion-es: error:") and "\n" not in err and msg in err, err
+    assert not (tmp_path / "t.npz").exists()
