@@ -24,7 +24,7 @@ def test_fid_against_reference_json(refs, tmp_path, capsys):
     capsys.readouterr()
     assert main(["fid", str(tmp_path / "train.npz"), "--ref", str(refs / "held.npz"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["metric"] == "FD-digits" and out["n_samples"] == 1437
+    assert out["metric"] == "FD-digits" and out["n_samples"] == 1437 and out["fd_method"] == "sqrtm"
     assert 0 < out["fd"] < 60
     assert out["reference"]["split"] == "heldout" and out["reference"]["count"] == 360
     assert 0.5 < out["precision"] <= 1 and 0.5 < out["recall"] <= 1 and out["k"] == 3
@@ -72,3 +72,16 @@ def test_bad_input_exits_2_with_one_line(refs, tmp_path, capsys, monkeypatch, ar
     err = capsys.readouterr().err.strip()
     assert err.startswith("diffusion-es: error:") and "\n" not in err and msg in err, err
     assert not (tmp_path / "t.npz").exists()
+
+
+def test_eig_method_agrees(refs, tmp_path, capsys):
+    save_npz(tmp_path / "train.npz", to_uint8(load_digits("train")))
+    vals = []
+    for m in ("sqrtm", "eig"):
+        capsys.readouterr()
+        assert main(["fid", str(tmp_path / "train.npz"), "--ref", str(refs / "held.npz"), "--json", "--no-pr",
+                     "--method", m]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert "precision" not in out
+        vals.append(out["fd"])
+    assert abs(vals[0] - vals[1]) < 1e-6

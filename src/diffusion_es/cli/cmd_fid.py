@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("--ref", required=True, metavar="REF", help="reference statistics .npz from `diffusion-es fid-ref`")
     p.add_argument("--k", type=int, default=3, help="k of the k-NN precision/recall (default 3)")
     p.add_argument("--no-pr", action="store_true", help="skip precision/recall")
+    p.add_argument("--method", choices=["sqrtm", "eig"], default="sqrtm",
+                   help="matrix square root: scipy sqrtm (default, as FID papers) or a symmetric eigendecomposition "
+                        "(same value to ~1e-10, ~5x faster at 2048-d)")
     _add_feature_opts(p, "feature network (default: the one the reference was made with)")
     p.set_defaults(func=run_fid)
 
@@ -133,9 +136,9 @@ def run_fid(args) -> int:
     want_pr = not args.no_pr and ref.features is not None
     keep = len(ref.features) if want_pr else 0
     stats, kept = extract_stats(ex, images, keep_features=keep, desc=f"{ex.name} features")
-    fd = frechet_distance(stats, ref.stats)
+    fd = frechet_distance(stats, ref.stats, method=args.method)
     prov = ref.provenance
-    out = {"metric": METRIC_NAME[ex.name], "fd": fd, "samples": str(args.samples), "n_samples": stats.n,
+    out = {"metric": METRIC_NAME[ex.name], "fd": fd, "fd_method": args.method, "samples": str(args.samples), "n_samples": stats.n,
            "reference": {"path": str(args.ref), "dataset": prov["dataset"], "split": prov["split"],
                          "count": prov["count"]},
            "features": {"name": ex.name, "weights_sha256": ex.weights_hash}}

@@ -2,8 +2,12 @@
 Inception-v3 from a local file), precision/recall, MMD and sliced Wasserstein for 2-D toys, and reference
 statistics with provenance."""
 
+from .features import FEATURES, extract, extract_stats, get_extractor, weights_hash
 from .frechet import FeatureStats, frechet_distance
-from .features import FEATURES, get_extractor, extract, extract_stats, weights_hash
+from .prdc import precision_recall
+from .reference import Reference, check_features, load_reference, save_reference
+from .toy import mmd2_unbiased, sliced_wasserstein
 
 __all__ = ["FeatureStats", "frechet_distance", "FEATURES", "get_extractor", "extract", "extract_stats",
-           "weights_hash"]
+           "weights_hash", "precision_recall", "Reference", "load_reference", "save_reference", "check_features",
+           "mmd2_unbiased", "sliced_wasserstein"]
