@@ -46,6 +46,7 @@ class CalibrationResult:
     best_val: list                    # metric of the chosen candidate on the validation sets
     lam_spread: float                 # std over search seed sets of each set's own best b (uniform search)
     evaluations: list = field(default_factory=list)   # every search evaluation: schedule + per-set values
+    extra_val: dict = field(default_factory=dict)     # other metrics on the validation sets: name -> baseline/best
     nfe: int = 0                      # network evaluations spent in total (search + validation)
     n_samples: int = 0
     message: str = ""
@@ -71,22 +72,27 @@ def paired_gain(base: Sequence[float], new: Sequence[float]):
 class _Scorer:
     """Scores a schedule on fixed seed sets, with a cache keyed on the schedule's JSON."""
 
-    def __init__(self, denoiser, plan_kw, shape, metric, seed_sets, batch_size, sampler_kwargs, progress):
+    def __init__(self, denoiser, plan_kw, shape, metric, seed_sets, batch_size, sampler_kwargs, progress,
+                 extra_metrics=None, device="cpu"):
         self.den, self.plan_kw, self.shape, self.metric = denoiser, plan_kw, shape, metric
         self.seed_sets, self.batch_size, self.kw, self.progress = seed_sets, batch_size, sampler_kwargs, progress
-        self.cache, self.order, self.nfe = {}, [], 0
+        self.extra_metrics, self.device = extra_metrics or {}, device
+        self.cache, self.extra, self.order, self.nfe = {}, {}, [], 0
         self.nfe_per_sample = SamplingPlan(plan_kw["sampler"], plan_kw["steps"], plan_kw["schedule"]).nfe
 
     def __call__(self, sched: Optional[LambdaSchedule]) -> list:
         key = "baseline" if sched is None else sched.to_json()
         if key not in self.cache:
-            vals = []
+            vals, extra = [], {name: [] for name in self.extra_metrics}
             for seeds in self.seed_sets:
                 x = sample(self.den, self.plan_kw["sampler"], self.plan_kw["steps"], self.shape, seeds,
-                           schedule=self.plan_kw["schedule"], es=sched, batch_size=self.batch_size, **self.kw)
+                           schedule=self.plan_kw["schedule"], es=sched, batch_size=self.batch_size,
+                           device=self.device, **self.kw)
                 self.nfe += len(seeds) * self.nfe_per_sample
                 vals.append(float(self.metric(x)))
-            self.cache[key] = vals
+                for name, f in self.extra_metrics.items():
+                    extra[name].append(float(f(x)))
+            self.cache[key], self.extra[key] = vals, extra
             self.order.append({"schedule": None if sched is None else sched.to_dict(), "values": vals,
                                "mean": float(np.mean(vals))})
             if self.progress:
@@ -113,9 +119,10 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
               lam_range=(0.99, 1.03), n_samples: int = 500, n_sets: int = 3, n_val_sets: int = 3,
               coarse: int = 5, refine: int = 3, seed: int = 0, schedule: Optional[VPSchedule] = None,
               batch_size: int = 500, metric_name: str = "metric", progress: Optional[Callable] = None,
-              **sampler_kwargs) -> CalibrationResult:
+              extra_metrics: Optional[dict] = None, device="cpu", **sampler_kwargs) -> CalibrationResult:
     """Find the λ schedule (``kind`` = uniform or linear) that minimises ``metric(samples)`` for one sampler
-    setting. ``metric`` takes a float64 tensor (N, *shape) and returns a float, lower is better."""
+    setting. ``metric`` takes a float64 tensor (N, *shape) and returns a float, lower is better.
+    ``extra_metrics`` (name -> callable) are only reported, on the validation sets, for λ = 1 and the choice."""
     lo, hi = (float(v) for v in lam_range)
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi <= lo:
         raise UsageError(f"empty or invalid λ range [{lo}, {hi}]: give two finite values 0 < low < high")
@@ -131,8 +138,10 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
     sets = [list(range(base_seed + j * n_samples, base_seed + (j + 1) * n_samples))
             for j in range(n_sets + n_val_sets)]
     plan_kw = {"sampler": sampler, "steps": steps, "schedule": schedule}
-    search = _Scorer(denoiser, plan_kw, shape, metric, sets[:n_sets], batch_size, sampler_kwargs, progress)
-    val = _Scorer(denoiser, plan_kw, shape, metric, sets[n_sets:], batch_size, sampler_kwargs, progress)
+    search = _Scorer(denoiser, plan_kw, shape, metric, sets[:n_sets], batch_size, sampler_kwargs, progress,
+                     device=device)
+    val = _Scorer(denoiser, plan_kw, shape, metric, sets[n_sets:], batch_size, sampler_kwargs, progress,
+                  extra_metrics, device)
 
     def mean_uniform(b):
         return float(np.mean(search(None if b == 1.0 else Uniform(b))))
@@ -161,7 +170,11 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
         cand = linear_at(k_best, mean_best)
         best = cand if np.mean(search(cand)) <= np.mean(search(best)) else best
 
-    base_v, best_v = val(None), val(None if best.is_identity(steps) else best)
+    best_key = None if best.is_identity(steps) else best
+    base_v, best_v = val(None), val(best_key)
+    extra_val = {name: {"baseline": val.extra["baseline"][name],
+                        "best": val.extra["baseline" if best_key is None else best.to_json()][name]}
+                 for name in (extra_metrics or {})}
     per, g, ci = paired_gain(base_v, best_v)
     significant = ci[1] < 0
     if significant:
@@ -175,5 +188,5 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
         kind=kind, sampler=sampler, steps=steps, metric=metric_name,
         schedule=best.to_dict() if significant else None, candidate=best.to_dict(), significant=significant,
         gain=g, gain_ci=ci, gain_per_set=per, baseline_val=base_v, best_val=best_v, lam_spread=lam_spread,
-        evaluations=search.order, nfe=search.nfe + val.nfe, n_samples=n_samples, message=msg,
+        evaluations=search.order, extra_val=extra_val, nfe=search.nfe + val.nfe, n_samples=n_samples, message=msg,
     )

@@ -121,7 +121,7 @@ def training_eps_norms(denoiser, x0: torch.Tensor, sigmas: Sequence[float], seed
             tot, xt_all = 0.0, []
             for b in range(0, x0.shape[0], batch_size):
                 xb = x0[b:b + batch_size]
-                x = xb + float(s) * torch.randn(xb.shape, generator=g, dtype=torch.float64)
+                x = xb + float(s) * torch.randn(xb.shape, generator=g, dtype=torch.float64).to(xb.device)
                 eps = (x - den(x, float(s))) / float(s)
                 tot += float(_flat_norm(eps).sum())
                 xt_all.append(x / math.sqrt(1 + float(s) ** 2))
@@ -132,7 +132,7 @@ def training_eps_norms(denoiser, x0: torch.Tensor, sigmas: Sequence[float], seed
 
 def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, schedule: Optional[VPSchedule] = None,
                      es: Optional[LambdaSchedule] = None, n_samples: int = 500, seed: int = 0,
-                     batch_size: int = 500, shape: Optional[Sequence[int]] = None,
+                     batch_size: int = 500, shape: Optional[Sequence[int]] = None, device="cpu",
                      **sampler_kwargs) -> ExposureCurves:
     """Run the paper's two diagnostics (plus Var(x_t)) for one sampler setting. ``data``: real x_0, (N, *shape);
     ``shape``: the model's sample shape, checked against the data when given."""
@@ -159,24 +159,25 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
         used_sum[info.i] += float(used.sum())
         raw_sum[info.i] += float(used.sum()) * lam
         sig_eval[info.i] = info.sigma
-        xs[info.i].append(info.x_vp)
+        xs[info.i].append(info.x_vp.cpu())
 
     with torch.no_grad():
         for b in range(0, n_samples, batch_size):
             batch = seeds[b:b + batch_size]
-            noise = SeedNoise(batch, shape)
+            noise = SeedNoise(batch, shape, device)
             plan.run(den, noise.initial(), noise, callback=record_free, **sampler_kwargs)
             # δ_t protocol: real x_0 diffused to the first step with the same seeds' noise, then sampled
-            x0 = _pick(data, n_samples, seed + 1)[b:b + len(batch)]
-            noise = SeedNoise(batch, shape)
+            x0 = _pick(data, n_samples, seed + 1)[b:b + len(batch)].to(device)
+            noise = SeedNoise(batch, shape, device)
 
             def record_delta(info, x0=x0):
                 if info.stage == "step":
-                    dev_steps[info.i].append((info.x - x0) / math.sqrt(1 + info.sigma**2))
+                    dev_steps[info.i].append(((info.x - x0) / math.sqrt(1 + info.sigma**2)).cpu())
 
             plan.run_from(den, x0 + float(plan.sigmas[0]) * noise.initial(), noise, callback=record_delta,
                           **sampler_kwargs)
-    train_norms, var_train = training_eps_norms(denoiser, _pick(data, n_samples, seed + 2), sig_eval, seed=seed + 3)
+    train_norms, var_train = training_eps_norms(denoiser, _pick(data, n_samples, seed + 2).to(device), sig_eval,
+                                                seed=seed + 3)
     sigma_hat = [float(torch.cat(d).std(dim=0).mean()) for d in dev_steps]
     sigma_true = [float(math.sqrt(s**2 / (1 + s**2))) for s in sig_eval]
     lams = [1.0] * n if lam_of is None else [float(v) for v in lam_of(sig_eval)]
