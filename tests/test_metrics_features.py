@@ -37,6 +37,7 @@ def test_card_matches_shipped_weights():
     assert abs(acc - card["heldout_accuracy"]) < 1e-9
 
 
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # the constant-image set has a zero covariance
 def test_train_vs_heldout_small_noise_large(ex, digits_u8):
     st = FeatureStats.from_features(extract(ex, digits_u8["train"]))
     sh = FeatureStats.from_features(extract(ex, digits_u8["heldout"]))
@@ -95,3 +96,32 @@ def test_unknown_and_missing_extractors():
         get_extractor("vgg")
     with pytest.raises(UsageError, match="not found"):
         get_extractor("digits", weights="/nonexistent/w.safetensors")
+
+
+def test_shipped_mnist_classifier():
+    card = json.loads((assets_dir() / "mnist_cnn.json").read_text())
+    ex = get_extractor("mnist")
+    assert card["weights_sha256"] == ex.weights_hash and ex.in_size == 28 and card["heldout_accuracy"] >= 0.98
+    u = np.zeros((3, 28, 28, 1), np.uint8)
+    assert ex(u).shape == (3, 128)
+    np.testing.assert_allclose(ex(u.repeat(2, axis=1).repeat(2, axis=2)), ex(u), atol=1e-5)  # 56x56 pooled to 28
+
+
+def test_mnist_accuracy_on_real_test_images():
+    from pathlib import Path
+
+    from diffusion_es.data.mnist import load_mnist
+    from diffusion_es.io import from_uint8
+
+    root = Path(__file__).resolve().parent.parent / ".cache"
+    cands = [p for p in (root / "mnist" / "mnist.pkl.gz", root / "mnist.pkl.gz") if p.is_file()]
+    if not cands:
+        pytest.skip("no MNIST file in .cache (scripts/get_mnist.sh)")
+    _, te, _ = load_mnist(str(cands[0]))
+    from diffusion_es.metrics.classifier import _mnist_labels
+
+    _, yte = _mnist_labels(cands[0])
+    model = load_classifier(assets_dir() / "mnist_cnn.safetensors")
+    with torch.no_grad():
+        pred = model(torch.from_numpy(from_uint8(te[:2000]))).argmax(1)
+    assert (pred == yte[:2000]).double().mean().item() >= 0.98
