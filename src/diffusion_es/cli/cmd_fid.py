@@ -88,7 +88,7 @@ def _load_data(args):
     x = {"train": ds.train, "heldout": ds.heldout,
          "all": ds.train if ds.heldout is None else torch.cat([ds.train, ds.heldout])}[split]
     name = "mnist" if ds.description.get("name") == "mnist" else str(args.data)
-    return to_uint8(x), name, split
+    return to_uint8(x), name, ("all" if ds.heldout is None else split)
 
 
 def _auto_features(images) -> str:
