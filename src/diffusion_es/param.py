@@ -97,13 +97,19 @@ def _bcast(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 # ---- denoisers -------------------------------------------------------------------------------------------
 class Denoiser(nn.Module):
-    """``D(x, σ)`` in sigma space. Subclasses implement :meth:`forward_full`, returning ``(D, extras)``."""
+    """``D(x, σ)`` in sigma space. Subclasses implement :meth:`forward_full`, returning ``(D, extras)``.
 
-    def forward_full(self, x: torch.Tensor, sigma, **kwargs):  # pragma: no cover - abstract
+    ``sigma`` is a float (the same noise level for the whole batch, what samplers pass) or a (B,) tensor.
+    ``step_sigma`` (keyword, default None) names the σ of the sampling step an evaluation belongs to when it
+    differs from ``sigma`` (EDM's churn evaluates at σ̂ = σ(1 + γ)); only Epsilon Scaling reads it, to key λ.
+    Every denoiser accepts and otherwise ignores it.
+    """
+
+    def forward_full(self, x: torch.Tensor, sigma, step_sigma=None, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, sigma, **kwargs) -> torch.Tensor:
-        return self.forward_full(x, sigma, **kwargs)[0]
+    def forward(self, x: torch.Tensor, sigma, step_sigma=None, **kwargs) -> torch.Tensor:
+        return self.forward_full(x, sigma, step_sigma=step_sigma, **kwargs)[0]
 
 
 class FnDenoiser(Denoiser):
@@ -114,7 +120,7 @@ class FnDenoiser(Denoiser):
         self.fn = fn
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
 
-    def forward_full(self, x, sigma, **kwargs):
+    def forward_full(self, x, sigma, step_sigma=None, **kwargs):
         return self.fn(x, sigma_batch(sigma, x), **kwargs), {}
 
 
@@ -143,18 +149,32 @@ class VPDenoiser(Denoiser):
         self.sigma_min, self.sigma_max = schedule.sigma_min, schedule.sigma_max
 
     def _net_dtype(self):
+        """The network's own dtype: a ``dtype`` attribute, else its first parameter's or buffer's, else float64."""
+        dt = getattr(self.net, "dtype", None)
+        if isinstance(dt, torch.dtype):
+            return dt
         if isinstance(self.net, nn.Module):
             for p in self.net.parameters():
                 return p.dtype
-        return torch.float32
+            for b in self.net.buffers():
+                if b.is_floating_point():
+                    return b.dtype
+        return torch.float64
 
-    def forward_full(self, x, sigma, **kwargs):
-        s = sigma_batch(sigma, x)
-        t = torch.from_numpy(self.schedule.sigma_to_t(s.detach().cpu().numpy())).to(x.device)
-        ab = _bcast(1.0 / (1.0 + s**2), x)
-        x_t = x * ab.sqrt()
+    def forward_full(self, x, sigma, step_sigma=None, **kwargs):
         dtype = self._net_dtype()
-        out = self.net(x_t.to(dtype), t.to(dtype), **kwargs).to(torch.float64)
+        if isinstance(sigma, (float, int)):  # one noise level for the batch: scalar arithmetic, one lookup
+            s = float(sigma)
+            t = torch.full((x.shape[0],), float(self.schedule.sigma_to_t(s)), dtype=dtype, device=x.device)
+            ab = 1.0 / (1.0 + s * s)
+            x_t = x * ab**0.5
+        else:
+            s = sigma_batch(sigma, x)
+            t = torch.from_numpy(self.schedule.sigma_to_t(s.detach().cpu().numpy())).to(x.device, dtype)
+            s = _bcast(s, x)
+            ab = 1.0 / (1.0 + s**2)
+            x_t = x * ab.sqrt()
+        out = self.net(x_t.to(dtype), t, **kwargs).to(torch.float64)
         extras = {}
         if self.learned_variance:
             if out.shape[1] != 2 * x.shape[1]:
@@ -163,7 +183,7 @@ class VPDenoiser(Denoiser):
         elif out.shape != x.shape:
             raise ValueError(f"network output shape {tuple(out.shape)} does not match input {tuple(x.shape)}")
         if self.prediction == "eps":
-            D = x - _bcast(s, x) * out
+            D = x - s * out
         elif self.prediction == "x0":
             D = out
         else:
@@ -174,6 +194,8 @@ class VPDenoiser(Denoiser):
 class DenoiserEpsNet(nn.Module):
     """The other way round: a denoiser seen as an ε-network on VP inputs ``(x_t, t)`` (integer or float t)."""
 
+    dtype = torch.float64  # VPDenoiser keeps float64 around it
+
     def __init__(self, denoiser: Denoiser, schedule: VPSchedule):
         super().__init__()
         self.denoiser = as_denoiser(denoiser)
@@ -181,10 +203,9 @@ class DenoiserEpsNet(nn.Module):
 
     def forward(self, x_t, t, **kwargs):
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
-        idx = t.detach().cpu().numpy().astype(np.float64)
-        ab_np = np.interp(idx, np.arange(self.schedule.T), self.schedule.alphas_cumprod)
-        ab = _bcast(torch.from_numpy(ab_np).to(x_t.device), x_t)
+        # σ(t) log-linear between table entries: the exact inverse of VPDenoiser's σ -> t map
+        sig = torch.from_numpy(self.schedule.t_to_sigma(t.detach().cpu().numpy())).to(x_t.device)
+        ab = _bcast(1.0 / (1.0 + sig**2), x_t)
         xt64 = x_t.to(torch.float64)
-        sigma = ((1.0 - ab) / ab).sqrt().reshape(-1)
-        D = self.denoiser(xt64 / ab.sqrt(), sigma, **kwargs)
+        D = self.denoiser(xt64 / ab.sqrt(), sig, **kwargs)
         return eps_from_x0(xt64, D, ab).to(x_t.dtype)

@@ -15,8 +15,9 @@ Schedules (``λ`` may be below 1; it must be finite and > 0):
 
 A schedule is *bound* to a sampling grid (the σ of each network evaluation step, descending). Lookups are keyed
 on σ, never on a call counter: a network evaluation at σ belongs to the step ``i`` whose interval
-``[σ_i, σ_{i-1})`` contains σ. So Heun's correction at ``σ_{i+1}`` gets ``λ_{i+1}``, and a stochastic (churned)
-evaluation at ``σ̂_i ≥ σ_i`` gets ``λ_i``.
+``[σ_i, σ_{i-1})`` contains σ. So Heun's correction at ``σ_{i+1}`` gets ``λ_{i+1}``. A stochastic (churned)
+evaluation at ``σ̂_i = σ_i (1 + γ)`` can lie above ``σ_{i-1}`` on fine grids, so σ alone cannot tell its step:
+the EDM sampler passes ``step_sigma = σ_i`` with it, and λ is keyed on that.
 """
 
 from __future__ import annotations
@@ -186,6 +187,13 @@ class BoundLambda:
             return _check_lambda([self.schedule.fn(float(v)) for v in s], f"sigma-keyed schedule at σ={s[0]:.4g}")
         return self.lams[self.index(s)]
 
+    def scalar(self, sigma: float) -> float:
+        """λ for one σ (the common case: the whole batch shares a noise level)."""
+        if isinstance(self.schedule, SigmaKeyed):
+            return float(self(sigma)[0])
+        i = min(int(np.count_nonzero(self.sigmas > float(sigma) * (1 + 1e-9))), len(self.sigmas) - 1)
+        return float(self.lams[i])
+
 
 class EpsilonScaled(Denoiser):
     """``D'(x, σ) = x - (x - D(x, σ)) / λ(σ)``; extras (e.g. learned variance) pass through unchanged.
@@ -201,10 +209,13 @@ class EpsilonScaled(Denoiser):
             if hasattr(self.inner, attr):
                 setattr(self, attr, getattr(self.inner, attr))
 
-    def forward_full(self, x, sigma, **kwargs):
-        s = sigma_batch(sigma, x)
-        D, extras = self.inner.forward_full(x, s, **kwargs)
-        lam_np = self.lam(s.detach().cpu().numpy())
+    def forward_full(self, x, sigma, step_sigma=None, **kwargs):
+        key = sigma if step_sigma is None else step_sigma
+        D, extras = self.inner.forward_full(x, sigma, step_sigma=step_sigma, **kwargs)
+        if isinstance(key, (float, int)):
+            lam = self.lam.scalar(key)
+            return (D, extras) if lam == 1.0 else (x + (D - x) / lam, extras)
+        lam_np = self.lam(sigma_batch(key, x).detach().cpu().numpy())
         if np.all(lam_np == 1.0):
             return D, extras
         lam = torch.from_numpy(lam_np).to(device=x.device, dtype=D.dtype).reshape(-1, *([1] * (x.ndim - 1)))

@@ -61,6 +61,7 @@ class VPSchedule:
         object.__setattr__(self, "betas", b)
         object.__setattr__(self, "alphas_cumprod", np.cumprod(1.0 - b))
         object.__setattr__(self, "sigmas", np.sqrt((1.0 - self.alphas_cumprod) / self.alphas_cumprod))
+        object.__setattr__(self, "log_sigmas", np.log(self.sigmas))
 
     # ---- constructors -------------------------------------------------------------------------------
     @classmethod
@@ -97,10 +98,13 @@ class VPSchedule:
 
         Sigmas that equal a table entry map to that integer exactly. Works on numpy arrays and floats.
         """
-        log_sigmas = np.log(self.sigmas)
         ls = np.log(np.clip(np.asarray(sigma, dtype=np.float64), self.sigmas[0], self.sigmas[-1]))
-        t = np.interp(ls, log_sigmas, np.arange(self.T, dtype=np.float64))
-        return t
+        return np.interp(ls, self.log_sigmas, np.arange(self.T, dtype=np.float64))
+
+    def t_to_sigma(self, t):
+        """Inverse of :meth:`sigma_to_t`: σ for a continuous timestep, log-linear between table entries."""
+        return np.exp(np.interp(np.asarray(t, dtype=np.float64), np.arange(self.T, dtype=np.float64),
+                                self.log_sigmas))
 
     def respaced(self, timesteps) -> "RespacedChain":
         return RespacedChain(self, np.asarray(timesteps, dtype=np.int64))

@@ -43,7 +43,7 @@ def sample_edm(denoiser, x: torch.Tensor, sigmas: Sequence[float], heun: bool = 
             if gamma > 0:
                 x = x + math.sqrt(s_hat**2 - s**2) * S_noise * z
         # Euler step from s_hat to s_next
-        D = den(x, s_hat)
+        D = den(x, s_hat, step_sigma=s)  # λ is keyed on the step's σ, not on the churned σ̂
         d = (x - D) / s_hat
         if callback is not None:
             callback(StepInfo(i, n, s_hat, x, D, d))
