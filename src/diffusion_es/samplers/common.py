@@ -52,7 +52,9 @@ class SeedNoise:
         self.shape = tuple(int(d) for d in shape)
         self.device = torch.device(device)
         self._gens = [torch.Generator().manual_seed(s) for s in self.seeds]
-        self._z = torch.stack([torch.randn(self.shape, generator=g) for g in self._gens])
+        self._z = torch.empty((len(self.seeds), *self.shape))
+        for k, g in enumerate(self._gens):
+            torch.randn(self.shape, generator=g, out=self._z[k])
         self._block_start, self._block = None, None
 
     def initial(self) -> torch.Tensor:
@@ -66,6 +68,9 @@ class SeedNoise:
                 raise RuntimeError("step noise must be requested in increasing step order")
             while self._block_start is None or self._block_start < start:
                 # draw (and, if steps were skipped, discard) blocks so the stream position depends only on i
-                self._block = torch.stack([torch.randn((NOISE_BLOCK, *self.shape), generator=g) for g in self._gens])
+                if self._block is None:
+                    self._block = torch.empty((len(self.seeds), NOISE_BLOCK, *self.shape))
+                for k, g in enumerate(self._gens):
+                    torch.randn((NOISE_BLOCK, *self.shape), generator=g, out=self._block[k])
                 self._block_start = 0 if self._block_start is None else self._block_start + NOISE_BLOCK
         return self._block[:, i - start].to(self.device, torch.float64)
