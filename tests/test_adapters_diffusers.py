@@ -9,6 +9,7 @@ import pytest
 import torch
 
 pytest.importorskip("diffusers")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 notices inside diffusers
 pytest.importorskip("transformers")
 
 import diffusers  # noqa: E402

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 pytest.importorskip("diffusers")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 notices inside diffusers
 
 from diffusers import DDIMPipeline, DDIMScheduler  # noqa: E402
 

@@ -74,6 +74,8 @@ def scale_prediction(out: torch.Tensor, x_t: torch.Tensor, lam, alpha_bar, predi
     ``lam`` and ``alpha_bar`` are scalars or one value per sample. ``alpha_bar`` is only used for x0/v.
     Returns ``out`` itself when every λ is 1.
     """
+    if isinstance(lam, float) and prediction == "eps" and out.shape == x_t.shape:
+        return out if lam == 1.0 else out / lam  # the common case, kept cheap: one λ for the batch
     B, C = x_t.shape[0], x_t.shape[1]
     lam_np = _per_sample(as_numpy_1d(lam), B, "λ")
     if np.all(lam_np == 1.0):
