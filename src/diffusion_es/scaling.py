@@ -47,6 +47,11 @@ __all__ = [
 ]
 
 
+# σ within this relative distance of a grid σ counts as that grid σ (float32 round-off of a σ handed to a network
+# by k-diffusion-style samplers is ~6e-8; real grids never have two sigmas this close)
+SIGMA_RTOL = 1e-6
+
+
 def _check_lambda(values, what: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64).reshape(-1)
     bad = ~np.isfinite(arr) | (arr <= 0)
@@ -177,8 +182,8 @@ class BoundLambda:
         self.identity = (not isinstance(schedule, SigmaKeyed)) and bool(np.all(self.lams == 1.0))
 
     def index(self, sigma: np.ndarray) -> np.ndarray:
-        """Step index for each sigma: the number of grid sigmas strictly above it (relative tolerance 1e-9)."""
-        above = self.sigmas[None, :] > np.asarray(sigma, dtype=np.float64).reshape(-1, 1) * (1 + 1e-9)
+        """Step index for each sigma: the number of grid sigmas strictly above it (relative tolerance SIGMA_RTOL)."""
+        above = self.sigmas[None, :] > np.asarray(sigma, dtype=np.float64).reshape(-1, 1) * (1 + SIGMA_RTOL)
         return np.minimum(above.sum(axis=1), len(self.sigmas) - 1)
 
     def __call__(self, sigma) -> np.ndarray:
@@ -191,7 +196,7 @@ class BoundLambda:
         """λ for one σ (the common case: the whole batch shares a noise level)."""
         if isinstance(self.schedule, SigmaKeyed):
             return float(self(sigma)[0])
-        i = min(int(np.count_nonzero(self.sigmas > float(sigma) * (1 + 1e-9))), len(self.sigmas) - 1)
+        i = min(int(np.count_nonzero(self.sigmas > float(sigma) * (1 + SIGMA_RTOL))), len(self.sigmas) - 1)
         return float(self.lams[i])
 
 

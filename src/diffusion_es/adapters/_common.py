@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["PREDICTION_ALIASES", "normalize_prediction", "scale_prediction", "as_numpy_1d", "snap_to_grid"]
+__all__ = ["PREDICTION_ALIASES", "normalize_prediction", "scale_prediction", "as_numpy_1d"]
 
 # the names the field uses for the three predictions -> ours (diffusion_es.param.PREDICTIONS)
 PREDICTION_ALIASES = {
@@ -39,20 +39,6 @@ def as_numpy_1d(value) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().to("cpu", torch.float64).numpy()
     return np.asarray(value, dtype=np.float64).reshape(-1)
-
-
-def snap_to_grid(grid: np.ndarray, sigma: np.ndarray, rtol: float = 1e-6) -> np.ndarray:
-    """Replace each σ that is a grid σ up to float32 round-off (relative ``rtol``) by that grid value.
-
-    Samplers hand σ to the network in the network's dtype (k-diffusion: float32), which can land a hair below the
-    float64 grid value and would otherwise be keyed to the next step. Other σ are returned unchanged.
-    """
-    if sigma.size == 0 or grid.size == 0:
-        return sigma
-    rel = np.abs(grid[None, :] - sigma[:, None]) / grid[None, :]
-    j = rel.argmin(axis=1)
-    close = rel[np.arange(len(sigma)), j] <= rtol
-    return np.where(close, grid[j], sigma)
 
 
 def _per_sample(v: np.ndarray, n: int, what: str) -> np.ndarray:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..scaling import BoundLambda, LambdaSchedule, SigmaKeyed, Uniform
-from ._common import as_numpy_1d, snap_to_grid
+from ._common import as_numpy_1d
 
 __all__ = ["EpsilonScaledDenoiser"]
 
@@ -60,7 +60,7 @@ class EpsilonScaledDenoiser(nn.Module):
 
     def lam(self, sigma) -> np.ndarray:
         """λ for each σ (float64 numpy); σ within float32 round-off of a grid σ counts as that grid σ."""
-        return self.bound(snap_to_grid(self.bound.sigmas, as_numpy_1d(sigma)))
+        return self.bound(as_numpy_1d(sigma))
 
     def forward(self, x: torch.Tensor, sigma, *args, **kwargs):
         D = self.inner(x, sigma, *args, **kwargs)
