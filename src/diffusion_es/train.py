@@ -49,7 +49,7 @@ __all__ = [
 STATE_FILE = "train_state.safetensors"
 LR_SCHEDULES = ("constant", "cosine")
 # options that may change when a run is resumed (they do not change the weights of the steps already taken)
-_RESUME_FREE = ("steps", "ckpt_every", "log_every", "eval_every")
+_RESUME_FREE = ("steps", "ckpt_every", "log_every", "eval_every", "keep_every")
 
 
 @dataclass
@@ -73,6 +73,7 @@ class TrainConfig:
     log_every: int = 100
     eval_every: int = 0  # held-out denoising loss of the EMA weights (0: only at the end)
     toy_n: int = 8192
+    keep_every: int = 0  # also keep the EMA weights of every N-th step in snapshots/step_N (0: off)
 
     def __post_init__(self):
         checks = [
@@ -86,6 +87,7 @@ class TrainConfig:
             (self.vlb_weight >= 0, f"--vlb-weight must be >= 0, got {self.vlb_weight}"),
             (self.warmup >= 0 and self.weight_decay >= 0 and self.lr_final >= 0, "warmup, weight decay and lr_final must be >= 0"),
             (self.ckpt_every >= 1 and self.log_every >= 1 and self.eval_every >= 0, "ckpt/log/eval intervals must be positive"),
+            (self.keep_every >= 0, f"--keep-every must be >= 0, got {self.keep_every}"),
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
         ]
         for ok, msg in checks:
@@ -107,17 +109,28 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
+def _log1mexp(x):
+    """log(1 − e^x) for x < 0, accurate everywhere (Mächler's switch at −log 2)."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
 def discretized_gaussian_log_likelihood(x, mean, log_scale, half_width: float):
     """log P(x) for data on a grid in [−1, 1] with bins of half-width ``half_width`` (1/255 for 8-bit images),
-    under N(mean, e^{2·log_scale}); the outermost bins extend to ±∞. Elementwise, in nats."""
+    under N(mean, e^{2·log_scale}); the outermost bins extend to ±∞. Elementwise, in nats.
+
+    Computed in log space without clamping: log(Φ(b) − Φ(a)) = log Φ(b) + log(1 − Φ(a)/Φ(b)), using the
+    mirror image Φ(−a) − Φ(−b) when both ends lie in the upper tail."""
     inv = torch.exp(-log_scale)
     upper = (x - mean + half_width) * inv
     lower = (x - mean - half_width) * inv
-    log_cdf_upper = torch.special.log_ndtr(upper)  # log Φ(upper): the left edge bin
-    log_sf_lower = torch.special.log_ndtr(-lower)  # log(1 − Φ(lower)): the right edge bin
-    delta = (torch.special.ndtr(upper) - torch.special.ndtr(lower)).clamp_min(1e-12)
     edge = half_width / 2
-    return torch.where(x < -1 + edge, log_cdf_upper, torch.where(x > 1 - edge, log_sf_lower, torch.log(delta)))
+    lower = torch.where(x < -1 + edge, torch.full_like(lower, -math.inf), lower)
+    upper = torch.where(x > 1 - edge, torch.full_like(upper, math.inf), upper)
+    flip = lower > 0
+    a = torch.where(flip, -upper, lower)
+    b = torch.where(flip, -lower, upper)
+    log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
+    return log_b + _log1mexp(torch.clamp(log_a - log_b, max=-1e-300 if x.dtype == torch.float64 else -1e-38))
 
 
 def diffusion_tables(schedule: VPSchedule, device) -> dict:
@@ -442,6 +455,8 @@ def _loop(out, cfg, model, diffusion, ds, data, tables, net, ema, opt, gens, per
                 if step == cfg.steps and ds.heldout is not None:
                     heldout = _eval_heldout(ema, ds.heldout, tables, pred, lv, ds.levels, device)
                 checkpoint(step)
+            if cfg.keep_every and step % cfg.keep_every == 0:
+                save_checkpoint(out / "snapshots" / f"step_{step:07d}", info_dict(step), ema)
             if callback is not None:
                 callback(step, {"loss": terms["mse"], "lr": lr})
     finally:

@@ -25,6 +25,7 @@ _TRAIN = [
     ("--ckpt-every", "ckpt_every", int, 2000, "checkpoint interval (steps)"),
     ("--log-every", "log_every", int, 100, "interval of log.jsonl lines and the progress bar's loss"),
     ("--eval-every", "eval_every", int, 0, "held-out loss of the EMA weights every N steps (0: at the end)"),
+    ("--keep-every", "keep_every", int, 0, "also keep the EMA weights of every N-th step in OUT/snapshots/ (0: off)"),
     ("--toy-n", "toy_n", int, 8192, "number of points of a toy:NAME dataset"),
 ]
 _MODEL = [

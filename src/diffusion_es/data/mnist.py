@@ -34,6 +34,7 @@ class _ArraysOnly(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 store bytes this way (str -> bytes only)
     }
 
     def find_class(self, module, name):
@@ -65,6 +66,9 @@ def _to_uint8_nhwc(x: np.ndarray, path: Path) -> np.ndarray:
     if np.issubdtype(x.dtype, np.floating):
         if x.min() < -1e-6 or x.max() > 1 + 1e-6:
             raise UsageError(f"{path}: float pixels must lie in [0, 1], found [{x.min():.3g}, {x.max():.3g}]")
+        k = x.astype(np.float64) * 256.0
+        if x.max() <= 255.0 / 256.0 and np.array_equal(k, np.round(k)):
+            return k.astype(np.uint8)  # the classic pickle stores the 8-bit value v as v / 256 exactly
         return np.round(x * 255.0).astype(np.uint8)
     raise UsageError(f"{path}: unsupported pixel type {x.dtype}")
 

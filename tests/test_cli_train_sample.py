@@ -1,0 +1,119 @@
+"""The train and sample commands end to end: reproducible sample files, ES changing only ES outputs, exact
+resume through the CLI, and one error line with exit code 2 for bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from diffusion_es.cli import main
+
+TINY = ["--width", "16", "--blocks", "1", "--batch-size", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--data", "digits", "--out", str(d), "--steps", "40", *TINY]) == 0
+    return d
+
+
+def _npz(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_train_writes_a_loadable_checkpoint(ckpt):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg["training"]["step"] == 40 and cfg["data"]["spec"] == "digits"
+    assert cfg["model"]["width"] == 16 and cfg["diffusion"]["T"] == 1000
+
+
+def test_same_seeds_same_files_and_es_changes_only_es_outputs(tmp_path, capsys):
+    common = ["sample", "--model", "default", "--sampler", "ddim", "--steps", "5", "--seeds", "0-5", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "a.npz"), "--grid", str(tmp_path / "a.png")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b.npz"), "--batch-size", "4"]) == 0
+    assert main([*common, "--out", str(tmp_path / "e.npz"), "--es", "1.05", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["es"] is not None and summary["n"] == 6 and summary["nfe"] == 5
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()  # identical files
+    a, e = _npz(tmp_path / "a.npz"), _npz(tmp_path / "e.npz")
+    assert a["arr_0"].dtype == np.uint8 and a["arr_0"].shape == (6, 8, 8, 1)
+    np.testing.assert_array_equal(a["seeds"], np.arange(6))
+    assert not np.array_equal(a["arr_0"], e["arr_0"])
+    assert (tmp_path / "a.png").stat().st_size > 0
+    # lambda = 1 is the baseline exactly
+    assert main([*common, "--out", str(tmp_path / "one.npz"), "--es", "1.0"]) == 0
+    np.testing.assert_array_equal(_npz(tmp_path / "one.npz")["arr_0"], a["arr_0"])
+
+
+def test_es_linear_and_schedule_file(ckpt, tmp_path):
+    common = ["sample", "--model", str(ckpt), "--sampler", "ddpm", "--steps", "4", "--seeds", "3,7", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "l.npz"), "--es-linear", "0.01,1.0"]) == 0
+    (tmp_path / "lam.json").write_text(json.dumps({"kind": "linear", "k": 0.01, "b": 1.0}))
+    from diffusion_es.scaling import Linear, save_schedule
+
+    save_schedule(tmp_path / "lam.json", Linear(0.01, 1.0))
+    assert main([*common, "--out", str(tmp_path / "f.npz"), "--es-schedule", str(tmp_path / "lam.json")]) == 0
+    np.testing.assert_array_equal(_npz(tmp_path / "l.npz")["arr_0"], _npz(tmp_path / "f.npz")["arr_0"])
+
+
+def test_default_model_samples_with_every_sampler(tmp_path):
+    for s in ("ddpm", "euler", "heun"):
+        assert main(["sample", "--sampler", s, "--steps", "3", "--seeds", "0-1", "--out", str(tmp_path / "d.npz"),
+                     "--no-progress"]) == 0
+        assert _npz(tmp_path / "d.npz")["arr_0"].shape == (2, 8, 8, 1)
+
+
+def test_resume_through_the_cli_is_exact(tmp_path):
+    from safetensors.torch import load_file
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", "--out", str(a), "--steps", "30", "--ckpt-every", "10", *TINY]) == 0
+    assert main(["train", "--out", str(b), "--steps", "20", "--ckpt-every", "10", *TINY]) == 0
+    assert main(["train", "--out", str(b), "--steps", "30", "--resume", "--no-progress"]) == 0
+    sa, sb = load_file(str(a / "train_state.safetensors")), load_file(str(b / "train_state.safetensors"))
+    assert all(np.array_equal(sa[k].numpy(), sb[k].numpy()) for k in sa)
+
+
+def test_toy_vectors(tmp_path):
+    d = tmp_path / "toy"
+    assert main(["train", "--data", "toy:moons", "--toy-n", "256", "--out", str(d), "--steps", "10", *TINY]) == 0
+    assert main(["sample", "--model", str(d), "--steps", "3", "--seeds", "0-9", "--out", str(tmp_path / "t.npz"),
+                 "--grid", str(tmp_path / "t.png"), "--no-progress"]) == 0
+    assert _npz(tmp_path / "t.npz")["arr_0"].shape == (10, 2)
+
+
+def _err(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("diffusion-es: error: "), err
+    return err[0]
+
+
+def test_bad_input_is_one_line_exit_2(ckpt, tmp_path, capsys):
+    out = ["--out", str(tmp_path / "x.npz"), "--no-progress"]
+    assert main(["sample", "--model", str(tmp_path / "missing"), *out]) == 2
+    assert "no such checkpoint" in _err(capsys)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((ckpt / "config.json").read_text())
+    (bad / "model.safetensors").write_bytes(b"\x80\x04garbage")
+    assert main(["sample", "--model", str(bad), *out]) == 2
+    assert "corrupt" in _err(capsys)
+    (bad / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    assert main(["sample", "--model", str(bad), *out]) == 2
+    assert "not a diffusion-es checkpoint" in _err(capsys)
+    assert main(["sample", "--model", str(ckpt), "--es", "-1", *out]) == 2
+    _err(capsys)
+    assert main(["sample", "--model", str(ckpt), "--es-linear", "abc", *out]) == 2
+    assert "K,B" in _err(capsys)
+    assert main(["sample", "--model", str(ckpt), "--seeds", "5-1", *out]) == 2
+    _err(capsys)
+    assert main(["train", "--out", str(ckpt), "--steps", "5", *TINY]) == 2
+    assert "already holds a training run" in _err(capsys)
+    assert main(["train", "--out", str(tmp_path / "new"), "--resume", "--no-progress"]) == 2
+    assert "nothing to resume" in _err(capsys)
+    assert main(["train", "--out", str(ckpt), "--resume", "--lr", "0.5", "--no-progress"]) == 2
+    assert "differs from the run being resumed" in _err(capsys)
+    assert main(["train", "--data", "toy:circles", "--out", str(tmp_path / "t"), *TINY]) == 2
+    assert "unknown toy" in _err(capsys)

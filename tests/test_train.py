@@ -1,0 +1,191 @@
+"""The training loop: the loss falls, the variational term matches its formulas, DDPM-IP with γ = 0 is plain
+training bit for bit, and a run killed with SIGKILL and resumed ends with the weights of an uninterrupted run."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from scipy import stats
+from scipy.integrate import quad
+
+from diffusion_es.errors import UsageError
+from diffusion_es.models import ModelConfig, build_model, diffusion_config
+from diffusion_es.schedules import VPSchedule
+from diffusion_es.train import (TrainConfig, diffusion_loss, diffusion_tables, discretized_gaussian_log_likelihood,
+                                lr_at, normal_kl, train)
+
+TINY = ModelConfig(width=32, blocks=1)
+
+
+def _weights(d):
+    return load_file(str(d / "train_state.safetensors"))
+
+
+def test_loss_goes_down(tmp_path):
+    s = train(tmp_path / "r", TrainConfig(steps=300, batch_size=64, warmup=20, log_every=50, ckpt_every=1000),
+              ModelConfig(width=64, blocks=2), progress=False)
+    lines = [__import__("json").loads(l) for l in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert lines[0]["step"] == 50 and lines[-1]["step"] == 300
+    assert lines[-1]["loss"] < 0.6 * lines[0]["loss"]
+    assert s["step"] == 300 and math.isfinite(s["heldout_loss_ema"])
+    for name in ("config.json", "model.safetensors", "train_state.safetensors"):
+        assert (tmp_path / "r" / name).exists()
+
+
+def test_normal_kl_matches_numeric_integral():
+    m1, lv1, m2, lv2 = 0.3, math.log(0.5), -0.2, math.log(1.7)
+    p, q = stats.norm(m1, math.exp(lv1 / 2)), stats.norm(m2, math.exp(lv2 / 2))
+    ref, _ = quad(lambda x: p.pdf(x) * (p.logpdf(x) - q.logpdf(x)), -20, 20)
+    got = normal_kl(*(torch.tensor(v, dtype=torch.float64) for v in (m1, lv1, m2, lv2)))
+    assert float(got) == pytest.approx(ref, rel=1e-7)
+    assert float(normal_kl(*(torch.tensor(v) for v in (0.1, 0.2, 0.1, 0.2)))) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_discretized_likelihood_is_a_distribution_over_the_grid():
+    levels = 17
+    grid = torch.linspace(-1, 1, levels, dtype=torch.float64)
+    half = 1.0 / (levels - 1)
+    for mean, log_scale in ((0.0, math.log(0.3)), (0.8, math.log(0.05)), (-1.3, math.log(2.0))):
+        lp = discretized_gaussian_log_likelihood(grid, torch.full_like(grid, mean), torch.full_like(grid, log_scale), half)
+        assert float(lp.exp().sum()) == pytest.approx(1.0, abs=1e-10)
+        # interior bins: Φ((x+h-μ)/s) - Φ((x-h-μ)/s); edge bins reach to ±∞
+        s = math.exp(log_scale)
+        ref = stats.norm.cdf((grid.numpy() + half - mean) / s) - stats.norm.cdf((grid.numpy() - half - mean) / s)
+        ref[0] = stats.norm.cdf((grid[0].item() + half - mean) / s)
+        ref[-1] = stats.norm.sf((grid[-1].item() - half - mean) / s)
+        np.testing.assert_allclose(lp.exp().numpy(), ref, rtol=1e-9, atol=1e-15)
+
+
+def test_variational_term_matches_the_formulas_and_freezes_the_mean():
+    """vb at t = 0 is the decoder NLL, elsewhere the posterior KL, in bits per dimension; computed here
+    independently in float64 with scipy from the schedule, with a fixed network output."""
+    sch = VPSchedule.linear(1000)
+    tables = diffusion_tables(sch, "cpu")
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 17, (3, 1, 2, 2), generator=g).float() / 8 - 1
+    eps = torch.randn(x0.shape, generator=g)
+    t = torch.tensor([0, 500, 999])
+    out = (0.3 * torch.randn(3, 2, 2, 2, generator=g)).requires_grad_(True)
+    loss, terms = diffusion_loss(lambda x, tt: out, x0, t, eps, tables, "eps", True, 0.001, 17)
+    vb = []
+    for i, ti in enumerate(t.tolist()):
+        ab = sch.alphas_cumprod[ti]
+        ab_prev = sch.alphas_cumprod[ti - 1] if ti > 0 else 1.0
+        beta = sch.betas[ti]
+        x0_i, e_i, o = x0[i, 0].double().numpy(), eps[i, 0].double().numpy(), out[i].detach().double().numpy()
+        xt = math.sqrt(ab) * x0_i + math.sqrt(1 - ab) * e_i
+        x0_hat = (xt - math.sqrt(1 - ab) * o[0]) / math.sqrt(ab)
+        c1, c2 = beta * math.sqrt(ab_prev) / (1 - ab), (1 - ab_prev) * math.sqrt(1 - beta) / (1 - ab)
+        post_var = lambda k: sch.betas[k] * (1 - sch.alphas_cumprod[k - 1]) / (1 - sch.alphas_cumprod[k])
+        lo = math.log(post_var(max(ti, 1)))
+        logvar = (o[1] + 1) / 2 * math.log(beta) + (1 - (o[1] + 1) / 2) * lo
+        mean = c1 * x0_hat + c2 * xt
+        if ti == 0:
+            s = np.exp(0.5 * logvar)
+            lo_b, hi_b = (x0_i - 1 / 16 - mean) / s, (x0_i + 1 / 16 - mean) / s
+            p = np.where(x0_i < -0.99, stats.norm.cdf(hi_b), np.where(x0_i > 0.99, stats.norm.sf(lo_b),
+                                                                       stats.norm.cdf(hi_b) - stats.norm.cdf(lo_b)))
+            vb.append(-np.log(p).mean() / math.log(2))
+        else:
+            true_mean = c1 * x0_i + c2 * xt
+            kl = 0.5 * (-1 + logvar - lo + np.exp(lo - logvar) + (true_mean - mean) ** 2 * np.exp(-logvar))
+            vb.append(kl.mean() / math.log(2))
+    assert float(terms["vb"]) == pytest.approx(np.mean(vb), rel=1e-5)
+    assert loss.item() == pytest.approx(float(terms["mse"]) + 0.001 * 1000 * np.mean(vb), rel=1e-5)
+    # the variational term trains the variance channels only: the mean is frozen (stop-gradient)
+    loss.backward()
+    mse_grad = 2 * (out[:, :1].detach() - eps) / eps.numel()
+    assert torch.allclose(out.grad[:, :1], mse_grad, atol=1e-7)
+    assert out.grad[:, 1:].abs().sum() > 0
+
+
+def test_ip_gamma_zero_is_plain_training_bit_for_bit(tmp_path):
+    tables = diffusion_tables(VPSchedule.linear(1000), "cpu")
+    torch.manual_seed(0)
+    net = build_model(TINY)
+    with torch.no_grad():
+        net.out.weight.normal_(0, 0.1)  # the output layer starts at zero: make the loss depend on the input
+    x0, eps, xi = torch.rand(8, 1, 8, 8) * 2 - 1, torch.randn(8, 1, 8, 8), torch.randn(8, 1, 8, 8)
+    t = torch.randint(0, 1000, (8,))
+    plain, _ = diffusion_loss(net, x0, t, eps, tables)
+    zero, _ = diffusion_loss(net, x0, t, eps, tables, xi=xi, ip_gamma=0.0)
+    ip, _ = diffusion_loss(net, x0, t, eps, tables, xi=xi, ip_gamma=0.1)
+    assert torch.equal(plain, zero) and not torch.equal(plain, ip)
+    cfg = dict(steps=30, batch_size=16, ckpt_every=100, log_every=10)
+    train(tmp_path / "a", TrainConfig(**cfg), TINY, progress=False)
+    train(tmp_path / "b", TrainConfig(**cfg, ip_gamma=0.0), TINY, progress=False)
+    train(tmp_path / "c", TrainConfig(**cfg, ip_gamma=0.1), TINY, progress=False)
+    a, b, c = (_weights(tmp_path / n) for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["model.inp.weight"], c["model.inp.weight"])
+
+
+@pytest.mark.parametrize("prediction,lv", [("v", False), ("x0", True)])
+def test_other_parameterisations_train(tmp_path, prediction, lv):
+    s = train(tmp_path / "r", TrainConfig(steps=40, batch_size=16, log_every=20, ckpt_every=100),
+              TINY, diffusion_config(prediction=prediction, learned_variance=lv), progress=False)
+    assert math.isfinite(s["final_loss"])
+    from diffusion_es.models import load_model
+
+    m = load_model(tmp_path / "r")
+    assert m.prediction == prediction and m.learned_variance == lv
+
+
+def test_lr_schedule():
+    c = TrainConfig(steps=1000, lr=1e-3, warmup=100, lr_schedule="cosine", lr_final=1e-5)
+    assert lr_at(c, 0) == pytest.approx(1e-5) and lr_at(c, 99) == pytest.approx(1e-3)
+    assert lr_at(c, 100) == pytest.approx(1e-3) and lr_at(c, 1000) == pytest.approx(1e-5)
+    assert lr_at(TrainConfig(warmup=0), 12345) == 1e-3
+    with pytest.raises(UsageError):
+        TrainConfig(lr_schedule="step")
+
+
+_KILLER = textwrap.dedent("""
+    import os, signal, sys, torch
+    torch.set_num_threads(1)
+    from diffusion_es.models import ModelConfig
+    from diffusion_es.train import TrainConfig, train
+    def cb(step, info):
+        if step == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+    train(sys.argv[1], TrainConfig(steps=60, batch_size=500, ckpt_every=20, log_every=10, seed=3, ip_gamma=0.1,
+          ema_decay=0.9), ModelConfig(width=32, blocks=1, dropout=0.1), progress=False, callback=cb)
+""")
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    """batch 500 over 1,437 images: the kill (step 47) and the checkpoint (step 40) fall inside an epoch."""
+    cfg = TrainConfig(steps=60, batch_size=500, ckpt_every=20, log_every=10, seed=3, ip_gamma=0.1, ema_decay=0.9)
+    model = ModelConfig(width=32, blocks=1, dropout=0.1)  # dropout: the global RNG must be restored too
+    train(tmp_path / "full", cfg, model, progress=False)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    p = subprocess.run([sys.executable, "-c", _KILLER, str(tmp_path / "killed"), "47"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert load_file(str(tmp_path / "killed" / "train_state.safetensors"))["data.perm"].numel() == 1437
+    s = train(tmp_path / "killed", None, resume=True, progress=False)
+    assert s["step"] == 60
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "killed")
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_changed_options_and_new_runs_refuse_old_folders(tmp_path):
+    cfg = TrainConfig(steps=10, batch_size=8, ckpt_every=5, log_every=5)
+    train(tmp_path / "r", cfg, TINY, progress=False)
+    with pytest.raises(UsageError, match="already holds a training run"):
+        train(tmp_path / "r", cfg, TINY, progress=False)
+    with pytest.raises(UsageError, match="differs from the run being resumed"):
+        train(tmp_path / "r", TrainConfig(steps=20, batch_size=8, lr=0.5), resume=True, progress=False)
+    with pytest.raises(UsageError, match="nothing to resume"):
+        train(tmp_path / "none", cfg, resume=True, progress=False)
+    s = train(tmp_path / "r", TrainConfig(steps=20, batch_size=8, ckpt_every=5, log_every=5), resume=True, progress=False)
+    assert s["step"] == 20
