@@ -117,3 +117,15 @@ def test_bad_input_is_one_line_exit_2(ckpt, tmp_path, capsys):
     assert "differs from the run being resumed" in _err(capsys)
     assert main(["train", "--data", "toy:circles", "--out", str(tmp_path / "t"), *TINY]) == 2
     assert "unknown toy" in _err(capsys)
+
+
+def test_unet_v_prediction_learned_variance(tmp_path):
+    d = tmp_path / "u"
+    assert main(["train", "--out", str(d), "--arch", "unet", "--channels", "8", "--channel-mult", "1,2",
+                 "--num-res-blocks", "1", "--attention-resolutions", "4", "--prediction", "v", "--learned-variance",
+                 "--steps", "3", "--batch-size", "8", "--no-progress"]) == 0
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["diffusion"] == {"T": 1000, "beta_schedule": "linear", "prediction": "v", "learned_variance": True}
+    assert cfg["model"]["arch"] == "unet" and cfg["model"]["learned_variance"] is True
+    assert main(["sample", "--model", str(d), "--steps", "2", "--seeds", "0-1", "--out", str(tmp_path / "u.npz"),
+                 "--no-progress"]) == 0

@@ -125,7 +125,7 @@ def run(args) -> int:
         mdef["channel_mult"] = _ints(mdef["channel_mult"], "channel-mult")
         mdef["attention_resolutions"] = []
         model = ModelConfig(**{**mdef, **mo})
-        diffusion = diffusion_config(**{d: v for _, d, _, v, _ in _DIFF}, **di)
+        diffusion = diffusion_config(**{**{d: v for _, d, _, v, _ in _DIFF}, **di})
         model = ModelConfig.from_dict({**model.to_dict(), "learned_variance": diffusion["learned_variance"]})
     command = "diffusion-es " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("diffusion-es") else ""
     summary = train(args.out, cfg, model, diffusion, device=args.device, resume=args.resume,
