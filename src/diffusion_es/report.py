@@ -38,7 +38,7 @@ def build_blocks(r: dict) -> list:
     blocks.append(("h2", "The paper's claims, checked on our numbers"))
     rows = [["claim", "reproduced", "evidence"]]
     for c in r["claims"]:
-        rows.append([c["claim"], {True: "yes", False: "**no**", None: "n/a"}[c["reproduced"]], c["evidence"]])
+        rows.append([c["claim"], {True: "yes", False: "**no**", None: "inconclusive"}[c["reproduced"]], c["evidence"]])
     blocks.append(("table", rows))
 
     blocks.append(("h2", "Main table: baseline → ES at the calibrated λ"))

@@ -54,6 +54,6 @@ def run(args) -> int:
         return 0
     print(f"wrote {args.out}/report.md, report.html, results.json ({res['wall_time_s'] / 60:.1f} min)")
     for c in res["claims"]:
-        mark = {True: "reproduced", False: "NOT reproduced", None: "n/a"}[c["reproduced"]]
+        mark = {True: "reproduced", False: "NOT reproduced", None: "inconclusive"}[c["reproduced"]]
         print(f"  [{mark}] {c['claim']}: {c['evidence']}")
     return 0

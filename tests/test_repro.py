@@ -1,0 +1,58 @@
+"""`diffusion-es repro --quick` end to end on the shipped model: outputs exist, parse, and satisfy invariants."""
+
+import json
+import math
+
+import pytest
+
+from diffusion_es.cli import main
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("repro")
+    assert main(["repro", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_quick_repro_outputs_and_invariants(quick_run):
+    out = quick_run
+    for name in ("report.md", "report.html", "results.json", "lambda_curves.png", "lambda_vs_steps.png",
+                 "exposure_ddpm.png", "exposure_ddim.png"):
+        assert (out / name).is_file(), name
+    r = json.loads((out / "results.json").read_text())
+    assert r["config"]["quick"] is True
+    cells = {(c["sampler"], c["nfe_cell"]) for c in r["table"]}
+    assert cells == {(s, n) for s in ("ddpm", "ddim", "euler", "heun") for n in r["config"]["nfe"]}
+    for c in r["table"]:
+        # λ = 1 through the ES wrapper equals the baseline exactly; spreads are finite
+        assert c["lambda1_equals_baseline"] is True and c["lambda1_metric"] == c["baseline_val"][0]
+        assert all(math.isfinite(v) for v in c["gain_ci"]) and math.isfinite(c["gain"])
+        assert len(c["baseline_val"]) == len(c["best_val"]) == r["config"]["n_val_sets"]
+        assert c["gain"] == pytest.approx(sum(b / a - 1 for a, b in zip(c["baseline_val"], c["best_val"]))
+                                          / len(c["best_val"]))
+        if not c["significant"]:
+            assert c["schedule"] is None
+    assert {cl["reproduced"] for cl in r["claims"]} <= {True, False, None}
+    assert any("λ = 1 reproduces the baseline" in cl["claim"] and cl["reproduced"] for cl in r["claims"])
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html
+    md = (out / "report.md").read_text()
+    assert "![" in md and "| sampler |" in md
+
+
+@pytest.mark.slow
+def test_rerun_resumes_from_finished_parts(quick_run, capsys):
+    parts = sorted(p.name for p in (quick_run / "parts").iterdir())
+    assert main(["repro", "--quick", "--out", str(quick_run)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("(cached)") == len(parts)
+    assert sorted(p.name for p in (quick_run / "parts").iterdir()) == parts
+
+
+def test_repro_bad_input(capsys):
+    assert main(["repro", "--quick", "--nfe", "ten"]) == 2
+    assert main(["repro", "--quick", "--samplers", "ddpm,foo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("diffusion-es: error:") for line in err)
