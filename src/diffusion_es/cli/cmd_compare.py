@@ -1,0 +1,89 @@
+"""``diffusion-es compare``: Epsilon Scaling against Time-Shift sampling, EDM's S_churn / S_noise and DDPM-IP
+training, on the same model, seeds and metric (paired). Resumable: finished parts are kept in --out/parts.
+
+Writes compare.md, compare.html and results_compare.json into --out.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import UsageError
+from .common import print_json
+
+
+def _ints(text, what):
+    try:
+        return [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what} {text!r}: give comma-separated whole numbers, e.g. 10,20,50") from None
+
+
+def _names(text):
+    return [s.strip() for s in str(text).split(",") if s.strip()]
+
+
+def register(sub):
+    p = sub.add_parser("compare", help="compare ES with time-shift sampling, S_churn/S_noise and IP training",
+                       description=__doc__)
+    p.add_argument("--quick", action="store_true", help="the small version (fewer cells and samples)")
+    p.add_argument("--out", default="compare_out", help="output folder (default compare_out)")
+    p.add_argument("--model", default="default", help="checkpoint folder or 'default' (the shipped digits model)")
+    p.add_argument("--ip-model", default="auto", metavar="PATH|auto|none",
+                   help="the DDPM-IP model (auto: the shipped digits_ip with the default model)")
+    p.add_argument("--train-ip", action="store_true",
+                   help="without an IP model, train one into OUT/ip_model with the model's own recipe and "
+                        "ip_gamma 0.1 (slow on a CPU: as long as the model's own training)")
+    p.add_argument("--data", default="digits", help="the model's data (default digits)")
+    p.add_argument("--samplers", default="ddpm,ddim", help="VP rows (default ddpm,ddim)")
+    p.add_argument("--edm-samplers", default="euler,heun", help="EDM rows with churn (default euler,heun; "
+                                                                "'none' to skip)")
+    p.add_argument("--steps", default=None, help="VP step counts (default 10,20,50; quick 10,20)")
+    p.add_argument("--edm-nfe", default=None, help="EDM network evaluations (default 10,20; quick 10)")
+    p.add_argument("--samples", type=int, default=None, help="samples per seed set (default 500; quick 200)")
+    p.add_argument("--seeds", type=int, default=None, metavar="K", help="validation seed sets (default 3)")
+    p.add_argument("--ts-rule", default="data", choices=("data", "paper"),
+                   help="time-shift variance rule: data = ᾱ·Var(x_0) + 1 − ᾱ (default), paper = 1 − ᾱ")
+    p.add_argument("--ref", default="train", help="FD reference split: train, heldout, all or a reference .npz")
+    p.add_argument("--device", default="cpu", help="torch device (cuda for a GPU)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on a busy shared CPU more threads are often far slower)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..compare import CompareConfig, run_compare
+
+    edm = [] if args.edm_samplers.strip().lower() == "none" else _names(args.edm_samplers)
+    ip = None if str(args.ip_model).lower() == "none" else args.ip_model
+    cfg = CompareConfig(model=args.model, ip_model=ip, train_ip=args.train_ip, data=args.data, out=args.out,
+                        quick=args.quick, samplers=_names(args.samplers), edm_samplers=edm,
+                        steps=_ints(args.steps, "--steps") if args.steps else None,
+                        edm_nfe=_ints(args.edm_nfe, "--edm-nfe") if args.edm_nfe else None,
+                        n_samples=args.samples, n_val_sets=args.seeds, ts_rule=args.ts_rule, ref=args.ref,
+                        device=args.device, batch_size=args.batch_size)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads < 0:
+        raise UsageError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    res = run_compare(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    summary = [{"sampler": c["sampler"], "steps": c["steps"], "nfe": c["nfe"],
+                "methods": {k: {"mean": sum(m["val"]) / len(m["val"]), "gain": m["gain"],
+                                "significant": m["significant"], "param": m["param"]}
+                            for k, m in c["methods"].items()}} for c in res["cells"]]
+    if args.json:
+        print_json({"cells": summary, "wall_time_s": res["wall_time_s"], "out": args.out})
+        return 0
+    print(f"wrote {args.out}/compare.md, compare.html, results_compare.json ({res['wall_time_s'] / 60:.1f} min)")
+    for c in summary:
+        base = c["methods"]["baseline"]["mean"]
+        best = min(c["methods"], key=lambda k: c["methods"][k]["mean"])
+        print(f"  {c['sampler']:5s} {c['nfe']:3d} NFE: baseline {base:.3f}; best {best} "
+              f"{c['methods'][best]['mean']:.3f} ({100 * c['methods'][best]['gain']:+.1f} %)")
+    return 0

@@ -1,0 +1,126 @@
+"""``compare``: IP training with γ = 0 is plain training; a tiny end-to-end run (trained here, IP twin trained on
+request) writes its report, keeps the paired invariants and resumes from its parts."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from diffusion_es.cli import main
+from diffusion_es.compare import CompareConfig, compare_blocks, ip_recipe, run_compare
+from diffusion_es.models import ModelConfig, load_model
+from diffusion_es.schedules import VPSchedule
+from diffusion_es.train import TrainConfig, diffusion_loss, diffusion_tables, train
+
+TINY = ModelConfig(width=32, blocks=1, time_embed_dim=16)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_ip_gamma_zero_is_plain_training(tmp_path):
+    kw = dict(data="digits", steps=30, batch_size=16, warmup=5, ckpt_every=1000)
+    train(tmp_path / "plain", TrainConfig(**kw), model=TINY, progress=False)
+    train(tmp_path / "ip0", TrainConfig(ip_gamma=0.0, **kw), model=TINY, progress=False)
+    train(tmp_path / "ip1", TrainConfig(ip_gamma=0.1, **kw), model=TINY, progress=False)
+    a, b, c = (_weights(tmp_path / n) for n in ("plain", "ip0", "ip1"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)   # bit for bit, raw and EMA
+    assert any(not torch.equal(a[k], c[k]) for k in a)                      # γ = 0.1 does change training
+
+
+def test_ip_loss_perturbs_the_input_only():
+    """With γ the network input is √ᾱ x0 + √(1−ᾱ)(ε + γξ) and the target stays ε; γ = 0 ignores ξ exactly."""
+    tables = diffusion_tables(VPSchedule.linear(), "cpu")
+    g = torch.Generator().manual_seed(0)
+    x0, eps, xi = (torch.randn(6, 1, 8, 8, generator=g) for _ in range(3))
+    t = torch.tensor([0, 10, 200, 500, 900, 999])
+    seen = []
+
+    def net(x_t, tt):
+        seen.append(x_t.clone())
+        return torch.zeros_like(x_t)
+
+    l_plain, _ = diffusion_loss(net, x0, t, eps, tables)
+    l_zero, _ = diffusion_loss(net, x0, t, eps, tables, xi=xi, ip_gamma=0.0)
+    l_ip, _ = diffusion_loss(net, x0, t, eps, tables, xi=xi, ip_gamma=0.1)
+    assert torch.equal(seen[0], seen[1]) and torch.equal(l_plain, l_zero)
+    sa, s1 = tables["sqrt_ab"][t].reshape(-1, 1, 1, 1), tables["sqrt_1mab"][t].reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(seen[2], sa * x0 + s1 * (eps + 0.1 * xi))
+    assert torch.equal(l_ip, l_plain)  # the target is ε either way (the zero net's loss is ‖ε‖²)
+
+
+def test_ip_recipe_copies_the_base_options():
+    cfg = {"training": {"options": TrainConfig(steps=80000, keep_every=10000).to_dict(), "step": 50000}}
+    r = ip_recipe(cfg)
+    assert r["ip_gamma"] == 0.1 and r["steps"] == 50000 and r["keep_every"] == 0 and r["lr"] == 1e-3
+    cos = {"training": {"options": TrainConfig(steps=80000, lr_schedule="cosine").to_dict(), "step": 50000}}
+    with pytest.raises(Exception, match="decaying learning rate"):
+        ip_recipe(cos)
+    with pytest.raises(Exception, match="no training options"):
+        ip_recipe({})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmp")
+    train(root / "model", TrainConfig(data="digits", steps=150, batch_size=64, warmup=10, ckpt_every=1000),
+          model=TINY, progress=False)
+    cfg = CompareConfig(model=str(root / "model"), ip_model=None, train_ip=True, out=str(root / "out"),
+                        steps=[4], edm_nfe=[4], n_samples=40, n_sets=1, n_val_sets=2, coarse=2, refine=0,
+                        batch_size=64)
+    logs = []
+    res = run_compare(cfg, log=logs.append)
+    return root, cfg, res, logs
+
+
+def test_tiny_compare_end_to_end(tiny_run):
+    root, cfg, res, logs = tiny_run
+    out = root / "out"
+    for name in ("compare.md", "compare.html", "results_compare.json"):
+        assert (out / name).is_file()
+    # the IP twin was trained on request with the base model's recipe and γ = 0.1
+    ip = load_model(out / "ip_model")
+    assert ip.config["training"]["options"]["ip_gamma"] == 0.1 and ip.config["training"]["step"] == 150
+    r = json.loads((out / "results_compare.json").read_text())
+    assert {(c["sampler"], c["steps"]) for c in r["cells"]} == {("ddpm", 4), ("ddim", 4), ("euler", 4), ("heun", 3)}
+    for c in r["cells"]:
+        want = ({"baseline", "ES", "TS", "TS+ES", "IP", "IP+ES"} if c["kind"] == "vp" else
+                {"baseline", "ES", "churn", "churn+S_noise", "churn+S_noise+ES"})
+        assert set(c["methods"]) == want
+        base = c["methods"]["baseline"]["val"]
+        for m in c["methods"].values():
+            assert len(m["val"]) == 2 and all(math.isfinite(v) for v in m["val"])
+            # every gain is paired against the same baseline values
+            assert m["gain"] == pytest.approx(sum(b / a - 1 for a, b in zip(base, m["val"])) / 2)
+        if c["kind"] == "vp":
+            assert c["ts_window1_equals_baseline"] is True
+            assert c["methods"]["TS"]["param"]["window"] >= 3
+        else:
+            assert c["methods"]["churn+S_noise"]["param"]["S_churn"] > 0
+    md = (out / "compare.md").read_text()
+    assert md.startswith("# Exposure-bias fixes compared") and "| method |" in md and "TS+ES" in md
+    blocks = compare_blocks(res)
+    assert blocks[0][0] == "h2" and all(b[0] in ("h2", "h3", "p", "table", "img") for b in blocks)
+    assert any(b[0] == "table" and b[1][0][0] == "method" for b in blocks)
+
+
+def test_tiny_compare_resumes_from_parts(tiny_run):
+    root, cfg, res, logs = tiny_run
+    parts = sorted(p.name for p in (root / "out" / "parts").iterdir())
+    again = []
+    res2 = run_compare(cfg, log=again.append)
+    assert len(again) == len(logs) - 1 and all("(cached)" in m for m in again)  # minus the IP training line
+    assert sorted(p.name for p in (root / "out" / "parts").iterdir()) == parts
+    assert res2["cells"] == res["cells"]
+
+
+def test_compare_bad_input(capsys):
+    assert main(["compare", "--steps", "ten"]) == 2
+    assert main(["compare", "--samplers", "ddpm,foo"]) == 2
+    assert main(["compare", "--samples", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("diffusion-es: error:") for line in err)
