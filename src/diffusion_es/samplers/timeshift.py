@@ -30,8 +30,9 @@ Noise protocol: as :func:`~diffusion_es.samplers.sample_ddpm` / ``sample_ddim``:
 (DDPM) or at every step when η > 0 (DDIM); :func:`sample_timeshift` uses :class:`SeedNoise` per seed.
 
 Callback: one :class:`StepInfo` per step. ``sigma`` and ``t`` are the nominal ones at steps where the rule is off
-(window 1, the first step, below the cutoff); otherwise ``t`` is a float64 tensor (B,) of the timesteps actually used and ``sigma`` the
-nominal σ, with ``x`` chosen so that ``info.x_vp`` is the exact VP state; ``denoised`` and ``eps`` are exact.
+(window 1, the first step, below the cutoff); otherwise ``t`` is a float64 tensor (B,) of the timesteps actually
+used and ``sigma`` the nominal σ, with ``x`` chosen so that ``info.x_vp`` is the exact VP state; ``denoised`` and
+``eps`` are exact. The variance is taken per sample (not over the batch), so a sample depends only on its seed.
 """
 
 from __future__ import annotations
