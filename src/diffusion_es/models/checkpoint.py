@@ -182,8 +182,34 @@ def _split_weights(tensors: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+def _is_diffusers_folder(p: Path) -> bool:
+    """A diffusers pipeline folder (model_index.json) or a UNet2DModel folder saved with save_pretrained."""
+    if (p / "model_index.json").is_file():
+        return True
+    try:
+        return json.loads((p / "config.json").read_text()).get("_class_name") == "UNet2DModel"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _load_diffusers(p: Path, device) -> LoadedModel:
+    from ..adapters.diffusers import load_diffusers_unet
+
+    den = load_diffusers_unet(p, device=device)
+    cfg = den.net.unet.config if hasattr(den.net, "unet") else den.net.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, (list, tuple)) else (cfg.sample_size, cfg.sample_size)
+    return LoadedModel(net=den.net, schedule=den.schedule, prediction=den.prediction,
+                       learned_variance=den.learned_variance, data_shape=(int(cfg.in_channels), *map(int, size)),
+                       config={"diffusers": str(p)}, path=p)
+
+
 def load_model(path="default", use_ema: bool = True, device="cpu") -> LoadedModel:
-    """Load a checkpoint folder (or 'default', the shipped digits model) for sampling: eval mode, float32."""
+    """Load a checkpoint folder (or 'default', the shipped digits model) for sampling: eval mode, float32.
+
+    A diffusers UNet2DModel / pipeline folder saved with ``save_pretrained`` is loaded too (needs the
+    ``diffusers`` extra), so every command that takes ``--model`` works on it."""
+    if str(path) != "default" and Path(path).is_dir() and _is_diffusers_folder(Path(path)):
+        return _load_diffusers(Path(path), device)
     d = resolve_checkpoint(path)
     cfg = read_config(d)
     where = f"{d}/config.json"
