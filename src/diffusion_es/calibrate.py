@@ -73,8 +73,9 @@ class _Scorer:
     """Scores a schedule on fixed seed sets, with a cache keyed on the schedule's JSON."""
 
     def __init__(self, denoiser, plan_kw, shape, metric, seed_sets, batch_size, sampler_kwargs, progress,
-                 extra_metrics=None, device="cpu"):
+                 extra_metrics=None, device="cpu", shard=None):
         self.den, self.plan_kw, self.shape, self.metric = denoiser, plan_kw, shape, metric
+        self.shard = shard or list  # distributed runs: this process's part of a seed set (see distributed.py)
         self.seed_sets, self.batch_size, self.kw, self.progress = seed_sets, batch_size, sampler_kwargs, progress
         self.extra_metrics, self.device = extra_metrics or {}, device
         self.cache, self.extra, self.order, self.nfe = {}, {}, [], 0
@@ -85,7 +86,7 @@ class _Scorer:
         if key not in self.cache:
             vals, extra = [], {name: [] for name in self.extra_metrics}
             for seeds in self.seed_sets:
-                x = sample(self.den, self.plan_kw["sampler"], self.plan_kw["steps"], self.shape, seeds,
+                x = sample(self.den, self.plan_kw["sampler"], self.plan_kw["steps"], self.shape, self.shard(seeds),
                            schedule=self.plan_kw["schedule"], es=sched, batch_size=self.batch_size,
                            device=self.device, **self.kw)
                 self.nfe += len(seeds) * self.nfe_per_sample
@@ -119,10 +120,13 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
               lam_range=(0.99, 1.03), n_samples: int = 500, n_sets: int = 3, n_val_sets: int = 3,
               coarse: int = 5, refine: int = 3, seed: int = 0, schedule: Optional[VPSchedule] = None,
               batch_size: int = 500, metric_name: str = "metric", progress: Optional[Callable] = None,
-              extra_metrics: Optional[dict] = None, device="cpu", **sampler_kwargs) -> CalibrationResult:
+              extra_metrics: Optional[dict] = None, device="cpu", shard: Optional[Callable] = None,
+              **sampler_kwargs) -> CalibrationResult:
     """Find the λ schedule (``kind`` = uniform or linear) that minimises ``metric(samples)`` for one sampler
     setting. ``metric`` takes a float64 tensor (N, *shape) and returns a float, lower is better.
-    ``extra_metrics`` (name -> callable) are only reported, on the validation sets, for λ = 1 and the choice."""
+    ``extra_metrics`` (name -> callable) are only reported, on the validation sets, for λ = 1 and the choice.
+    ``shard(seeds) -> seeds``: in a distributed run, the part of each seed set this process samples; ``metric``
+    (and ``extra_metrics``) then get only that part and must combine the parts (distributed.ShardedMetric)."""
     lo, hi = (float(v) for v in lam_range)
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi <= lo:
         raise UsageError(f"empty or invalid λ range [{lo}, {hi}]: give two finite values 0 < low < high")
@@ -139,9 +143,9 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
             for j in range(n_sets + n_val_sets)]
     plan_kw = {"sampler": sampler, "steps": steps, "schedule": schedule}
     search = _Scorer(denoiser, plan_kw, shape, metric, sets[:n_sets], batch_size, sampler_kwargs, progress,
-                     device=device)
+                     device=device, shard=shard)
     val = _Scorer(denoiser, plan_kw, shape, metric, sets[n_sets:], batch_size, sampler_kwargs, progress,
-                  extra_metrics, device)
+                  extra_metrics, device, shard=shard)
 
     def mean_uniform(b):
         return float(np.mean(search(None if b == 1.0 else Uniform(b))))

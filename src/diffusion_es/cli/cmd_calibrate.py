@@ -38,7 +38,15 @@ def register(sub):
 
 
 def run(args) -> int:
+    from ..distributed import session
+
+    with session() as ctx:  # one process, or one rank of a torchrun launch
+        return _run(args, ctx)
+
+
+def _run(args, ctx) -> int:
     from ..calibrate import calibrate
+    from ..distributed import ShardedMetric, seed_splitter
     from ..quality import build_metric
     from ..scaling import save_schedule, schedule_from_dict
 
@@ -48,6 +56,10 @@ def run(args) -> int:
         raise UsageError(f"--range {args.range!r}: give two numbers LO,HI, e.g. 0.99,1.03") from None
     model, den = load_model_arg(args.model)
     metric = build_metric(args.data, args.ref, args.features, args.inception, shape=model.data_shape)
+    if ctx.is_distributed:  # each rank samples its part of every seed set; the metric combines the parts
+        if args.n < ctx.world_size:
+            raise UsageError(f"--n {args.n} is smaller than the {ctx.world_size} processes; give each one a sample")
+        metric = ShardedMetric(ctx, metric)
 
     def progress(ev):
         lab = "λ = 1" if ev["schedule"] is None else ", ".join(
@@ -57,7 +69,10 @@ def run(args) -> int:
     r = calibrate(den, args.sampler, args.steps, model.data_shape, metric, kind=args.kind, lam_range=(lo, hi),
                   n_samples=args.n, n_sets=args.sets, n_val_sets=args.val_sets, coarse=args.coarse,
                   refine=args.refine, seed=args.seed, schedule=model.schedule, batch_size=args.batch_size,
-                  metric_name=metric.name, progress=None if args.json else progress, **sampler_kwargs(args))
+                  metric_name=metric.name, progress=None if args.json or not ctx.is_main else progress,
+                  shard=seed_splitter(ctx, args.batch_size), **sampler_kwargs(args))
+    if not ctx.is_main:
+        return 0
     d = r.to_dict()
     d["model"] = str(args.model)
     if args.out and r.significant:

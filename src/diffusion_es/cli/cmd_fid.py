@@ -97,7 +97,14 @@ def _auto_features(images) -> str:
 
 
 def run_fid_ref(args) -> int:
-    from ..metrics.features import extract_stats
+    from ..distributed import session
+
+    with session() as ctx:  # one process, or one rank of a torchrun launch
+        return _run_fid_ref(args, ctx)
+
+
+def _run_fid_ref(args, ctx) -> int:
+    from ..distributed import extract_stats
     from ..metrics.reference import save_reference
 
     if args.keep_features < 0:
@@ -106,7 +113,9 @@ def run_fid_ref(args) -> int:
     if len(images) < 2:
         raise UsageError(f"{args.data}: need at least 2 images for a covariance, found {len(images)}")
     ex = _extractor(args, args.features or _auto_features(images))
-    stats, kept = extract_stats(ex, images, keep_features=args.keep_features, desc=f"{ex.name} features")
+    stats, kept = extract_stats(ctx, ex, images, keep_features=args.keep_features, desc=f"{ex.name} features")
+    if not ctx.is_main:
+        return 0
     prov = save_reference(args.out, stats, ex, dataset, split, features=kept)
     if args.json:
         print_json({"out": str(args.out), **prov})
@@ -117,8 +126,15 @@ def run_fid_ref(args) -> int:
 
 
 def run_fid(args) -> int:
+    from ..distributed import session
+
+    with session() as ctx:  # one process, or one rank of a torchrun launch
+        return _run_fid(args, ctx)
+
+
+def _run_fid(args, ctx) -> int:
+    from ..distributed import extract_stats
     from ..io import load_images
-    from ..metrics.features import extract_stats
     from ..metrics.frechet import frechet_distance
     from ..metrics.prdc import precision_recall
     from ..metrics.reference import check_features, load_reference
@@ -135,7 +151,9 @@ def run_fid(args) -> int:
         raise UsageError(f"{args.samples}: need at least 2 images, found {len(images)}")
     want_pr = not args.no_pr and ref.features is not None
     keep = len(ref.features) if want_pr else 0
-    stats, kept = extract_stats(ex, images, keep_features=keep, desc=f"{ex.name} features")
+    stats, kept = extract_stats(ctx, ex, images, keep_features=keep, desc=f"{ex.name} features")
+    if not ctx.is_main:
+        return 0
     fd = frechet_distance(stats, ref.stats, method=args.method)
     prov = ref.provenance
     out = {"metric": METRIC_NAME[ex.name], "fd": fd, "fd_method": args.method, "samples": str(args.samples), "n_samples": stats.n,

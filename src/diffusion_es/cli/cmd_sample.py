@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--grid", default=None, help="also write a PNG grid of the first --grid-n samples")
     p.add_argument("--grid-n", type=int, default=100, help="number of samples in the grid")
     p.add_argument("--batch-size", type=int, default=500, help="samples per batch (does not change the samples)")
+    p.add_argument("--shard-size", type=int, default=256,
+                   help="seeds per resumable shard in OUT.parts/, rounded up to whole batches: a killed run "
+                        "restarted with the same arguments samples only what is missing (see docs/distributed.md)")
     p.add_argument("--spacing", default="adm", help="timestep respacing for ddpm/ddim: adm | linspace | leading | trailing")
     p.add_argument("--variance", default=None, choices=["small", "large", "learned"],
                    help="ddpm variance (default: learned for learned-variance models, else small)")
@@ -59,20 +62,31 @@ def es_from_args(args):
 
 
 def run(args) -> int:
+    from ..distributed import session
+
+    with session(args.device) as ctx:  # one process, or one rank of a torchrun launch
+        return _run(args, ctx)
+
+
+def _run(args, ctx) -> int:
     import numpy as np
     import torch
 
+    from ..distributed import ShardedRun, model_fingerprint
     from ..io import save_grid, save_npz, to_uint8
     from ..models import load_model
     from ..samplers import sample
     from .common import parse_seeds, print_json
 
+    args.device = ctx.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.shard_size < 1:
+        raise UsageError(f"--shard-size must be >= 1, got {args.shard_size}")
     if not str(args.out).endswith(".npz"):
         raise UsageError(f"--out {args.out!r} must end in .npz")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -93,33 +107,50 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=len(seeds), unit="img", file=sys.stderr, disable=args.no_progress, desc=args.sampler)
+    # everything that determines the samples keys the resumable shards (OUT.parts/)
+    identity = {"model": model_fingerprint(m.net), "shape": list(m.data_shape), "sampler": args.sampler,
+                "steps": args.steps, "es": None if es is None else es.to_dict(), "spacing": args.spacing,
+                "device": torch.device(args.device).type, **kwargs}
+    shards = ShardedRun(ctx, args.out, identity, seeds, args.batch_size, args.shard_size)
+
+    def run_chunk(chunk, progress):  # images are quantised per chunk, exactly as the whole set would be
+        x = sample(m.denoiser(), args.sampler, args.steps, m.data_shape, chunk, schedule=m.schedule, es=es,
+                   batch_size=args.batch_size, device=args.device, spacing=args.spacing, progress=progress, **kwargs)
+        return to_uint8(x) if x.ndim == 4 else x.numpy()
+
+    bar = tqdm(total=len(seeds), unit="img", file=sys.stderr, disable=args.no_progress or not ctx.is_main,
+               desc=args.sampler)
     t0 = time.perf_counter()
     try:
-        x = sample(m.denoiser(), args.sampler, args.steps, m.data_shape, seeds, schedule=m.schedule, es=es,
-                   batch_size=args.batch_size, device=args.device, spacing=args.spacing, progress=bar.update, **kwargs)
+        merged = shards.execute(run_chunk, progress=bar.update)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
+    if not ctx.is_main:
+        return 0
     seeds_arr = np.asarray(seeds, dtype=np.int64)
-    if x.ndim == 4:
-        u = to_uint8(x)
+    if merged.ndim == 4:
+        u = merged
         save_npz(args.out, u, seeds=seeds_arr)
         if args.grid:
             save_grid(args.grid, u[: max(1, args.grid_n)])
     else:  # vectors (toy data): float32 under arr_0
         from ..io import atomic_path
 
+        x = torch.from_numpy(merged)
         with atomic_path(args.out, suffix=".npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, arr_0=x.numpy().astype(np.float32), seeds=seeds_arr)
         if args.grid:
             _scatter(args.grid, x.numpy())
+    shards.cleanup()
+    n_new = len(seeds) - shards.reused
+    seconds = max(seconds, 1e-9)
     summary = {
         "model": str(m.path), "sampler": args.sampler, "steps": args.steps,
         "nfe": 2 * args.steps - 1 if args.sampler == "heun" else args.steps,
         "es": None if es is None else es.to_dict(), "n": len(seeds), "seeds": args.seeds,
-        "shape": list(m.data_shape), "seconds": round(seconds, 3), "samples_per_s": round(len(seeds) / seconds, 2),
+        "shape": list(m.data_shape), "seconds": round(seconds, 3), "samples_per_s": round(n_new / seconds, 2),
         "out": str(args.out), "grid": args.grid, **{k: v for k, v in kwargs.items()},
     }
     if args.json:
