@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -47,19 +46,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="total CPU threads for each configuration")
     ap.add_argument("--nproc", type=int, default=2)
     a = ap.parse_args()
-    des = shutil.which("diffusion-es", path=str(Path(sys.executable).parent)) or shutil.which("diffusion-es")
     common = ["sample", "--model", a.model, "--steps", str(a.steps), "--seeds", a.seeds, "--batch-size",
               str(a.batch_size), "--no-progress", "--json"]
     per_proc = max(1, a.threads // a.nproc)
+    des = [sys.executable, "-m", "diffusion_es"]
     with tempfile.TemporaryDirectory() as d:
         one_out, many_out = Path(d) / "one.npz", Path(d) / "many.npz"
         env1 = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
-        one, wall1 = _run([sys.executable, des, *common, "--threads", str(a.threads), "--out", str(one_out)], env1)
+        one, wall1 = _run([*des, *common, "--threads", str(a.threads), "--out", str(one_out)], env1)
         env_1t = {**os.environ, "OMP_NUM_THREADS": "1"}
-        solo, wall_1t = _run([sys.executable, des, *common, "--threads", "1", "--out", str(one_out)], env_1t)
+        solo, wall_1t = _run([*des, *common, "--threads", "1", "--out", str(one_out)], env_1t)
         envn = {**os.environ, "OMP_NUM_THREADS": str(per_proc)}
         many, walln = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(a.nproc),
-                            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--", des, *common,
+                            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "--", "diffusion_es",
+                            *common,
                             "--threads", str(per_proc), "--out", str(many_out)], envn)
         same = one_out.read_bytes() == many_out.read_bytes()  # one_out: the last one-process file
     r1, rn = one["samples_per_s"], many["samples_per_s"]

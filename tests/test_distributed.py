@@ -6,7 +6,6 @@ its one message and exit code 2 instead of a hang."""
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +21,6 @@ from diffusion_es.distributed import shard_seeds_per_chunk, span, split
 
 pytest.importorskip("torch.distributed")
 
-DES = shutil.which("diffusion-es", path=str(Path(sys.executable).parent)) or shutil.which("diffusion-es")
 # 240 seeds in batches of 7 (7 does not divide 240); shards of 21 seeds: 12 shards, the last one 9 seeds
 SAMPLE = ["sample", "--model", "default", "--sampler", "ddpm", "--steps", "50", "--seeds", "0-239",
           "--batch-size", "7", "--shard-size", "20", "--threads", "1", "--no-progress"]
@@ -36,7 +34,7 @@ def _free_port() -> int:
 
 def _torchrun_cmd(args, nproc=2):
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-            "127.0.0.1", "--master_port", str(_free_port()), "--", DES, *args]
+            "127.0.0.1", "--master_port", str(_free_port()), "-m", "--", "diffusion_es", *args]
 
 
 def _env():
