@@ -56,3 +56,15 @@ def test_repro_bad_input(capsys):
     assert main(["repro", "--quick", "--samplers", "ddpm,foo"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("diffusion-es: error:") for line in err)
+
+
+@pytest.mark.slow
+def test_compare_section_joins_the_report(quick_run, tmp_path):
+    from pathlib import Path
+
+    from diffusion_es.report import render_md, build_blocks
+
+    r = json.loads((quick_run / "results.json").read_text())
+    r["compare"] = json.loads((Path(__file__).parent.parent / "docs" / "compare" / "results_compare.json").read_text())
+    md = render_md(build_blocks(r))
+    assert "## Epsilon Scaling and the other fixes for exposure bias" in md

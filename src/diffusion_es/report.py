@@ -103,6 +103,10 @@ def build_blocks(r: dict) -> list:
     blocks.append(("h2", "λ curves"))
     blocks.append(("img", r["figures"]["lambda_curves"], "metric vs λ"))
     blocks.append(("img", r["figures"]["lambda_vs_steps"], "optimal λ vs steps"))
+    if "compare" in r:
+        from .compare import compare_blocks
+
+        blocks.extend(compare_blocks(r["compare"]))
     return blocks
 
 

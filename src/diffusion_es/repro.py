@@ -63,6 +63,7 @@ class ReproConfig:
     device: str = "cpu"
     batch_size: int = 500
     seed: int = 0
+    compare: bool = False   # add the comparison with the other fixes (diffusion_es.compare) as a section
 
     def resolved(self) -> "ReproConfig":
         prof = PROFILES["quick" if self.quick else "full"]
@@ -258,6 +259,12 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
         "figures": figures, "wall_time_s": time.time() - t0,
     }
     results["claims"] = check_claims(results)
+    if cfg.compare:
+        from .compare import CompareConfig, run_compare
+
+        results["compare"] = run_compare(CompareConfig(model=cfg.model, data=cfg.data, out=cfg.out, quick=cfg.quick,
+                                                       ref=cfg.ref, device=cfg.device, batch_size=cfg.batch_size,
+                                                       seed=cfg.seed), log=log)
     write_report(results, out)
     return results
 
