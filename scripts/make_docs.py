@@ -88,7 +88,7 @@ def calibrate_docs() -> None:
             "95 % t-interval; 'significant' means the whole interval is below 0 and only then is a schedule "
             "file written. The metric-free λ is the mean ratio of the sampling ε-norm to the training ε-norm "
             "(`diffusion-es measure`).", "",
-            "| sampler | steps | calibrated λ | gain vs λ = 1 [95 %] | significant | network evaluations | time | "
+            "| sampler | steps | calibrated λ | FD change vs λ = 1 [95 %] (negative = better) | significant | network evaluations | time | "
             "metric-free λ |", "|---|---|---|---|---|---|---|---|", *rows, ""]
     write(out / "README.md", "\n".join(text))
 

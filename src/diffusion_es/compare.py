@@ -201,10 +201,9 @@ def _resolve_ip(cfg: CompareConfig, base, out: Path, log) -> Optional[Path]:
 # ---- the job --------------------------------------------------------------------------------------------------
 def run_compare(cfg: CompareConfig, log=print) -> dict:
     from .calibrate import calibrate
-    from .data import load_dataset
     from .models import load_model
     from .quality import build_metric
-    from .repro import RANGES, _model_fingerprint, _Store, steps_for
+    from .repro import RANGES, _model_fingerprint, _Store, load_model_and_data, steps_for
     from .samplers import SamplingPlan, sample
     from .samplers.timeshift import data_variance, sample_timeshift
     from .scaling import Uniform
@@ -212,12 +211,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
     cfg = cfg.resolved()
     t0 = time.time()
     out = Path(cfg.out)
-    model = load_model(cfg.model, device=cfg.device)
-    den = model.denoiser()
-    ds = load_dataset(cfg.data)
-    if ds.shape != tuple(model.data_shape):
-        raise UsageError(f"the model makes samples of shape {tuple(model.data_shape)} but --data {cfg.data!r} has "
-                         f"shape {ds.shape}; use the data the model was trained on")
+    model, den, ds = load_model_and_data(cfg.model, cfg.data, cfg.device)
     metric = build_metric(cfg.data, cfg.ref, shape=model.data_shape)
     ip_path = _resolve_ip(cfg, model, out, log)
     ip = load_model(ip_path, device=cfg.device) if ip_path is not None else None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np

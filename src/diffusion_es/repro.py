@@ -127,25 +127,31 @@ def _model_fingerprint(model) -> dict:
     return {"weights_sha256": h.hexdigest()[:16]}
 
 
+def load_model_and_data(model_path, data: str, device="cpu"):
+    """(model, its denoiser, its dataset), refusing data whose shape is not the model's sample shape."""
+    from .data import load_dataset
+    from .models import load_model
+
+    model = load_model(model_path, device=device)
+    ds = load_dataset(data)
+    if ds.shape != tuple(model.data_shape):
+        raise UsageError(f"the model makes samples of shape {tuple(model.data_shape)} but --data {data!r} has "
+                         f"shape {ds.shape}; use the data the model was trained on")
+    return model, model.denoiser(), ds
+
+
 def run_repro(cfg: ReproConfig, log=print) -> dict:
     from .calibrate import calibrate
-    from .data import load_dataset
     from .measure import measure_exposure, plot_exposure
-    from .models import load_model
     from .quality import build_metric
     from .report import write_report
     from .samplers import SamplingPlan, sample
-    from .scaling import Uniform, schedule_from_dict
+    from .scaling import Uniform
 
     cfg = cfg.resolved()
     t0 = time.time()
     out = Path(cfg.out)
-    model = load_model(cfg.model, device=cfg.device)
-    den = model.denoiser()
-    ds = load_dataset(cfg.data)
-    if ds.shape != tuple(model.data_shape):
-        raise UsageError(f"the model makes samples of shape {tuple(model.data_shape)} but --data {cfg.data!r} has "
-                         f"shape {ds.shape}; use the data the model was trained on")
+    model, den, ds = load_model_and_data(cfg.model, cfg.data, cfg.device)
     metric = build_metric(cfg.data, cfg.ref, cfg.features, cfg.inception, shape=model.data_shape)
     extra = {}
     if cfg.ref != "heldout" and ds.heldout is not None and not str(cfg.ref).endswith(".npz"):

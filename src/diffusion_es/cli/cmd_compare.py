@@ -9,14 +9,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UsageError
-from .common import print_json
-
-
-def _ints(text, what):
-    try:
-        return [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"{what} {text!r}: give comma-separated whole numbers, e.g. 10,20,50") from None
+from .common import parse_int_list, print_json
 
 
 def _names(text):
@@ -60,8 +53,8 @@ def run(args) -> int:
     ip = None if str(args.ip_model).lower() == "none" else args.ip_model
     cfg = CompareConfig(model=args.model, ip_model=ip, train_ip=args.train_ip, data=args.data, out=args.out,
                         quick=args.quick, samplers=_names(args.samplers), edm_samplers=edm,
-                        steps=_ints(args.steps, "--steps") if args.steps else None,
-                        edm_nfe=_ints(args.edm_nfe, "--edm-nfe") if args.edm_nfe else None,
+                        steps=parse_int_list(args.steps, "--steps") if args.steps else None,
+                        edm_nfe=parse_int_list(args.edm_nfe, "--edm-nfe") if args.edm_nfe else None,
                         n_samples=args.samples, n_val_sets=args.seeds, ts_rule=args.ts_rule, ref=args.ref,
                         device=args.device, batch_size=args.batch_size)
     if args.batch_size < 1:

@@ -9,14 +9,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UsageError
-from .common import print_json
-
-
-def _ints(text, what):
-    try:
-        return [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"{what} {text!r}: give comma-separated whole numbers, e.g. 10,20,50,100") from None
+from .common import parse_int_list, print_json
 
 
 def register(sub):
@@ -49,7 +42,7 @@ def run(args) -> int:
 
     cfg = ReproConfig(model=args.model, data=args.data, out=args.out, quick=args.quick,
                       samplers=[s.strip() for s in args.samplers.split(",") if s.strip()],
-                      nfe=_ints(args.nfe, "--nfe") if args.nfe else None, n_samples=args.samples,
+                      nfe=parse_int_list(args.nfe, "--nfe") if args.nfe else None, n_samples=args.samples,
                       n_val_sets=args.seeds, ref=args.ref, features=args.features, inception=args.inception,
                       device=args.device, batch_size=args.batch_size, compare=args.compare)
     if args.threads < 0:

@@ -163,6 +163,7 @@ def _run(args, ctx) -> int:
 
 def _scatter(path, pts) -> None:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -13,6 +13,14 @@ def print_json(obj) -> None:
     sys.stdout.write("\n")
 
 
+def parse_int_list(text, what: str) -> list:
+    """'10,20,50' -> [10, 20, 50], with a one-line error naming the option."""
+    try:
+        return [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what} {text!r}: give comma-separated whole numbers, e.g. 10,20,50") from None
+
+
 def parse_seeds(text: str) -> list:
     """'0-1999' -> [0..1999]; '3,5,7' -> [3, 5, 7]; '0-9,20' -> both. Ranges include both ends."""
     seeds = []

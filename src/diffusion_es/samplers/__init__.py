@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 
 from ..param import as_denoiser
