@@ -114,7 +114,9 @@ class _Store:
                 return json.loads(p.read_text()), True
             except json.JSONDecodeError:
                 pass  # a damaged part is recomputed
+        t0 = time.time()
         res = fn()
+        res["compute_s"] = time.time() - t0  # kept with the part, so a resumed run still reports the real cost
         write_json(p, res)
         return res, False
 
@@ -172,11 +174,13 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
     linear_tasks = [s for s in cfg.linear_samplers if s in cfg.samplers]
     measure_tasks = [s for s in ("ddpm", "ddim") if s in cfg.samplers]
     total = len(cells) + len(linear_tasks) + len(measure_tasks)
-    done = 0
+    done, n_cached, compute_s = 0, 0, 0.0
 
-    def tick(what, cached):
-        nonlocal done
+    def tick(what, cached, part=None):
+        nonlocal done, n_cached, compute_s
         done += 1
+        n_cached += bool(cached)
+        compute_s += float((part or {}).get("compute_s", 0.0))
         log(f"[{done}/{total}] {what}{' (cached)' if cached else ''}  {time.time() - t0:6.0f} s")
 
     # ---- 2. main table -----------------------------------------------------------------------------------
@@ -204,7 +208,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
         res["nfe_cell"] = nfe
         table.append(res)
         tick(f"{sampler} {steps} steps ({res['nfe_per_sample']} NFE): λ {res['candidate']['b']:.4f}, "
-             f"gain {100 * res['gain']:+.1f} %", cached)
+             f"metric change {100 * res['gain']:+.1f} %", cached, res)
 
     # ---- 4. uniform vs linear at 20 steps -----------------------------------------------------------------
     linear = []
@@ -219,7 +223,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
 
         res, cached = store.get_or_run(f"linear_{sampler}_{steps}", params, run_linear)
         linear.append(res)
-        tick(f"linear schedule, {sampler} {steps} steps", cached)
+        tick(f"linear schedule, {sampler} {steps} steps", cached, res)
 
     # ---- 1. exposure-bias curves ----------------------------------------------------------------------------
     exposure = {}
@@ -240,7 +244,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
 
         res, cached = store.get_or_run(f"measure_{sampler}_{steps}", params, run_measure)
         exposure[sampler] = res
-        tick(f"exposure curves, {sampler} {steps} steps", cached)
+        tick(f"exposure curves, {sampler} {steps} steps", cached, res)
 
     from .measure import ExposureCurves
 
@@ -262,7 +266,8 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
         "table": table, "linear": linear,
         "exposure": {s: {"baseline": r["baseline"]["summary"], "es": r["es"]["summary"],
                          "curves": r} for s, r in exposure.items()},
-        "figures": figures, "wall_time_s": time.time() - t0,
+        "figures": figures, "wall_time_s": time.time() - t0, "compute_time_s": compute_s,
+        "parts_from_cache": n_cached, "parts": total,
     }
     results["claims"] = check_claims(results)
     if cfg.compare:
@@ -346,7 +351,7 @@ def check_claims(results: dict) -> list:
     sig = [c for c in table if c["significant"]]
     claim("ES improves sample quality (metric lower than baseline beyond the noise)",
           len(sig) > len(table) / 2,
-          f"{len(sig)} of {len(table)} cells significantly better; mean gain "
+          f"{len(sig)} of {len(table)} cells significantly better; mean change "
           f"{100 * np.mean([c['gain'] for c in table]):+.1f} %")
     claim("λ = 1 reproduces the baseline exactly", all(c["lambda1_equals_baseline"] for c in table),
           f"{sum(c['lambda1_equals_baseline'] for c in table)} of {len(table)} cells identical")
@@ -382,11 +387,11 @@ def check_claims(results: dict) -> list:
     if len(nfes) > 1:
         lo, hi = min(nfes), max(nfes)
         ok, ev = compare(gains(c for c in table if c["nfe_cell"] == lo), gains(c for c in table if c["nfe_cell"] == hi),
-                         f"mean gain at {lo} NFE", f"at {hi} NFE")
+                         f"mean change at {lo} NFE", f"at {hi} NFE")
         claim("Gains are largest at low step counts", ok, ev)
     by = {s: [c for c in table if c["sampler"] == s] for s in ("ddpm", "ddim", "euler", "heun")}
     if by["euler"] and by["heun"]:
-        ok, ev = compare(gains(by["euler"]), gains(by["heun"]), "mean gain Euler", "Heun")
+        ok, ev = compare(gains(by["euler"]), gains(by["heun"]), "mean change Euler", "Heun")
         claim("First-order solvers gain more than second-order (Euler vs Heun)", ok, ev)
     sig_ddpm = [lam_of(c) for c in by["ddpm"] if c["significant"]]
     sig_ddim = [lam_of(c) for c in by["ddim"] if c["significant"]]
