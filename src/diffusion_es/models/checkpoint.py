@@ -186,6 +186,8 @@ def _is_diffusers_folder(p: Path) -> bool:
     """A diffusers pipeline folder (model_index.json) or a UNet2DModel folder saved with save_pretrained."""
     if (p / "model_index.json").is_file():
         return True
+    if not any((p / f"diffusion_pytorch_model.{ext}").is_file() for ext in ("safetensors", "bin")):
+        return False
     try:
         return json.loads((p / "config.json").read_text()).get("_class_name") == "UNet2DModel"
     except (OSError, ValueError, AttributeError):
@@ -195,7 +197,10 @@ def _is_diffusers_folder(p: Path) -> bool:
 def _load_diffusers(p: Path, device) -> LoadedModel:
     from ..adapters.diffusers import load_diffusers_unet
 
-    den = load_diffusers_unet(p, device=device)
+    try:
+        den = load_diffusers_unet(p, device=device)
+    except (OSError, KeyError, TypeError) as e:
+        raise UsageError(f"{p}: could not load it as a diffusers UNet ({str(e).splitlines()[0]})") from None
     cfg = den.net.unet.config if hasattr(den.net, "unet") else den.net.config
     size = cfg.sample_size if isinstance(cfg.sample_size, (list, tuple)) else (cfg.sample_size, cfg.sample_size)
     return LoadedModel(net=den.net, schedule=den.schedule, prediction=den.prediction,
