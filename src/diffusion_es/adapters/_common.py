@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["PREDICTION_ALIASES", "normalize_prediction", "scale_prediction", "as_numpy_1d"]
+__all__ = ["PREDICTION_ALIASES", "normalize_prediction", "scale_prediction", "as_numpy_1d", "WrapsInner"]
 
 # the names the field uses for the three predictions -> ours (diffusion_es.param.PREDICTIONS)
 PREDICTION_ALIASES = {
@@ -97,3 +97,16 @@ def scale_prediction(out: torch.Tensor, x_t: torch.Tensor, lam, alpha_bar, predi
             keep = torch.from_numpy(lam_np == 1.0).to(pred.device).reshape(shape)
             new = torch.where(keep, pred, new)
     return new if rest is None else torch.cat([new, rest], dim=1)
+
+
+class WrapsInner(torch.nn.Module):
+    """A wrapper module whose unknown attributes come from the wrapped network ``self.inner`` (σ range,
+    resolution, label dim, ...), after its own parameters, buffers and submodules."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "inner" or "inner" not in self.__dict__.get("_modules", {}):
+                raise
+            return getattr(self._modules["inner"], name)

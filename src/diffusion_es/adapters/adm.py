@@ -20,12 +20,12 @@ from torch import nn
 
 from ..scaling import BoundLambda, LambdaSchedule, Uniform
 from ..schedules import VPSchedule
-from ._common import as_numpy_1d, normalize_prediction, scale_prediction
+from ._common import WrapsInner, as_numpy_1d, normalize_prediction, scale_prediction
 
 __all__ = ["EpsilonScaledEpsNet"]
 
 
-class EpsilonScaledEpsNet(nn.Module):
+class EpsilonScaledEpsNet(WrapsInner):
     """Wrap an ε network ``model(x_t, t, **kwargs)`` with Epsilon Scaling.
 
     * ``alphas_cumprod``: ᾱ of the training process, indexed by the timesteps the network receives (a
@@ -102,10 +102,3 @@ class EpsilonScaledEpsNet(nn.Module):
             raise ValueError(f"network must output {C} channels, got {out.shape[1]}")
         return scale_prediction(out, x, lam, ab, self.prediction)
 
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "inner" or "inner" not in self.__dict__.get("_modules", {}):
-                raise
-            return getattr(self._modules["inner"], name)

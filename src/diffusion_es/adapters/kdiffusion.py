@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..scaling import BoundLambda, LambdaSchedule, SigmaKeyed, Uniform
-from ._common import as_numpy_1d
+from ._common import WrapsInner, as_numpy_1d
 
 __all__ = ["EpsilonScaledDenoiser"]
 
@@ -35,7 +35,7 @@ def _bind(schedule: LambdaSchedule, sigmas) -> BoundLambda:
     return schedule.bind(as_numpy_1d(sigmas))
 
 
-class EpsilonScaledDenoiser(nn.Module):
+class EpsilonScaledDenoiser(WrapsInner):
     """Wrap ``model(x, sigma, *args, **kwargs) -> D`` with Epsilon Scaling.
 
     ``schedule``: a :class:`~diffusion_es.scaling.LambdaSchedule` or a number (uniform λ). ``sigmas``: the sampling
@@ -84,14 +84,6 @@ class EpsilonScaledDenoiser(nn.Module):
             D_es = torch.where(lam == 1.0, D, D_es)
         return D_es
 
-    def __getattr__(self, name):
-        # parameters/buffers/submodules first (nn.Module), then the wrapped network's attributes
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "inner" or "inner" not in self.__dict__.get("_modules", {}):
-                raise
-            return getattr(self._modules["inner"], name)
 
     def __repr__(self):
         return f"EpsilonScaledDenoiser({self.schedule!r}, inner={type(self.inner).__name__})"

@@ -14,7 +14,7 @@ import torch
 from ..param import as_denoiser
 from ..scaling import LambdaSchedule, epsilon_scaled
 from ..schedules import VPSchedule, karras_sigmas, respace
-from .common import NOISE_BLOCK, SeedNoise, StepInfo
+from .common import NOISE_BLOCK, SeedNoise, StepInfo, over_seed_batches
 from .edm import sample_edm, sample_euler, sample_heun
 from .vp import VARIANCES, sample_ddim, sample_ddpm
 
@@ -98,20 +98,8 @@ def sample(denoiser, sampler: str, steps: int, shape: Sequence[int], seeds: Sequ
     """
     if schedule is None:
         schedule = getattr(denoiser, "schedule", None) or VPSchedule.linear()
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    seeds = list(seeds)
-    if not seeds:
-        raise ValueError("no seeds given: sample at least one")
     plan = SamplingPlan(sampler, steps, schedule, spacing=spacing, rho=rho)
     den = epsilon_scaled(as_denoiser(denoiser), es, plan.sigmas)
-    out = []
-    for start in range(0, len(seeds), batch_size):
-        batch = seeds[start:start + batch_size]
-        noise = SeedNoise(batch, shape, device)
-        cb = None if callback is None else (lambda info, b=batch: callback(info, b))
-        with torch.no_grad():
-            out.append(plan.run(den, noise.initial(), noise, callback=cb, **sampler_kwargs).cpu())
-        if progress is not None:
-            progress(len(batch))
-    return torch.cat(out)
+    return over_seed_batches(seeds, shape, batch_size, device,
+                             lambda noise, cb: plan.run(den, noise.initial(), noise, callback=cb, **sampler_kwargs),
+                             callback, progress)

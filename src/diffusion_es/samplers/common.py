@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK"]
+__all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches"]
 
 # Step noise is drawn per seed in blocks of this many steps. It is part of the noise protocol (changing it
 # changes every stochastic sample), so it is a constant, never derived from memory or batch size.
@@ -74,3 +74,25 @@ class SeedNoise:
                     torch.randn((NOISE_BLOCK, *self.shape), generator=g, out=self._block[k])
                 self._block_start = 0 if self._block_start is None else self._block_start + NOISE_BLOCK
         return self._block[:, i - start].to(self.device, torch.float64)
+
+
+def over_seed_batches(seeds, shape, batch_size: int, device, run, callback=None, progress=None) -> torch.Tensor:
+    """Run ``run(noise, cb) -> samples`` on batches of seeds with per-seed noise; float64 results on the CPU.
+
+    ``callback(info, seeds_of_batch)`` is handed to ``run`` as ``cb(info)``; ``progress(n_done)`` after each batch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("no seeds given: sample at least one")
+    out = []
+    for start in range(0, len(seeds), batch_size):
+        batch = seeds[start:start + batch_size]
+        noise = SeedNoise(batch, shape, device)
+        cb = None if callback is None else (lambda info, b=batch: callback(info, b))
+        with torch.no_grad():
+            out.append(run(noise, cb).cpu())
+        if progress is not None:
+            progress(len(batch))
+    return torch.cat(out)

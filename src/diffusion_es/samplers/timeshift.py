@@ -46,7 +46,7 @@ import torch
 from ..param import as_denoiser
 from ..scaling import LambdaSchedule, epsilon_scaled
 from ..schedules import RespacedChain, VPSchedule
-from .common import SeedNoise, StepInfo
+from .common import StepInfo, over_seed_batches
 from .vp import VARIANCES
 
 __all__ = ["sample_ts_ddpm", "sample_ts_ddim", "sample_timeshift", "choose_timesteps", "data_variance",
@@ -216,20 +216,10 @@ def sample_timeshift(denoiser, sampler: str, steps: int, shape: Sequence[int], s
         raise ValueError(f"time-shift sampling works with {', '.join(TS_SAMPLERS)}, got {sampler!r}")
     if schedule is None:
         schedule = getattr(denoiser, "schedule", None) or VPSchedule.linear()
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    seeds = list(seeds)
-    if not seeds:
-        raise ValueError("no seeds given: sample at least one")
     plan = SamplingPlan(sampler, steps, schedule, spacing=spacing)
     den = epsilon_scaled(as_denoiser(denoiser), es, plan.sigmas)
     fn = sample_ts_ddpm if sampler == "ddpm" else sample_ts_ddim
-    out = []
-    for start in range(0, len(seeds), batch_size):
-        batch = seeds[start:start + batch_size]
-        noise = SeedNoise(batch, shape, device)
-        cb = None if callback is None else (lambda info, b=batch: callback(info, b))
-        with torch.no_grad():
-            out.append(fn(den, noise.initial(), plan.chain, noise=noise, window=window, cutoff=cutoff,
-                          data_var=data_var, callback=cb, **sampler_kwargs).cpu())
-    return torch.cat(out)
+    return over_seed_batches(seeds, shape, batch_size, device,
+                             lambda noise, cb: fn(den, noise.initial(), plan.chain, noise=noise, window=window,
+                                                  cutoff=cutoff, data_var=data_var, callback=cb, **sampler_kwargs),
+                             callback)
