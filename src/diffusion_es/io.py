@@ -26,6 +26,7 @@ __all__ = [
     "save_npz",
     "load_images",
     "save_grid",
+    "save_figure",
 ]
 
 
@@ -141,3 +142,12 @@ def save_grid(path, images_uint8: np.ndarray, ncols: int = 0, scale: int = 0) ->
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     with atomic_path(path, suffix=".png") as tmp:
         img.save(tmp, format="PNG")
+
+
+def save_figure(fig, path, **savefig_kwargs) -> None:
+    """Write a matplotlib figure as PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", **savefig_kwargs)
+    plt.close(fig)

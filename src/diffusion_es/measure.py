@@ -226,7 +226,7 @@ def plot_exposure(curves_list: Sequence[ExposureCurves], path, title: str = "") 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_path
+    from .io import save_figure
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     base = curves_list[0]
@@ -249,9 +249,7 @@ def plot_exposure(curves_list: Sequence[ExposureCurves], path, title: str = "") 
         a.legend(fontsize=7)
     fig.suptitle(title or f"exposure bias: {base.sampler}, {base.steps} steps, {base.n_samples} samples")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _es_label(es: dict) -> str:

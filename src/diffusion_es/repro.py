@@ -148,7 +148,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
     from .quality import build_metric
     from .report import write_report
     from .samplers import SamplingPlan, sample
-    from .scaling import Uniform
+    from .scaling import EpsilonScaled, Uniform
 
     cfg = cfg.resolved()
     t0 = time.time()
@@ -165,7 +165,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
 
     extra["nn_dist_train"] = nn_train
     store = _Store(out, {"model": _model_fingerprint(model), "data": cfg.data, "ref": cfg.ref,
-                         "features": cfg.features, "seed": cfg.seed, "version": 1})
+                         "features": cfg.features, "seed": cfg.seed, "version": 2})
     common = dict(n_samples=cfg.n_samples, n_sets=cfg.n_sets, n_val_sets=cfg.n_val_sets, coarse=cfg.coarse,
                   refine=cfg.refine, seed=cfg.seed, schedule=model.schedule, batch_size=cfg.batch_size,
                   metric_name=metric.name, device=cfg.device)
@@ -193,15 +193,18 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
         def run_cell(sampler=sampler, steps=steps):
             r = calibrate(den, sampler, steps, model.data_shape, metric, kind="uniform", lam_range=RANGES[sampler],
                           extra_metrics=extra, **common, **sampler_kwargs(sampler))
-            # invariant: λ = 1 through the ES wrapper reproduces the baseline exactly
+            # invariant: λ = 1 through the ES wrapper itself (not the short-cut that skips it) reproduces the
+            # baseline exactly, on the first validation seed set
+            plan = SamplingPlan(sampler, steps, model.schedule)
+            wrapped = EpsilonScaled(den, Uniform(1.0).bind(plan.sigmas))
             seeds = list(range(cfg.seed * 10_000_019 + cfg.n_sets * cfg.n_samples,
                                cfg.seed * 10_000_019 + (cfg.n_sets + 1) * cfg.n_samples))
-            one = sample(den, sampler, steps, model.data_shape, seeds, schedule=model.schedule, es=Uniform(1.0),
+            one = sample(wrapped, sampler, steps, model.data_shape, seeds, schedule=model.schedule,
                          batch_size=cfg.batch_size, device=cfg.device, **sampler_kwargs(sampler))
             d = r.to_dict()
             d["lambda1_metric"] = float(metric(one))
             d["lambda1_equals_baseline"] = d["lambda1_metric"] == r.baseline_val[0]
-            d["nfe_per_sample"] = SamplingPlan(sampler, steps, model.schedule).nfe
+            d["nfe_per_sample"] = plan.nfe
             return d
 
         res, cached = store.get_or_run(f"cell_{sampler}_{steps}", params, run_cell)
@@ -286,7 +289,7 @@ def _plot_lambda(table, cfg, out: Path, metric_name: str) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_path
+    from .io import save_figure
 
     figs = {}
     fig, ax = plt.subplots(1, len(cfg.samplers), figsize=(4 * len(cfg.samplers), 3.4), squeeze=False)
@@ -302,9 +305,7 @@ def _plot_lambda(table, cfg, out: Path, metric_name: str) -> dict:
         a.legend(fontsize=7)
     fig.suptitle("metric vs λ (search seed sets)")
     fig.tight_layout()
-    with atomic_path(out / "lambda_curves.png", suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, out / "lambda_curves.png", dpi=110)
     figs["lambda_curves"] = "lambda_curves.png"
 
     fig, a = plt.subplots(figsize=(5, 3.6))
@@ -320,9 +321,7 @@ def _plot_lambda(table, cfg, out: Path, metric_name: str) -> dict:
     a.legend(fontsize=7)
     a.set_title("optimal λ vs number of steps")
     fig.tight_layout()
-    with atomic_path(out / "lambda_vs_steps.png", suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, out / "lambda_vs_steps.png", dpi=110)
     figs["lambda_vs_steps"] = "lambda_vs_steps.png"
     return figs
 

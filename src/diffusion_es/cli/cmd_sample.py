@@ -168,11 +168,9 @@ def _scatter(path, pts) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_path
+    from ..io import save_figure
 
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     ax.scatter(pts[:, 0], pts[:, 1] if pts.shape[1] > 1 else np.zeros(len(pts)), s=2, alpha=0.5)
     ax.set_aspect("equal")
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, bbox_inches="tight")

@@ -29,20 +29,18 @@ def parse_seeds(text: str) -> list:
             part = part.strip()
             if not part:
                 continue
-            if "-" in part[1:]:
-                a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
-                a, b = int(a), int(b)
-                if b < a:
+            a, dash, b = part.partition("-")  # seeds are >= 0, so a '-' always means a range
+            if dash:
+                lo, hi = int(a), int(b)
+                if hi < lo:
                     raise ValueError
-                seeds.extend(range(a, b + 1))
+                seeds.extend(range(lo, hi + 1))
             else:
                 seeds.append(int(part))
     except ValueError:
         raise UsageError(f"bad --seeds {text!r}: use a range like 0-1999, a list like 1,2,3, or both (0-9,20)") from None
     if not seeds:
         raise UsageError("--seeds is empty: give at least one seed, e.g. --seeds 0-99")
-    if any(s < 0 for s in seeds):
-        raise UsageError("--seeds must be non-negative integers")
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds {text!r} repeats a seed: each seed must appear once")
     return seeds

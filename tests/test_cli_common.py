@@ -1,0 +1,42 @@
+"""Option parsing shared by the subcommands."""
+
+import argparse
+
+import pytest
+
+from diffusion_es.cli.common import add_es_args, es_from_args, parse_int_list, parse_seeds
+from diffusion_es.errors import UsageError
+from diffusion_es.scaling import Linear, Uniform, save_schedule
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
+    assert parse_seeds(" 5 ") == [5]
+    for bad, msg in [("-5", "bad --seeds"), ("3-1", "bad --seeds"), ("x", "bad --seeds"), ("1,1", "repeats"),
+                     ("", "empty")]:
+        with pytest.raises(UsageError, match=msg):
+            parse_seeds(bad)
+
+
+def test_parse_int_list():
+    assert parse_int_list("10,20, 50", "--nfe") == [10, 20, 50]
+    with pytest.raises(UsageError, match="--nfe 'ten'"):
+        parse_int_list("ten", "--nfe")
+
+
+def _es(argv):
+    p = argparse.ArgumentParser()
+    add_es_args(p)
+    return es_from_args(p.parse_args(argv))
+
+
+def test_es_options(tmp_path):
+    assert _es([]) is None
+    assert _es(["--es", "1.01"]) == Uniform(1.01)
+    assert _es(["--es-linear", "0.0025,1.0"]) == Linear(0.0025, 1.0)
+    save_schedule(tmp_path / "l.json", Linear(0.001, 1.0), note="x")
+    assert _es(["--es-schedule", str(tmp_path / "l.json")]) == Linear(0.001, 1.0)
+    for argv, msg in [(["--es", "0"], "finite and > 0"), (["--es-linear", "1"], "two numbers"),
+                      (["--es-schedule", str(tmp_path / "none.json")], "no such")]:
+        with pytest.raises((UsageError, FileNotFoundError), match=msg):
+            _es(argv)
