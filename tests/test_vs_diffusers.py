@@ -170,3 +170,17 @@ def test_ddim_matches_diffusers(spacing, offset, clip, eta, es):
             ours = sample_ddim(epsilon_scaled(den, es, ch.sigmas[::-1]), n2.initial(), ch, eta=eta, noise=n2,
                                clip=clip)
     torch.testing.assert_close(ours, x, rtol=0, atol=1e-6)
+
+
+def test_ddpm_defaults_to_the_models_own_variance():
+    """No ``variance`` given: learned for a learned-variance network (as ADM and diffusers' learned_range), else small."""
+    kw = dict(schedule=SCH, spacing="adm")
+    lv = VPDenoiser(NET_LV, SCH, learned_variance=True)
+    default = sample(lv, "ddpm", 10, (DIM,), SEEDS, **kw)
+    torch.testing.assert_close(default, sample(lv, "ddpm", 10, (DIM,), SEEDS, variance="learned", **kw), rtol=0, atol=0)
+    assert (default - sample(lv, "ddpm", 10, (DIM,), SEEDS, variance="small", **kw)).abs().max() > 1e-3
+    plain = VPDenoiser(NET, SCH)
+    torch.testing.assert_close(sample(plain, "ddpm", 10, (DIM,), SEEDS, **kw),
+                               sample(plain, "ddpm", 10, (DIM,), SEEDS, variance="small", **kw), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="learned-variance"):
+        sample(plain, "ddpm", 10, (DIM,), SEEDS, variance="learned", **kw)

@@ -23,11 +23,19 @@ __all__ = [
     "write_json",
     "to_uint8",
     "from_uint8",
+    "plain_file_mode",
     "save_npz",
     "load_images",
     "save_grid",
     "save_figure",
 ]
+
+
+def plain_file_mode() -> int:
+    """The mode a plain ``open(..., "w")`` gives a new file: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -42,10 +50,7 @@ def atomic_path(path, suffix: str = ""):
     os.close(fd)
     try:
         yield Path(tmp)
-        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less the umask)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, plain_file_mode())  # mkstemp makes the file 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -398,7 +398,7 @@ def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None):
     unet_dir = path / "unet" if (path / "model_index.json").is_file() else path
     if not (unet_dir / "config.json").is_file():
         raise ValueError(f"{unet_dir}: no config.json; expected a UNet2DModel folder written by save_pretrained")
-    unet = UNet2DModel.from_pretrained(unet_dir)
+    unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)  # no "install accelerate" notice
     unet.eval().to(device)
     if dtype is not None:
         unet.to(dtype)

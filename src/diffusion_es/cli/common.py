@@ -66,7 +66,8 @@ def add_sampler_args(p, steps_default: int = 20) -> None:
 
     p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="sampler (default ddim)")
     p.add_argument("--steps", type=int, default=steps_default, help=f"sampling steps (default {steps_default})")
-    p.add_argument("--variance", choices=VARIANCES, default="small", help="ddpm: variance (default small)")
+    p.add_argument("--variance", choices=VARIANCES, default=None,
+                   help="ddpm: variance (default: learned for learned-variance models, else small)")
     p.add_argument("--eta", type=float, default=0.0, help="ddim: eta (default 0, deterministic)")
     p.add_argument("--no-clip", action="store_true", help="ddpm/ddim: do not clip x0 to [-1, 1]")
     p.add_argument("--churn", type=float, default=0.0, help="euler/heun: EDM S_churn (default 0)")

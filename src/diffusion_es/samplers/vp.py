@@ -30,18 +30,21 @@ def _denoise(den: Denoiser, x_t, i, chain, want_var: bool):
 
 
 def sample_ddpm(denoiser, x_T: torch.Tensor, chain: RespacedChain, noise: Callable[[int], torch.Tensor],
-                variance: str = "small", clip: bool = True, callback: Optional[Callable] = None) -> torch.Tensor:
+                variance: Optional[str] = None, clip: bool = True, callback: Optional[Callable] = None) -> torch.Tensor:
     """Ancestral sampling of ADM (``p_sample_loop``) on the chain's timesteps, last to first.
 
     variance: ``small`` = posterior β̃ (fixed-small), ``large`` = β (fixed-large, ADM's first entry rule),
-    ``learned`` = ADM's interpolation ``exp(f·log β + (1-f)·log β̃)`` with ``f = (v + 1) / 2`` from the model.
+    ``learned`` = ADM's interpolation ``exp(f·log β + (1-f)·log β̃)`` with ``f = (v + 1) / 2`` from the model;
+    None (default): the model's own, i.e. ``learned`` when the network predicts a variance, else ``small``.
     clip: clip the x_0 estimate to [-1, 1] (ADM's default) before the posterior mean.
     """
-    if variance not in VARIANCES:
+    if variance is not None and variance not in VARIANCES:
         raise ValueError(f"unknown DDPM variance {variance!r}: use one of {', '.join(VARIANCES)}")
     den, x, n = as_denoiser(denoiser), x_T.to(torch.float64), len(chain)
     for step, i in enumerate(range(n - 1, -1, -1)):
         x_sig, D, extras = _denoise(den, x, i, chain, variance == "learned")
+        if variance is None:
+            variance = "learned" if "var_values" in extras else "small"
         if callback is not None:
             callback(StepInfo(step, n, float(chain.sigmas[i]), x_sig, D, (x_sig - D) / chain.sigmas[i],
                               t=float(chain.timesteps[i])))
