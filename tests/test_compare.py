@@ -116,6 +116,10 @@ def test_tiny_compare_resumes_from_parts(tiny_run):
     assert len(again) == len(logs) - 1 and all("(cached)" in m for m in again)  # minus the IP training line
     assert sorted(p.name for p in (root / "out" / "parts").iterdir()) == parts
     assert res2["cells"] == res["cells"]
+    # the cost reported is that of the parts, not of this (cached) invocation
+    assert res["parts_from_cache"] == 0 and res2["parts_from_cache"] == res2["parts"] == res["parts"] == len(parts)
+    assert res2["compute_time_s"] == res["compute_time_s"] > 0
+    assert "Compute time of all parts" in (root / "out" / "compare.md").read_text()
 
 
 def test_compare_bad_input(capsys):

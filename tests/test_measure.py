@@ -52,6 +52,25 @@ def test_underpredicting_model_shows_the_gap_and_es_reports_raw_and_used(data):
     assert es.es == {"kind": "uniform", "b": 0.9} and es.lam == [0.9] * 20
 
 
+def test_raw_eps_is_the_networks_own_under_churn(data):
+    """EDM churn evaluates the network at σ̂_i > σ_i but applies λ_i of the step: the raw ε reported must be
+    exactly what the network returned (recorded independently here), and lam the per-step λ."""
+    calls = []
+
+    def net(x, sig):
+        s = sig.reshape(-1, 1)
+        eps = 0.9 * (x - x * S**2 / (S**2 + s**2)) / s
+        calls.append(float(eps.norm(dim=1).mean()))
+        return x - s * eps
+
+    n, es = 30, Linear(0.01, 1.0)  # a fine grid: σ̂_i = 1.41 σ_i lies above σ_{i-1} for the first steps
+    cur = measure_exposure(FnDenoiser(net), data, "euler", n, es=es, n_samples=200, batch_size=500, S_churn=30.0)
+    free_run = calls[:n]  # the first pass is the free sampling run, one evaluation per Euler step
+    np.testing.assert_allclose(cur.eps_norm_sample_raw, free_run, rtol=1e-10)
+    np.testing.assert_allclose(cur.lam, es.values(n), rtol=1e-12)
+    assert np.allclose(np.array(cur.eps_norm_sample_used) * np.array(cur.lam), cur.eps_norm_sample_raw, rtol=1e-12)
+
+
 def test_delta_definition(data):
     cur = measure_exposure(scaled_eps_denoiser(1.0), data, "euler", 10, n_samples=200)
     s = np.array(cur.sigma)

@@ -49,6 +49,8 @@ def test_rerun_resumes_from_finished_parts(quick_run, capsys):
     err = capsys.readouterr().err
     assert err.count("(cached)") == len(parts)
     assert sorted(p.name for p in (quick_run / "parts").iterdir()) == parts
+    r = json.loads((quick_run / "results.json").read_text())
+    assert r["parts_from_cache"] == r["parts"] == len(parts) and r["compute_time_s"] > 0
 
 
 def test_repro_bad_input(capsys):

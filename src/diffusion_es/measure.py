@@ -143,9 +143,11 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
     data = _check_data(data, shape)
     plan = SamplingPlan(sampler, steps, schedule)
     den = epsilon_scaled(as_denoiser(denoiser), es, plan.sigmas)
-    lam_of = es.bind(plan.sigmas) if es is not None else None
-    seeds = list(range(seed * 1_000_003, seed * 1_000_003 + n_samples))
     n = plan.steps
+    # λ of each sampling step, as the sampler applies it: keyed on the step's σ_i (under EDM churn the network is
+    # evaluated at σ̂_i > σ_i but still gets λ_i, see EpsilonScaled's step_sigma)
+    lam_steps = [1.0] * n if es is None else [float(v) for v in es.bind(plan.sigmas)(plan.sigmas)]
+    seeds = list(range(seed * 1_000_003, seed * 1_000_003 + n_samples))
     used_sum, raw_sum, xs = np.zeros(n), np.zeros(n), [[] for _ in range(n)]
     sig_eval = np.zeros(n)
     dev_steps = [[] for _ in range(n)]
@@ -153,10 +155,9 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
     def record_free(info):  # normal sampling run from pure noise
         if info.stage != "step":
             return
-        lam = 1.0 if lam_of is None else float(lam_of([info.sigma])[0])
         used = _flat_norm(info.eps)
         used_sum[info.i] += float(used.sum())
-        raw_sum[info.i] += float(used.sum()) * lam
+        raw_sum[info.i] += float(used.sum()) * lam_steps[info.i]
         sig_eval[info.i] = info.sigma
         xs[info.i].append(info.x_vp.cpu())
 
@@ -179,12 +180,11 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
                                                 seed=seed + 3)
     sigma_hat = [float(torch.cat(d).std(dim=0).mean()) for d in dev_steps]
     sigma_true = [float(math.sqrt(s**2 / (1 + s**2))) for s in sig_eval]
-    lams = [1.0] * n if lam_of is None else [float(v) for v in lam_of(sig_eval)]
     t_list = (plan.chain.timesteps[::-1].astype(float).tolist() if plan.chain is not None
               else schedule.sigma_to_t(sig_eval).tolist())
     return ExposureCurves(
         sampler=sampler, steps=n, es=None if es is None else es.to_dict(), n_samples=n_samples,
-        sigma=sig_eval.tolist(), t=t_list, lam=lams,
+        sigma=sig_eval.tolist(), t=t_list, lam=lam_steps,
         eps_norm_train=train_norms, eps_norm_sample_raw=(raw_sum / n_samples).tolist(),
         eps_norm_sample_used=(used_sum / n_samples).tolist(), var_train=var_train,
         var_sample=[float(torch.cat(v).var(dim=0).mean()) for v in xs],

@@ -100,6 +100,11 @@ class _Store:
         self.dir = out / "parts"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fp = fingerprint
+        self.served = self.from_cache = 0
+        self.compute_s = 0.0  # compute time of every part served, cached or not: the real cost of the results
+
+    def accounting(self) -> dict:
+        return {"compute_time_s": self.compute_s, "parts_from_cache": self.from_cache, "parts": self.served}
 
     def _path(self, name: str, params: dict) -> Path:
         h = hashlib.sha256(json.dumps({**self.fp, **params}, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -109,16 +114,21 @@ class _Store:
         from .io import write_json
 
         p = self._path(name, params)
+        res, cached = None, False
         if p.exists():
             try:
-                return json.loads(p.read_text()), True
+                res, cached = json.loads(p.read_text()), True
             except json.JSONDecodeError:
                 pass  # a damaged part is recomputed
-        t0 = time.time()
-        res = fn()
-        res["compute_s"] = time.time() - t0  # kept with the part, so a resumed run still reports the real cost
-        write_json(p, res)
-        return res, False
+        if res is None:
+            t0 = time.time()
+            res = fn()
+            res["compute_s"] = time.time() - t0  # kept with the part, so a resumed run still reports the real cost
+            write_json(p, res)
+        self.served += 1
+        self.from_cache += cached
+        self.compute_s += float(res.get("compute_s", 0.0))
+        return res, cached
 
 
 def _model_fingerprint(model) -> dict:
@@ -174,13 +184,11 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
     linear_tasks = [s for s in cfg.linear_samplers if s in cfg.samplers]
     measure_tasks = [s for s in ("ddpm", "ddim") if s in cfg.samplers]
     total = len(cells) + len(linear_tasks) + len(measure_tasks)
-    done, n_cached, compute_s = 0, 0, 0.0
+    done = 0
 
-    def tick(what, cached, part=None):
-        nonlocal done, n_cached, compute_s
+    def tick(what, cached):
+        nonlocal done
         done += 1
-        n_cached += bool(cached)
-        compute_s += float((part or {}).get("compute_s", 0.0))
         log(f"[{done}/{total}] {what}{' (cached)' if cached else ''}  {time.time() - t0:6.0f} s")
 
     # ---- 2. main table -----------------------------------------------------------------------------------
@@ -211,7 +219,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
         res["nfe_cell"] = nfe
         table.append(res)
         tick(f"{sampler} {steps} steps ({res['nfe_per_sample']} NFE): λ {res['candidate']['b']:.4f}, "
-             f"metric change {100 * res['gain']:+.1f} %", cached, res)
+             f"metric change {100 * res['gain']:+.1f} %", cached)
 
     # ---- 4. uniform vs linear at 20 steps -----------------------------------------------------------------
     linear = []
@@ -226,7 +234,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
 
         res, cached = store.get_or_run(f"linear_{sampler}_{steps}", params, run_linear)
         linear.append(res)
-        tick(f"linear schedule, {sampler} {steps} steps", cached, res)
+        tick(f"linear schedule, {sampler} {steps} steps", cached)
 
     # ---- 1. exposure-bias curves ----------------------------------------------------------------------------
     exposure = {}
@@ -247,7 +255,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
 
         res, cached = store.get_or_run(f"measure_{sampler}_{steps}", params, run_measure)
         exposure[sampler] = res
-        tick(f"exposure curves, {sampler} {steps} steps", cached, res)
+        tick(f"exposure curves, {sampler} {steps} steps", cached)
 
     from .measure import ExposureCurves
 
@@ -269,8 +277,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
         "table": table, "linear": linear,
         "exposure": {s: {"baseline": r["baseline"]["summary"], "es": r["es"]["summary"],
                          "curves": r} for s, r in exposure.items()},
-        "figures": figures, "wall_time_s": time.time() - t0, "compute_time_s": compute_s,
-        "parts_from_cache": n_cached, "parts": total,
+        "figures": figures, "wall_time_s": time.time() - t0, **store.accounting(),
     }
     results["claims"] = check_claims(results)
     if cfg.compare:

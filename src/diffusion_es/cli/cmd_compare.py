@@ -71,7 +71,8 @@ def run(args) -> int:
                                 "significant": m["significant"], "param": m["param"]}
                             for k, m in c["methods"].items()}} for c in res["cells"]]
     if args.json:
-        print_json({"cells": summary, "wall_time_s": res["wall_time_s"], "out": args.out})
+        print_json({"cells": summary, "wall_time_s": res["wall_time_s"], "compute_time_s": res["compute_time_s"],
+                    "out": args.out})
         return 0
     print(f"wrote {args.out}/compare.md, compare.html, results_compare.json ({res['wall_time_s'] / 60:.1f} min)")
     for c in summary:

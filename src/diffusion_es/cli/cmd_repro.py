@@ -53,7 +53,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     res = run_repro(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
     if args.json:
-        print_json({"claims": res["claims"], "wall_time_s": res["wall_time_s"], "out": args.out})
+        print_json({"claims": res["claims"], "wall_time_s": res["wall_time_s"], "compute_time_s": res["compute_time_s"],
+                    "out": args.out})
         return 0
     print(f"wrote {args.out}/report.md, report.html, results.json ({res['wall_time_s'] / 60:.1f} min)")
     for c in res["claims"]:
