@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 
@@ -49,8 +48,8 @@ _DIFF = [
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a small diffusion model (resumable, EMA, checkpoints)",
                        description="Train a small VP diffusion model into a checkpoint folder "
-                                   "(config.json + model.safetensors + train_state.safetensors).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   "(config.json + model.safetensors + train_state.safetensors).")
+    # every help text states its default: the parser's defaults are None so --resume can tell set options apart
     p.add_argument("--data", default=None, help="digits | toy:8gaussians|moons|spiral | mnist:PATH | npz:PATH | PATH "
                    "(default digits)")
     p.add_argument("--out", required=True, help="checkpoint folder")
@@ -66,8 +65,8 @@ def register(sub) -> None:
         g.add_argument(flag, dest=dest, type=typ, default=None, help=f"{hlp} (default {default})")
     g.add_argument("--learned-variance", dest="learned_variance", action="store_const", const=True, default=None,
                    help="learn the variance (2C outputs, ADM's hybrid loss)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
