@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from diffusion_es.calibrate import calibrate, paired_gain
+from diffusion_es.calibrate import MAX_EXTEND, _search_1d, calibrate, paired_gain
 from diffusion_es.errors import UsageError
 from diffusion_es.param import FnDenoiser
 from diffusion_es.scaling import Linear, Uniform, schedule_from_dict
@@ -49,6 +49,39 @@ def test_recovers_injected_underprediction_below_one():
     r = calibrate(over_predicting(0.95), "euler", 200, (D,), gaussian_fd, lam_range=(0.9, 1.02),
                   n_samples=300)
     assert r.significant and abs(r.schedule["b"] - 0.95) < 0.006
+
+
+def test_search_walks_past_a_winning_range_end():
+    calls = []
+
+    def score(x):
+        calls.append(x)
+        return (x - 1.22) ** 2
+
+    r = _search_1d(score, 1.0, 1.1, coarse=3, refine=3)  # coarse step 0.05: 1.15, 1.2, then 1.25 is worse
+    assert abs(r.best - 1.22) < 0.01 and not r.at_edge and r.hi == pytest.approx(1.25)
+    best, vals = r  # unpacks like the plain (best, evaluations) pair
+    assert best == r.best and set(vals) == set(calls)
+    # an optimum far outside: at most MAX_EXTEND steps out, and the result says it is still at the edge
+    far = _search_1d(lambda x: (x - 2.0) ** 2, 1.0, 1.1, coarse=3, refine=2)
+    assert far.at_edge and far.hi == pytest.approx(1.1 + MAX_EXTEND * 0.05) and far.best == far.hi
+    # inside the range: no evaluation outside it
+    inside = _search_1d(lambda x: (x - 1.04) ** 2, 1.0, 1.1, coarse=3, refine=3)
+    assert (inside.lo, inside.hi) == (1.0, 1.1) and not inside.at_edge
+    # never to the floor or beyond (λ > 0); a best point at the floor itself is not "at the edge" (k ≥ 0 search)
+    low = _search_1d(lambda x: x, 0.01, 0.05, coarse=3, refine=2, floor=0.0)
+    assert min(low.vals) > 0 and low.best == min(low.vals) and low.at_edge
+    at_floor = _search_1d(lambda x: x, 0.0, 0.04, coarse=3, refine=2, floor=-1e-12)
+    assert min(at_floor.vals) == 0.0 and at_floor.best == 0.0 and not at_floor.at_edge
+
+
+def test_calibration_follows_an_optimum_outside_the_given_range():
+    r = calibrate(over_predicting(1.12), "euler", 200, (D,), gaussian_fd, lam_range=(0.98, 1.06), n_samples=300)
+    assert r.significant and abs(r.schedule["b"] - 1.12) < 0.01, r.schedule
+    assert r.lam_range_searched[1] > 1.1 and not r.at_range_edge and "edge" not in r.message
+    short = calibrate(over_predicting(1.3), "euler", 200, (D,), gaussian_fd, lam_range=(0.98, 1.02), coarse=3,
+                      refine=1, n_samples=100)
+    assert short.at_range_edge and "widen the range" in short.message
 
 
 def test_says_plainly_when_nothing_beats_the_baseline():

@@ -4,8 +4,9 @@ The paper tunes λ by hand with FID sweeps. Here a candidate schedule is scored 
 e.g. FD on classifier features) of samples drawn with *the same seeds* as every other candidate (paired), over
 ``n_sets`` disjoint seed sets. The search:
 
-* **uniform** ``λ = b``: a coarse grid over ``lam_range``, then ``refine`` rounds that halve the step around the
-  best point (a 1-D coarse-to-fine search, not a dense grid);
+* **uniform** ``λ = b``: a coarse grid over ``lam_range`` (walked past its ends, a coarse step at a time, while
+  an end point keeps winning), then ``refine`` rounds that halve the step around the best point (a 1-D
+  coarse-to-fine search, not a dense grid);
 * **linear** ``λ_t = k·t + b``: start at the best uniform b, search the slope at fixed mean λ (the paper's
   observation that its linear schedules keep the mean near the best uniform b), then the mean at that slope.
 
@@ -50,6 +51,8 @@ class CalibrationResult:
     nfe: int = 0                      # network evaluations spent in total (search + validation)
     n_samples: int = 0
     message: str = ""
+    lam_range_searched: list = field(default_factory=list)  # [lo, hi] after extending past a range end that won
+    at_range_edge: bool = False       # the choice is still an end of the searched range: the optimum may lie beyond
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -101,19 +104,53 @@ class _Scorer:
         return self.cache[key]
 
 
-def _search_1d(score: Callable[[float], float], lo: float, hi: float, coarse: int, refine: int):
-    """Coarse grid then ``refine`` rounds of halving the step around the best point. Returns the best point."""
+MAX_EXTEND = 4  # coarse steps a search may walk past either end of its range while the score keeps improving
+
+
+@dataclass
+class Search1D:
+    """Result of :func:`_search_1d`: the best point, every evaluation, the range actually searched, and whether
+    the best point still lies at an end of it (the optimum may lie further out)."""
+
+    best: float
+    vals: dict
+    lo: float
+    hi: float
+    at_edge: bool
+
+    def __iter__(self):  # best, vals = _search_1d(...)
+        return iter((self.best, self.vals))
+
+
+def _search_1d(score: Callable[[float], float], lo: float, hi: float, coarse: int, refine: int,
+               floor: float = -math.inf, ceil: float = math.inf, max_extend: int = MAX_EXTEND) -> Search1D:
+    """Coarse grid over [lo, hi]; if the best point is an end of the grid, walk outward one coarse step at a time
+    while the score improves (at most ``max_extend`` steps, never to ``floor``/``ceil`` or beyond); then ``refine``
+    rounds of halving the step around the best point."""
     pts = list(np.linspace(lo, hi, coarse))
     vals = {float(p): score(float(p)) for p in pts}
     h = (hi - lo) / (coarse - 1) if coarse > 1 else (hi - lo) / 2
     best = min(vals, key=vals.get)
+    for _ in range(max_extend):
+        if best == min(vals) and best - h > floor:
+            p = best - h
+        elif best == max(vals) and best + h < ceil:
+            p = best + h
+        else:
+            break
+        vals[p] = score(p)
+        if not vals[p] < vals[best]:
+            break
+        best = p
+    lo, hi = min(vals), max(vals)
     for _ in range(refine):
         h /= 2
         for p in (best - h, best + h):
             if lo - 1e-12 <= p <= hi + 1e-12 and p not in vals:
                 vals[p] = score(p)
         best = min(vals, key=vals.get)
-    return best, vals
+    at_edge = best in (lo, hi) and (best - h > floor if best == lo else best + h < ceil)
+    return Search1D(best, vals, lo, hi, at_edge)
 
 
 def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: Callable, kind: str = "uniform",
@@ -150,7 +187,8 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
     def mean_uniform(b):
         return float(np.mean(search(None if b == 1.0 else Uniform(b))))
 
-    b_best, vals = _search_1d(mean_uniform, lo, hi, coarse, refine)
+    found = _search_1d(mean_uniform, lo, hi, coarse, refine, floor=0.0)
+    b_best, vals, searched, at_edge = found.best, found.vals, [found.lo, found.hi], found.at_edge
     # each search set's own best b: the spread says how well the optimum is determined
     per_set = np.array([search(None if b == 1.0 else Uniform(b)) for b in sorted(vals)])
     lam_spread = float(np.std(np.asarray(sorted(vals))[per_set.argmin(axis=0)], ddof=1)) if n_sets > 1 else float("nan")
@@ -169,10 +207,12 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
             except ValueError:  # λ would leave (0, inf) somewhere on the grid
                 return float("inf")
 
-        k_best, _ = _search_1d(score_k, 0.0, k_hi, coarse, refine)
-        mean_best, _ = _search_1d(lambda m: score_k(k_best, m), lo, hi, coarse, refine)
-        cand = linear_at(k_best, mean_best)
-        best = cand if np.mean(search(cand)) <= np.mean(search(best)) else best
+        k_found = _search_1d(score_k, 0.0, k_hi, coarse, refine, floor=-1e-12)  # slope ≥ 0: λ largest at the noisiest step
+        mean_found = _search_1d(lambda m: score_k(k_found.best, m), lo, hi, coarse, refine, floor=0.0)
+        cand = linear_at(k_found.best, mean_found.best)
+        if np.mean(search(cand)) <= np.mean(search(best)):
+            best, at_edge = cand, k_found.at_edge or mean_found.at_edge
+            searched = [min(searched[0], mean_found.lo), max(searched[1], mean_found.hi)]
 
     best_key = None if best.is_identity(steps) else best
     base_v, best_v = val(None), val(best_key)
@@ -188,9 +228,13 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
         msg = (f"no λ beat the baseline beyond the noise: the best candidate {best!r} changed {metric_name} by "
                f"{100 * g:+.1f} % (95 % interval {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f} %) on fresh seed sets; "
                f"keep λ = 1")
+    if at_edge:
+        msg += (f"; note: the best candidate lies at the edge of the searched range even after extending it to "
+                f"[{searched[0]:.4g}, {searched[1]:.4g}], the optimum may lie further out (widen the range)")
     return CalibrationResult(
         kind=kind, sampler=sampler, steps=steps, metric=metric_name,
         schedule=best.to_dict() if significant else None, candidate=best.to_dict(), significant=significant,
         gain=g, gain_ci=ci, gain_per_set=per, baseline_val=base_v, best_val=best_v, lam_spread=lam_spread,
         evaluations=search.order, extra_val=extra_val, nfe=search.nfe + val.nfe, n_samples=n_samples, message=msg,
+        lam_range_searched=searched, at_range_edge=bool(at_edge),
     )

@@ -133,7 +133,7 @@ def _search_lambda(ev: _Paired, draw_lam: Callable, prefix: str, lo: float, hi: 
         evals.append({"lam": lam, "mean": m})
         return m
 
-    best, _ = _search_1d(score, lo, hi, max(coarse, 2), refine)
+    best, _ = _search_1d(score, lo, hi, max(coarse, 2), refine, floor=0.0)
     return float(best), evals
 
 
@@ -221,7 +221,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
     ip_den = ip.denoiser() if ip is not None else None
     data_var = data_variance(ds.train) if cfg.ts_rule == "data" else 0.0
     fp = {"model": _model_fingerprint(model), "ip": _model_fingerprint(ip) if ip else None, "data": cfg.data,
-          "ref": cfg.ref, "seed": cfg.seed, "version": 1}
+          "ref": cfg.ref, "seed": cfg.seed, "version": 2}  # 2: searches walk past a winning range end
     store = _Store(out, fp)
     n, shape, sch = cfg.n_samples, model.data_shape, model.schedule
     base_seed = cfg.seed * 10_000_019
@@ -357,7 +357,8 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
                 sn_evals.append({"S_noise": sn, "mean": m})
                 return m
 
-            sn, _ = _search_1d(score_sn, *S_NOISE_RANGE, max(cfg.coarse, 2), cfg.refine)
+            sn, _ = _search_1d(score_sn, *S_NOISE_RANGE, max(cfg.coarse, 2), cfg.refine,
+                               floor=S_NOISE_RANGE[0] - 1e-12)  # inflation only: S_noise >= 1
             churn_val = ev(f"churn={churn!r},sn=1.0", draw(churn, 1.0), "val")
             sn_val = ev(f"churn={churn!r},sn={sn!r}", draw(churn, sn), "val")
             lo, hi = RANGES[sampler]
