@@ -234,16 +234,19 @@ def verify_export(net, theirs) -> float:
     return err
 
 
-def ddpm_scheduler_config(schedule, prediction: str, learned_variance: bool, clip_sample: bool = True) -> dict:
-    """A ``DDPMScheduler`` config for our process: the exact β table (``trained_betas``), the prediction type and
-    the variance (``learned_range`` for learned-variance models, else ``fixed_small``, ADM's default)."""
+def ddpm_scheduler_config(schedule, prediction: str, learned_variance: bool, clip_sample: bool = True,
+                          beta_schedule: Optional[str] = None) -> dict:
+    """A ``DDPMScheduler`` config for our process: the exact β table (``trained_betas``, which diffusers uses in
+    place of any named schedule), the prediction type and the variance (``learned_range`` for learned-variance
+    models, else ``fixed_small``, ADM's default). ``beta_schedule`` (ours: linear / cosine) only names the table
+    for readers of the config."""
     if prediction not in _PREDICTION_TYPES:
         raise UsageError(f"unknown prediction {prediction!r}: use one of {', '.join(_PREDICTION_TYPES)}")
     betas = np.asarray(schedule.betas, dtype=np.float64)
     return {
         "_class_name": "DDPMScheduler",
         "num_train_timesteps": int(len(betas)),
-        "beta_schedule": "linear",  # ignored when trained_betas is given; kept for readers
+        "beta_schedule": {"cosine": "squaredcos_cap_v2"}.get(beta_schedule, "linear"),  # for readers only
         "beta_start": float(betas[0]),
         "beta_end": float(betas[-1]),
         "trained_betas": [float(b) for b in betas],
@@ -298,7 +301,8 @@ def export_diffusers(model="default", out_dir=None, use_ema: bool = True, overwr
                          "has no residual-MLP model): train with --arch unet")
     unet = unet_to_diffusers(loaded.net, check=False)
     err = verify_export(loaded.net, unet) if check else float("nan")
-    sched_cfg = ddpm_scheduler_config(loaded.schedule, loaded.prediction, loaded.learned_variance)
+    sched_cfg = ddpm_scheduler_config(loaded.schedule, loaded.prediction, loaded.learned_variance,
+                                      beta_schedule=(loaded.config or {}).get("diffusion", {}).get("beta_schedule"))
     scheduler = DDPMScheduler.from_config({k: v for k, v in sched_cfg.items() if not k.startswith("_")})
     pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
 
