@@ -112,6 +112,20 @@ def test_corrupt_weights_give_one_clear_line(tmp_path):
         load_model(d)
 
 
+def test_missing_raw_or_ema_weights_say_which_option_to_use(tmp_path):
+    d, _, ema = _ckpt(tmp_path)
+    save_checkpoint(d, json.loads((d / "config.json").read_text()), ema)  # EMA weights only
+    with pytest.raises(UsageError, match=r"no raw \(non-EMA\) weights; drop --raw-weights") as e:
+        load_model(d, use_ema=False)
+    assert _one_line(e)
+    from safetensors.torch import load_file, save_file
+
+    raw_only = {k.replace("ema.", "model."): v for k, v in load_file(str(d / "model.safetensors")).items()}
+    save_file(raw_only, str(d / "model.safetensors"))
+    with pytest.raises(UsageError, match="no EMA weights; pass --raw-weights"):
+        load_model(d)
+
+
 def test_corrupt_or_foreign_config(tmp_path):
     d, _, _ = _ckpt(tmp_path)
     cfg = json.loads((d / "config.json").read_text())

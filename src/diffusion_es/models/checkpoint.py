@@ -235,7 +235,8 @@ def load_model(path="default", use_ema: bool = True, device="cpu") -> LoadedMode
     if not state:
         if any(k.startswith(("ema.", "model.")) for k in tensors):
             which = "EMA" if use_ema else "raw (non-EMA)"
-            raise UsageError(f"{d}: the checkpoint holds no {which} weights; load it with use_ema={not use_ema}")
+            how = "drop --raw-weights (use_ema=True)" if not use_ema else "pass --raw-weights (use_ema=False)"
+            raise UsageError(f"{d}: the checkpoint holds no {which} weights; {how}")
         state = tensors  # a plain state dict without prefixes
     net = build_model(mcfg)
     expected = net.state_dict()
