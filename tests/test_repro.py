@@ -40,6 +40,10 @@ def test_quick_repro_outputs_and_invariants(quick_run):
     assert "data:image/png;base64," in html and "<table>" in html
     md = (out / "report.md").read_text()
     assert "![" in md and "| sampler |" in md
+    # the linear schedule is checked on the same extra measures (held-out FD, copying) as the uniform cells
+    for lin in r["linear"]:
+        assert set(lin["extra_val"]) == set(r["table"][0]["extra_val"]) == {"heldout", "nn_dist_train"}
+    assert "heldout (baseline → linear)" in md
 
 
 @pytest.mark.slow

@@ -188,7 +188,8 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
         return float(np.mean(search(None if b == 1.0 else Uniform(b))))
 
     found = _search_1d(mean_uniform, lo, hi, coarse, refine, floor=0.0)
-    b_best, vals, searched, at_edge = found.best, found.vals, [found.lo, found.hi], found.at_edge
+    b_best, vals, searched = found.best, found.vals, [found.lo, found.hi]
+    edges = [("λ", found)] if found.at_edge else []
     # each search set's own best b: the spread says how well the optimum is determined
     per_set = np.array([search(None if b == 1.0 else Uniform(b)) for b in sorted(vals)])
     lam_spread = float(np.std(np.asarray(sorted(vals))[per_set.argmin(axis=0)], ddof=1)) if n_sets > 1 else float("nan")
@@ -211,7 +212,8 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
         mean_found = _search_1d(lambda m: score_k(k_found.best, m), lo, hi, coarse, refine, floor=0.0)
         cand = linear_at(k_found.best, mean_found.best)
         if np.mean(search(cand)) <= np.mean(search(best)):
-            best, at_edge = cand, k_found.at_edge or mean_found.at_edge
+            best = cand
+            edges = [(name, f) for name, f in (("the slope k", k_found), ("the mean λ", mean_found)) if f.at_edge]
             searched = [min(searched[0], mean_found.lo), max(searched[1], mean_found.hi)]
 
     best_key = None if best.is_identity(steps) else best
@@ -228,13 +230,13 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
         msg = (f"no λ beat the baseline beyond the noise: the best candidate {best!r} changed {metric_name} by "
                f"{100 * g:+.1f} % (95 % interval {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f} %) on fresh seed sets; "
                f"keep λ = 1")
-    if at_edge:
-        msg += (f"; note: the best candidate lies at the edge of the searched range even after extending it to "
-                f"[{searched[0]:.4g}, {searched[1]:.4g}], the optimum may lie further out (widen the range)")
+    for name, f in edges:
+        msg += (f"; note: {name} of the best candidate lies at the edge of its searched range even after extending "
+                f"it to [{f.lo:.4g}, {f.hi:.4g}], the optimum may lie further out (widen the range)")
     return CalibrationResult(
         kind=kind, sampler=sampler, steps=steps, metric=metric_name,
         schedule=best.to_dict() if significant else None, candidate=best.to_dict(), significant=significant,
         gain=g, gain_ci=ci, gain_per_set=per, baseline_val=base_v, best_val=best_v, lam_spread=lam_spread,
         evaluations=search.order, extra_val=extra_val, nfe=search.nfe + val.nfe, n_samples=n_samples, message=msg,
-        lam_range_searched=searched, at_range_edge=bool(at_edge),
+        lam_range_searched=searched, at_range_edge=bool(edges),
     )

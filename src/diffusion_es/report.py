@@ -84,17 +84,26 @@ def build_blocks(r: dict) -> list:
 
     if r["linear"]:
         blocks.append(("h2", "Uniform vs linear λ at 20 steps"))
-        rows = [["sampler", "baseline", "uniform (b)", "linear (k, b)", "linear gain vs baseline"]]
+        lin_extra = sorted({k for lin in r["linear"] for k in lin.get("extra_val", {})})
+        rows = [["sampler", "baseline", "uniform (b)", "linear (k, b; λ first → last step)",
+                 "linear gain vs baseline"] + [f"{k} (baseline → linear)" for k in lin_extra]]
         for lin in r["linear"]:
             cell = next((c for c in r["table"] if c["sampler"] == lin["sampler"] and c["steps"] == lin["steps"]),
                         None)
             cand = lin["candidate"]
-            lab = (f"k={cand['k']:.3g}, b={cand['b']:.4f}" if cand["kind"] == "linear" else
-                   f"(uniform b={cand['b']:.4f} kept)")
+            lab = (f"k={cand['k']:.3g}, b={cand['b']:.4f}; {cand['k'] * (lin['steps'] - 1) + cand['b']:.3f} → "
+                   f"{cand['b']:.3f}" if cand["kind"] == "linear" else f"(uniform b={cand['b']:.4f} kept)")
+            ev = lin.get("extra_val", {})
             rows.append([SAMPLER_NAMES[lin["sampler"]], f"{np.mean(lin['baseline_val']):.3f}",
                          f"{np.mean(cell['best_val']):.3f} (b={cell['candidate']['b']:.4f})" if cell else "–",
-                         f"{np.mean(lin['best_val']):.3f} ({lab})", _pct(lin["gain"])])
+                         f"{np.mean(lin['best_val']):.3f} ({lab})", _pct(lin["gain"])] + [
+                f"{np.mean(ev[k]['baseline']):.4g} → {np.mean(ev[k]['best']):.4g}" if k in ev else "–"
+                for k in lin_extra])
         blocks.append(("table", rows))
+        edge = [lin for lin in r["linear"] if lin.get("at_range_edge")]
+        if edge:
+            blocks.append(("p", "At the edge of the search: " + "; ".join(
+                f"{SAMPLER_NAMES[lin['sampler']]}: {lin['message'].split('note: ', 1)[-1]}" for lin in edge) + "."))
 
     blocks.append(("h2", "Exposure bias along sampling"))
     blocks.append(("p", "Left: mean ‖ε‖ per step on training inputs (real data, forward-noised) and along sampling "

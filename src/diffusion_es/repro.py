@@ -225,12 +225,14 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
     linear = []
     for sampler in linear_tasks:
         steps = steps_for(sampler, 20)
-        params = {"part": "linear", "sampler": sampler, "steps": steps, "range": RANGES[sampler], **{
-            k: common[k] for k in ("n_samples", "n_sets", "n_val_sets", "coarse", "refine")}}
+        params = {"part": "linear", "sampler": sampler, "steps": steps, "range": RANGES[sampler],
+                  "extra": sorted(extra), **{k: common[k] for k in ("n_samples", "n_sets", "n_val_sets", "coarse",
+                                                                     "refine")}}
 
         def run_linear(sampler=sampler, steps=steps):
             return calibrate(den, sampler, steps, model.data_shape, metric, kind="linear",
-                             lam_range=RANGES[sampler], **common, **sampler_kwargs(sampler)).to_dict()
+                             lam_range=RANGES[sampler], extra_metrics=extra, **common,
+                             **sampler_kwargs(sampler)).to_dict()
 
         res, cached = store.get_or_run(f"linear_{sampler}_{steps}", params, run_linear)
         linear.append(res)
