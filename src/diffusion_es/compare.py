@@ -450,7 +450,8 @@ def compare_blocks(results: dict) -> list:
                         f"change against the baseline of the same sampler and steps with its 95 % t-interval "
                         f"(n.s.: the interval includes 0; worse: it lies above 0), and the tuned parameter; the best "
                         f"mean per column is bold. "
-                        f"ES: uniform λ; TS: Time-Shift sampler (window w, cutoff t_c; rule "
+                        f"ES: uniform λ (searched from the sampler's range and walked past an end of it while that "
+                        f"end wins, so λ < 1 can be chosen); TS: Time-Shift sampler (window w, cutoff t_c; rule "
                         f"`{results['ts_rule']}`, data variance {results['ts_data_var']:.4f}); {ip_txt}."))
     vp = [c for c in results["cells"] if c["kind"] == "vp"]
     for s in cfg["samplers"]:
@@ -467,7 +468,8 @@ def compare_blocks(results: dict) -> list:
     if edm:
         blocks.append(("p", "EDM rows: baseline and ES are deterministic (S_churn = 0); churn searches EDM's S_churn "
                             "(per-step γ = S_churn / steps in {" + ", ".join(map(str, CHURN_GAMMAS)) + "}) with "
-                            f"S_noise = 1; S_noise (searched in [{S_NOISE_RANGE[0]}, {S_NOISE_RANGE[1]}]) only acts "
+                            f"S_noise = 1; S_noise (searched from [{S_NOISE_RANGE[0]}, {S_NOISE_RANGE[1]}], upward "
+                            "past 1.06 while the upper end wins) only acts "
                             "through the churn noise; the last row adds ES on top."))
     ok = [c.get("ts_window1_equals_baseline") for c in vp]
     if ok:
