@@ -82,6 +82,10 @@ def test_calibration_follows_an_optimum_outside_the_given_range():
     short = calibrate(over_predicting(1.3), "euler", 200, (D,), gaussian_fd, lam_range=(0.98, 1.02), coarse=3,
                       refine=1, n_samples=100)
     assert short.at_range_edge and "widen the range" in short.message
+    inside = calibrate(over_predicting(1.12), "euler", 50, (D,), gaussian_fd, lam_range=(0.98, 1.06), coarse=3,
+                       refine=1, n_samples=100, max_extend=0)
+    assert inside.lam_range_searched == [0.98, 1.06] and inside.candidate["b"] == 1.06 and inside.at_range_edge
+    assert all(0.98 <= e["schedule"]["b"] <= 1.06 for e in inside.evaluations if e["schedule"])
 
 
 def test_says_plainly_when_nothing_beats_the_baseline():

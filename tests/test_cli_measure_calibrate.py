@@ -33,11 +33,11 @@ def test_measure_writes_tables_and_plot(tiny_model, tmp_path, capsys):
 def test_calibrate_reports_and_writes_only_a_real_gain(tiny_model, tmp_path, capsys):
     lam = tmp_path / "lam.json"
     assert main(["calibrate", "--model", str(tiny_model), "--sampler", "ddim", "--steps", "4", "--n", "30",
-                 "--sets", "2", "--val-sets", "2", "--coarse", "3", "--refine", "1", "--out", str(lam),
-                 "--json"]) == 0
+                 "--sets", "2", "--val-sets", "2", "--coarse", "3", "--refine", "1", "--extend", "0",
+                 "--range", "0.99,1.03", "--out", str(lam), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["metric"] == "FD-digits vs train" and r["nfe"] > 0
-    assert len(r["evaluations"]) >= 3
+    assert len(r["evaluations"]) >= 3 and r["lam_range_searched"] == [0.99, 1.03]  # --extend 0: inside --range
     if r["significant"]:
         saved = json.loads(lam.read_text())
         assert saved["schedule"] == r["schedule"]
@@ -50,6 +50,7 @@ def test_calibrate_reports_and_writes_only_a_real_gain(tiny_model, tmp_path, cap
 @pytest.mark.parametrize("argv,msg", [
     (["calibrate", "--range", "1.1,1.0"], "empty or invalid λ range"),
     (["calibrate", "--range", "x"], "--range"),
+    (["calibrate", "--extend", "-1"], "--extend"),
     (["measure", "--n", "1"], "--n must be at least 2"),
     (["measure", "--data", "toy:moons"], "does not match the model's sample shape"),
     (["calibrate", "--data", "toy:moons"], "shape"),

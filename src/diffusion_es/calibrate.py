@@ -155,7 +155,7 @@ def _search_1d(score: Callable[[float], float], lo: float, hi: float, coarse: in
 
 def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: Callable, kind: str = "uniform",
               lam_range=(0.99, 1.03), n_samples: int = 500, n_sets: int = 3, n_val_sets: int = 3,
-              coarse: int = 5, refine: int = 3, seed: int = 0, schedule: Optional[VPSchedule] = None,
+              coarse: int = 5, refine: int = 3, max_extend: int = MAX_EXTEND, seed: int = 0, schedule: Optional[VPSchedule] = None,
               batch_size: int = 500, metric_name: str = "metric", progress: Optional[Callable] = None,
               extra_metrics: Optional[dict] = None, device="cpu", shard: Optional[Callable] = None,
               **sampler_kwargs) -> CalibrationResult:
@@ -173,6 +173,8 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
         raise UsageError("need n_samples >= 2, at least 1 search seed set and at least 2 validation seed sets")
     if coarse < 2:
         raise UsageError("coarse grid needs at least 2 points")
+    if max_extend < 0:
+        raise UsageError(f"max_extend (--extend) must be >= 0, got {max_extend}")
     if schedule is None:
         schedule = getattr(denoiser, "schedule", None) or VPSchedule.linear()
     base_seed = seed * 10_000_019
@@ -187,7 +189,7 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
     def mean_uniform(b):
         return float(np.mean(search(None if b == 1.0 else Uniform(b))))
 
-    found = _search_1d(mean_uniform, lo, hi, coarse, refine, floor=0.0)
+    found = _search_1d(mean_uniform, lo, hi, coarse, refine, floor=0.0, max_extend=max_extend)
     b_best, vals, searched = found.best, found.vals, [found.lo, found.hi]
     edges = [("λ", found)] if found.at_edge else []
     # each search set's own best b: the spread says how well the optimum is determined
@@ -208,8 +210,10 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
             except ValueError:  # λ would leave (0, inf) somewhere on the grid
                 return float("inf")
 
-        k_found = _search_1d(score_k, 0.0, k_hi, coarse, refine, floor=-1e-12)  # slope ≥ 0: λ largest at the noisiest step
-        mean_found = _search_1d(lambda m: score_k(k_found.best, m), lo, hi, coarse, refine, floor=0.0)
+        k_found = _search_1d(score_k, 0.0, k_hi, coarse, refine, floor=-1e-12,  # k ≥ 0: λ largest at the noisiest step
+                             max_extend=max_extend)
+        mean_found = _search_1d(lambda m: score_k(k_found.best, m), lo, hi, coarse, refine, floor=0.0,
+                                max_extend=max_extend)
         cand = linear_at(k_found.best, mean_found.best)
         if np.mean(search(cand)) <= np.mean(search(best)):
             best = cand

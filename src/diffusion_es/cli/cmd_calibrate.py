@@ -26,6 +26,9 @@ def register(sub):
     p.add_argument("--val-sets", type=int, default=3, help="fresh seed sets for the gain (default 3)")
     p.add_argument("--coarse", type=int, default=5, help="coarse grid points (default 5)")
     p.add_argument("--refine", type=int, default=3, help="refinement rounds (default 3)")
+    p.add_argument("--extend", type=int, default=4, metavar="N",
+                   help="coarse steps the search may walk past an end of --range (or of the slope's range) while "
+                        "that end keeps winning (default 4; 0: stay inside)")
     p.add_argument("--ref", default="train", help="FD reference: train, heldout, all or a reference .npz")
     p.add_argument("--features", default=None, help="feature network (default: by dataset)")
     p.add_argument("--inception", default=None, help="Inception TorchScript file for --features inception")
@@ -68,7 +71,7 @@ def _run(args, ctx) -> int:
 
     r = calibrate(den, args.sampler, args.steps, model.data_shape, metric, kind=args.kind, lam_range=(lo, hi),
                   n_samples=args.n, n_sets=args.sets, n_val_sets=args.val_sets, coarse=args.coarse,
-                  refine=args.refine, seed=args.seed, schedule=model.schedule, batch_size=args.batch_size,
+                  refine=args.refine, max_extend=args.extend, seed=args.seed, schedule=model.schedule, batch_size=args.batch_size,
                   metric_name=metric.name, progress=None if args.json or not ctx.is_main else progress,
                   shard=seed_splitter(ctx, args.batch_size), **sampler_kwargs(args))
     if not ctx.is_main:
