@@ -403,7 +403,7 @@ def test_all_sigma_space_and_multistep_schedulers_run(unet_lat):
 
 def test_missing_extra_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)
-    with pytest.raises(ImportError, match=r"pip install diffusion-es\[diffusers\]"):
+    with pytest.raises(ImportError, match=r"pip install 'diffusion-es\[diffusers\]'"):
         require_diffusers()
 
 

@@ -193,3 +193,15 @@ def test_an_interrupted_export_leaves_the_old_folder_and_no_debris(tmp_path, mon
         dx.export_diffusers(ckpt, out, use_ema=False, overwrite=True)
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]
+
+
+def test_without_diffusers_the_cli_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+
+    ckpt = write_checkpoint(tmp_path / "ckpt", random_unet(seed=9))
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers now raises ImportError
+    assert main(["export", "--model", str(ckpt), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'diffusion-es[diffusers]'" in err[0]
+    with pytest.raises(ImportError):  # and library code can still catch it as an ImportError
+        dx.unet_to_diffusers(random_unet())

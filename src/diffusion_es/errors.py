@@ -3,3 +3,8 @@
 
 class UsageError(ValueError):
     """Bad input from the user (a file, an option, a shape). The message says what is wrong and what to do."""
+
+
+class MissingDependency(UsageError, ImportError):
+    """An optional dependency is not installed: a usage error for the CLI (one line, exit 2) that library code
+    can still catch as ImportError."""

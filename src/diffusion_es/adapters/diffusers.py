@@ -62,9 +62,11 @@ def require_diffusers():
     """Import diffusers or fail with the extra to install."""
     try:
         import diffusers  # noqa: F401
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the diffusers adapter needs the optional dependencies: "
-                          "pip install diffusion-es[diffusers]") from e
+    except ImportError:
+        from ..errors import MissingDependency
+
+        raise MissingDependency("this needs the optional diffusers dependencies: "
+                                "pip install 'diffusion-es[diffusers]'") from None
     return diffusers
 
 
