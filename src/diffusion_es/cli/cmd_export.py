@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 from .common import add_model_args, print_json
 
 
@@ -14,8 +12,7 @@ def register(sub) -> None:
                                    "(DDPMScheduler with the model's exact betas, prediction type and variance). "
                                    "The exported network is checked against ours on random inputs before anything "
                                    "is written; the folder appears only when complete. Load it with "
-                                   "DDPMPipeline.from_pretrained(OUT), or pass --model OUT to any command.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   "DDPMPipeline.from_pretrained(OUT), or pass --model OUT to any command.")
     add_model_args(p)
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
     p.add_argument("--raw-weights", action="store_true", help="export the raw (non-EMA) weights")
