@@ -115,7 +115,8 @@ def test_export_folder_is_a_ddpm_pipeline_with_our_process(exported):
     sc = pipe.scheduler.config
     assert (sc.prediction_type, sc.variance_type, sc.num_train_timesteps) == ("v_prediction", "learned_range", 200)
     assert sc.beta_schedule == "squaredcos_cap_v2" and len(sc.trained_betas) == 200  # the table itself wins
-    np.testing.assert_allclose(pipe.scheduler.alphas_cumprod.double().numpy(), ours.schedule.alphas_cumprod, rtol=5e-5)  # float32 cumprod
+    np.testing.assert_allclose(pipe.scheduler.alphas_cumprod.double().numpy(), ours.schedule.alphas_cumprod,
+                               rtol=5e-5)  # diffusers' float32 cumulative product
     meta = json.loads((out / dx.EXPORT_INFO).read_text())
     assert meta["weights"] == "ema" and meta["source"] == str(ckpt) and meta["diffusion"]["prediction"] == "v"
     # and back through our loader: same process, same network

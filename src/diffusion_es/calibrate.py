@@ -155,7 +155,8 @@ def _search_1d(score: Callable[[float], float], lo: float, hi: float, coarse: in
 
 def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: Callable, kind: str = "uniform",
               lam_range=(0.99, 1.03), n_samples: int = 500, n_sets: int = 3, n_val_sets: int = 3,
-              coarse: int = 5, refine: int = 3, max_extend: int = MAX_EXTEND, seed: int = 0, schedule: Optional[VPSchedule] = None,
+              coarse: int = 5, refine: int = 3, max_extend: int = MAX_EXTEND, seed: int = 0,
+              schedule: Optional[VPSchedule] = None,
               batch_size: int = 500, metric_name: str = "metric", progress: Optional[Callable] = None,
               extra_metrics: Optional[dict] = None, device="cpu", shard: Optional[Callable] = None,
               **sampler_kwargs) -> CalibrationResult:
@@ -210,8 +211,8 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
             except ValueError:  # λ would leave (0, inf) somewhere on the grid
                 return float("inf")
 
-        k_found = _search_1d(score_k, 0.0, k_hi, coarse, refine, floor=-1e-12,  # k ≥ 0: λ largest at the noisiest step
-                             max_extend=max_extend)
+        # k ≥ 0: λ largest at the noisiest step
+        k_found = _search_1d(score_k, 0.0, k_hi, coarse, refine, floor=-1e-12, max_extend=max_extend)
         mean_found = _search_1d(lambda m: score_k(k_found.best, m), lo, hi, coarse, refine, floor=0.0,
                                 max_extend=max_extend)
         cand = linear_at(k_found.best, mean_found.best)

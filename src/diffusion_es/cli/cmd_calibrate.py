@@ -71,7 +71,8 @@ def _run(args, ctx) -> int:
 
     r = calibrate(den, args.sampler, args.steps, model.data_shape, metric, kind=args.kind, lam_range=(lo, hi),
                   n_samples=args.n, n_sets=args.sets, n_val_sets=args.val_sets, coarse=args.coarse,
-                  refine=args.refine, max_extend=args.extend, seed=args.seed, schedule=model.schedule, batch_size=args.batch_size,
+                  refine=args.refine, max_extend=args.extend, seed=args.seed, schedule=model.schedule,
+                  batch_size=args.batch_size,
                   metric_name=metric.name, progress=None if args.json or not ctx.is_main else progress,
                   shard=seed_splitter(ctx, args.batch_size), **sampler_kwargs(args))
     if not ctx.is_main:

@@ -16,7 +16,8 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
     p.add_argument("--raw-weights", action="store_true", help="export the raw (non-EMA) weights")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (only once the new one is complete)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT (only once the new one is complete)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
 
