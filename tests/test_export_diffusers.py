@@ -206,3 +206,15 @@ def test_without_diffusers_the_cli_says_what_to_install(tmp_path, capsys, monkey
     assert len(err) == 1 and "pip install 'diffusion-es[diffusers]'" in err[0]
     with pytest.raises(ImportError):  # and library code can still catch it as an ImportError
         dx.unet_to_diffusers(random_unet())
+
+
+@pytest.mark.parametrize("prediction,beta_schedule", [("eps", "linear"), ("v", "linear"), ("x0", "cosine")])
+def test_every_prediction_type_round_trips_through_the_export(tmp_path, prediction, beta_schedule):
+    ckpt = write_checkpoint(tmp_path / "ckpt", random_unet(seed=10), prediction=prediction,
+                            beta_schedule=beta_schedule, T=100)
+    info = dx.export_diffusers(ckpt, tmp_path / "out")
+    assert info["prediction_type"] == {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}[prediction]
+    back, ours = load_model(tmp_path / "out"), load_model(ckpt)
+    assert back.prediction == prediction and back.schedule.T == 100
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(back.denoiser()(x, 2.0), ours.denoiser()(x, 2.0), rtol=0, atol=1e-4)
