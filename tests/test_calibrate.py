@@ -58,13 +58,14 @@ def test_search_walks_past_a_winning_range_end():
         calls.append(x)
         return (x - 1.22) ** 2
 
-    r = _search_1d(score, 1.0, 1.1, coarse=3, refine=3)  # coarse step 0.05: 1.15, 1.2, then 1.25 is worse
-    assert abs(r.best - 1.22) < 0.01 and not r.at_edge and r.hi == pytest.approx(1.25)
+    r = _search_1d(score, 1.0, 1.1, coarse=3, refine=3)  # steps 0.05, 0.1, 0.2: 1.15, 1.25, then 1.45 is worse
+    assert abs(r.best - 1.22) < 0.005 and not r.at_edge and r.hi == pytest.approx(1.45)
     best, vals = r  # unpacks like the plain (best, evaluations) pair
     assert best == r.best and set(vals) == set(calls)
     # an optimum far outside: at most MAX_EXTEND steps out, and the result says it is still at the edge
-    far = _search_1d(lambda x: (x - 2.0) ** 2, 1.0, 1.1, coarse=3, refine=2)
-    assert far.at_edge and far.hi == pytest.approx(1.1 + MAX_EXTEND * 0.05) and far.best == far.hi
+    far = _search_1d(lambda x: (x - 10.0) ** 2, 1.0, 1.1, coarse=3, refine=2)
+    assert far.at_edge and far.hi == pytest.approx(1.1 + (2**MAX_EXTEND - 1) * 0.05) and far.best == far.hi
+    assert len(far.vals) <= 3 + MAX_EXTEND + 2 * (2 + MAX_EXTEND)  # doubling: a few evaluations reach far out
     # inside the range: no evaluation outside it
     inside = _search_1d(lambda x: (x - 1.04) ** 2, 1.0, 1.1, coarse=3, refine=3)
     assert (inside.lo, inside.hi) == (1.0, 1.1) and not inside.at_edge
@@ -80,7 +81,7 @@ def test_calibration_follows_an_optimum_outside_the_given_range():
     assert r.significant and abs(r.schedule["b"] - 1.12) < 0.01, r.schedule
     assert r.lam_range_searched[1] > 1.1 and not r.at_range_edge and "edge" not in r.message
     short = calibrate(over_predicting(1.3), "euler", 200, (D,), gaussian_fd, lam_range=(0.98, 1.02), coarse=3,
-                      refine=1, n_samples=100)
+                      refine=1, n_samples=100, max_extend=2)
     assert short.at_range_edge and "widen the range" in short.message
     inside = calibrate(over_predicting(1.12), "euler", 50, (D,), gaussian_fd, lam_range=(0.98, 1.06), coarse=3,
                        refine=1, n_samples=100, max_extend=0)

@@ -4,9 +4,9 @@ The paper tunes λ by hand with FID sweeps. Here a candidate schedule is scored 
 e.g. FD on classifier features) of samples drawn with *the same seeds* as every other candidate (paired), over
 ``n_sets`` disjoint seed sets. The search:
 
-* **uniform** ``λ = b``: a coarse grid over ``lam_range`` (walked past its ends, a coarse step at a time, while
-  an end point keeps winning), then ``refine`` rounds that halve the step around the best point (a 1-D
-  coarse-to-fine search, not a dense grid);
+* **uniform** ``λ = b``: a coarse grid over ``lam_range`` (walked past an end, with doubling steps, while that end
+  keeps winning), then ``refine`` rounds that halve the step around the best point (a 1-D coarse-to-fine search,
+  not a dense grid);
 * **linear** ``λ_t = k·t + b``: start at the best uniform b, search the slope at fixed mean λ (the paper's
   observation that its linear schedules keep the mean near the best uniform b), then the mean at that slope.
 
@@ -104,7 +104,7 @@ class _Scorer:
         return self.cache[key]
 
 
-MAX_EXTEND = 4  # coarse steps a search may walk past either end of its range while the score keeps improving
+MAX_EXTEND = 6  # steps a search may take past an end of its range (doubling: up to 2**6 - 1 = 63 coarse steps out)
 
 
 @dataclass
@@ -124,13 +124,15 @@ class Search1D:
 
 def _search_1d(score: Callable[[float], float], lo: float, hi: float, coarse: int, refine: int,
                floor: float = -math.inf, ceil: float = math.inf, max_extend: int = MAX_EXTEND) -> Search1D:
-    """Coarse grid over [lo, hi]; if the best point is an end of the grid, walk outward one coarse step at a time
-    while the score improves (at most ``max_extend`` steps, never to ``floor``/``ceil`` or beyond); then ``refine``
-    rounds of halving the step around the best point."""
+    """Coarse grid over [lo, hi]; if the best point is an end of the grid, walk outward while the score improves,
+    doubling the step each time (at most ``max_extend`` steps, never to ``floor``/``ceil`` or beyond), which
+    brackets an optimum far outside the range in a few evaluations; then halve the step around the best point
+    until it is ``refine`` halvings below the coarse step (one extra round per doubling)."""
     pts = list(np.linspace(lo, hi, coarse))
     vals = {float(p): score(float(p)) for p in pts}
     h = (hi - lo) / (coarse - 1) if coarse > 1 else (hi - lo) / 2
     best = min(vals, key=vals.get)
+    rounds = refine
     for _ in range(max_extend):
         if best == min(vals) and best - h > floor:
             p = best - h
@@ -140,10 +142,10 @@ def _search_1d(score: Callable[[float], float], lo: float, hi: float, coarse: in
             break
         vals[p] = score(p)
         if not vals[p] < vals[best]:
-            break
-        best = p
+            break  # bracketed: the optimum lies within h of best
+        best, h, rounds = p, 2 * h, rounds + 1
     lo, hi = min(vals), max(vals)
-    for _ in range(refine):
+    for _ in range(rounds):
         h /= 2
         for p in (best - h, best + h):
             if lo - 1e-12 <= p <= hi + 1e-12 and p not in vals:

@@ -221,7 +221,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
     ip_den = ip.denoiser() if ip is not None else None
     data_var = data_variance(ds.train) if cfg.ts_rule == "data" else 0.0
     fp = {"model": _model_fingerprint(model), "ip": _model_fingerprint(ip) if ip else None, "data": cfg.data,
-          "ref": cfg.ref, "seed": cfg.seed, "version": 2}  # 2: searches walk past a winning range end
+          "ref": cfg.ref, "seed": cfg.seed, "version": 3}  # 3: searches walk past a winning range end
     store = _Store(out, fp)
     n, shape, sch = cfg.n_samples, model.data_shape, model.schedule
     base_seed = cfg.seed * 10_000_019
@@ -469,7 +469,7 @@ def compare_blocks(results: dict) -> list:
         blocks.append(("p", "EDM rows: baseline and ES are deterministic (S_churn = 0); churn searches EDM's S_churn "
                             "(per-step γ = S_churn / steps in {" + ", ".join(map(str, CHURN_GAMMAS)) + "}) with "
                             f"S_noise = 1; S_noise (searched from [{S_NOISE_RANGE[0]}, {S_NOISE_RANGE[1]}], upward "
-                            "past 1.06 while the upper end wins) only acts "
+                            f"past {S_NOISE_RANGE[1]} while the upper end wins) only acts "
                             "through the churn noise; the last row adds ES on top."))
     ok = [c.get("ts_window1_equals_baseline") for c in vp]
     if ok:

@@ -175,7 +175,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
 
     extra["nn_dist_train"] = nn_train
     store = _Store(out, {"model": _model_fingerprint(model), "data": cfg.data, "ref": cfg.ref,
-                         "features": cfg.features, "seed": cfg.seed, "version": 3})  # 3: range-extending search
+                         "features": cfg.features, "seed": cfg.seed, "version": 4})  # 4: range-extending search
     common = dict(n_samples=cfg.n_samples, n_sets=cfg.n_sets, n_val_sets=cfg.n_val_sets, coarse=cfg.coarse,
                   refine=cfg.refine, seed=cfg.seed, schedule=model.schedule, batch_size=cfg.batch_size,
                   metric_name=metric.name, device=cfg.device)

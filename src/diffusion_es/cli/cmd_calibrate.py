@@ -26,9 +26,9 @@ def register(sub):
     p.add_argument("--val-sets", type=int, default=3, help="fresh seed sets for the gain (default 3)")
     p.add_argument("--coarse", type=int, default=5, help="coarse grid points (default 5)")
     p.add_argument("--refine", type=int, default=3, help="refinement rounds (default 3)")
-    p.add_argument("--extend", type=int, default=4, metavar="N",
-                   help="coarse steps the search may walk past an end of --range (or of the slope's range) while "
-                        "that end keeps winning (default 4; 0: stay inside)")
+    p.add_argument("--extend", type=int, default=6, metavar="N",
+                   help="steps (doubling in size) the search may take past an end of --range, or of the slope's "
+                        "range, while that end keeps winning (default 6: up to 63 coarse steps; 0: stay inside)")
     p.add_argument("--ref", default="train", help="FD reference: train, heldout, all or a reference .npz")
     p.add_argument("--features", default=None, help="feature network (default: by dataset)")
     p.add_argument("--inception", default=None, help="Inception TorchScript file for --features inception")
