@@ -42,7 +42,9 @@ def test_quick_repro_outputs_and_invariants(quick_run):
     assert "![" in md and "| sampler |" in md
     # the linear schedule is checked on the same extra measures (held-out FD, copying) as the uniform cells
     for lin in r["linear"]:
-        assert set(lin["extra_val"]) == set(r["table"][0]["extra_val"]) == {"heldout", "nn_dist_train"}
+        assert set(lin["extra_val"]) == set(r["table"][0]["extra_val"]) == {"heldout", "nn_dist_train",
+                                                                          "recall_heldout"}
+        assert all(0 <= v <= 1 for v in lin["extra_val"]["recall_heldout"]["best"])
     assert "heldout (baseline → linear)" in md
 
 

@@ -68,7 +68,8 @@ def build_blocks(r: dict) -> list:
         blocks.append(("p", "Other measures on the same validation samples (baseline → ES; not used for choosing λ). "
                             "`heldout`: the same FD against the held-out split, which does not reward copying "
                             "training images; `nn_dist_train`: mean distance to the nearest training image "
-                            "(a drop means samples move toward copies)."))
+                            "(a drop means samples move toward copies); `recall_heldout`: share of held-out images "
+                            "within a sample's 3-NN ball in feature space (a drop means less diversity)."))
         rows = [["sampler", "NFE"] + extra]
         for c in r["table"]:
             rows.append([SAMPLER_NAMES[c["sampler"]], str(c["nfe_per_sample"])] + [

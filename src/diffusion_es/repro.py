@@ -155,7 +155,8 @@ def load_model_and_data(model_path, data: str, device="cpu"):
 def run_repro(cfg: ReproConfig, log=print) -> dict:
     from .calibrate import calibrate
     from .measure import measure_exposure, plot_exposure
-    from .quality import build_metric
+    from .metrics.prdc import precision_recall
+    from .quality import FDMetric, build_metric
     from .report import write_report
     from .samplers import SamplingPlan, sample
     from .scaling import EpsilonScaled, Uniform
@@ -174,8 +175,15 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
         return float(torch.cdist(x.reshape(len(x), -1).cpu(), train_flat).min(dim=1).values.mean())
 
     extra["nn_dist_train"] = nn_train
+    if isinstance(metric, FDMetric) and ds.heldout is not None and len(ds.heldout) > 3:
+        held_feats = metric.features(ds.heldout)
+
+        def recall_heldout(x):  # share of held-out images inside the samples' k-NN balls: falls when diversity does
+            return float(precision_recall(held_feats, metric.features(x), k=3)["recall"])
+
+        extra["recall_heldout"] = recall_heldout
     store = _Store(out, {"model": _model_fingerprint(model), "data": cfg.data, "ref": cfg.ref,
-                         "features": cfg.features, "seed": cfg.seed, "version": 4})  # 4: range-extending search
+                         "features": cfg.features, "seed": cfg.seed, "version": 5})  # 5: + recall_heldout
     common = dict(n_samples=cfg.n_samples, n_sets=cfg.n_sets, n_val_sets=cfg.n_val_sets, coarse=cfg.coarse,
                   refine=cfg.refine, seed=cfg.seed, schedule=model.schedule, batch_size=cfg.batch_size,
                   metric_name=metric.name, device=cfg.device)
