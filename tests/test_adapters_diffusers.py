@@ -32,15 +32,6 @@ N = 4  # sampling steps everywhere
 LIN = Linear(0.01, 1.0)  # λ = 1.03, 1.02, 1.01, 1.00 over 4 steps: exercises the λ = 1 short cut too
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: a second intra-op thread only adds contention on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def lam_of_step(schedule, n=N):
     return schedule.values(n)
 

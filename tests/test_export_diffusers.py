@@ -24,14 +24,6 @@ from diffusion_es.samplers import SeedNoise, sample  # noqa: E402
 SMALL = dict(arch="unet", channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), num_heads=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_unet(seed=0, **kw):
     """Our UNet with every weight random (a fresh one has zero output convolutions, which would hide errors)."""
     net = build_model(ModelConfig(**{**SMALL, **kw})).eval()

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from diffusion_es.cli import main
 from diffusion_es.data import load_digits
@@ -13,7 +12,6 @@ from diffusion_es.io import save_npz, to_uint8
 
 @pytest.fixture(scope="module")
 def refs(tmp_path_factory):
-    torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("refs")
     assert main(["fid-ref", "--data", "digits", "--split", "heldout", "--out", str(d / "held.npz")]) == 0
     return d

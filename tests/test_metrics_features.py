@@ -15,7 +15,6 @@ from diffusion_es.metrics.frechet import FeatureStats, frechet_distance
 
 @pytest.fixture(scope="module")
 def ex():
-    torch.set_num_threads(1)
     return get_extractor("digits")
 
 
@@ -82,7 +81,6 @@ def test_keep_features_and_streaming_batches(ex, digits_u8):
 
 
 def test_training_is_deterministic():
-    torch.set_num_threads(1)
     m1, c1 = train("digits", epochs=1, seed=3, log=None)
     m2, c2 = train("digits", epochs=1, seed=3, log=None)
     assert weights_hash(m1.state_dict()) == weights_hash(m2.state_dict())

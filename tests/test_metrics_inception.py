@@ -54,7 +54,6 @@ def test_no_file_and_state_dict_give_clear_errors(tmp_path, monkeypatch):
 @needs_file
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.load is what loads this format
 def test_features_identical_to_calling_the_torchscript_net():
-    torch.set_num_threads(1)
     ex = InceptionExtractor(INCEPTION)
     net = torch.jit.load(INCEPTION, map_location="cpu").eval()
     rng = np.random.default_rng(0)

@@ -44,15 +44,6 @@ class TinyEps(nn.Module):
         return eps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and immune to OpenMP stalls on a busy shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 NET = VPDenoiser(TinyEps(), SCH)
 NET64 = VPDenoiser(TinyEps(dtype=F64), SCH)
 NET_LV = VPDenoiser(TinyEps(learned_variance=True), SCH, learned_variance=True)

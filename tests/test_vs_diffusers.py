@@ -40,14 +40,6 @@ SCH = VPSchedule.linear()
 DIM, SEEDS = 6, list(range(12))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TinyMLP(nn.Module):
     """A fixed small ε-network (float32, seeded weights) on (x_t, t); optionally 2C outputs (learned variance)."""
 

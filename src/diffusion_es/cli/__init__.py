@@ -30,6 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _apply_threads(threads) -> None:
+    """The ``--threads`` option of any command (see :func:`.common.add_threads_arg`)."""
+    if threads is None or threads == 0:
+        return
+    if threads < 0:
+        raise UsageError(f"--threads must be >= 0 (0: torch's default), got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -37,6 +48,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        _apply_threads(getattr(args, "threads", None))
         rc = args.func(args)
     except KeyboardInterrupt:
         print("diffusion-es: interrupted; finished work was kept (rerun with the same arguments to resume where supported)",

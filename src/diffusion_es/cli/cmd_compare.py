@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UsageError
-from .common import parse_int_list, print_json
+from .common import add_threads_arg, parse_int_list, print_json
 
 
 def _names(text):
@@ -40,8 +40,7 @@ def register(sub):
     p.add_argument("--ref", default="train", help="FD reference split: train, heldout, all or a reference .npz")
     p.add_argument("--device", default="cpu", help="torch device (cuda for a GPU)")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a busy shared CPU more threads are often far slower)")
+    add_threads_arg(p, default=1)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -59,12 +58,6 @@ def run(args) -> int:
                         device=args.device, batch_size=args.batch_size)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.threads < 0:
-        raise UsageError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     res = run_compare(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
     summary = [{"sampler": c["sampler"], "steps": c["steps"], "nfe": c["nfe"],
                 "methods": {k: {"mean": sum(m["val"]) / len(m["val"]), "gain": m["gain"],

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import UsageError
-from .common import parse_int_list, print_json
+from .common import add_threads_arg, parse_int_list, print_json
 
 
 def register(sub):
@@ -30,8 +29,7 @@ def register(sub):
     p.add_argument("--compare", action="store_true",
                    help="add the comparison with time-shift sampling, EDM S_noise and input perturbation (issue 9)")
     p.add_argument("--device", default="cpu", help="torch device (cuda for a GPU)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default; use 1 when other jobs share the CPU)")
+    add_threads_arg(p)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--json", action="store_true", help="print results.json's summary as JSON")
     p.set_defaults(func=run)
@@ -45,12 +43,6 @@ def run(args) -> int:
                       nfe=parse_int_list(args.nfe, "--nfe") if args.nfe else None, n_samples=args.samples,
                       n_val_sets=args.seeds, ref=args.ref, features=args.features, inception=args.inception,
                       device=args.device, batch_size=args.batch_size, compare=args.compare)
-    if args.threads < 0:
-        raise UsageError("--threads must be >= 0")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     res = run_repro(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
     if args.json:
         print_json({"claims": res["claims"], "wall_time_s": res["wall_time_s"], "compute_time_s": res["compute_time_s"],

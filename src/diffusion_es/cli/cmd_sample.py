@@ -8,6 +8,7 @@ import sys
 import time
 
 from ..errors import UsageError
+from .common import add_threads_arg
 
 
 def register(sub) -> None:
@@ -38,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--no-clip", action="store_true", help="do not clip the x0 estimate to [-1, 1] (ddpm/ddim)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw (non-EMA) weights")
     p.add_argument("--device", default="cpu", help="torch device")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_threads_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
@@ -79,8 +80,6 @@ def _run(args, ctx) -> int:
     from .common import parse_seeds, print_json
 
     args.device = ctx.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
@@ -96,10 +95,9 @@ def _run(args, ctx) -> int:
     m = load_model(args.model, use_ema=not args.raw_weights, device=args.device)
     kwargs = {}
     if args.sampler == "ddpm":
-        variance = args.variance or ("learned" if m.learned_variance else "small")
-        if variance == "learned" and not m.learned_variance:
+        if args.variance == "learned" and not m.learned_variance:
             raise UsageError("--variance learned needs a model trained with --learned-variance")
-        kwargs.update(variance=variance, clip=not args.no_clip)
+        kwargs.update(variance=args.variance, clip=not args.no_clip)  # None: the model's own (sample_ddpm)
     elif args.sampler == "ddim":
         kwargs.update(eta=args.eta, clip=not args.no_clip)
     elif args.variance or args.no_clip or args.eta:

@@ -6,6 +6,7 @@ import shlex
 import sys
 
 from ..errors import UsageError
+from .common import add_threads_arg
 
 # (flag, dest, type, default, help): defaults are applied here so that --resume can tell given from default
 _TRAIN = [
@@ -66,7 +67,7 @@ def register(sub) -> None:
     g.add_argument("--learned-variance", dest="learned_variance", action="store_const", const=True, default=None,
                    help="learn the variance (2C outputs, ADM's hybrid loss)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
+    add_threads_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
@@ -95,8 +96,6 @@ def run(args) -> int:
     from ..models.config import ModelConfig
     from ..train import TrainConfig, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available in this torch; use --device cpu")
     tr = _given(args, _TRAIN)

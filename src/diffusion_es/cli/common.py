@@ -46,6 +46,13 @@ def parse_seeds(text: str) -> list:
     return seeds
 
 
+def add_threads_arg(p, default: int = 0) -> None:
+    """``--threads N``; :func:`diffusion_es.cli.main` applies it (torch.set_num_threads) before the command runs."""
+    p.add_argument("--threads", type=int, default=default,
+                   help=f"torch CPU threads (default {default}; 0: torch's default; 1 is often fastest for small "
+                        "models on a busy shared CPU)")
+
+
 # ---- options shared by sample / measure / calibrate / repro ------------------------------------------------
 def add_model_args(p) -> None:
     p.add_argument("--model", default="default", metavar="PATH|default",
