@@ -1,12 +1,11 @@
 """ADM / guided-diffusion style ε networks: only the ε channels are scaled, λ keyed on the respaced grid."""
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from diffusion_es.adapters.adm import EpsilonScaledEpsNet
-from diffusion_es.scaling import Linear, Uniform
+from diffusion_es.scaling import Linear
 from diffusion_es.schedules import VPSchedule, respace
 
 

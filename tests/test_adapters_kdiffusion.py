@@ -1,8 +1,5 @@
 """EDM / k-diffusion style denoiser wrapper: D' = x - (x - D)/λ(σ), attributes passed through."""
 
-import math
-
-import numpy as np
 import pytest
 import torch
 from torch import nn

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import scipy.linalg
-import torch
 
 from diffusion_es.calibrate import MAX_EXTEND, _search_1d, calibrate, paired_gain
 from diffusion_es.errors import UsageError

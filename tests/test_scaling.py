@@ -11,7 +11,7 @@ from torch import nn
 from diffusion_es.analytic import GaussianMixtureDenoiser
 from diffusion_es.param import VPDenoiser
 from diffusion_es.samplers import sample_heun
-from diffusion_es.scaling import (BoundLambda, EpsilonScaled, Linear, PerStep, SigmaKeyed, Uniform, epsilon_scaled,
+from diffusion_es.scaling import (EpsilonScaled, Linear, PerStep, SigmaKeyed, Uniform, epsilon_scaled,
                                   load_schedule, save_schedule, schedule_from_dict)
 from diffusion_es.schedules import VPSchedule, karras_sigmas
 

@@ -187,6 +187,9 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
     common = dict(n_samples=cfg.n_samples, n_sets=cfg.n_sets, n_val_sets=cfg.n_val_sets, coarse=cfg.coarse,
                   refine=cfg.refine, seed=cfg.seed, schedule=model.schedule, batch_size=cfg.batch_size,
                   metric_name=metric.name, device=cfg.device)
+    # what, besides sampler and steps, determines a calibration part (its cache key)
+    search_key = {**{k: common[k] for k in ("n_samples", "n_sets", "n_val_sets", "coarse", "refine")},
+                  "extra": sorted(extra)}
 
     cells = [(s, n) for s in cfg.samplers for n in cfg.nfe]
     linear_tasks = [s for s in cfg.linear_samplers if s in cfg.samplers]
@@ -203,8 +206,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
     table = []
     for sampler, nfe in cells:
         steps = steps_for(sampler, nfe)
-        params = {"part": "cell", "sampler": sampler, "steps": steps, "range": RANGES[sampler], **{
-            k: common[k] for k in ("n_samples", "n_sets", "n_val_sets", "coarse", "refine")}}
+        params = {"part": "cell", "sampler": sampler, "steps": steps, "range": RANGES[sampler], **search_key}
 
         def run_cell(sampler=sampler, steps=steps):
             r = calibrate(den, sampler, steps, model.data_shape, metric, kind="uniform", lam_range=RANGES[sampler],
@@ -233,9 +235,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
     linear = []
     for sampler in linear_tasks:
         steps = steps_for(sampler, 20)
-        params = {"part": "linear", "sampler": sampler, "steps": steps, "range": RANGES[sampler],
-                  "extra": sorted(extra), **{k: common[k] for k in ("n_samples", "n_sets", "n_val_sets", "coarse",
-                                                                     "refine")}}
+        params = {"part": "linear", "sampler": sampler, "steps": steps, "range": RANGES[sampler], **search_key}
 
         def run_linear(sampler=sampler, steps=steps):
             return calibrate(den, sampler, steps, model.data_shape, metric, kind="linear",

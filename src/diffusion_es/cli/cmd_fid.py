@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
-
 from ..errors import UsageError
 from .common import print_json
 

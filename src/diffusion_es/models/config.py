@@ -7,7 +7,7 @@ network was trained for (T, beta schedule, prediction type, learned variance) li
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Tuple
 
 from ..errors import UsageError
