@@ -20,14 +20,14 @@ import json
 import numpy as np
 import torch
 
-from diffusion_es.calibrate import calibrate
+from diffusion_es.diagnostics.calibrate import calibrate
 from diffusion_es.data import load_dataset
-from diffusion_es.measure import estimate_lambda, measure_exposure
+from diffusion_es.diagnostics.measure import estimate_lambda, measure_exposure
 from diffusion_es.models import load_model
-from diffusion_es.quality import build_metric
-from diffusion_es.repro import RANGES
+from diffusion_es.metrics.quality import build_metric
+from diffusion_es.experiments.repro import RANGES
 from diffusion_es.samplers import SamplingPlan, sample
-from diffusion_es.scaling import Uniform
+from diffusion_es.core.scaling import Uniform
 
 
 def main(argv=None):

@@ -43,7 +43,7 @@ def main(argv=None):
 
     from diffusion_es.adapters.diffusers import apply_epsilon_scaling, load_diffusers_unet
     from diffusion_es.samplers import sample
-    from diffusion_es.scaling import Linear, Uniform
+    from diffusion_es.core.scaling import Linear, Uniform
 
     diffusers.utils.logging.set_verbosity_error()
     torch.manual_seed(0)

@@ -24,10 +24,10 @@ import time
 import torch
 from torch import nn
 
-from diffusion_es.param import VPDenoiser
+from diffusion_es.core.param import VPDenoiser
 from diffusion_es.samplers import SamplingPlan, SeedNoise, sample
-from diffusion_es.scaling import Uniform, epsilon_scaled
-from diffusion_es.schedules import VPSchedule
+from diffusion_es.core.scaling import Uniform, epsilon_scaled
+from diffusion_es.core.schedules import VPSchedule
 
 SAMPLERS = ("ddpm", "ddim", "euler", "heun")
 

@@ -1,6 +1,6 @@
 """Training-loop overhead and sampling speed.
 
-1. Steps/s of our training loop (``diffusion_es.train.train``: data order, explicit generators, hybrid-loss code
+1. Steps/s of our training loop (``diffusion_es.training.train.train``: data order, explicit generators, hybrid-loss code
    path, LR schedule, grad clipping, EMA, loss logging, progress bar) divided by a bare PyTorch loop doing the same
    math on the same model, batch and data (random batch, forward-noising, ε-MSE, AdamW, clipping, EMA lerp).
    Target: >= 0.95. The bare loop without clipping and EMA is printed as well, for scale.
@@ -25,7 +25,7 @@ from torch import nn
 
 def ours(steps: int, warmup: int, batch: int, device: str, progress: bool) -> float:
     from diffusion_es.models import ModelConfig
-    from diffusion_es.train import TrainConfig, train
+    from diffusion_es.training.train import TrainConfig, train
 
     marks = {}
 
@@ -46,7 +46,7 @@ def bare(steps: int, warmup: int, batch: int, device: str, full: bool = True) ->
 
     from diffusion_es.data import load_digits
     from diffusion_es.models import ModelConfig, build_model
-    from diffusion_es.schedules import VPSchedule
+    from diffusion_es.core.schedules import VPSchedule
 
     torch.manual_seed(0)
     net = build_model(ModelConfig()).to(device)

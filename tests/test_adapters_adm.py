@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from diffusion_es.adapters.adm import EpsilonScaledEpsNet
-from diffusion_es.scaling import Linear
-from diffusion_es.schedules import VPSchedule, respace
+from diffusion_es.core.scaling import Linear
+from diffusion_es.core.schedules import VPSchedule, respace
 
 
 class TinyADM(nn.Module):

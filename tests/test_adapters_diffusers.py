@@ -23,7 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
 from diffusion_es.adapters.diffusers import (  # noqa: E402
     apply_epsilon_scaling, require_diffusers, scale_model_output,
 )
-from diffusion_es.scaling import Linear, PerStep, Uniform  # noqa: E402
+from diffusion_es.core.scaling import Linear, PerStep, Uniform  # noqa: E402
 
 from _tiny_diffusers import tiny_clip, tiny_dit, tiny_unet, tiny_vae, tiny_vq  # noqa: E402
 

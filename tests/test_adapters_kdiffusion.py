@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from diffusion_es.adapters.kdiffusion import EpsilonScaledDenoiser
-from diffusion_es.scaling import Linear, PerStep, SigmaKeyed, Uniform
-from diffusion_es.schedules import karras_sigmas
+from diffusion_es.core.scaling import Linear, PerStep, SigmaKeyed, Uniform
+from diffusion_es.core.schedules import karras_sigmas
 
 
 class TinyEDM(nn.Module):

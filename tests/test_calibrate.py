@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from diffusion_es.calibrate import MAX_EXTEND, _search_1d, calibrate, paired_gain
+from diffusion_es.diagnostics.calibrate import MAX_EXTEND, _search_1d, calibrate, paired_gain
 from diffusion_es.errors import UsageError
-from diffusion_es.param import FnDenoiser
-from diffusion_es.scaling import Linear, Uniform, schedule_from_dict
+from diffusion_es.core.param import FnDenoiser
+from diffusion_es.core.scaling import Linear, Uniform, schedule_from_dict
 
 S, D = 0.5, 4  # data N(0, S² I) in D dimensions
 

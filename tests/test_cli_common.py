@@ -6,7 +6,7 @@ import pytest
 
 from diffusion_es.cli.common import add_es_args, es_from_args, parse_int_list, parse_seeds
 from diffusion_es.errors import UsageError
-from diffusion_es.scaling import Linear, Uniform, save_schedule
+from diffusion_es.core.scaling import Linear, Uniform, save_schedule
 
 
 def test_parse_seeds():

@@ -51,7 +51,7 @@ def test_es_linear_and_schedule_file(ckpt, tmp_path):
     common = ["sample", "--model", str(ckpt), "--sampler", "ddpm", "--steps", "4", "--seeds", "3,7", "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "l.npz"), "--es-linear", "0.01,1.0"]) == 0
     (tmp_path / "lam.json").write_text(json.dumps({"kind": "linear", "k": 0.01, "b": 1.0}))
-    from diffusion_es.scaling import Linear, save_schedule
+    from diffusion_es.core.scaling import Linear, save_schedule
 
     save_schedule(tmp_path / "lam.json", Linear(0.01, 1.0))
     assert main([*common, "--out", str(tmp_path / "f.npz"), "--es-schedule", str(tmp_path / "lam.json")]) == 0

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from diffusion_es.cli import main
-from diffusion_es.compare import CompareConfig, compare_blocks, ip_recipe, run_compare
+from diffusion_es.experiments.compare import CompareConfig, compare_blocks, ip_recipe, run_compare
 from diffusion_es.models import ModelConfig, load_model
-from diffusion_es.schedules import VPSchedule
-from diffusion_es.train import TrainConfig, diffusion_loss, diffusion_tables, train
+from diffusion_es.core.schedules import VPSchedule
+from diffusion_es.training.train import TrainConfig, diffusion_loss, diffusion_tables, train
 
 TINY = ModelConfig(width=32, blocks=1, time_embed_dim=16)
 

@@ -26,7 +26,7 @@ def test_loads_as_a_model_with_its_schedule(unet_dir):
     m = load_model(unet_dir)
     assert m.data_shape == (1, 8, 8) and m.prediction == "eps" and not m.learned_variance
     assert m.schedule.T == 1000
-    from diffusion_es.schedules import VPSchedule
+    from diffusion_es.core.schedules import VPSchedule
 
     # the scheduler's own (float32) ᾱ table, i.e. DDPM's linear β
     assert np.allclose(m.schedule.alphas_cumprod, VPSchedule.linear().alphas_cumprod, atol=1e-6)

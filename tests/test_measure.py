@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from diffusion_es.errors import UsageError
-from diffusion_es.measure import estimate_lambda, measure_exposure, plot_exposure, training_eps_norms
-from diffusion_es.param import FnDenoiser
-from diffusion_es.scaling import Linear, PerStep, Uniform
+from diffusion_es.diagnostics.measure import estimate_lambda, measure_exposure, plot_exposure, training_eps_norms
+from diffusion_es.core.param import FnDenoiser
+from diffusion_es.core.scaling import Linear, PerStep, Uniform
 
 S, D = 0.5, 16
 

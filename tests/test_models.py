@@ -80,7 +80,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path, arch):
 def test_denoiser_of_loaded_model(tmp_path):
     d, _, _ = _ckpt(tmp_path)
     den = load_model(d).denoiser()
-    from diffusion_es.param import VPDenoiser
+    from diffusion_es.core.param import VPDenoiser
 
     assert isinstance(den, VPDenoiser)
     out = den(torch.randn(2, 1, 8, 8, dtype=torch.float64), 1.0)

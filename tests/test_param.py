@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_es.analytic import GaussianDenoiser, GaussianMixtureDenoiser
-from diffusion_es.param import (DenoiserEpsNet, FnDenoiser, VPDenoiser, alpha_bar_to_sigma, as_denoiser,
+from diffusion_es.core.analytic import GaussianDenoiser, GaussianMixtureDenoiser
+from diffusion_es.core.param import (DenoiserEpsNet, FnDenoiser, VPDenoiser, alpha_bar_to_sigma, as_denoiser,
                                 eps_from_x0, eps_x0_from_v, sigma_batch, sigma_to_alpha_bar, sigma_to_vp_space,
                                 v_from_eps_x0, vp_to_sigma_space, x0_from_eps)
-from diffusion_es.schedules import VPSchedule
+from diffusion_es.core.schedules import VPSchedule
 
 F64 = torch.float64
 SCH = VPSchedule.linear()

@@ -8,12 +8,12 @@ import torch
 from scipy.stats import kstest
 from torch import nn
 
-from diffusion_es.analytic import GaussianDenoiser, GaussianMixtureDenoiser
-from diffusion_es.param import VPDenoiser
+from diffusion_es.core.analytic import GaussianDenoiser, GaussianMixtureDenoiser
+from diffusion_es.core.param import VPDenoiser
 from diffusion_es.samplers import (SamplingPlan, SeedNoise, common, sample, sample_ddim, sample_ddpm, sample_edm,
                                    sample_euler, sample_heun)
-from diffusion_es.scaling import EpsilonScaled, Linear, PerStep, Uniform
-from diffusion_es.schedules import VPSchedule, karras_sigmas, respace
+from diffusion_es.core.scaling import EpsilonScaled, Linear, PerStep, Uniform
+from diffusion_es.core.schedules import VPSchedule, karras_sigmas, respace
 
 F64 = torch.float64
 SCH = VPSchedule.linear()

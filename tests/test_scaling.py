@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_es.analytic import GaussianMixtureDenoiser
-from diffusion_es.param import VPDenoiser
+from diffusion_es.core.analytic import GaussianMixtureDenoiser
+from diffusion_es.core.param import VPDenoiser
 from diffusion_es.samplers import sample_heun
-from diffusion_es.scaling import (EpsilonScaled, Linear, PerStep, SigmaKeyed, Uniform, epsilon_scaled,
+from diffusion_es.core.scaling import (EpsilonScaled, Linear, PerStep, SigmaKeyed, Uniform, epsilon_scaled,
                                   load_schedule, save_schedule, schedule_from_dict)
-from diffusion_es.schedules import VPSchedule, karras_sigmas
+from diffusion_es.core.schedules import VPSchedule, karras_sigmas
 
 F64 = torch.float64
 MIX = GaussianMixtureDenoiser([[-1.0, 0.5], [1.0, -1.0]], stds=[0.3, 0.5])

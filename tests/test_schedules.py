@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from diffusion_es.schedules import VPSchedule, cosine_betas, karras_sigmas, linear_betas, respace
+from diffusion_es.core.schedules import VPSchedule, cosine_betas, karras_sigmas, linear_betas, respace
 
 
 # ---- VP schedules ------------------------------------------------------------------------------------------

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_es.analytic import GaussianDenoiser, GaussianMixtureDenoiser
-from diffusion_es.param import Denoiser, VPDenoiser
+from diffusion_es.core.analytic import GaussianDenoiser, GaussianMixtureDenoiser
+from diffusion_es.core.param import Denoiser, VPDenoiser
 from diffusion_es.samplers import SamplingPlan, SeedNoise, sample, sample_ddim, sample_ddpm
 from diffusion_es.samplers.timeshift import (choose_timesteps, data_variance, sample_timeshift, sample_ts_ddim,
                                              sample_ts_ddpm)
-from diffusion_es.scaling import EpsilonScaled, PerStep, Uniform
-from diffusion_es.schedules import VPSchedule
+from diffusion_es.core.scaling import EpsilonScaled, PerStep, Uniform
+from diffusion_es.core.schedules import VPSchedule
 
 SCH = VPSchedule.linear()
 

@@ -17,8 +17,8 @@ from scipy.integrate import quad
 
 from diffusion_es.errors import UsageError
 from diffusion_es.models import ModelConfig, build_model, diffusion_config
-from diffusion_es.schedules import VPSchedule
-from diffusion_es.train import (TrainConfig, diffusion_loss, diffusion_tables, discretized_gaussian_log_likelihood,
+from diffusion_es.core.schedules import VPSchedule
+from diffusion_es.training.train import (TrainConfig, diffusion_loss, diffusion_tables, discretized_gaussian_log_likelihood,
                                 lr_at, normal_kl, train)
 
 TINY = ModelConfig(width=32, blocks=1)
@@ -151,7 +151,7 @@ _KILLER = textwrap.dedent("""
     import os, signal, sys, torch
     torch.set_num_threads(1)
     from diffusion_es.models import ModelConfig
-    from diffusion_es.train import TrainConfig, train
+    from diffusion_es.training.train import TrainConfig, train
     def cb(step, info):
         if step == int(sys.argv[2]):
             os.kill(os.getpid(), signal.SIGKILL)

@@ -30,10 +30,10 @@ from torch import nn
 diffusers = pytest.importorskip("diffusers")
 import diffusers.schedulers.scheduling_ddpm as ddpm_module  # noqa: E402
 
-from diffusion_es.param import VPDenoiser  # noqa: E402
+from diffusion_es.core.param import VPDenoiser  # noqa: E402
 from diffusion_es.samplers import SeedNoise, sample  # noqa: E402
-from diffusion_es.scaling import Linear, PerStep, Uniform  # noqa: E402
-from diffusion_es.schedules import VPSchedule, respace  # noqa: E402
+from diffusion_es.core.scaling import Linear, PerStep, Uniform  # noqa: E402
+from diffusion_es.core.schedules import VPSchedule, respace  # noqa: E402
 
 F64 = torch.float64
 SCH = VPSchedule.linear()
@@ -154,7 +154,7 @@ def test_ddim_matches_diffusers(spacing, offset, clip, eta, es):
         ours = sample(den, "ddim", steps, (DIM,), SEEDS, schedule=SCH, es=es, spacing=spacing, eta=eta, clip=clip)
     else:
         from diffusion_es.samplers import sample_ddim
-        from diffusion_es.scaling import epsilon_scaled
+        from diffusion_es.core.scaling import epsilon_scaled
 
         ch = SCH.respaced(ts)
         n2 = SeedNoise(SEEDS, (DIM,))

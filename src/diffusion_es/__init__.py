@@ -12,12 +12,12 @@ Public API (see the README for a tour):
 
 __version__ = "0.1.0"
 
-from .calibrate import calibrate
-from .measure import measure_exposure
-from .param import Denoiser, DenoiserEpsNet, VPDenoiser
+from .diagnostics.calibrate import calibrate
+from .diagnostics.measure import measure_exposure
+from .core.param import Denoiser, DenoiserEpsNet, VPDenoiser
 from .samplers import SeedNoise, StepInfo, sample, sample_ddim, sample_ddpm, sample_euler, sample_heun
-from .scaling import Linear, PerStep, SigmaKeyed, Uniform, epsilon_scaled, load_schedule, save_schedule
-from .schedules import VPSchedule, karras_sigmas, respace
+from .core.scaling import Linear, PerStep, SigmaKeyed, Uniform, epsilon_scaled, load_schedule, save_schedule
+from .core.schedules import VPSchedule, karras_sigmas, respace
 
 __all__ = [
     "VPSchedule", "respace", "karras_sigmas",

@@ -18,7 +18,7 @@ import torch
 
 __all__ = ["PREDICTION_ALIASES", "normalize_prediction", "scale_prediction", "as_numpy_1d", "WrapsInner"]
 
-# the names the field uses for the three predictions -> ours (diffusion_es.param.PREDICTIONS)
+# the names the field uses for the three predictions -> ours (diffusion_es.core.param.PREDICTIONS)
 PREDICTION_ALIASES = {
     "eps": "eps", "epsilon": "eps",
     "x0": "x0", "sample": "x0", "x_0": "x0", "start_x": "x0",

@@ -6,7 +6,7 @@ rewritten through ε with the ᾱ of t.
 
 λ is keyed on the noise level of t: t (an original timestep, as guided-diffusion's ``SpacedDiffusion`` hands the
 wrapped network; ``timestep_scale`` undoes ``rescale_timesteps``) maps to ᾱ_t and σ_t = sqrt((1-ᾱ_t)/ᾱ_t), and
-:class:`diffusion_es.scaling.BoundLambda` bound to the σ of the respaced grid gives λ. So the paper's linear schedule
+:class:`diffusion_es.core.scaling.BoundLambda` bound to the σ of the respaced grid gives λ. So the paper's linear schedule
 ``λ_t = k·t + b`` counts steps of the respaced grid (t = 0 the last one).
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..scaling import BoundLambda, LambdaSchedule, Uniform
-from ..schedules import VPSchedule
+from ..core.scaling import BoundLambda, LambdaSchedule, Uniform
+from ..core.schedules import VPSchedule
 from ._common import WrapsInner, as_numpy_1d, normalize_prediction, scale_prediction
 
 __all__ = ["EpsilonScaledEpsNet"]

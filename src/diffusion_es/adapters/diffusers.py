@@ -18,7 +18,7 @@ their own ``sigmas[step_index]`` (ᾱ = 1/(1+σ²)); σ-space schedulers (Euler,
 the same ε as in VP space. v- and x0-predictions are turned into ε with that ᾱ, scaled and turned back
 (:func:`diffusion_es.adapters._common.scale_prediction`).
 
-λ comes from :class:`diffusion_es.scaling.BoundLambda`, bound lazily to the scheduler's grid (one σ per distinct
+λ comes from :class:`diffusion_es.core.scaling.BoundLambda`, bound lazily to the scheduler's grid (one σ per distinct
 timestep of the current ``set_timesteps``; re-bound whenever ``scheduler.timesteps`` is replaced). A call is keyed on
 the σ at which the network was evaluated: Heun's second evaluation at σ_{i+1} gets λ_{i+1}, and a multistep
 solver's output at t_i gets λ_i.
@@ -36,7 +36,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ..scaling import BoundLambda, LambdaSchedule, Uniform
+from ..core.scaling import BoundLambda, LambdaSchedule, Uniform
 from ._common import as_numpy_1d, normalize_prediction, scale_prediction
 
 __all__ = [
@@ -238,7 +238,7 @@ def _as_schedule(schedule) -> LambdaSchedule:
         return schedule
     if isinstance(schedule, (int, float)) and not isinstance(schedule, bool):
         return Uniform(float(schedule))
-    raise TypeError(f"schedule must be a diffusion_es.scaling.LambdaSchedule or a number (uniform λ), "
+    raise TypeError(f"schedule must be a diffusion_es.core.scaling.LambdaSchedule or a number (uniform λ), "
                     f"got {type(schedule).__name__}")
 
 
@@ -376,7 +376,7 @@ def _read_scheduler_config(path: Path):
 
 
 def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None):
-    """Load a diffusers ``UNet2DModel`` saved with ``save_pretrained`` as a :class:`diffusion_es.param.VPDenoiser`.
+    """Load a diffusers ``UNet2DModel`` saved with ``save_pretrained`` as a :class:`diffusion_es.core.param.VPDenoiser`.
 
     ``path``: the UNet folder, or a pipeline folder (``model_index.json`` with ``unet/`` and ``scheduler/``).
     ``scheduler``: a diffusers scheduler, its config dict, or a folder / ``scheduler_config.json``; by default the
@@ -390,8 +390,8 @@ def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None):
     require_diffusers()
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from ..param import VPDenoiser
-    from ..schedules import VPSchedule
+    from ..core.param import VPDenoiser
+    from ..core.schedules import VPSchedule
 
     path = Path(path)
     if not path.exists():

@@ -7,7 +7,7 @@
 and exposes every attribute of the wrapped network (``sigma_min``, ``sigma_max``, ``img_resolution``,
 ``img_channels``, ``label_dim``, ``round_sigma``, ``sigmas``, ...), so EDM's and k-diffusion's own samplers use it
 unchanged (both of Heun's evaluations are scaled; churn noise is untouched). λ comes from
-:class:`diffusion_es.scaling.BoundLambda`: bind it to the sampling grid the sampler will walk. σ is passed to the
+:class:`diffusion_es.core.scaling.BoundLambda`: bind it to the sampling grid the sampler will walk. σ is passed to the
 network exactly as the sampler gave it (dtype and shape), and where λ = 1 the network's output is returned as is.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..scaling import BoundLambda, LambdaSchedule, SigmaKeyed, Uniform
+from ..core.scaling import BoundLambda, LambdaSchedule, SigmaKeyed, Uniform
 from ._common import WrapsInner, as_numpy_1d
 
 __all__ = ["EpsilonScaledDenoiser"]

@@ -48,10 +48,10 @@ def run(args) -> int:
 
 
 def _run(args, ctx) -> int:
-    from ..calibrate import calibrate
+    from ..diagnostics.calibrate import calibrate
     from ..distributed import ShardedMetric, seed_splitter
-    from ..quality import build_metric
-    from ..scaling import save_schedule, schedule_from_dict
+    from ..metrics.quality import build_metric
+    from ..core.scaling import save_schedule, schedule_from_dict
 
     try:
         lo, hi = (float(v) for v in args.range.split(","))

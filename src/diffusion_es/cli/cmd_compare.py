@@ -46,7 +46,7 @@ def register(sub):
 
 
 def run(args) -> int:
-    from ..compare import CompareConfig, run_compare
+    from ..experiments.compare import CompareConfig, run_compare
 
     edm = [] if args.edm_samplers.strip().lower() == "none" else _names(args.edm_samplers)
     ip = None if str(args.ip_model).lower() == "none" else args.ip_model

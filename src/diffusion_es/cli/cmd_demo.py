@@ -30,7 +30,7 @@ def register(sub):
 
 
 def _mixture():
-    from ..analytic import GaussianMixtureDenoiser
+    from ..core.analytic import GaussianMixtureDenoiser
 
     ang = np.arange(8) * 2 * math.pi / 8
     means = np.stack([np.cos(ang), np.sin(ang)], axis=1) * 0.8
@@ -45,9 +45,9 @@ def sliced_w2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run(args) -> int:
-    from ..param import FnDenoiser
+    from ..core.param import FnDenoiser
     from ..samplers import SAMPLERS, sample
-    from ..scaling import Uniform
+    from ..core.scaling import Uniform
 
     c = args.eps_error
     if not (math.isfinite(c) and c > 0):

@@ -26,7 +26,7 @@ def register(sub):
 def run(args) -> int:
     from ..data import load_dataset
     from ..io import write_json
-    from ..measure import estimate_lambda, measure_exposure, plot_exposure
+    from ..diagnostics.measure import estimate_lambda, measure_exposure, plot_exposure
 
     if args.n < 2:
         raise UsageError(f"--n must be at least 2 (per-pixel statistics need several samples), got {args.n}")

@@ -36,7 +36,7 @@ def register(sub):
 
 
 def run(args) -> int:
-    from ..repro import ReproConfig, run_repro
+    from ..experiments.repro import ReproConfig, run_repro
 
     cfg = ReproConfig(model=args.model, data=args.data, out=args.out, quick=args.quick,
                       samplers=[s.strip() for s in args.samplers.split(",") if s.strip()],

@@ -47,7 +47,7 @@ def register(sub) -> None:
 
 def es_from_args(args):
     """The λ schedule the options ask for, or None (no ES)."""
-    from ..scaling import Linear, Uniform, load_schedule
+    from ..core.scaling import Linear, Uniform, load_schedule
 
     if args.es is not None:
         return Uniform(args.es)

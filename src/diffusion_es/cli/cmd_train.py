@@ -94,7 +94,7 @@ def run(args) -> int:
 
     from ..models.checkpoint import diffusion_config, read_config
     from ..models.config import ModelConfig
-    from ..train import TrainConfig, train
+    from ..training.train import TrainConfig, train
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available in this torch; use --device cpu")

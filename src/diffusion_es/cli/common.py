@@ -103,7 +103,7 @@ def add_es_args(p) -> None:
 
 def es_from_args(args):
     """The λ schedule the ES options ask for, or None."""
-    from ..scaling import Linear, Uniform, load_schedule
+    from ..core.scaling import Linear, Uniform, load_schedule
 
     try:
         if getattr(args, "es", None) is not None:

@@ -4,7 +4,7 @@
   "diffusion": {"T", "beta_schedule", "prediction", "learned_variance"}, "data": {...}, "training": {...}}``.
 * ``model.safetensors``: the EMA weights under ``ema.<name>`` and (optionally) the raw weights under
   ``model.<name>``.
-* ``train_state.safetensors`` (written by :mod:`diffusion_es.train`): everything needed to resume exactly.
+* ``train_state.safetensors`` (written by :mod:`diffusion_es.training.train`): everything needed to resume exactly.
 
 Loading never executes code: weights are read with safetensors (or, for a plain ``model.pt`` state dict,
 ``torch.load(weights_only=True)``); anything corrupt, foreign or inconsistent raises
@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..io import atomic_path
-from ..schedules import VPSchedule
+from ..core.schedules import VPSchedule
 from .config import ModelConfig
 
 __all__ = [
@@ -172,8 +172,8 @@ class LoadedModel:
     path: Optional[Path] = None
 
     def denoiser(self):
-        """The network as a sigma-space denoiser (:class:`diffusion_es.param.VPDenoiser`)."""
-        from ..param import VPDenoiser
+        """The network as a sigma-space denoiser (:class:`diffusion_es.core.param.VPDenoiser`)."""
+        from ..core.param import VPDenoiser
 
         return VPDenoiser(self.net, self.schedule, prediction=self.prediction, learned_variance=self.learned_variance)
 

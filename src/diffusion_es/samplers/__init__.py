@@ -11,9 +11,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..param import as_denoiser
-from ..scaling import LambdaSchedule, epsilon_scaled
-from ..schedules import VPSchedule, karras_sigmas, respace
+from ..core.param import as_denoiser
+from ..core.scaling import LambdaSchedule, epsilon_scaled
+from ..core.schedules import VPSchedule, karras_sigmas, respace
 from .common import NOISE_BLOCK, SeedNoise, StepInfo, over_seed_batches
 from .edm import sample_edm, sample_euler, sample_heun
 from .vp import VARIANCES, sample_ddim, sample_ddpm

@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..param import as_denoiser
+from ..core.param import as_denoiser
 from .common import StepInfo
 
 __all__ = ["sample_euler", "sample_heun", "sample_edm"]

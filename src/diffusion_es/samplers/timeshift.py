@@ -43,9 +43,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..param import as_denoiser
-from ..scaling import LambdaSchedule, epsilon_scaled
-from ..schedules import RespacedChain, VPSchedule
+from ..core.param import as_denoiser
+from ..core.scaling import LambdaSchedule, epsilon_scaled
+from ..core.schedules import RespacedChain, VPSchedule
 from .common import StepInfo, over_seed_batches
 from .vp import VARIANCES
 

@@ -1,7 +1,7 @@
 """Samplers on a (respaced) VP chain, as in ADM: ancestral DDPM and DDIM.
 
 The state is the VP sample ``x_t`` in float64; the network is reached through a sigma-space denoiser
-(:mod:`diffusion_es.param`), so Epsilon Scaling is a wrapper around it, not a branch in here.
+(:mod:`diffusion_es.core.param`), so Epsilon Scaling is a wrapper around it, not a branch in here.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ..param import Denoiser, as_denoiser
-from ..schedules import RespacedChain
+from ..core.param import Denoiser, as_denoiser
+from ..core.schedules import RespacedChain
 from .common import StepInfo
 
 __all__ = ["sample_ddpm", "sample_ddim", "VARIANCES"]

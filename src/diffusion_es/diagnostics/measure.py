@@ -24,11 +24,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .errors import UsageError
-from .param import as_denoiser
-from .samplers import SamplingPlan, SeedNoise
-from .scaling import LambdaSchedule, epsilon_scaled
-from .schedules import VPSchedule
+from ..errors import UsageError
+from ..core.param import as_denoiser
+from ..samplers import SamplingPlan, SeedNoise
+from ..core.scaling import LambdaSchedule, epsilon_scaled
+from ..core.schedules import VPSchedule
 
 __all__ = ["ExposureCurves", "measure_exposure", "training_eps_norms", "estimate_lambda", "plot_exposure"]
 
@@ -77,7 +77,7 @@ class ExposureCurves:
         return d
 
     def write_csv(self, path) -> None:
-        from .io import atomic_path
+        from ..io import atomic_path
 
         cols = ["sigma", "t", "lam", "eps_norm_train", "eps_norm_sample_raw", "eps_norm_sample_used",
                 "var_train", "var_sample", "sigma_hat", "sigma_true", "delta"]
@@ -201,7 +201,7 @@ def estimate_lambda(curves: ExposureCurves, kind: str = "uniform", skip_first: i
     sampling and training inputs coincide), ``linear`` a least-squares line in the paper's t (t = 0 last step),
     ``per_step`` the ratios themselves. Returns a :class:`LambdaSchedule`.
     """
-    from .scaling import Linear, PerStep, Uniform
+    from ..core.scaling import Linear, PerStep, Uniform
 
     if curves.es is not None:
         raise UsageError("estimate λ from a baseline run (no ES)")
@@ -226,7 +226,7 @@ def plot_exposure(curves_list: Sequence[ExposureCurves], path, title: str = "") 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import save_figure
+    from ..io import save_figure
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     base = curves_list[0]

@@ -23,10 +23,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .errors import UsageError
-from .samplers import SamplingPlan, sample
-from .scaling import LambdaSchedule, Linear, Uniform
-from .schedules import VPSchedule
+from ..errors import UsageError
+from ..samplers import SamplingPlan, sample
+from ..core.scaling import LambdaSchedule, Linear, Uniform
+from ..core.schedules import VPSchedule
 
 __all__ = ["CalibrationResult", "calibrate", "paired_gain"]
 

@@ -282,6 +282,6 @@ def load_schedule(path) -> LambdaSchedule:
 
 
 def save_schedule(path, schedule: LambdaSchedule, **meta) -> None:
-    from .io import write_json
+    from ..io import write_json
 
     write_json(path, {"schedule": schedule.to_dict(), **meta} if meta else schedule.to_dict())

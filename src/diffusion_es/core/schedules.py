@@ -4,7 +4,7 @@ Conventions (float64 numpy throughout):
 
 * A VP model with ``T`` training steps has ``betas[t]`` and ``alphas_cumprod[t]`` (ᾱ_t) for t = 0..T-1.
 * The matching sigma of step t (EDM / k-diffusion "sigma space") is ``sigma_t = sqrt((1 - ᾱ_t) / ᾱ_t)``;
-  a VP sample ``x_t`` corresponds to ``x = x_t / sqrt(ᾱ_t)`` (see :mod:`diffusion_es.param`).
+  a VP sample ``x_t`` corresponds to ``x = x_t / sqrt(ᾱ_t)`` (see :mod:`diffusion_es.core.param`).
 * A *respaced* chain uses a subset of the T timesteps (ascending). Its betas are re-derived from ᾱ so that
   the marginals are unchanged: ``beta'_i = 1 - ᾱ_{t_i} / ᾱ_{t_{i-1}}`` with ``ᾱ_{t_{-1}} = 1`` (ADM's
   ``SpacedDiffusion``).

@@ -4,7 +4,7 @@ seeds and the same metric.
 For every cell (DDPM and DDIM at each step count; EDM Euler and Heun at each NFE) and every method, the method's
 parameter is tuned on *search* seed sets and the metric is then measured on fresh *validation* seed sets, the same
 sets (hence the same initial and step noise) for every method: all gains are paired. The seed sets are those of
-:func:`diffusion_es.calibrate.calibrate` (``seed·10000019 + j·n_samples …``), so the ES rows are calibrate's own.
+:func:`diffusion_es.diagnostics.calibrate.calibrate` (``seed·10000019 + j·n_samples …``), so the ES rows are calibrate's own.
 
 Methods (VP cells):
 
@@ -21,7 +21,7 @@ EDM cells: deterministic **baseline** and **ES**; **churn** (S_churn searched, S
 
 Every part is stored in ``OUT/parts`` (``repro``'s store, keyed by everything that determines it), so a rerun
 resumes. Writes ``compare.md``, ``compare.html`` and ``results_compare.json``; :func:`compare_blocks` gives the
-report blocks (the format of :mod:`diffusion_es.report`) for the repro report.
+report blocks (the format of :mod:`diffusion_es.experiments.report`) for the repro report.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["CompareConfig", "run_compare", "compare_blocks", "write_compare", "ip_recipe", "COMPARE_PROFILES"]
 
@@ -115,7 +115,7 @@ class _Paired:
 
 
 def _method(val, base_val, param: dict, label: str, search=None) -> dict:
-    from .calibrate import paired_gain
+    from ..diagnostics.calibrate import paired_gain
 
     per, g, ci = paired_gain(base_val, val)
     return {"param": param, "label": label, "val": list(map(float, val)), "gain": g, "gain_ci": list(ci),
@@ -124,7 +124,7 @@ def _method(val, base_val, param: dict, label: str, search=None) -> dict:
 
 def _search_lambda(ev: _Paired, draw_lam: Callable, prefix: str, lo: float, hi: float, coarse: int, refine: int):
     """1-D coarse-to-fine λ search (calibrate's) on the search sets; returns (best λ, evaluations)."""
-    from .calibrate import _search_1d
+    from ..diagnostics.calibrate import _search_1d
 
     evals = []
 
@@ -167,13 +167,13 @@ def ip_recipe(base_config: dict) -> dict:
 
 
 def _train_ip(base, out: Path, device, log) -> Path:
-    from .models.config import ModelConfig
-    from .train import STATE_FILE, TrainConfig, train
+    from ..models.config import ModelConfig
+    from ..training.train import STATE_FILE, TrainConfig, train
 
     opts = ip_recipe(base.config)
     d = out / "ip_model"
     if (d / "config.json").exists():
-        from .models import read_config
+        from ..models import read_config
 
         if int(read_config(d).get("training", {}).get("step", -1)) == opts["steps"]:
             return d
@@ -200,13 +200,13 @@ def _resolve_ip(cfg: CompareConfig, base, out: Path, log) -> Optional[Path]:
 
 # ---- the job --------------------------------------------------------------------------------------------------
 def run_compare(cfg: CompareConfig, log=print) -> dict:
-    from .calibrate import calibrate
-    from .models import load_model
-    from .quality import build_metric
+    from ..diagnostics.calibrate import calibrate
+    from ..models import load_model
+    from ..metrics.quality import build_metric
     from .repro import RANGES, _model_fingerprint, _Store, load_model_and_data, steps_for
-    from .samplers import SamplingPlan, sample
-    from .samplers.timeshift import data_variance, sample_timeshift
-    from .scaling import Uniform
+    from ..samplers import SamplingPlan, sample
+    from ..samplers.timeshift import data_variance, sample_timeshift
+    from ..core.scaling import Uniform
 
     cfg = cfg.resolved()
     t0 = time.time()
@@ -332,7 +332,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
         tick(f"{sampler} {nfe_real} NFE: ES λ {es['candidate']['b']:.4f}", cached)
 
         def run_churn(sampler=sampler, steps=steps):
-            from .calibrate import _search_1d
+            from ..diagnostics.calibrate import _search_1d
 
             ev = _Paired(metric, **ev_kw)
 
@@ -434,7 +434,7 @@ def _table(cells, methods, col_of) -> list:
 
 def compare_blocks(results: dict) -> list:
     """Report blocks (``("h2", text)``, ``("p", text)``, ``("table", rows)``) of a compare result, in the format of
-    :func:`diffusion_es.report.build_blocks`, so the section can be added to the repro report."""
+    :func:`diffusion_es.experiments.report.build_blocks`, so the section can be added to the repro report."""
     from .repro import SAMPLER_NAMES
 
     cfg = results["config"]
@@ -479,7 +479,7 @@ def compare_blocks(results: dict) -> list:
 
 
 def write_compare(results: dict, out) -> None:
-    from .io import atomic_path, write_json
+    from ..io import atomic_path, write_json
     from .report import cost_line, render_html, render_md
 
     out = Path(out)

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UsageError
-from .io import atomic_path
-from .models.checkpoint import FORMAT, build_model, diffusion_config, read_config, save_checkpoint
-from .models.config import ModelConfig
-from .schedules import VPSchedule
+from ..errors import UsageError
+from ..io import atomic_path
+from ..models.checkpoint import FORMAT, build_model, diffusion_config, read_config, save_checkpoint
+from ..models.config import ModelConfig
+from ..core.schedules import VPSchedule
 
 __all__ = [
     "TrainConfig",
@@ -327,7 +327,7 @@ def train(out_dir, cfg: TrainConfig = None, model: Optional[ModelConfig] = None,
     if command:
         history.append(command)
 
-    from .data import load_dataset
+    from ..data import load_dataset
 
     ds = load_dataset(cfg.data, toy_n=cfg.toy_n, toy_seed=cfg.seed)
     if model.data_shape != ds.shape or model.learned_variance != diffusion["learned_variance"]:

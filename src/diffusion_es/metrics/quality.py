@@ -18,8 +18,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .errors import UsageError
-from .io import to_uint8
+from ..errors import UsageError
+from ..io import to_uint8
 
 __all__ = ["FDMetric", "SlicedWassersteinMetric", "build_metric", "reference_stats"]
 
@@ -31,12 +31,12 @@ class FDMetric:
         self.extractor, self.ref_stats, self.name = extractor, ref_stats, name
 
     def features(self, x: torch.Tensor) -> np.ndarray:
-        from .metrics import extract
+        from . import extract
 
         return extract(self.extractor, to_uint8(x))
 
     def __call__(self, x: torch.Tensor) -> float:
-        from .metrics import FeatureStats, frechet_distance
+        from . import FeatureStats, frechet_distance
 
         return float(frechet_distance(FeatureStats.from_features(self.features(x)), self.ref_stats))
 
@@ -46,7 +46,7 @@ class SlicedWassersteinMetric:
         self.ref, self.name, self.n_proj, self.seed = ref.to(torch.float64), name, n_proj, seed
 
     def __call__(self, x: torch.Tensor) -> float:
-        from .metrics.toy import sliced_wasserstein
+        from .toy import sliced_wasserstein
 
         return float(sliced_wasserstein(x.reshape(x.shape[0], -1), self.ref.reshape(self.ref.shape[0], -1),
                                         n_proj=self.n_proj, generator=torch.Generator().manual_seed(self.seed)))
@@ -64,7 +64,7 @@ def _split(ds, split: str) -> torch.Tensor:
 
 def reference_stats(extractor, images: torch.Tensor):
     """Feature statistics of real images (float, [-1, 1], NCHW), quantised to uint8 like samples are."""
-    from .metrics import FeatureStats, extract
+    from . import FeatureStats, extract
 
     return FeatureStats.from_features(extract(extractor, to_uint8(images)))
 
@@ -77,11 +77,11 @@ def build_metric(data: str = "digits", ref: str = "train", features: Optional[st
     ``features``: feature network for images (default ``digits`` for digits data, ``mnist`` for MNIST,
     ``inception`` otherwise); vector data use sliced Wasserstein.
     """
-    from .data import load_dataset
+    from ..data import load_dataset
 
     if str(ref).endswith(".npz"):
-        from .metrics import get_extractor
-        from .metrics.reference import check_features, load_reference
+        from . import get_extractor
+        from .reference import check_features, load_reference
 
         r = load_reference(ref)
         ext = get_extractor(features or r.feature_name, inception_path=inception)
@@ -97,7 +97,7 @@ def build_metric(data: str = "digits", ref: str = "train", features: Optional[st
     if features is None:
         name = ds.description.get("name", "")
         features = "digits" if name == "sklearn-digits" else "mnist" if name == "mnist" else "inception"
-    from .metrics import get_extractor
+    from . import get_extractor
 
     ext = get_extractor(features, inception_path=inception)
     return FDMetric(ext, reference_stats(ext, real), f"FD-{ext.name} vs {ref}")

@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["ReproConfig", "run_repro", "PROFILES"]
 
@@ -63,7 +63,7 @@ class ReproConfig:
     device: str = "cpu"
     batch_size: int = 500
     seed: int = 0
-    compare: bool = False   # add the comparison with the other fixes (diffusion_es.compare) as a section
+    compare: bool = False   # add the comparison with the other fixes (diffusion_es.experiments.compare) as a section
 
     def resolved(self) -> "ReproConfig":
         prof = PROFILES["quick" if self.quick else "full"]
@@ -111,7 +111,7 @@ class _Store:
         return self.dir / f"{name}-{h}.json"
 
     def get_or_run(self, name: str, params: dict, fn):
-        from .io import write_json
+        from ..io import write_json
 
         p = self._path(name, params)
         res, cached = None, False
@@ -141,8 +141,8 @@ def _model_fingerprint(model) -> dict:
 
 def load_model_and_data(model_path, data: str, device="cpu"):
     """(model, its denoiser, its dataset), refusing data whose shape is not the model's sample shape."""
-    from .data import load_dataset
-    from .models import load_model
+    from ..data import load_dataset
+    from ..models import load_model
 
     model = load_model(model_path, device=device)
     ds = load_dataset(data)
@@ -153,13 +153,13 @@ def load_model_and_data(model_path, data: str, device="cpu"):
 
 
 def run_repro(cfg: ReproConfig, log=print) -> dict:
-    from .calibrate import calibrate
-    from .measure import measure_exposure, plot_exposure
-    from .metrics.prdc import precision_recall
-    from .quality import FDMetric, build_metric
+    from ..diagnostics.calibrate import calibrate
+    from ..diagnostics.measure import measure_exposure, plot_exposure
+    from ..metrics.prdc import precision_recall
+    from ..metrics.quality import FDMetric, build_metric
     from .report import write_report
-    from .samplers import SamplingPlan, sample
-    from .scaling import EpsilonScaled, Uniform
+    from ..samplers import SamplingPlan, sample
+    from ..core.scaling import EpsilonScaled, Uniform
 
     cfg = cfg.resolved()
     t0 = time.time()
@@ -267,7 +267,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
         exposure[sampler] = res
         tick(f"exposure curves, {sampler} {steps} steps", cached)
 
-    from .measure import ExposureCurves
+    from ..diagnostics.measure import ExposureCurves
 
     def curves(d):
         keys = ExposureCurves.__dataclass_fields__
@@ -306,7 +306,7 @@ def _plot_lambda(table, cfg, out: Path, metric_name: str) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import save_figure
+    from ..io import save_figure
 
     figs = {}
     fig, ax = plt.subplots(1, len(cfg.samplers), figsize=(4 * len(cfg.samplers), 3.4), squeeze=False)

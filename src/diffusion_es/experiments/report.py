@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path, write_json
+from ..io import atomic_path, write_json
 
 __all__ = ["write_report", "build_blocks"]
 
