@@ -25,7 +25,7 @@ from diffusion_es.data import load_dataset
 from diffusion_es.diagnostics.measure import estimate_lambda, measure_exposure
 from diffusion_es.models import load_model
 from diffusion_es.metrics.quality import build_metric
-from diffusion_es.experiments.repro import RANGES
+from diffusion_es.experiments.common import RANGES
 from diffusion_es.samplers import SamplingPlan, sample
 from diffusion_es.core.scaling import Uniform
 

@@ -41,7 +41,8 @@ def main(argv=None):
     import diffusers
     from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
 
-    from diffusion_es.adapters.diffusers import apply_epsilon_scaling, load_diffusers_unet
+    from diffusion_es.adapters.diffusers import apply_epsilon_scaling
+    from diffusion_es.models.diffusers_unet import load_diffusers_unet
     from diffusion_es.samplers import sample
     from diffusion_es.core.scaling import Linear, Uniform
 

@@ -30,11 +30,18 @@ def _h(x) -> str:
 
 
 def _timeshift():
+    """Time-shift sampling through whichever API this side has (a policy of ``sample`` or its own front end)."""
     try:
-        from diffusion_es.samplers import sample_timeshift
+        from diffusion_es.samplers import TimeShift
     except ImportError:
         from diffusion_es.samplers.timeshift import sample_timeshift
-    return sample_timeshift
+        return sample_timeshift
+    from diffusion_es import sample
+
+    def run(den, sampler, steps, shape, seeds, window, cutoff, data_var, **kw):
+        return sample(den, sampler, steps, shape, seeds, time_shift=TimeShift(window, cutoff, data_var), **kw)
+
+    return run
 
 
 def _random_vp(prediction: str, learned: bool, arch: str = "unet"):

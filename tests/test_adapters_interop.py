@@ -11,7 +11,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2
 
 from diffusers import DDIMPipeline, DDIMScheduler  # noqa: E402
 
-from diffusion_es.adapters.diffusers import apply_epsilon_scaling, load_diffusers_unet  # noqa: E402
+from diffusion_es.adapters.diffusers import apply_epsilon_scaling
+from diffusion_es.models.diffusers_unet import load_diffusers_unet  # noqa: E402
 from diffusion_es.core.param import VPDenoiser  # noqa: E402
 from diffusion_es.samplers import sample  # noqa: E402
 from diffusion_es.core.scaling import Uniform  # noqa: E402

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from diffusion_es.diagnostics.calibrate import MAX_EXTEND, _search_1d, calibrate, paired_gain
+from diffusion_es.diagnostics.calibrate import MAX_EXTEND, search_1d, calibrate, paired_gain
 from diffusion_es.errors import UsageError
 from diffusion_es.core.param import FnDenoiser
 from diffusion_es.core.scaling import Linear, Uniform, schedule_from_dict
@@ -57,21 +57,21 @@ def test_search_walks_past_a_winning_range_end():
         calls.append(x)
         return (x - 1.22) ** 2
 
-    r = _search_1d(score, 1.0, 1.1, coarse=3, refine=3)  # steps 0.05, 0.1, 0.2: 1.15, 1.25, then 1.45 is worse
+    r = search_1d(score, 1.0, 1.1, coarse=3, refine=3)  # steps 0.05, 0.1, 0.2: 1.15, 1.25, then 1.45 is worse
     assert abs(r.best - 1.22) < 0.005 and not r.at_edge and r.hi == pytest.approx(1.45)
     best, vals = r  # unpacks like the plain (best, evaluations) pair
     assert best == r.best and set(vals) == set(calls)
     # an optimum far outside: at most MAX_EXTEND steps out, and the result says it is still at the edge
-    far = _search_1d(lambda x: (x - 10.0) ** 2, 1.0, 1.1, coarse=3, refine=2)
+    far = search_1d(lambda x: (x - 10.0) ** 2, 1.0, 1.1, coarse=3, refine=2)
     assert far.at_edge and far.hi == pytest.approx(1.1 + (2**MAX_EXTEND - 1) * 0.05) and far.best == far.hi
     assert len(far.vals) <= 3 + MAX_EXTEND + 2 * (2 + MAX_EXTEND)  # doubling: a few evaluations reach far out
     # inside the range: no evaluation outside it
-    inside = _search_1d(lambda x: (x - 1.04) ** 2, 1.0, 1.1, coarse=3, refine=3)
+    inside = search_1d(lambda x: (x - 1.04) ** 2, 1.0, 1.1, coarse=3, refine=3)
     assert (inside.lo, inside.hi) == (1.0, 1.1) and not inside.at_edge
     # never to the floor or beyond (λ > 0); a best point at the floor itself is not "at the edge" (k ≥ 0 search)
-    low = _search_1d(lambda x: x, 0.01, 0.05, coarse=3, refine=2, floor=0.0)
+    low = search_1d(lambda x: x, 0.01, 0.05, coarse=3, refine=2, floor=0.0)
     assert min(low.vals) > 0 and low.best == min(low.vals) and low.at_edge
-    at_floor = _search_1d(lambda x: x, 0.0, 0.04, coarse=3, refine=2, floor=-1e-12)
+    at_floor = search_1d(lambda x: x, 0.0, 0.04, coarse=3, refine=2, floor=-1e-12)
     assert min(at_floor.vals) == 0.0 and at_floor.best == 0.0 and not at_floor.at_edge
 
 

@@ -1,9 +1,8 @@
 """Option parsing shared by the subcommands."""
 
-import argparse
-
 import pytest
 
+from diffusion_es.cli import OneLineParser
 from diffusion_es.cli.common import add_es_args, es_from_args, parse_int_list, parse_seeds
 from diffusion_es.errors import UsageError
 from diffusion_es.core.scaling import Linear, Uniform, save_schedule
@@ -25,7 +24,7 @@ def test_parse_int_list():
 
 
 def _es(argv):
-    p = argparse.ArgumentParser()
+    p = OneLineParser(prog="t")
     add_es_args(p)
     return es_from_args(p.parse_args(argv))
 
@@ -36,10 +35,18 @@ def test_es_options(tmp_path):
     assert _es(["--es-linear", "0.0025,1.0"]) == Linear(0.0025, 1.0)
     save_schedule(tmp_path / "l.json", Linear(0.001, 1.0), note="x")
     assert _es(["--es-schedule", str(tmp_path / "l.json")]) == Linear(0.001, 1.0)
-    for argv, msg in [(["--es", "0"], "finite and > 0"), (["--es-linear", "1"], "two numbers"),
-                      (["--es-schedule", str(tmp_path / "none.json")], "no such")]:
+    for argv, msg in [(["--es-linear", "1"], "two numbers"), (["--es-schedule", str(tmp_path / "none.json")], "no such")]:
         with pytest.raises((UsageError, FileNotFoundError), match=msg):
             _es(argv)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "abc"])
+def test_bad_numbers_are_refused_at_parse_time_in_one_line(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        _es(["--es", value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("diffusion-es: error: argument --es:") and "t --help" in err[0]
 
 
 def test_threads_option_is_applied_once_for_every_command(tmp_path, capsys):
@@ -54,4 +61,4 @@ def test_threads_option_is_applied_once_for_every_command(tmp_path, capsys):
     assert main(["sample", "--model", str(m), "--sampler", "euler", "--steps", "2", "--seeds", "0-3",
                  "--out", str(tmp_path / "s.npz"), "--threads", "-1", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("diffusion-es: error: --threads must be >= 0")
+    assert err[-1].startswith("diffusion-es: error: argument --threads: '-1': give a whole number >= 0")

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from diffusion_es.cli import main
-from diffusion_es.experiments.compare import CompareConfig, compare_blocks, ip_recipe, run_compare
+from diffusion_es.experiments.blocks import compare_blocks
+from diffusion_es.experiments.compare import CompareConfig, ip_recipe, run_compare
 from diffusion_es.models import ModelConfig, load_model
 from diffusion_es.core.schedules import VPSchedule
-from diffusion_es.training.train import TrainConfig, diffusion_loss, diffusion_tables, train
+from diffusion_es.training.losses import diffusion_loss, diffusion_tables
+from diffusion_es.training.train import TrainConfig, train
 
 TINY = ModelConfig(width=32, blocks=1, time_embed_dim=16)
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from diffusion_es.cli import main
-from diffusion_es.distributed import shard_seeds_per_chunk, span, split
+from diffusion_es.distributed import span, split
+from diffusion_es.store import shard_seeds_per_chunk
 
 pytest.importorskip("torch.distributed")
 

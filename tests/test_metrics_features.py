@@ -8,8 +8,10 @@ import torch
 
 from diffusion_es.data import load_digits
 from diffusion_es.io import to_uint8
-from diffusion_es.metrics.classifier import load_classifier, train
-from diffusion_es.metrics.features import assets_dir, extract, extract_stats, get_extractor, weights_hash
+from diffusion_es.metrics.classifier import load_classifier
+from diffusion_es.training.feature_net import train_feature_net as train
+from diffusion_es.hashing import weights_hash
+from diffusion_es.metrics.features import assets_dir, extract, extract_stats, get_extractor
 from diffusion_es.metrics.frechet import FeatureStats, frechet_distance
 
 
@@ -116,9 +118,9 @@ def test_mnist_accuracy_on_real_test_images():
     if not cands:
         pytest.skip("no MNIST file in .cache (scripts/get_mnist.sh)")
     _, te, _ = load_mnist(str(cands[0]))
-    from diffusion_es.metrics.classifier import _mnist_labels
+    from diffusion_es.data.mnist import load_mnist_labels
 
-    _, yte = _mnist_labels(cands[0])
+    _, yte = (torch.from_numpy(y) for y in load_mnist_labels(str(cands[0])))
     model = load_classifier(assets_dir() / "mnist_cnn.safetensors")
     with torch.no_grad():
         pred = model(torch.from_numpy(from_uint8(te[:2000]))).argmax(1)

@@ -70,7 +70,8 @@ def test_repro_bad_input(capsys):
 def test_compare_section_joins_the_report(quick_run, tmp_path):
     from pathlib import Path
 
-    from diffusion_es.experiments.report import render_md, build_blocks
+    from diffusion_es.experiments.blocks import repro_blocks as build_blocks
+    from diffusion_es.experiments.report import render_md
 
     r = json.loads((quick_run / "results.json").read_text())
     r["compare"] = json.loads((Path(__file__).parent.parent / "docs" / "compare" / "results_compare.json").read_text())

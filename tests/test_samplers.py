@@ -10,7 +10,7 @@ from torch import nn
 
 from diffusion_es.core.analytic import GaussianDenoiser, GaussianMixtureDenoiser
 from diffusion_es.core.param import VPDenoiser
-from diffusion_es.samplers import (SamplingPlan, SeedNoise, common, sample, sample_ddim, sample_ddpm, sample_edm,
+from diffusion_es.samplers import (SamplingPlan, SeedNoise, common, sample, sample_ddim, sample_ddpm,
                                    sample_euler, sample_heun)
 from diffusion_es.core.scaling import EpsilonScaled, Linear, PerStep, Uniform
 from diffusion_es.core.schedules import VPSchedule, karras_sigmas, respace
@@ -304,7 +304,7 @@ def test_es_closed_form_ddpm_mean_and_variance():
     plan = SamplingPlan("ddpm", steps, SCH)
     z = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
     den = EpsilonScaled(GAUSS, es.bind(plan.sigmas))
-    out = sample_ddpm(den, z, ch, lambda i: torch.zeros_like(z), clip=False)
+    out = sample_ddpm(den, z, ch, noise=lambda i: torch.zeros_like(z), clip=False)
     a, sd = coeffs(lams)
     torch.testing.assert_close(out, z * float(np.prod(a)), rtol=1e-10, atol=0)
 
@@ -435,9 +435,9 @@ ERRORS = [
     (lambda: sample(MIX2, "heun", 10, (2,), [0], S_noise=0.0), "S_noise"),
     (lambda: sample(MIX2, "heun", 10, (2,), [0], S_churn=-1.0), "S_churn"),
     (lambda: sample_ddim(MIX2, _x(), SCH.respaced([0, 500, 999]), eta=0.5), "noise source"),
-    (lambda: sample_edm(MIX2, _x(), [80.0, 1.0, 0.0], S_churn=1.0), "noise source"),
-    (lambda: sample_edm(MIX2, _x(), [1.0, 80.0, 0.0]), "decreasing"),
-    (lambda: sample_edm(MIX2, _x(), [80.0]), "decreasing"),
+    (lambda: sample_euler(MIX2, _x(), [80.0, 1.0, 0.0], S_churn=1.0), "noise source"),
+    (lambda: sample_euler(MIX2, _x(), [1.0, 80.0, 0.0]), "decreasing"),
+    (lambda: sample_heun(MIX2, _x(), [80.0]), "decreasing"),
     (lambda: sample_heun(MIX2, _x(), [80.0, 1.0, -1.0]), "ending at >= 0"),
 ]
 

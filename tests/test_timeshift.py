@@ -10,13 +10,25 @@ from torch import nn
 
 from diffusion_es.core.analytic import GaussianDenoiser, GaussianMixtureDenoiser
 from diffusion_es.core.param import Denoiser, VPDenoiser
-from diffusion_es.samplers import SamplingPlan, SeedNoise, sample, sample_ddim, sample_ddpm
-from diffusion_es.samplers.timeshift import (choose_timesteps, data_variance, sample_timeshift, sample_ts_ddim,
-                                             sample_ts_ddpm)
+from diffusion_es.samplers import (SamplingPlan, SeedNoise, TimeShift, choose_timesteps, data_variance, sample,
+                                   sample_ddim, sample_ddpm)
 from diffusion_es.core.scaling import EpsilonScaled, PerStep, Uniform
 from diffusion_es.core.schedules import VPSchedule
 
 SCH = VPSchedule.linear()
+
+
+def sample_timeshift(den, sampler, steps, shape, seeds, window=1, cutoff=0, data_var=0.0, **kw):
+    """The front end with the TS policy."""
+    return sample(den, sampler, steps, shape, seeds, time_shift=TimeShift(window, cutoff, data_var), **kw)
+
+
+def sample_ts_ddpm(den, x_T, chain, noise, window=1, cutoff=0, data_var=0.0, trace=None, **kw):
+    return sample_ddpm(den, x_T, chain, noise=noise, time_shift=TimeShift(window, cutoff, data_var, trace), **kw)
+
+
+def sample_ts_ddim(den, x_T, chain, noise=None, window=1, cutoff=0, data_var=0.0, trace=None, **kw):
+    return sample_ddim(den, x_T, chain, noise=noise, time_shift=TimeShift(window, cutoff, data_var, trace), **kw)
 
 
 class TinyEps(nn.Module):
@@ -50,7 +62,7 @@ def test_window_one_equals_the_plain_sampler_exactly(den, sampler, kw, steps):
         noise = SeedNoise(seeds, (16,))
         x_T = noise.initial()
         if fn == "plain":
-            out = (sample_ddpm(den, x_T, plan.chain, noise, **kw) if sampler == "ddpm"
+            out = (sample_ddpm(den, x_T, plan.chain, noise=noise, **kw) if sampler == "ddpm"
                    else sample_ddim(den, x_T, plan.chain, noise=noise, **kw))
         else:
             out = (sample_ts_ddpm(den, x_T, plan.chain, noise, window=1, **kw) if sampler == "ddpm"
@@ -206,7 +218,7 @@ def test_data_variance_and_errors():
         sample_timeshift(NET, "ddpm", 5, (16,), [0], schedule=SCH, window=0)
     with pytest.raises(ValueError, match="cutoff"):
         sample_timeshift(NET, "ddpm", 5, (16,), [0], schedule=SCH, window=3, cutoff=-1)
-    with pytest.raises(ValueError, match="ddpm, ddim"):
+    with pytest.raises(ValueError, match="no option .time_shift."):
         sample_timeshift(NET, "heun", 5, (16,), [0], schedule=SCH)
     with pytest.raises(ValueError, match="variance"):
         sample_timeshift(NET, "ddpm", 5, (16,), [0], schedule=SCH, variance="learned")

@@ -18,8 +18,9 @@ from scipy.integrate import quad
 from diffusion_es.errors import UsageError
 from diffusion_es.models import ModelConfig, build_model, diffusion_config
 from diffusion_es.core.schedules import VPSchedule
-from diffusion_es.training.train import (TrainConfig, diffusion_loss, diffusion_tables, discretized_gaussian_log_likelihood,
-                                lr_at, normal_kl, train)
+from diffusion_es.training.losses import (diffusion_loss, diffusion_tables, discretized_gaussian_log_likelihood,
+                                          normal_kl)
+from diffusion_es.training.train import TrainConfig, lr_at, train
 
 TINY = ModelConfig(width=32, blocks=1)
 

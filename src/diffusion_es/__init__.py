@@ -10,7 +10,7 @@ Public API (see the README for a tour):
 * diagnostics and calibration: :func:`measure_exposure`, :func:`calibrate`
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from .diagnostics.calibrate import calibrate
 from .diagnostics.measure import measure_exposure
@@ -20,6 +20,7 @@ from .core.scaling import Linear, PerStep, SigmaKeyed, Uniform, epsilon_scaled, 
 from .core.schedules import VPSchedule, karras_sigmas, respace
 
 __all__ = [
+    "__version__",
     "VPSchedule", "respace", "karras_sigmas",
     "Denoiser", "VPDenoiser", "DenoiserEpsNet",
     "Uniform", "Linear", "PerStep", "SigmaKeyed", "epsilon_scaled", "load_schedule", "save_schedule",

@@ -9,33 +9,26 @@ torchrun's environment (``WORLD_SIZE`` unset or 1) everything here is a no-op an
   error. A rank that fails sends its one-line message at the next exchange; the others stop there, so an error
   on any rank ends the run (its message printed once, every process exiting with code 2) instead of a hang. All
   collectives have a timeout (``DIFFUSION_ES_DIST_TIMEOUT`` seconds, default 1800) for a rank that dies silently.
-* :class:`ShardedRun`: seeds are cut into fixed chunks of whole batches (independent of the number of processes),
-  each chunk written atomically to ``OUT.parts/`` under a name keyed by a hash of everything that determines
-  its samples. Rank 0 merges them into the one file a single-process run writes. A killed run restarted with the
-  same arguments (and any number of processes) samples only the chunks that are missing.
-* :meth:`Context.all_reduce_stats`: Fréchet feature statistics are combined by summing their three sums
-  (``n``, ``sum``, ``sum_outer``) across ranks, never by gathering features.
+* :meth:`Context.all_reduce_sum`: arrays summed across ranks (Fréchet feature statistics are combined this way,
+  by their three sums, in :mod:`diffusion_es.metrics.sharded`, never by gathering features).
+
+This module is only the process-group protocol. Resumable sharded sampling (:class:`~diffusion_es.store.ShardedRun`)
+lives in :mod:`diffusion_es.store`, distributed metrics in :mod:`diffusion_es.metrics.sharded`.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 import math
 import os
-import sys
-from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
 from .errors import UsageError
 
-__all__ = ["Context", "session", "split", "span", "ShardedRun", "ShardedMetric", "extract_stats",
-           "model_fingerprint", "shard_seeds_per_chunk", "DEFAULT_SHARD_SIZE"]
+__all__ = ["Context", "session", "init", "split", "span", "seed_splitter"]
 
-DEFAULT_SHARD_SIZE = 256          # seeds per shard, at least (rounded up to whole batches)
 TIMEOUT_ENV = "DIFFUSION_ES_DIST_TIMEOUT"
 _USAGE_TYPES = (UsageError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
@@ -130,32 +123,26 @@ class Context:
     def barrier(self) -> None:
         self.exchange()
 
-    def all_reduce_stats(self, stats):
-        """:class:`~diffusion_es.metrics.frechet.FeatureStats` summed over ranks (n, sum, sum_outer)."""
+    def all_reduce_sum(self, values: np.ndarray) -> np.ndarray:
+        """A float64 array summed elementwise over ranks (NCCL on CUDA runs, else gloo); every rank must pass an
+        array of the same shape (checked at the status exchange)."""
+        values = np.asarray(values, dtype=np.float64)
         if not self.is_distributed:
-            return stats
+            return values
         import torch
         import torch.distributed as dist
 
-        from .metrics.frechet import FeatureStats
-
-        d = stats.dim
-        flat = torch.from_numpy(np.concatenate([[float(stats.n)], stats.sum, stats.sum_outer.ravel()]))
+        shapes = self.exchange(tuple(values.shape))
+        if len(set(shapes)) != 1:
+            raise UsageError(f"ranks disagree about the shape of a reduced quantity: {shapes}")
+        flat = torch.from_numpy(values.ravel().copy())
         if self.cuda:
             flat = flat.to(f"cuda:{torch.cuda.current_device()}")  # reduced by NCCL
-        dims = self.exchange(d)  # status exchange (and a check that the feature networks agree)
-        if len(set(dims)) != 1:
-            raise UsageError(f"ranks disagree about the feature dimension: {dims}")
         try:
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         except Exception as e:
-            raise _Timeout(f"rank {self.rank}: feature-statistics all-reduce failed ({_one_line(e)[:200]})") from None
-        flat = flat.cpu().numpy()
-        out = FeatureStats(d)
-        out.n = int(round(flat[0]))
-        out.sum = flat[1:1 + d].copy()
-        out.sum_outer = flat[1 + d:].reshape(d, d).copy()
-        return out
+            raise _Timeout(f"rank {self.rank}: all-reduce failed ({_one_line(e)[:200]})") from None
+        return flat.cpu().numpy().reshape(values.shape)
 
     def close(self) -> None:
         if self.owned:
@@ -253,166 +240,6 @@ class session:
         if isinstance(err, _Timeout):
             raise UsageError(str(err)) from None
         raise SystemExit(2)
-
-
-# ---- resumable sharded sampling ----------------------------------------------------------------------------
-def model_fingerprint(module) -> str:
-    """sha256 of a network's parameters and buffers (names, dtypes, shapes, values)."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def shard_seeds_per_chunk(batch_size: int, shard_size: int = DEFAULT_SHARD_SIZE) -> int:
-    """Seeds per shard: ``shard_size`` rounded up to whole batches, so a shard's batches are exactly the
-    batches a one-process run forms (the samples are then equal by construction, not by luck)."""
-    return batch_size * max(1, math.ceil(shard_size / batch_size))
-
-
-class ShardedRun:
-    """Sample ``seeds`` chunk by chunk into ``OUT.parts/``; rank 0 merges the chunks in seed order.
-
-    ``identity`` is a JSON-able dict of everything that determines the samples (model fingerprint, sampler
-    options, batch size, ...); with each chunk's seeds it keys the shard file, so a changed option never
-    reuses a stale shard, and a different number of processes still does."""
-
-    def __init__(self, ctx: Context, out, identity: dict, seeds: Sequence[int], batch_size: int,
-                 shard_size: int = DEFAULT_SHARD_SIZE):
-        self.ctx, self.out = ctx, Path(out)
-        self.dir = self.out.with_name(self.out.name + ".parts")
-        self.seeds = [int(s) for s in seeds]
-        per = shard_seeds_per_chunk(batch_size, shard_size)
-        self.chunks = [self.seeds[i:i + per] for i in range(0, len(self.seeds), per)]
-        self.base = json.dumps({"format": 1, **identity, "batch_size": int(batch_size)}, sort_keys=True,
-                               default=str)
-        self.reused = 0
-
-    def shard_path(self, chunk: Sequence[int]) -> Path:
-        h = hashlib.sha256(self.base.encode())
-        h.update(np.asarray(chunk, dtype=np.int64).tobytes())
-        return self.dir / f"seeds{chunk[0]}-{chunk[-1]}-{h.hexdigest()[:16]}.npz"
-
-    def _complete(self, i: int) -> bool:
-        p = self.shard_path(self.chunks[i])
-        if not p.is_file():
-            return False
-        try:
-            with np.load(p, allow_pickle=False) as f:
-                return np.array_equal(f["seeds"], np.asarray(self.chunks[i], dtype=np.int64))
-        except Exception:  # unreadable: sample it again
-            return False
-
-    def execute(self, run_chunk: Callable, progress: Optional[Callable[[int], None]] = None) -> Optional[np.ndarray]:
-        """Sample every missing chunk (``run_chunk(seeds, per_batch_progress) -> array``, one row per seed) and
-        return the merged array on rank 0 (``None`` on other ranks). ``progress(n)`` is called on rank 0."""
-        ctx = self.ctx
-        pending = ([i for i in range(len(self.chunks)) if not self._complete(i)] if ctx.is_main else None)
-        pending = ctx.broadcast(pending)
-        done_before = sum(len(self.chunks[i]) for i in set(range(len(self.chunks))) - set(pending))
-        self.reused = done_before
-        if ctx.is_main and progress and done_before:
-            progress(done_before)
-        if ctx.is_main and done_before:
-            print(f"resuming: {done_before} of {len(self.seeds)} seeds already sampled in {self.dir}",
-                  file=sys.stderr)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        W = ctx.world_size
-        for r in range(math.ceil(len(pending) / W)):  # round r: chunk pending[r*W + rank] on each rank
-            mine = r * W + ctx.rank
-            n = 0
-            if mine < len(pending):
-                chunk = self.chunks[pending[mine]]
-                arr = run_chunk(chunk, progress if W == 1 else None)
-                if len(arr) != len(chunk):
-                    raise RuntimeError(f"sampling returned {len(arr)} rows for {len(chunk)} seeds")
-                self._write(chunk, arr)
-                n = len(chunk)
-            counts = ctx.exchange(n)  # the per-round sync: progress, and a failure anywhere stops everyone
-            if ctx.is_main and progress and W > 1:
-                progress(sum(counts))
-        return self._merge() if ctx.is_main else None
-
-    def _write(self, chunk, arr) -> None:
-        from .io import atomic_path
-
-        with atomic_path(self.shard_path(chunk), suffix=".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, arr_0=arr, seeds=np.asarray(chunk, dtype=np.int64))
-
-    def _merge(self) -> np.ndarray:
-        parts = []
-        for chunk in self.chunks:
-            p = self.shard_path(chunk)
-            if not p.is_file():
-                raise UsageError(f"{p}: shard missing after all processes finished; in a multi-machine run put "
-                                 "--out on a filesystem that every machine shares")
-            with np.load(p, allow_pickle=False) as f:
-                arr, s = f["arr_0"], f["seeds"]
-            if not np.array_equal(s, np.asarray(chunk, dtype=np.int64)) or len(arr) != len(chunk):
-                raise UsageError(f"{p}: shard does not hold seeds {chunk[0]}..{chunk[-1]}; delete it and rerun")
-            parts.append(arr)
-        return np.concatenate(parts)
-
-    def cleanup(self) -> None:
-        """Remove this run's shards (rank 0, after the merged file is written) and the folder if empty."""
-        if not self.ctx.is_main:
-            return
-        for chunk in self.chunks:
-            self.shard_path(chunk).unlink(missing_ok=True)
-        try:
-            self.dir.rmdir()
-        except OSError:  # other runs' shards, or already gone
-            pass
-
-
-# ---- distributed metrics -----------------------------------------------------------------------------------
-def extract_stats(ctx: Context, extractor, images: np.ndarray, keep_features: int = 0, desc: str = "features"):
-    """:func:`diffusion_es.metrics.features.extract_stats` with the images split over ranks in whole feature
-    batches (so every feature vector is computed exactly as in one process), the statistics all-reduced and the
-    first ``keep_features`` features (for precision/recall) collected in order. Same result on every rank."""
-    from .metrics.features import extract_stats as _extract
-
-    if not ctx.is_distributed:
-        return _extract(extractor, images, keep_features=keep_features, desc=desc)
-    lo, hi = span(len(images), ctx.world_size, ctx.rank, align=extractor.batch_size)
-    stats, kept = _extract(extractor, images[lo:hi], keep_features=max(0, keep_features - lo),
-                           progress=ctx.is_main, desc=desc)
-    stats = ctx.all_reduce_stats(stats)
-    parts = [k for k in ctx.exchange(kept if lo < keep_features else None) if k is not None]
-    return stats, (np.concatenate(parts)[:keep_features] if parts else None)
-
-
-class ShardedMetric:
-    """A sample-quality metric fed with this rank's part of the samples; returns the value of the whole set.
-
-    An :class:`~diffusion_es.quality.FDMetric` reduces feature statistics (sums) across ranks; any other metric
-    gathers the samples. Every rank returns rank 0's value, so all ranks take the same decisions."""
-
-    def __init__(self, ctx: Context, metric):
-        self.ctx, self.metric = ctx, metric
-        self.name = getattr(metric, "name", "metric")
-
-    def __call__(self, x_local) -> float:
-        import torch
-
-        ctx = self.ctx
-        if not ctx.is_distributed:
-            return float(self.metric(x_local))
-        if hasattr(self.metric, "features") and hasattr(self.metric, "ref_stats"):
-            from .metrics.frechet import FeatureStats, frechet_distance
-
-            feats = self.metric.features(x_local)
-            stats = ctx.all_reduce_stats(FeatureStats(feats.shape[1]).update(feats))
-            value = float(frechet_distance(stats, self.metric.ref_stats))
-        else:
-            parts = ctx.exchange(x_local.cpu().numpy())
-            value = float(self.metric(torch.from_numpy(np.concatenate(parts))))
-        return float(ctx.broadcast(value))
 
 
 def seed_splitter(ctx: Context, batch_size: int) -> Optional[Callable[[Sequence[int]], List[int]]]:

@@ -8,3 +8,14 @@ class UsageError(ValueError):
 class MissingDependency(UsageError, ImportError):
     """An optional dependency is not installed: a usage error for the CLI (one line, exit 2) that library code
     can still catch as ImportError."""
+
+
+def require_optional(module: str, extra: str):
+    """Import an optional dependency or raise :class:`MissingDependency` naming the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependency(f"this needs the optional {module} dependencies: "
+                                f"pip install 'diffusion-es[{extra}]'") from None

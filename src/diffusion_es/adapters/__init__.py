@@ -1,7 +1,8 @@
 """Epsilon Scaling for the models people already run (imported lazily; diffusers is optional).
 
 * :mod:`.diffusers`: :func:`apply_epsilon_scaling` (scheduler side, after guidance), :func:`scale_model_output`
-  (model side), :func:`load_diffusers_unet` (a saved UNet2DModel as our denoiser). Needs
+  (model side); :func:`load_diffusers_unet` (a saved UNet2DModel as our denoiser) lives in
+  :mod:`diffusion_es.models.diffusers_unet` and is re-exported here. Needs
   ``pip install diffusion-es[diffusers]``.
 * :mod:`.kdiffusion`: :class:`EpsilonScaledDenoiser` for EDM / k-diffusion denoisers ``model(x, sigma)``.
 * :mod:`.adm`: :class:`EpsilonScaledEpsNet` for ADM / guided-diffusion ε networks ``model(x_t, t)``.
@@ -21,7 +22,7 @@ __all__ = [
 _WHERE = {
     "apply_epsilon_scaling": ".diffusers",
     "scale_model_output": ".diffusers",
-    "load_diffusers_unet": ".diffusers",
+    "load_diffusers_unet": "..models.diffusers_unet",
     "EpsilonScalingHandle": ".diffusers",
     "EpsilonScaledDenoiser": ".kdiffusion",
     "EpsilonScaledEpsNet": ".adm",

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.scaling import BoundLambda, LambdaSchedule, Uniform
+from ..core.param import alpha_bar_to_sigma, get_prediction
+from ..core.scaling import BoundLambda, LambdaSchedule, as_numpy_1d, as_schedule, scale_prediction
 from ..core.schedules import VPSchedule
-from ._common import WrapsInner, as_numpy_1d, normalize_prediction, scale_prediction
+from ._common import WrapsInner
 
 __all__ = ["EpsilonScaledEpsNet"]
 
@@ -48,15 +49,16 @@ class EpsilonScaledEpsNet(WrapsInner):
         ab = as_numpy_1d(alphas_cumprod)
         if len(ab) == 0 or np.any(~np.isfinite(ab)) or np.any(ab <= 0) or np.any(ab >= 1):
             raise ValueError("alphas_cumprod must be a non-empty table of values in (0, 1)")
-        if not isinstance(schedule, LambdaSchedule):
-            schedule = Uniform(float(schedule))
+        schedule = as_schedule(schedule, "schedule")
+        if schedule is None:
+            raise TypeError("schedule must be a LambdaSchedule or a number (uniform λ), got None")
         if not (np.isfinite(timestep_scale) and timestep_scale > 0):
             raise ValueError(f"timestep_scale must be finite and > 0, got {timestep_scale}")
         self.inner = model
         self.schedule = schedule
         self.alphas_cumprod = ab
         self.timestep_scale = float(timestep_scale)
-        self.prediction = normalize_prediction(prediction)
+        self.prediction = get_prediction(prediction).name
         self.learned_variance = learned_variance
         self.records = [] if record else None
         ts = np.arange(len(ab)) if timesteps is None else np.unique(np.asarray(timesteps, dtype=np.int64))
@@ -64,7 +66,7 @@ class EpsilonScaledEpsNet(WrapsInner):
             raise ValueError(f"timesteps must lie in [0, {len(ab) - 1}]")
         self.timesteps = ts
         grid_ab = ab[ts][::-1]  # noisiest first
-        self.bound: BoundLambda = schedule.bind(np.sqrt((1.0 - grid_ab) / grid_ab))
+        self.bound: BoundLambda = schedule.bind(alpha_bar_to_sigma(grid_ab))
 
     @classmethod
     def from_spaced_diffusion(cls, model, diffusion, schedule, **kwargs) -> "EpsilonScaledEpsNet":
@@ -84,15 +86,14 @@ class EpsilonScaledEpsNet(WrapsInner):
         return np.interp(t, np.arange(len(self.alphas_cumprod)), self.alphas_cumprod)
 
     def lam(self, t) -> np.ndarray:
-        ab = self.alpha_bar(t)
-        return self.bound(np.sqrt((1.0 - ab) / ab))
+        return self.bound(alpha_bar_to_sigma(self.alpha_bar(t)))
 
     def forward(self, x: torch.Tensor, t, *args, **kwargs):
         out = self.inner(x, t, *args, **kwargs)
         if self.bound.identity:
             return out
         ab = self.alpha_bar(t)
-        lam = self.bound(np.sqrt((1.0 - ab) / ab))
+        lam = self.bound(alpha_bar_to_sigma(ab))
         if self.records is not None:
             self.records.append((as_numpy_1d(t).copy(), lam.copy()))
         C = x.shape[1]

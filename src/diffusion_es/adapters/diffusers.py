@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 import torch
 
-from ..core.scaling import BoundLambda, LambdaSchedule, Uniform
-from ._common import as_numpy_1d, normalize_prediction, scale_prediction
+from ..core.param import alpha_bar_to_sigma, get_prediction, sigma_to_alpha_bar, vp_coefficients
+from ..errors import require_optional
+from ..core.scaling import BoundLambda, LambdaSchedule, as_numpy_1d, as_schedule, scale_prediction
 
 __all__ = [
     "apply_epsilon_scaling",
@@ -45,7 +44,6 @@ __all__ = [
     "EpsilonScalingHandle",
     "CallRecord",
     "SUPPORTED_SCHEDULERS",
-    "load_diffusers_unet",
     "require_diffusers",
 ]
 
@@ -60,14 +58,7 @@ SUPPORTED_SCHEDULERS = _VP_ALPHAS + _VP_SIGMAS + _SIGMA_SPACE
 
 def require_diffusers():
     """Import diffusers or fail with the extra to install."""
-    try:
-        import diffusers  # noqa: F401
-    except ImportError:
-        from ..errors import MissingDependency
-
-        raise MissingDependency("this needs the optional diffusers dependencies: "
-                                "pip install 'diffusion-es[diffusers]'") from None
-    return diffusers
+    return require_optional("diffusers", "diffusers")
 
 
 def _family(scheduler) -> str:
@@ -113,7 +104,11 @@ class _SchedulerView:
         cfg = scheduler.config
         if cfg.get("use_flow_sigmas", False):
             raise ValueError("Epsilon Scaling does not support flow-matching sigmas (use_flow_sigmas=True)")
-        self.prediction = normalize_prediction(prediction_type or cfg.get("prediction_type", "epsilon"))
+        name = prediction_type or cfg.get("prediction_type", "epsilon")
+        self.prediction = get_prediction(name).name
+        if self.prediction == "flow":
+            raise ValueError(f"Epsilon Scaling does not support prediction type {name!r} with "
+                             f"{type(scheduler).__name__}: a flow-matching model needs a flow-matching scheduler")
         self.schedule = schedule
         self._ts_ref = None
         self.bound: Optional[BoundLambda] = None
@@ -128,7 +123,7 @@ class _SchedulerView:
         ts = torch.as_tensor(ts)
         if self.family == "vp_alphas":
             ab = s.alphas_cumprod.to("cpu", torch.float64)[ts.to("cpu").long()].numpy()
-            sig = np.sqrt((1.0 - ab) / ab)
+            sig = alpha_bar_to_sigma(ab)
         else:
             sig = s.sigmas.to("cpu", torch.float64).numpy()[: len(ts)]
         # Heun repeats every inner σ (two evaluations per interval), PNDM its first timestep: one σ per step
@@ -159,9 +154,9 @@ class _SchedulerView:
         s = self.scheduler
         if self.family == "vp_alphas":
             ab = float(s.alphas_cumprod[int(timestep)].to(torch.float64))
-            return math.sqrt((1.0 - ab) / ab), ab
+            return float(alpha_bar_to_sigma(ab)), ab
         sigma = float(s.sigmas[self._step_index(timestep)].to(torch.float64))
-        return sigma, 1.0 / (1.0 + sigma * sigma)
+        return sigma, sigma_to_alpha_bar(sigma)
 
     def lookup(self, timestep):
         """(λ, σ, ᾱ) for one call with a scalar timestep."""
@@ -179,7 +174,7 @@ class _SchedulerView:
         bound = self.ensure_bound()
         t = torch.as_tensor(timesteps).reshape(-1).to("cpu").long()
         ab = self.scheduler.alphas_cumprod.to("cpu", torch.float64)[t].numpy()
-        sig = np.sqrt((1.0 - ab) / ab)
+        sig = alpha_bar_to_sigma(ab)
         return bound(sig), sig, ab
 
 
@@ -234,12 +229,9 @@ class EpsilonScalingHandle:
 
 
 def _as_schedule(schedule) -> LambdaSchedule:
-    if isinstance(schedule, LambdaSchedule):
-        return schedule
-    if isinstance(schedule, (int, float)) and not isinstance(schedule, bool):
-        return Uniform(float(schedule))
-    raise TypeError(f"schedule must be a diffusion_es.core.scaling.LambdaSchedule or a number (uniform λ), "
-                    f"got {type(schedule).__name__}")
+    if schedule is None:
+        raise TypeError("schedule must be a LambdaSchedule or a number (uniform λ), got None")
+    return as_schedule(schedule, "schedule")
 
 
 def _find_scheduler(obj):
@@ -292,7 +284,7 @@ def apply_epsilon_scaling(pipe_or_scheduler, schedule: Union[LambdaSchedule, flo
             sample = _get_arg(args, kwargs, 2, "sample")
             x_t = sample
             if view.prediction != "eps" and view.family == "sigma_space":
-                x_t = sample.to(torch.float64) * math.sqrt(ab)  # the network's (scaled) input
+                x_t = sample.to(torch.float64) * vp_coefficients(ab)[0]  # the network's (scaled) input
             new = scale_prediction(out, x_t, lam, ab, view.prediction)
             if args:
                 args = (new,) + tuple(args[1:])
@@ -353,77 +345,3 @@ def scale_model_output(model, pipe_or_scheduler, schedule: Union[LambdaSchedule,
     forward._es_handle = handle
     model.forward = forward
     return handle
-
-
-# ---- interop: a diffusers UNet as one of our denoisers -----------------------------------------------------
-class _UNetEps(torch.nn.Module):
-    """``net(x_t, t) -> prediction`` from a diffusers UNet2DModel (drops the output dataclass)."""
-
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, x_t, t, **kwargs):
-        return self.unet(x_t, t, return_dict=False, **kwargs)[0]
-
-
-def _read_scheduler_config(path: Path):
-    for cand in (path / "scheduler_config.json", path / "scheduler" / "scheduler_config.json",
-                 path.parent / "scheduler" / "scheduler_config.json"):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None):
-    """Load a diffusers ``UNet2DModel`` saved with ``save_pretrained`` as a :class:`diffusion_es.core.param.VPDenoiser`.
-
-    ``path``: the UNet folder, or a pipeline folder (``model_index.json`` with ``unet/`` and ``scheduler/``).
-    ``scheduler``: a diffusers scheduler, its config dict, or a folder / ``scheduler_config.json``; by default the
-    pipeline's ``scheduler/`` (or a ``scheduler_config.json`` beside the UNet) and otherwise diffusers'
-    ``DDPMScheduler()`` defaults (linear β 1e-4..0.02, T = 1000, ε-prediction).
-
-    The VP schedule reproduces the scheduler's own ᾱ table (``alphas_cumprod``, as diffusers computes it), and the
-    prediction type comes from its ``prediction_type``; a UNet with twice the input channels is a learned-variance
-    model. The result works with :func:`diffusion_es.samplers.sample` and everything built on it.
-    """
-    require_diffusers()
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    from ..core.param import VPDenoiser
-    from ..core.schedules import VPSchedule
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such folder (expected a diffusers UNet or pipeline saved with "
-                                f"save_pretrained)")
-    unet_dir = path / "unet" if (path / "model_index.json").is_file() else path
-    if not (unet_dir / "config.json").is_file():
-        raise ValueError(f"{unet_dir}: no config.json; expected a UNet2DModel folder written by save_pretrained")
-    unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)  # no "install accelerate" notice
-    unet.eval().to(device)
-    if dtype is not None:
-        unet.to(dtype)
-
-    if scheduler is None:
-        cfg_path = _read_scheduler_config(path)
-        sched = DDPMScheduler.from_config(DDPMScheduler.load_config(cfg_path)) if cfg_path else DDPMScheduler()
-    elif isinstance(scheduler, (str, Path)):
-        p = Path(scheduler)
-        cfg_path = p if p.is_file() else _read_scheduler_config(p)
-        if cfg_path is None:
-            raise FileNotFoundError(f"{p}: no scheduler_config.json found")
-        sched = DDPMScheduler.from_config(DDPMScheduler.load_config(cfg_path))
-    elif isinstance(scheduler, dict):
-        sched = DDPMScheduler.from_config(scheduler)
-    else:
-        sched = scheduler
-    ab = sched.alphas_cumprod.to(torch.float64).numpy()
-    # betas that reproduce the scheduler's own (float32) ᾱ table exactly under a float64 cumulative product
-    betas = 1.0 - ab / np.concatenate([[1.0], ab[:-1]])
-    schedule = VPSchedule(betas)
-    prediction = normalize_prediction(sched.config.get("prediction_type", "epsilon"))
-    learned = unet.config.out_channels == 2 * unet.config.in_channels
-    den = VPDenoiser(_UNetEps(unet), schedule, prediction=prediction, learned_variance=learned)
-    den.scheduler_config = dict(sched.config)
-    return den

@@ -279,7 +279,7 @@ def export_diffusers(model="default", out_dir=None, use_ema: bool = True, overwr
     leaves nothing half-written. It loads with ``DDPMPipeline.from_pretrained(out_dir)`` (or
     ``UNet2DModel.from_pretrained(out_dir, subfolder="unet")``) and, through ``--model out_dir``, with every
     diffusion-es command. Returns a summary (paths, the self-check's difference, the scheduler settings)."""
-    from .. import __version__
+    from ..version import __version__
     from ..models import UNet, load_model
     from ..models.checkpoint import LoadedModel
     from .diffusers import require_diffusers

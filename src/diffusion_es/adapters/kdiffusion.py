@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.scaling import BoundLambda, LambdaSchedule, SigmaKeyed, Uniform
-from ._common import WrapsInner, as_numpy_1d
+from ..core.scaling import BoundLambda, LambdaSchedule, SigmaKeyed, Uniform, as_numpy_1d, as_schedule, scale_denoised
+from ._common import WrapsInner
 
 __all__ = ["EpsilonScaledDenoiser"]
 
@@ -46,8 +46,9 @@ class EpsilonScaledDenoiser(WrapsInner):
     def __init__(self, model: nn.Module, schedule: Union[LambdaSchedule, float],
                  sigmas: Optional[Sequence[float]] = None, record: bool = False):
         super().__init__()
-        if not isinstance(schedule, LambdaSchedule):
-            schedule = Uniform(float(schedule))
+        schedule = as_schedule(schedule, "schedule")
+        if schedule is None:
+            raise TypeError("schedule must be a LambdaSchedule or a number (uniform λ), got None")
         self.inner = model
         self.schedule = schedule
         self.bound = _bind(schedule, sigmas)
@@ -70,20 +71,9 @@ class EpsilonScaledDenoiser(WrapsInner):
         lam_np = self.lam(s)
         if self.records is not None:
             self.records.append((s.copy(), lam_np.copy()))
-        if np.all(lam_np == 1.0):
-            return D
-        B = x.shape[0]
-        if lam_np.size not in (1, B):
-            raise ValueError(f"sigma has {lam_np.size} entries for a batch of {B}")
-        wd = torch.promote_types(x.dtype, D.dtype)
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        lam = torch.from_numpy(lam_np).to(x.device, wd).reshape(shape)
-        xw = x.to(wd)
-        D_es = (xw - (xw - D.to(wd)) / lam).to(D.dtype)
-        if lam_np.size > 1 and np.any(lam_np == 1.0):
-            D_es = torch.where(lam == 1.0, D, D_es)
-        return D_es
-
+        if lam_np.size not in (1, x.shape[0]):
+            raise ValueError(f"sigma has {lam_np.size} entries for a batch of {x.shape[0]}")
+        return scale_denoised(x, D, float(lam_np[0]) if lam_np.size == 1 else lam_np)
 
     def __repr__(self):
         return f"EpsilonScaledDenoiser({self.schedule!r}, inner={type(self.inner).__name__})"

@@ -15,10 +15,44 @@ import sys
 from ..errors import UsageError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with bad options reported as one line (``diffusion-es: error: ...``) and exit code 2."""
 
-    parser = argparse.ArgumentParser(
+    def error(self, message):
+        sys.stderr.write(f"diffusion-es: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+# library parameter names whose CLI flag is not simply --name-with-dashes
+PARAM_FLAGS = {"n_samples": ("--samples", "--n"), "n_val_sets": ("--seeds", "--val-sets"), "n_sets": ("--sets",),
+               "max_extend": ("--extend",), "lam_range": ("--range",), "n": ("--n",)}
+
+
+def flag_message(msg: str, flags: dict) -> str:
+    """A library message that starts with a parameter name (``steps must be >= 1``), with that name replaced by
+    the command's flag for it (``--steps must be >= 1``). ``flags``: dest -> option string of the command."""
+    from ..samplers import OPTION_FLAGS
+
+    head, sep, rest = msg.partition(" ")
+    have = set(flags.values())
+    cands = [OPTION_FLAGS.get(head), *PARAM_FLAGS.get(head, ()), flags.get(head)]
+    flag = next((f for f in cands if f in have), None)
+    return f"{flag}{sep}{rest}" if flag and sep else msg
+
+
+def _command_flags(parser: argparse.ArgumentParser, command) -> dict:
+    """dest -> long option string of the chosen subcommand's options."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return {a.dest: max(a.option_strings, key=len) for a in action.choices[command]._actions
+                    if a.option_strings}
+    return {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..version import __version__
+
+    parser = OneLineParser(
         prog="diffusion-es",
         description="Find and fix exposure bias in diffusion models (Epsilon Scaling, ICLR 2024).",
     )
@@ -34,8 +68,6 @@ def _apply_threads(threads) -> None:
     """The ``--threads`` option of any command (see :func:`.common.add_threads_arg`)."""
     if threads is None or threads == 0:
         return
-    if threads < 0:
-        raise UsageError(f"--threads must be >= 0 (0: torch's default), got {threads}")
     import torch
 
     torch.set_num_threads(threads)
@@ -43,7 +75,10 @@ def _apply_threads(threads) -> None:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help / --version (0) or a bad option, already reported in one line (2)
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -56,7 +91,7 @@ def main(argv=None) -> int:
         return 130
     except (UsageError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"diffusion-es: error: {msg}", file=sys.stderr)
+        print(f"diffusion-es: error: {flag_message(msg, _command_flags(parser, args.command))}", file=sys.stderr)
         return 2
     return int(rc or 0)
 

@@ -49,7 +49,8 @@ def run(args) -> int:
 
 def _run(args, ctx) -> int:
     from ..diagnostics.calibrate import calibrate
-    from ..distributed import ShardedMetric, seed_splitter
+    from ..distributed import seed_splitter
+    from ..metrics.sharded import ShardedMetric
     from ..metrics.quality import build_metric
     from ..core.scaling import save_schedule, schedule_from_dict
 
@@ -74,7 +75,7 @@ def _run(args, ctx) -> int:
                   refine=args.refine, max_extend=args.extend, seed=args.seed, schedule=model.schedule,
                   batch_size=args.batch_size,
                   metric_name=metric.name, progress=None if args.json or not ctx.is_main else progress,
-                  shard=seed_splitter(ctx, args.batch_size), **sampler_kwargs(args))
+                  shard=seed_splitter(ctx, args.batch_size), spacing=args.spacing, **sampler_kwargs(args))
     if not ctx.is_main:
         return 0
     d = r.to_dict()

@@ -102,7 +102,7 @@ def run_fid_ref(args) -> int:
 
 
 def _run_fid_ref(args, ctx) -> int:
-    from ..distributed import extract_stats
+    from ..metrics.sharded import extract_stats
     from ..metrics.reference import save_reference
 
     if args.keep_features < 0:
@@ -131,7 +131,7 @@ def run_fid(args) -> int:
 
 
 def _run_fid(args, ctx) -> int:
-    from ..distributed import extract_stats
+    from ..metrics.sharded import extract_stats
     from ..io import load_images
     from ..metrics.frechet import frechet_distance
     from ..metrics.prdc import precision_recall

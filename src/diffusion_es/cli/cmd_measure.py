@@ -40,7 +40,7 @@ def run(args) -> int:
     curves = []
     for sched in runs:
         c = measure_exposure(den, ds.train, args.sampler, args.steps, schedule=model.schedule, es=sched,
-                             n_samples=args.n, seed=args.seed, shape=model.data_shape, **kw)
+                             n_samples=args.n, seed=args.seed, shape=model.data_shape, spacing=args.spacing, **kw)
         name = f"exposure_{tag}_{'baseline' if sched is None else 'es'}"
         write_json(out / f"{name}.json", c.to_dict())
         c.write_csv(out / f"{name}.csv")

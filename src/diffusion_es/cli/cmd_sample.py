@@ -3,63 +3,37 @@ Epsilon Scaling, into an ADM-style ``.npz`` (uint8 NHWC under ``arr_0``) and an 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 from ..errors import UsageError
-from .common import add_threads_arg
+from .common import (add_es_args, add_model_args, add_sampler_args, add_threads_arg, es_from_args, positive_int,
+                     sampler_kwargs)
 
 
 def register(sub) -> None:
     p = sub.add_parser("sample", help="sample a model (optionally with Epsilon Scaling) into an .npz",
-                       description="Draw one sample per seed. A sample depends only on its seed, so runs with and "
-                                   "without --es on the same seeds share their noise.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="default", help="checkpoint folder written by 'diffusion-es train', or 'default'")
-    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "euler", "heun"], help="sampler")
-    p.add_argument("--steps", type=int, default=100, help="sampling steps (Heun: 2N-1 network evaluations)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--es", type=float, default=None, metavar="B", help="Epsilon Scaling, uniform lambda = B")
-    g.add_argument("--es-linear", default=None, metavar="K,B",
-                   help="linear lambda_t = K*t + B, t = index in the sampling grid, t = 0 the last step")
-    g.add_argument("--es-schedule", default=None, metavar="FILE.json", help="a lambda schedule file (e.g. from calibrate)")
-    p.add_argument("--seeds", default="0-99", help="seeds: a range 0-1999, a list 1,2,3, or both")
+                       description="Draw one sample per seed. Each sample has its own noise, drawn from its seed, so "
+                                   "runs with and without ES on the same seeds share their noise; the same seeds and "
+                                   "--batch-size give the same bytes on any number of processes.")
+    add_model_args(p)
+    add_sampler_args(p, steps_default=100, sampler_default="ddpm")
+    add_es_args(p)
+    p.add_argument("--seeds", default="0-99", help="seeds: a range 0-1999, a list 1,2,3, or both (default 0-99)")
     p.add_argument("--out", required=True, help="output .npz (ADM-style: uint8 NHWC under arr_0, seeds under 'seeds')")
-    p.add_argument("--grid", default=None, help="also write a PNG grid of the first --grid-n samples")
-    p.add_argument("--grid-n", type=int, default=100, help="number of samples in the grid")
-    p.add_argument("--batch-size", type=int, default=500, help="samples per batch (does not change the samples)")
-    p.add_argument("--shard-size", type=int, default=256,
-                   help="seeds per resumable shard in OUT.parts/, rounded up to whole batches: a killed run "
-                        "restarted with the same arguments samples only what is missing (see docs/distributed.md)")
-    p.add_argument("--spacing", default="adm", help="timestep respacing for ddpm/ddim: adm | linspace | leading | trailing")
-    p.add_argument("--variance", default=None, choices=["small", "large", "learned"],
-                   help="ddpm variance (default: learned for learned-variance models, else small)")
-    p.add_argument("--eta", type=float, default=0.0, help="ddim eta")
-    p.add_argument("--no-clip", action="store_true", help="do not clip the x0 estimate to [-1, 1] (ddpm/ddim)")
+    p.add_argument("--grid", default=None, metavar="PNG", help="also write a PNG grid of the first --grid-n samples")
+    p.add_argument("--grid-n", type=positive_int, default=100, help="number of samples in the grid (default 100)")
+    p.add_argument("--batch-size", type=positive_int, default=500,
+                   help="samples per batch (default 500; the bytes of a sample can depend on it, see --help above)")
+    p.add_argument("--shard-size", type=positive_int, default=256,
+                   help="seeds per resumable shard in OUT.parts/ (default 256), rounded up to whole batches: a killed "
+                        "run restarted with the same arguments samples only what is missing (see docs/distributed.md)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw (non-EMA) weights")
-    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_threads_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
-
-
-def es_from_args(args):
-    """The λ schedule the options ask for, or None (no ES)."""
-    from ..core.scaling import Linear, Uniform, load_schedule
-
-    if args.es is not None:
-        return Uniform(args.es)
-    if args.es_linear is not None:
-        try:
-            k, b = (float(v) for v in args.es_linear.split(","))
-        except ValueError:
-            raise UsageError(f"--es-linear expects K,B (two numbers), got {args.es_linear!r}") from None
-        return Linear(k, b)
-    if args.es_schedule is not None:
-        return load_schedule(args.es_schedule)
-    return None
 
 
 def run(args) -> int:
@@ -73,19 +47,14 @@ def _run(args, ctx) -> int:
     import numpy as np
     import torch
 
-    from ..distributed import ShardedRun, model_fingerprint
+    from ..hashing import model_fingerprint
+    from ..store import ShardedRun
     from ..io import save_grid, save_npz, to_uint8
     from ..models import load_model
-    from ..samplers import sample
+    from ..samplers import get_sampler, sample
     from .common import parse_seeds, print_json
 
     args.device = ctx.device(args.device)
-    if args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.shard_size < 1:
-        raise UsageError(f"--shard-size must be >= 1, got {args.shard_size}")
     if not str(args.out).endswith(".npz"):
         raise UsageError(f"--out {args.out!r} must end in .npz")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -93,15 +62,9 @@ def _run(args, ctx) -> int:
     seeds = parse_seeds(args.seeds)
     es = es_from_args(args)
     m = load_model(args.model, use_ema=not args.raw_weights, device=args.device)
-    kwargs = {}
-    if args.sampler == "ddpm":
-        if args.variance == "learned" and not m.learned_variance:
-            raise UsageError("--variance learned needs a model trained with --learned-variance")
-        kwargs.update(variance=args.variance, clip=not args.no_clip)  # None: the model's own (sample_ddpm)
-    elif args.sampler == "ddim":
-        kwargs.update(eta=args.eta, clip=not args.no_clip)
-    elif args.variance or args.no_clip or args.eta:
-        raise UsageError(f"--variance, --eta and --no-clip apply to ddpm/ddim, not {args.sampler}")
+    kwargs = sampler_kwargs(args)
+    if kwargs.get("variance") == "learned" and not m.learned_variance:
+        raise UsageError("--variance learned needs a model trained with --learned-variance")
 
     from tqdm import tqdm
 
@@ -146,7 +109,7 @@ def _run(args, ctx) -> int:
     seconds = max(seconds, 1e-9)
     summary = {
         "model": str(m.path), "sampler": args.sampler, "steps": args.steps,
-        "nfe": 2 * args.steps - 1 if args.sampler == "heun" else args.steps,
+        "nfe": get_sampler(args.sampler).nfe(args.steps),
         "es": None if es is None else es.to_dict(), "n": len(seeds), "seeds": args.seeds,
         "shape": list(m.data_shape), "seconds": round(seconds, 3), "samples_per_s": round(n_new / seconds, 2),
         "out": str(args.out), "grid": args.grid, **{k: v for k, v in kwargs.items()},

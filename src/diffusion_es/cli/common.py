@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import sys
 
 from ..errors import UsageError
@@ -21,26 +23,35 @@ def parse_int_list(text, what: str) -> list:
         raise UsageError(f"{what} {text!r}: give comma-separated whole numbers, e.g. 10,20,50") from None
 
 
+MAX_SEEDS = 10_000_000  # samples one invocation may ask for (a typo like 0-99999999999 is refused, not allocated)
+
+
 def parse_seeds(text: str) -> list:
     """'0-1999' -> [0..1999]; '3,5,7' -> [3, 5, 7]; '0-9,20' -> both. Ranges include both ends."""
-    seeds = []
+    from ..samplers.common import MAX_SEED
+
+    parts = []
     try:
         for part in str(text).split(","):
             part = part.strip()
             if not part:
                 continue
             a, dash, b = part.partition("-")  # seeds are >= 0, so a '-' always means a range
-            if dash:
-                lo, hi = int(a), int(b)
-                if hi < lo:
-                    raise ValueError
-                seeds.extend(range(lo, hi + 1))
-            else:
-                seeds.append(int(part))
+            lo, hi = (int(a), int(b)) if dash else (int(part), int(part))
+            if hi < lo or lo < 0:
+                raise ValueError
+            parts.append((lo, hi))
     except ValueError:
         raise UsageError(f"bad --seeds {text!r}: use a range like 0-1999, a list like 1,2,3, or both (0-9,20)") from None
-    if not seeds:
+    if not parts:
         raise UsageError("--seeds is empty: give at least one seed, e.g. --seeds 0-99")
+    if max(hi for _, hi in parts) > MAX_SEED:
+        raise UsageError(f"--seeds {text!r}: seeds must lie in 0..{MAX_SEED} (2^63 - 1)")
+    count = sum(hi - lo + 1 for lo, hi in parts)
+    if count > MAX_SEEDS:
+        raise UsageError(f"--seeds {text!r} asks for {count:,} samples; at most {MAX_SEEDS:,} per run "
+                         "(split the work into several runs)")
+    seeds = [s for lo, hi in parts for s in range(lo, hi + 1)]
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds {text!r} repeats a seed: each seed must appear once")
     return seeds
@@ -48,7 +59,7 @@ def parse_seeds(text: str) -> list:
 
 def add_threads_arg(p, default: int = 0) -> None:
     """``--threads N``; :func:`diffusion_es.cli.main` applies it (torch.set_num_threads) before the command runs."""
-    p.add_argument("--threads", type=int, default=default,
+    p.add_argument("--threads", type=nonneg_int, default=default,
                    help=f"torch CPU threads (default {default}; 0: torch's default; 1 is often fastest for small "
                         "models on a busy shared CPU)")
 
@@ -68,34 +79,125 @@ def load_model_arg(path):
     return m, m.denoiser()
 
 
-def add_sampler_args(p, steps_default: int = 20) -> None:
+# ---- typed option values, checked at parse time ----------------------------------------------------------
+def _number(text: str, what: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number ({what})") from None
+    if math.isnan(v):
+        raise argparse.ArgumentTypeError(f"{text!r}: NaN is not a value ({what})")
+    return v
+
+
+def finite_float(text: str) -> float:
+    v = _number(text, "a finite number")
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    v = finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number >= 0")
+    return v
+
+
+def positive_float(text: str) -> float:
+    v = finite_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number > 0")
+    return v
+
+
+def nonneg_or_inf(text: str) -> float:
+    v = _number(text, "a number >= 0 or inf")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number >= 0 (or inf)")
+    return v
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    v = _int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    v = _int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 0")
+    return v
+
+
+# ---- samplers: options read from the registry ------------------------------------------------------------
+# how each registry option is typed on the command line (its flag comes from the registry)
+_OPTION_TYPES = {"eta": nonneg_float, "S_churn": nonneg_float, "S_tmin": nonneg_float, "S_tmax": nonneg_or_inf,
+                 "S_noise": positive_float}
+
+
+def add_sampler_args(p, steps_default: int = 20, sampler_default: str = "ddim") -> None:
+    """``--sampler``, ``--steps``, ``--spacing`` and one flag per sampler option of the registry."""
+    from ..core.schedules import SPACINGS
     from ..samplers import SAMPLERS, VARIANCES
 
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="sampler (default ddim)")
-    p.add_argument("--steps", type=int, default=steps_default, help=f"sampling steps (default {steps_default})")
-    p.add_argument("--variance", choices=VARIANCES, default=None,
-                   help="ddpm: variance (default: learned for learned-variance models, else small)")
-    p.add_argument("--eta", type=float, default=0.0, help="ddim: eta (default 0, deterministic)")
-    p.add_argument("--no-clip", action="store_true", help="ddpm/ddim: do not clip x0 to [-1, 1]")
-    p.add_argument("--churn", type=float, default=0.0, help="euler/heun: EDM S_churn (default 0)")
-    p.add_argument("--s-noise", type=float, default=1.0, help="euler/heun: EDM S_noise (default 1)")
-    p.add_argument("--s-tmin", type=float, default=0.0, help="euler/heun: EDM S_tmin (default 0)")
-    p.add_argument("--s-tmax", type=float, default=float("inf"), help="euler/heun: EDM S_tmax (default inf)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=sampler_default,
+                   help=f"sampler (default {sampler_default}): " + "; ".join(
+                       f"{n}: {s.title}" for n, s in SAMPLERS.items()))
+    p.add_argument("--steps", type=positive_int, default=steps_default,
+                   help=f"sampling steps (default {steps_default}; Heun: 2N-1 network evaluations)")
+    p.add_argument("--spacing", choices=SPACINGS, default="adm",
+                   help="timestep respacing for ddpm/ddim (default adm)")
+    seen = set()
+    for spec in SAMPLERS.values():
+        for o in spec.options:
+            if not o.flag or o.flag in seen:
+                continue
+            seen.add(o.flag)
+            users = "/".join(n for n, s in SAMPLERS.items() if any(q.flag == o.flag for q in s.options))
+            if o.name == "clip":
+                p.add_argument(o.flag, action="store_true", default=None,
+                               help=f"{users}: do not clip the x0 estimate to [-1, 1]")
+            elif o.name == "variance":
+                p.add_argument(o.flag, choices=VARIANCES, default=None, help=f"{users}: {o.help}")
+            else:
+                p.add_argument(o.flag, type=_OPTION_TYPES[o.name], default=None,
+                               help=f"{users}: {o.help} (default {o.default})")
 
 
 def sampler_kwargs(args) -> dict:
-    if args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    if args.sampler == "ddpm":
-        return {"variance": args.variance, "clip": not args.no_clip}
-    if args.sampler == "ddim":
-        return {"eta": args.eta, "clip": not args.no_clip}
-    return {"S_churn": args.churn, "S_noise": args.s_noise, "S_tmin": args.s_tmin, "S_tmax": args.s_tmax}
+    """The chosen sampler's options from the flags; a flag of another sampler is refused with one line."""
+    from ..samplers import SAMPLERS, get_sampler
+
+    spec = get_sampler(args.sampler)
+    mine = {o.flag for o in spec.options}
+    opts = {}
+    for other in SAMPLERS.values():
+        for o in other.options:
+            if not o.flag:
+                continue
+            v = getattr(args, o.flag.lstrip("-").replace("-", "_"), None)
+            if v is None:
+                continue
+            if o.flag not in mine:
+                raise UsageError(f"{o.flag} applies to {'/'.join(n for n, s in SAMPLERS.items() if o in s.options)}, "
+                                 f"not to --sampler {args.sampler}")
+            opts[o.name] = (not v) if o.name == "clip" else v
+    return spec.resolve(opts)
 
 
 def add_es_args(p) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--es", type=float, metavar="B", help="Epsilon Scaling with uniform λ = B")
+    g.add_argument("--es", type=positive_float, metavar="B", help="Epsilon Scaling with uniform λ = B")
     g.add_argument("--es-linear", metavar="K,B", help="Epsilon Scaling with λ_t = K·t + B (t = 0 is the last step)")
     g.add_argument("--es-schedule", metavar="FILE.json", help="Epsilon Scaling schedule from a JSON file "
                                                              "(e.g. written by `diffusion-es calibrate`)")

@@ -5,7 +5,9 @@ Spaces:
 * VP: ``x_t = sqrt(ᾱ) x_0 + sqrt(1 - ᾱ) ε`` (DDPM / ADM / diffusers networks take ``(x_t, t)``).
 * sigma space (EDM / k-diffusion): ``x = x_0 + σ ε`` with ``x = x_t / sqrt(ᾱ)`` and ``σ = sqrt((1 - ᾱ) / ᾱ)``.
 
-Predictions a network can make: ε (``eps``), x_0 (``x0``) or v (``v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x_0``).
+Predictions a network can make are small objects (:class:`Prediction`: ε, x_0, v, flow velocity), each giving
+the x̂_0 and ε̂ it implies, its inverse, its training target and its (c_skip, c_out) scalings in a few lines; the
+samplers, adapters, training and measurement all go through them.
 
 A *denoiser* is the common currency of the samplers: ``D(x, σ) ≈ E[x_0 | x]`` in sigma space, float64 in and
 out. :class:`VPDenoiser` turns a VP network into one; :class:`DenoiserEpsNet` turns a denoiser back into an
@@ -15,14 +17,23 @@ interpolation value) keep their variance output as ``extras["var_values"]``.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
-from .schedules import VPSchedule
-
 __all__ = [
+    "Prediction",
+    "EpsPrediction",
+    "X0Prediction",
+    "VPrediction",
+    "FlowPrediction",
+    "PREDICTION_TYPES",
+    "PREDICTION_ALIASES",
+    "get_prediction",
+    "vp_coefficients",
     "PREDICTIONS",
     "sigma_to_alpha_bar",
     "alpha_bar_to_sigma",
@@ -40,44 +51,197 @@ __all__ = [
     "sigma_batch",
 ]
 
-PREDICTIONS = ("eps", "x0", "v")
+# ---- scalar relations (floats, numpy arrays or tensors) ----------------------------------------------------
+def _sqrt(v):
+    """Square root of a float, numpy array or tensor, correctly rounded in all three (Python's float ``** 0.5``
+    is not: it differs from the square root in the last bit for about 0.1 % of values)."""
+    if isinstance(v, torch.Tensor):
+        return v.sqrt()
+    return np.sqrt(v) if isinstance(v, np.ndarray) else math.sqrt(v)
 
 
-# ---- scalar relations ------------------------------------------------------------------------------------
 def sigma_to_alpha_bar(sigma):
-    return 1.0 / (1.0 + sigma**2)
+    """ᾱ = 1 / (1 + σ²)."""
+    return 1.0 / (1.0 + sigma * sigma)
 
 
 def alpha_bar_to_sigma(alpha_bar):
-    return ((1.0 - alpha_bar) / alpha_bar) ** 0.5
+    """σ = sqrt((1 − ᾱ) / ᾱ); ᾱ = 0 (zero terminal SNR) gives σ = ∞."""
+    if isinstance(alpha_bar, torch.Tensor):
+        return ((1.0 - alpha_bar) / alpha_bar).sqrt()
+    if not isinstance(alpha_bar, np.ndarray):
+        return math.inf if alpha_bar == 0 else math.sqrt((1.0 - alpha_bar) / alpha_bar)
+    with np.errstate(divide="ignore"):
+        return np.sqrt((1.0 - alpha_bar) / alpha_bar)
 
 
 def vp_to_sigma_space(x_t, alpha_bar):
     """x = x_t / sqrt(ᾱ)."""
-    return x_t / alpha_bar**0.5
+    return x_t / _sqrt(alpha_bar)
 
 
 def sigma_to_vp_space(x, sigma):
     """x_t = x / sqrt(1 + σ²) = sqrt(ᾱ) x."""
-    return x / (1.0 + sigma**2) ** 0.5
+    return x * _sqrt(sigma_to_alpha_bar(sigma))
 
 
-# ---- VP-space prediction conversions (ab = ᾱ_t, broadcastable) -------------------------------------------
+# ---- predictions: what a network outputs, and everything that follows from it ---------------------------
+# A network is evaluated at a point x_t = a·x_0 + b·ε of its process (VP: a = sqrt(ᾱ), b = sqrt(1 − ᾱ); rectified
+# flow: a = 1 − t, b = t). In the denoiser frame x = x_t / a = x_0 + σ ε with σ = b / a, every prediction gives
+# D(x, σ) = c_skip·x + c_out·F (F the network output); ES rescales the ε it implies (:mod:`.scaling`).
+class Prediction:
+    """One parameterisation. ``a``, ``b`` are floats or broadcastable tensors; every method is a few lines."""
+
+    name = ""
+
+    def x0_eps(self, out, x_t, a, b):  # pragma: no cover - abstract
+        """(x̂_0, ε̂) implied by the output ``out`` at ``x_t``."""
+        raise NotImplementedError
+
+    def from_eps(self, eps, x_t, a, b):  # pragma: no cover - abstract
+        """The output that implies ``eps`` at ``x_t`` (inverse of the ε of :meth:`x0_eps`)."""
+        raise NotImplementedError
+
+    def target(self, x0, eps, a, b):  # pragma: no cover - abstract
+        """The training target for data ``x0`` noised with ``eps``."""
+        raise NotImplementedError
+
+    def scalings(self, sigma, a, b):  # pragma: no cover - abstract
+        """(c_skip, c_out) of ``D = c_skip·x + c_out·out`` in the denoiser frame (the network sees ``a·x``)."""
+        raise NotImplementedError
+
+    def denoised(self, x, x_t, out, sigma, a, b):
+        """D(x, σ): the x̂_0 the samplers use."""
+        return self.x0_eps(out, x_t, a, b)[0]
+
+    def __repr__(self):
+        return f"<prediction {self.name}>"
+
+
+class EpsPrediction(Prediction):
+    """ε-prediction (DDPM, ADM, SD 1.x): x̂_0 = (x_t − b·ε̂)/a."""
+
+    name = "eps"
+
+    def x0_eps(self, out, x_t, a, b):
+        return (x_t - b * out) / a, out
+
+    def from_eps(self, eps, x_t, a, b):
+        return eps
+
+    def target(self, x0, eps, a, b):
+        return eps
+
+    def scalings(self, sigma, a, b):
+        return 1.0, -sigma
+
+    def denoised(self, x, x_t, out, sigma, a, b):
+        return x - sigma * out
+
+
+class X0Prediction(Prediction):
+    """x_0-prediction (diffusers "sample"): ε̂ = (x_t − a·x̂_0)/b."""
+
+    name = "x0"
+
+    def x0_eps(self, out, x_t, a, b):
+        return out, (x_t - a * out) / b
+
+    def from_eps(self, eps, x_t, a, b):
+        return (x_t - b * eps) / a
+
+    def target(self, x0, eps, a, b):
+        return x0
+
+    def scalings(self, sigma, a, b):
+        return 0.0, 1.0
+
+    def denoised(self, x, x_t, out, sigma, a, b):
+        return out
+
+
+class VPrediction(Prediction):
+    """v-prediction (Salimans & Ho; SD 2.x) of a VP process (a² + b² = 1): v = a·ε − b·x_0, so
+    ε = a·v + b·x_t and x_0 = a·x_t − b·v."""
+
+    name = "v"
+
+    def x0_eps(self, out, x_t, a, b):
+        return a * x_t - b * out, a * out + b * x_t
+
+    def from_eps(self, eps, x_t, a, b):
+        return (eps - b * x_t) / a
+
+    def target(self, x0, eps, a, b):
+        return a * eps - b * x0
+
+    def scalings(self, sigma, a, b):
+        return a * a, -b
+
+
+class FlowPrediction(Prediction):
+    """Velocity of rectified flow (SD3, Flux): x_t = (1 − t)·x_0 + t·ε (a = 1 − t, b = t), u = ε − x_0, so
+    x_0 = x_t − b·u and ε = x_t + a·u."""
+
+    name = "flow"
+
+    def x0_eps(self, out, x_t, a, b):
+        return x_t - b * out, x_t + a * out
+
+    def from_eps(self, eps, x_t, a, b):
+        return (eps - x_t) / a
+
+    def target(self, x0, eps, a, b):
+        return eps - x0
+
+    def scalings(self, sigma, a, b):
+        return a, -b
+
+
+PREDICTION_TYPES = {p.name: p for p in (EpsPrediction(), X0Prediction(), VPrediction(), FlowPrediction())}
+PREDICTIONS = ("eps", "x0", "v")   # the VP parameterisations (a checkpoint's "prediction")
+# the names the field uses -> ours
+PREDICTION_ALIASES = {
+    "eps": "eps", "epsilon": "eps",
+    "x0": "x0", "sample": "x0", "x_0": "x0", "start_x": "x0",
+    "v": "v", "v_prediction": "v",
+    "flow": "flow", "flow_prediction": "flow", "velocity": "flow",
+}
+
+
+def get_prediction(name) -> Prediction:
+    """The prediction object for a name the field uses (``epsilon``, ``sample``, ``v_prediction``, ``flow`` ...)."""
+    if isinstance(name, Prediction):
+        return name
+    key = PREDICTION_ALIASES.get(name)
+    if key is None:
+        raise ValueError(f"unknown prediction type {name!r}: use one of eps (epsilon), x0 (sample), v "
+                         f"(v_prediction) or flow")
+    return PREDICTION_TYPES[key]
+
+
+def vp_coefficients(alpha_bar):
+    """(a, b) = (sqrt(ᾱ), sqrt(1 − ᾱ)) of a VP point (floats or tensors)."""
+    return _sqrt(alpha_bar), _sqrt(1.0 - alpha_bar)
+
+
+# ---- VP-space conversions (ab = ᾱ_t, broadcastable), through the prediction objects --------------------------
 def x0_from_eps(x_t, eps, ab):
-    return (x_t - (1.0 - ab) ** 0.5 * eps) / ab**0.5
+    return PREDICTION_TYPES["eps"].x0_eps(eps, x_t, *vp_coefficients(ab))[0]
 
 
 def eps_from_x0(x_t, x0, ab):
-    return (x_t - ab**0.5 * x0) / (1.0 - ab) ** 0.5
+    return PREDICTION_TYPES["x0"].x0_eps(x0, x_t, *vp_coefficients(ab))[1]
 
 
 def v_from_eps_x0(eps, x0, ab):
-    return ab**0.5 * eps - (1.0 - ab) ** 0.5 * x0
+    return PREDICTION_TYPES["v"].target(x0, eps, *vp_coefficients(ab))
 
 
 def eps_x0_from_v(x_t, v, ab):
     """(ε, x_0) from a v-prediction: ε = sqrt(ᾱ) v + sqrt(1-ᾱ) x_t, x_0 = sqrt(ᾱ) x_t - sqrt(1-ᾱ) v."""
-    return ab**0.5 * v + (1.0 - ab) ** 0.5 * x_t, ab**0.5 * x_t - (1.0 - ab) ** 0.5 * v
+    x0, eps = PREDICTION_TYPES["v"].x0_eps(v, x_t, *vp_coefficients(ab))
+    return eps, x0
 
 
 def sigma_batch(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -136,14 +300,16 @@ class VPDenoiser(Denoiser):
     around it is float64.
     """
 
-    def __init__(self, net: Callable, schedule: VPSchedule, prediction: str = "eps",
-                 learned_variance: bool = False):
+    def __init__(self, net: Callable, schedule, prediction: str = "eps", learned_variance: bool = False):
         super().__init__()
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction type {prediction!r}: use one of {', '.join(PREDICTIONS)}")
+        pred = get_prediction(prediction)
+        if pred.name not in PREDICTIONS:
+            raise ValueError(f"unknown prediction type {prediction!r} for a VP network: use one of "
+                             f"{', '.join(PREDICTIONS)}")
         self.net = net
         self.schedule = schedule
-        self.prediction = prediction
+        self.pred = pred
+        self.prediction = pred.name
         self.learned_variance = learned_variance
         self.sigma_min, self.sigma_max = schedule.sigma_min, schedule.sigma_max
 
@@ -165,14 +331,14 @@ class VPDenoiser(Denoiser):
         if isinstance(sigma, (float, int)):  # one noise level for the batch: scalar arithmetic, one lookup
             s = float(sigma)
             t = torch.full((x.shape[0],), float(self.schedule.sigma_to_t(s)), dtype=dtype, device=x.device)
-            ab = 1.0 / (1.0 + s * s)
-            x_t = x * ab**0.5
+            ab = sigma_to_alpha_bar(s)
+            x_t = sigma_to_vp_space(x, s)
         else:
             s = sigma_batch(sigma, x)
             t = torch.from_numpy(self.schedule.sigma_to_t(s.detach().cpu().numpy())).to(x.device, dtype)
             s = _bcast(s, x)
-            ab = 1.0 / (1.0 + s**2)
-            x_t = x * ab.sqrt()
+            ab = sigma_to_alpha_bar(s)
+            x_t = sigma_to_vp_space(x, s)
         out = self.net(x_t.to(dtype), t, **kwargs).to(torch.float64)
         extras = {}
         if self.learned_variance:
@@ -181,13 +347,7 @@ class VPDenoiser(Denoiser):
             out, extras["var_values"] = out.split(x.shape[1], dim=1)
         elif out.shape != x.shape:
             raise ValueError(f"network output shape {tuple(out.shape)} does not match input {tuple(x.shape)}")
-        if self.prediction == "eps":
-            D = x - s * out
-        elif self.prediction == "x0":
-            D = out
-        else:
-            D = eps_x0_from_v(x_t, out, ab)[1]
-        return D, extras
+        return self.pred.denoised(x, x_t, out, s, *vp_coefficients(ab)), extras
 
 
 class DenoiserEpsNet(nn.Module):
@@ -195,7 +355,7 @@ class DenoiserEpsNet(nn.Module):
 
     dtype = torch.float64  # VPDenoiser keeps float64 around it
 
-    def __init__(self, denoiser: Denoiser, schedule: VPSchedule):
+    def __init__(self, denoiser: Denoiser, schedule):
         super().__init__()
         self.denoiser = as_denoiser(denoiser)
         self.schedule = schedule
@@ -204,7 +364,7 @@ class DenoiserEpsNet(nn.Module):
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
         # σ(t) log-linear between table entries: the exact inverse of VPDenoiser's σ -> t map
         sig = torch.from_numpy(self.schedule.t_to_sigma(t.detach().cpu().numpy())).to(x_t.device)
-        ab = _bcast(1.0 / (1.0 + sig**2), x_t)
+        ab = _bcast(sigma_to_alpha_bar(sig), x_t)
         xt64 = x_t.to(torch.float64)
         D = self.denoiser(xt64 / ab.sqrt(), sig, **kwargs)
         return eps_from_x0(xt64, D, ab).to(x_t.dtype)

@@ -18,6 +18,16 @@ on σ, never on a call counter: a network evaluation at σ belongs to the step `
 ``[σ_i, σ_{i-1})`` contains σ. So Heun's correction at ``σ_{i+1}`` gets ``λ_{i+1}``. A stochastic (churned)
 evaluation at ``σ̂_i = σ_i (1 + γ)`` can lie above ``σ_{i-1}`` on fine grids, so σ alone cannot tell its step:
 the EDM sampler passes ``step_sigma = σ_i`` with it, and λ is keyed on that.
+
+**The σ = ∞ rule.** At σ = ∞ (the first step of a zero-terminal-SNR VP schedule, ᾱ = 0, or t = 1 of rectified
+flow) the input *is* the noise: ε is exact there and exposure bias cannot have entered yet, while the x̂_0 implied by
+a rescaled ε would be ∞ · 0. So λ = 1 at σ = ∞, always (the value a schedule gives that step is not used); every
+finite σ gets its schedule's λ. Grids may start at σ = ∞.
+
+The one λ formula is :func:`scale_denoised` (denoiser form) and :func:`scale_prediction` (the same ε → ε/λ in a
+network's own prediction coordinates, through :mod:`.param`'s prediction objects); the core wrapper
+:class:`EpsilonScaled` and every adapter use them. λ is never rounded to a half-precision network dtype: the
+arithmetic runs in float32 at least (float64 where the inputs are).
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 import torch
 
-from .param import Denoiser, as_denoiser, sigma_batch
+from .param import Denoiser, as_denoiser, get_prediction, sigma_batch
 
 __all__ = [
     "LambdaSchedule",
@@ -41,6 +51,10 @@ __all__ = [
     "BoundLambda",
     "EpsilonScaled",
     "epsilon_scaled",
+    "as_schedule",
+    "scale_denoised",
+    "scale_prediction",
+    "as_numpy_1d",
     "schedule_from_dict",
     "load_schedule",
     "save_schedule",
@@ -167,18 +181,24 @@ class SigmaKeyed(LambdaSchedule):
 
 
 class BoundLambda:
-    """A schedule attached to a sampling grid: ``__call__(σ)`` returns λ for a (B,) tensor of sigmas."""
+    """A schedule attached to a sampling grid: ``__call__(σ)`` returns λ for a (B,) tensor of sigmas.
+
+    The grid may start at σ = ∞; λ = 1 there (the σ = ∞ rule, see the module docstring)."""
 
     def __init__(self, schedule: LambdaSchedule, sigmas: Sequence[float]):
         s = np.asarray(sigmas, dtype=np.float64).reshape(-1)
         s = s[s > 0]  # the final σ = 0 of EDM grids is never evaluated
-        if len(s) == 0 or np.any(np.diff(s) >= 0):
-            raise ValueError("a λ schedule must be bound to a strictly decreasing grid of positive sigmas")
+        if len(s) == 0 or np.any(np.isnan(s)) or np.any(np.diff(s) >= 0) or np.isinf(s[1:]).any():
+            raise ValueError("a λ schedule must be bound to a strictly decreasing grid of positive sigmas "
+                             "(only the first may be ∞)")
         self.schedule, self.sigmas = schedule, s
+        finite = np.isfinite(s)
         if isinstance(schedule, SigmaKeyed):
-            self.lams = _check_lambda([schedule.fn(float(v)) for v in s], "sigma-keyed schedule on the grid")
+            lams = np.ones(len(s))
+            lams[finite] = _check_lambda([schedule.fn(float(v)) for v in s[finite]], "sigma-keyed schedule on the grid")
+            self.lams = lams
         else:
-            self.lams = schedule.values(len(s))
+            self.lams = np.where(finite, schedule.values(len(s)), 1.0)
         self.identity = (not isinstance(schedule, SigmaKeyed)) and bool(np.all(self.lams == 1.0))
 
     def index(self, sigma: np.ndarray) -> np.ndarray:
@@ -189,15 +209,108 @@ class BoundLambda:
     def __call__(self, sigma) -> np.ndarray:
         s = np.asarray(sigma, dtype=np.float64).reshape(-1)
         if isinstance(self.schedule, SigmaKeyed):
-            return _check_lambda([self.schedule.fn(float(v)) for v in s], f"sigma-keyed schedule at σ={s[0]:.4g}")
-        return self.lams[self.index(s)]
+            return np.array([1.0 if math.isinf(v) else
+                             _check_lambda([self.schedule.fn(float(v))], f"sigma-keyed schedule at σ={v:.4g}")[0]
+                             for v in s])
+        return np.where(np.isinf(s), 1.0, self.lams[self.index(s)])
 
     def scalar(self, sigma: float) -> float:
         """λ for one σ (the common case: the whole batch shares a noise level)."""
-        if isinstance(self.schedule, SigmaKeyed):
+        if isinstance(self.schedule, SigmaKeyed) or math.isinf(sigma):
             return float(self(sigma)[0])
         i = min(int(np.count_nonzero(self.sigmas > float(sigma) * (1 + SIGMA_RTOL))), len(self.sigmas) - 1)
         return float(self.lams[i])
+
+
+# ---- the one λ formula ------------------------------------------------------------------------------------
+def as_numpy_1d(value) -> np.ndarray:
+    """A float, 0-d/(B,)/(B,1,..) tensor or array as a float64 numpy vector (no gradient, on the CPU)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(value, dtype=np.float64).reshape(-1)
+
+
+def _per_sample(v: np.ndarray, n: int, what: str) -> np.ndarray:
+    if v.size == 1:
+        return np.full(n, float(v[0]))
+    if v.size != n:
+        raise ValueError(f"{what} has {v.size} entries for a batch of {n}")
+    return v
+
+
+def _work_dtype(*ts: torch.Tensor) -> torch.dtype:
+    """float64 if any input is, else float32 (never a half dtype, which would round λ; MPS has no float64)."""
+    if any(t.device.type == "mps" for t in ts):
+        return torch.float32
+    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
+
+
+def _lam_tensor(lam_np: np.ndarray, like: torch.Tensor, dtype) -> torch.Tensor:
+    return torch.from_numpy(lam_np).to(like.device, dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def scale_denoised(x: torch.Tensor, D: torch.Tensor, lam) -> torch.Tensor:
+    """``D' = x − (x − D)/λ`` (ε' = ε/λ with x = x_0 + σ ε). ``lam``: a float or one value per sample.
+
+    Where λ = 1 the input ``D`` is returned bit for bit (per sample when λ varies)."""
+    if isinstance(lam, (float, int)):
+        lam = float(lam)
+        if lam == 1.0:
+            return D
+        if x.dtype == torch.float64 and D.dtype == torch.float64:
+            return x - (x - D) / lam
+        wd = _work_dtype(x, D)
+        xw = x.to(wd)
+        return (xw - (xw - D.to(wd)) / lam).to(D.dtype)
+    lam_np = _per_sample(as_numpy_1d(lam), x.shape[0], "λ")
+    if np.all(lam_np == 1.0):
+        return D
+    wd = _work_dtype(x, D)
+    lam_t = _lam_tensor(lam_np, x, wd)
+    xw = x.to(wd)
+    out = (xw - (xw - D.to(wd)) / lam_t).to(D.dtype)
+    if np.any(lam_np == 1.0):
+        out = torch.where(lam_t == 1.0, D, out)
+    return out
+
+
+def scale_prediction(out: torch.Tensor, x_t: torch.Tensor, lam, alpha_bar, prediction="eps", a=None, b=None):
+    """Rewrite a network output ``out`` made at ``x_t = a·x_0 + b·ε`` so that the ε it implies is divided by λ.
+
+    ``prediction``: any name :func:`~diffusion_es.core.param.get_prediction` takes. The process coefficients are
+    ``(a, b)`` when given (rectified flow: a = 1 − t, b = t), else ``(sqrt(ᾱ), sqrt(1 − ᾱ))`` from ``alpha_bar``
+    (only read for x0/v/flow). ``lam``, ``alpha_bar``, ``a``, ``b``: scalars or one value per sample. A
+    learned-variance output (2C channels for C input channels) keeps its last C channels. Returns ``out`` itself
+    when every λ is 1; samples with λ = 1 keep their prediction bit for bit."""
+    pred = get_prediction(prediction)
+    if isinstance(lam, float) and pred.name == "eps" and out.shape == x_t.shape:
+        return out if lam == 1.0 else out / lam  # the common case, kept cheap: exactly ε / λ
+    B, C = x_t.shape[0], x_t.shape[1]
+    lam_np = _per_sample(as_numpy_1d(lam), B, "λ")
+    if np.all(lam_np == 1.0):
+        return out
+    if out.shape[0] != B or out.shape[2:] != x_t.shape[2:] or out.shape[1] not in (C, 2 * C):
+        raise ValueError(f"cannot apply Epsilon Scaling: the prediction has shape {tuple(out.shape)} but the "
+                         f"sample has shape {tuple(x_t.shape)} (expected C or 2C channels for learned variance)")
+    p, rest = (out[:, :C], out[:, C:]) if out.shape[1] == 2 * C else (out, None)
+    uniform = bool(np.all(lam_np == lam_np[0]))
+    if pred.name == "eps" and uniform:
+        new = p / float(lam_np[0])  # exactly what a hand-written loop does: eps / lam
+    else:
+        wd = torch.float32 if p.device.type == "mps" else torch.float64
+        lam_t = _lam_tensor(lam_np, p, wd)
+        if a is None:
+            ab = _lam_tensor(_per_sample(as_numpy_1d(alpha_bar), B, "ᾱ"), p, wd)
+            a, b = ab.sqrt(), (1.0 - ab).sqrt()
+        else:
+            a = _lam_tensor(_per_sample(as_numpy_1d(a), B, "a"), p, wd)
+            b = _lam_tensor(_per_sample(as_numpy_1d(b), B, "b"), p, wd)
+        x, pw = x_t.to(wd), p.to(wd)
+        eps = pred.x0_eps(pw, x, a, b)[1]
+        new = pred.from_eps(eps / lam_t, x, a, b).to(p.dtype)
+        if not uniform:  # samples with λ = 1 keep their prediction bit for bit
+            new = torch.where(_lam_tensor(lam_np, p, wd) == 1.0, p, new)
+    return new if rest is None else torch.cat([new, rest], dim=1)
 
 
 class EpsilonScaled(Denoiser):
@@ -218,21 +331,24 @@ class EpsilonScaled(Denoiser):
         key = sigma if step_sigma is None else step_sigma
         D, extras = self.inner.forward_full(x, sigma, step_sigma=step_sigma, **kwargs)
         if isinstance(key, (float, int)):
-            lam = self.lam.scalar(key)
-            return (D, extras) if lam == 1.0 else (x + (D - x) / lam, extras)
-        lam_np = self.lam(sigma_batch(key, x).detach().cpu().numpy())
-        if np.all(lam_np == 1.0):
-            return D, extras
-        lam = torch.from_numpy(lam_np).to(device=x.device, dtype=D.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-        D_es = x - (x - D) / lam
-        if np.any(lam_np == 1.0):
-            D_es = torch.where(lam == 1.0, D, D_es)
-        return D_es, extras
+            return scale_denoised(x, D, self.lam.scalar(key)), extras
+        return scale_denoised(x, D, self.lam(sigma_batch(key, x).detach().cpu().numpy())), extras
 
 
-def epsilon_scaled(denoiser, schedule: Union[LambdaSchedule, None], sigmas) -> Denoiser:
+def as_schedule(es, what: str = "es") -> Union[LambdaSchedule, None]:
+    """``None``, a :class:`LambdaSchedule`, or a number (uniform λ) as a schedule (or None)."""
+    if es is None or isinstance(es, LambdaSchedule):
+        return es
+    if isinstance(es, (int, float, np.floating, np.integer)) and not isinstance(es, bool):
+        return Uniform(float(es))
+    raise TypeError(f"{what} must be a LambdaSchedule or a number (uniform λ; schedules: Uniform, Linear, PerStep, SigmaKeyed), "
+                    f"got {type(es).__name__}")
+
+
+def epsilon_scaled(denoiser, schedule: Union[LambdaSchedule, float, None], sigmas) -> Denoiser:
     """Wrap ``denoiser`` with ES for the sampling grid ``sigmas``; ``None`` or an all-ones schedule returns
-    the denoiser itself (so the baseline is untouched)."""
+    the denoiser itself (so the baseline is untouched). A number means a uniform λ."""
+    schedule = as_schedule(schedule)
     if schedule is None:
         return as_denoiser(denoiser)
     bound = schedule.bind(sigmas)

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .param import alpha_bar_to_sigma
+
 __all__ = [
+    "posterior_coefficients",
     "VPSchedule",
     "linear_betas",
     "cosine_betas",
@@ -46,6 +49,16 @@ def cosine_betas(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> np
     return np.array([min(1 - f(i + 1) / f(i), max_beta) for i in range(T)], dtype=np.float64)
 
 
+def posterior_coefficients(ab, ab_prev) -> dict:
+    """The Gaussian posterior q(x_s | x_t, x_0) between two VP noise levels ᾱ_t < ᾱ_s (``ab``, ``ab_prev``; floats
+    or arrays, ᾱ_s = 1 for the step to the data): its β = 1 − ᾱ_t/ᾱ_s, variance β·(1 − ᾱ_s)/(1 − ᾱ_t) and the
+    mean ``coef1·x_0 + coef2·x_t``. The one home of these formulas (respaced chains, time-shift, training)."""
+    betas = 1.0 - ab / ab_prev
+    return {"betas": betas, "posterior_variance": betas * (1.0 - ab_prev) / (1.0 - ab),
+            "coef1": betas * np.sqrt(ab_prev) / (1.0 - ab),
+            "coef2": (1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab)}
+
+
 @dataclass(frozen=True)
 class VPSchedule:
     """A discrete VP noise schedule: the betas of the T training steps and everything derived from them."""
@@ -60,7 +73,7 @@ class VPSchedule:
             raise ValueError("betas must lie in (0, 1)")
         object.__setattr__(self, "betas", b)
         object.__setattr__(self, "alphas_cumprod", np.cumprod(1.0 - b))
-        object.__setattr__(self, "sigmas", np.sqrt((1.0 - self.alphas_cumprod) / self.alphas_cumprod))
+        object.__setattr__(self, "sigmas", alpha_bar_to_sigma(self.alphas_cumprod))
         object.__setattr__(self, "log_sigmas", np.log(self.sigmas))
 
     # ---- constructors -------------------------------------------------------------------------------
@@ -130,26 +143,29 @@ class RespacedChain:
             raise ValueError(f"timesteps must lie in [0, {self.base.T - 1}]")
         ab = self.base.alphas_cumprod[ts]
         ab_prev = np.concatenate([[1.0], ab[:-1]])
-        betas = 1.0 - ab / ab_prev
-        # posterior q(x_{i-1} | x_i, x_0) of the respaced chain
-        post_var = betas * (1.0 - ab_prev) / (1.0 - ab)
+        post = posterior_coefficients(ab, ab_prev)  # q(x_{i-1} | x_i, x_0) of the respaced chain
+        betas, post_var = post["betas"], post["posterior_variance"]
         # ADM: the posterior variance is 0 at i = 0; its log is clipped by using the value of i = 1
         post_var_clipped = np.concatenate([post_var[1:2], post_var[1:]]) if len(ts) > 1 else betas.copy()
         object.__setattr__(self, "timesteps", ts)
         object.__setattr__(self, "alphas_cumprod", ab)
         object.__setattr__(self, "alphas_cumprod_prev", ab_prev)
         object.__setattr__(self, "betas", betas)
-        object.__setattr__(self, "sigmas", np.sqrt((1.0 - ab) / ab))
+        object.__setattr__(self, "sigmas", alpha_bar_to_sigma(ab))
         object.__setattr__(self, "posterior_variance", post_var)
         object.__setattr__(self, "posterior_log_variance_clipped", np.log(post_var_clipped))
-        object.__setattr__(self, "posterior_mean_coef1", betas * np.sqrt(ab_prev) / (1.0 - ab))
-        object.__setattr__(self, "posterior_mean_coef2", (1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab))
+        object.__setattr__(self, "posterior_mean_coef1", post["coef1"])
+        object.__setattr__(self, "posterior_mean_coef2", post["coef2"])
         # ADM's "fixed large" variance: betas, with the first entry replaced by the posterior variance of i = 1
         large = np.concatenate([post_var[1:2], betas[1:]]) if len(ts) > 1 else betas.copy()
         object.__setattr__(self, "large_variance", large)
 
     def __len__(self) -> int:
         return len(self.timesteps)
+
+    def prev_timestep(self, i: int) -> int:
+        """The timestep step ``i`` goes to: ``t_{i-1}``, or -1 (the data, ᾱ = 1) for the last step."""
+        return int(self.timesteps[i - 1]) if i > 0 else -1
 
 
 # ---- respacing -------------------------------------------------------------------------------------------

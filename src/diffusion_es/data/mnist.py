@@ -73,7 +73,8 @@ def _to_uint8_nhwc(x: np.ndarray, path: Path) -> np.ndarray:
     raise UsageError(f"{path}: unsupported pixel type {x.dtype}")
 
 
-def _load_pickle(path: Path):
+def _read_pickle(path: Path):
+    """The classic pickle's ((train x, y), (valid x, y), (test x, y)), read without executing code."""
     try:
         obj = _ArraysOnly(io.BytesIO(_open(path)), encoding="latin1").load()
     except UsageError:
@@ -81,10 +82,25 @@ def _load_pickle(path: Path):
     except Exception as e:  # noqa: BLE001 - any failure of a foreign pickle is the user's file
         raise UsageError(f"{path}: not a classic MNIST pickle ({e.__class__.__name__}: {str(e)[:60]}); {_HINT}") from None
     try:
-        (trx, _), (vax, _), (tex, _) = obj
+        (trx, try_), (vax, vay), (tex, tey) = obj
     except (TypeError, ValueError):
         raise UsageError(f"{path}: pickle does not hold ((train), (valid), (test)) pairs; {_HINT}") from None
+    return (trx, try_), (vax, vay), (tex, tey)
+
+
+def _load_pickle(path: Path):
+    (trx, _), (vax, _), (tex, _) = _read_pickle(path)
     return (_to_uint8_nhwc(np.concatenate([np.asarray(trx), np.asarray(vax)]), path), _to_uint8_nhwc(tex, path))
+
+
+def load_mnist_labels(path: str):
+    """Labels (train+valid 60k, test 10k) of the classic mnist.pkl.gz, in the order :func:`load_mnist` returns
+    the images, as int64 numpy arrays."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"{p}: labels need the classic mnist.pkl.gz file; {_HINT}")
+    (_, ytr), (_, yva), (_, yte) = _read_pickle(p)
+    return (np.concatenate([np.asarray(ytr), np.asarray(yva)]).astype(np.int64), np.asarray(yte).astype(np.int64))
 
 
 def read_idx(path: Path) -> np.ndarray:

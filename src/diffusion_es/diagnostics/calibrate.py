@@ -82,7 +82,7 @@ class _Scorer:
         self.seed_sets, self.batch_size, self.kw, self.progress = seed_sets, batch_size, sampler_kwargs, progress
         self.extra_metrics, self.device = extra_metrics or {}, device
         self.cache, self.extra, self.order, self.nfe = {}, {}, [], 0
-        self.nfe_per_sample = SamplingPlan(plan_kw["sampler"], plan_kw["steps"], plan_kw["schedule"]).nfe
+        self.nfe_per_sample = SamplingPlan(**plan_kw).nfe
 
     def __call__(self, sched: Optional[LambdaSchedule]) -> list:
         key = "baseline" if sched is None else sched.to_json()
@@ -90,7 +90,8 @@ class _Scorer:
             vals, extra = [], {name: [] for name in self.extra_metrics}
             for seeds in self.seed_sets:
                 x = sample(self.den, self.plan_kw["sampler"], self.plan_kw["steps"], self.shape, self.shard(seeds),
-                           schedule=self.plan_kw["schedule"], es=sched, batch_size=self.batch_size,
+                           schedule=self.plan_kw["schedule"], spacing=self.plan_kw["spacing"], es=sched,
+                           batch_size=self.batch_size,
                            device=self.device, **self.kw)
                 self.nfe += len(seeds) * self.nfe_per_sample
                 vals.append(float(self.metric(x)))
@@ -109,7 +110,7 @@ MAX_EXTEND = 6  # steps a search may take past an end of its range (doubling: up
 
 @dataclass
 class Search1D:
-    """Result of :func:`_search_1d`: the best point, every evaluation, the range actually searched, and whether
+    """Result of :func:`search_1d`: the best point, every evaluation, the range actually searched, and whether
     the best point still lies at an end of it (the optimum may lie further out)."""
 
     best: float
@@ -118,11 +119,11 @@ class Search1D:
     hi: float
     at_edge: bool
 
-    def __iter__(self):  # best, vals = _search_1d(...)
+    def __iter__(self):  # best, vals = search_1d(...)
         return iter((self.best, self.vals))
 
 
-def _search_1d(score: Callable[[float], float], lo: float, hi: float, coarse: int, refine: int,
+def search_1d(score: Callable[[float], float], lo: float, hi: float, coarse: int, refine: int,
                floor: float = -math.inf, ceil: float = math.inf, max_extend: int = MAX_EXTEND) -> Search1D:
     """Coarse grid over [lo, hi]; if the best point is an end of the grid, walk outward while the score improves,
     doubling the step each time (at most ``max_extend`` steps, never to ``floor``/``ceil`` or beyond), which
@@ -161,7 +162,7 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
               schedule: Optional[VPSchedule] = None,
               batch_size: int = 500, metric_name: str = "metric", progress: Optional[Callable] = None,
               extra_metrics: Optional[dict] = None, device="cpu", shard: Optional[Callable] = None,
-              **sampler_kwargs) -> CalibrationResult:
+              spacing: str = "adm", **sampler_kwargs) -> CalibrationResult:
     """Find the λ schedule (``kind`` = uniform or linear) that minimises ``metric(samples)`` for one sampler
     setting. ``metric`` takes a float64 tensor (N, *shape) and returns a float, lower is better.
     ``extra_metrics`` (name -> callable) are only reported, on the validation sets, for λ = 1 and the choice.
@@ -177,13 +178,14 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
     if coarse < 2:
         raise UsageError("coarse grid needs at least 2 points")
     if max_extend < 0:
-        raise UsageError(f"max_extend (--extend) must be >= 0, got {max_extend}")
+        raise UsageError(f"max_extend must be >= 0, got {max_extend}")
     if schedule is None:
         schedule = getattr(denoiser, "schedule", None) or VPSchedule.linear()
     base_seed = seed * 10_000_019
     sets = [list(range(base_seed + j * n_samples, base_seed + (j + 1) * n_samples))
             for j in range(n_sets + n_val_sets)]
-    plan_kw = {"sampler": sampler, "steps": steps, "schedule": schedule}
+    plan_kw = {"sampler": sampler, "steps": steps, "schedule": schedule, "spacing": spacing}
+    SamplingPlan(**plan_kw).spec.resolve(sampler_kwargs)  # refuse bad sampler options before any work
     search = _Scorer(denoiser, plan_kw, shape, metric, sets[:n_sets], batch_size, sampler_kwargs, progress,
                      device=device, shard=shard)
     val = _Scorer(denoiser, plan_kw, shape, metric, sets[n_sets:], batch_size, sampler_kwargs, progress,
@@ -192,7 +194,7 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
     def mean_uniform(b):
         return float(np.mean(search(None if b == 1.0 else Uniform(b))))
 
-    found = _search_1d(mean_uniform, lo, hi, coarse, refine, floor=0.0, max_extend=max_extend)
+    found = search_1d(mean_uniform, lo, hi, coarse, refine, floor=0.0, max_extend=max_extend)
     b_best, vals, searched = found.best, found.vals, [found.lo, found.hi]
     edges = [("λ", found)] if found.at_edge else []
     # each search set's own best b: the spread says how well the optimum is determined
@@ -214,8 +216,8 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
                 return float("inf")
 
         # k ≥ 0: λ largest at the noisiest step
-        k_found = _search_1d(score_k, 0.0, k_hi, coarse, refine, floor=-1e-12, max_extend=max_extend)
-        mean_found = _search_1d(lambda m: score_k(k_found.best, m), lo, hi, coarse, refine, floor=0.0,
+        k_found = search_1d(score_k, 0.0, k_hi, coarse, refine, floor=-1e-12, max_extend=max_extend)
+        mean_found = search_1d(lambda m: score_k(k_found.best, m), lo, hi, coarse, refine, floor=0.0,
                                 max_extend=max_extend)
         cand = linear_at(k_found.best, mean_found.best)
         if np.mean(search(cand)) <= np.mean(search(best)):

@@ -17,7 +17,6 @@ Everything is reported per *step* evaluation (for Heun, the first evaluation of 
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..core.param import as_denoiser
+from ..core.param import as_denoiser, sigma_to_alpha_bar, sigma_to_vp_space, vp_coefficients
 from ..samplers import SamplingPlan, SeedNoise
 from ..core.scaling import LambdaSchedule, epsilon_scaled
 from ..core.schedules import VPSchedule
@@ -123,7 +122,7 @@ def training_eps_norms(denoiser, x0: torch.Tensor, sigmas: Sequence[float], seed
                 x = xb + float(s) * torch.randn(xb.shape, generator=g, dtype=torch.float64).to(xb.device)
                 eps = (x - den(x, float(s))) / float(s)
                 tot += float(_flat_norm(eps).sum())
-                xt_all.append(x / math.sqrt(1 + float(s) ** 2))
+                xt_all.append(sigma_to_vp_space(x, float(s)))
             norms.append(tot / x0.shape[0])
             varis.append(float(torch.cat(xt_all).var(dim=0).mean()))
     return norms, varis
@@ -132,7 +131,7 @@ def training_eps_norms(denoiser, x0: torch.Tensor, sigmas: Sequence[float], seed
 def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, schedule: Optional[VPSchedule] = None,
                      es: Optional[LambdaSchedule] = None, n_samples: int = 500, seed: int = 0,
                      batch_size: int = 500, shape: Optional[Sequence[int]] = None, device="cpu",
-                     **sampler_kwargs) -> ExposureCurves:
+                     spacing: str = "adm", **sampler_kwargs) -> ExposureCurves:
     """Run the paper's two diagnostics (plus Var(x_t)) for one sampler setting. ``data``: real x_0, (N, *shape);
     ``shape``: the model's sample shape, checked against the data when given."""
     if schedule is None:
@@ -141,7 +140,8 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
         raise UsageError(f"need at least 2 samples for per-pixel statistics, got {n_samples}")
     shape = tuple(data.shape[1:]) if shape is None else tuple(shape)
     data = _check_data(data, shape)
-    plan = SamplingPlan(sampler, steps, schedule)
+    plan = SamplingPlan(sampler, steps, schedule, spacing=spacing)
+    sampler_kwargs = plan.spec.resolve(sampler_kwargs)
     den = epsilon_scaled(as_denoiser(denoiser), es, plan.sigmas)
     n = plan.steps
     # λ of each sampling step, as the sampler applies it: keyed on the step's σ_i (under EDM churn the network is
@@ -172,14 +172,14 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
 
             def record_delta(info, x0=x0):
                 if info.stage == "step":
-                    dev_steps[info.i].append(((info.x - x0) / math.sqrt(1 + info.sigma**2)).cpu())
+                    dev_steps[info.i].append(sigma_to_vp_space(info.x - x0, info.sigma).cpu())
 
             plan.run_from(den, x0 + float(plan.sigmas[0]) * noise.initial(), noise, callback=record_delta,
                           **sampler_kwargs)
     train_norms, var_train = training_eps_norms(denoiser, _pick(data, n_samples, seed + 2).to(device), sig_eval,
                                                 seed=seed + 3)
     sigma_hat = [float(torch.cat(d).std(dim=0).mean()) for d in dev_steps]
-    sigma_true = [float(math.sqrt(s**2 / (1 + s**2))) for s in sig_eval]
+    sigma_true = [float(vp_coefficients(sigma_to_alpha_bar(float(s)))[1]) for s in sig_eval]
     t_list = (plan.chain.timesteps[::-1].astype(float).tolist() if plan.chain is not None
               else schedule.sigma_to_t(sig_eval).tolist())
     return ExposureCurves(

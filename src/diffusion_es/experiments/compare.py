@@ -26,24 +26,15 @@ report blocks (the format of :mod:`diffusion_es.experiments.report`) for the rep
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
-
-import numpy as np
+from typing import Optional
 
 from ..errors import UsageError
+from .common import (CHURN_GAMMAS, IP_GAMMA, RANGES, S_NOISE_RANGE, TS_CUTOFFS, TS_WINDOW_FRACTIONS, Paired,
+                     Ticker, fingerprint, load_model_and_data, method_result, search_lambda, seed_sets)
 
-__all__ = ["CompareConfig", "run_compare", "compare_blocks", "write_compare", "ip_recipe", "COMPARE_PROFILES"]
-
-VP_METHODS = ("baseline", "ES", "TS", "TS+ES", "IP", "IP+ES")
-EDM_METHODS = ("baseline", "ES", "churn", "churn+S_noise", "churn+S_noise+ES")
-TS_WINDOW_FRACTIONS = (0.1, 0.25, 0.5)   # window as a fraction of the nominal step spacing
-TS_CUTOFFS = (300, 100, 600)             # the first is used while the window is searched
-CHURN_GAMMAS = (0.05, 0.15, 0.4)         # EDM's per-step γ = S_churn / steps (capped at √2 − 1 by the sampler)
-S_NOISE_RANGE = (1.0, 1.06)
-IP_GAMMA = 0.1
+__all__ = ["CompareConfig", "run_compare", "write_compare", "ip_recipe", "COMPARE_PROFILES", "ts_windows"]
 
 COMPARE_PROFILES = {
     "quick": dict(steps=[10, 20], edm_nfe=[10], n_samples=200, n_sets=1, n_val_sets=3, coarse=3, refine=1),
@@ -86,55 +77,14 @@ class CompareConfig:
         if bad:
             raise UsageError(f"unknown sampler(s) {bad}: VP rows take ddpm,ddim; EDM rows take euler,heun")
         if any(int(n) < 2 for n in list(c.steps) + list(c.edm_nfe)):
-            raise UsageError("--steps and --edm-nfe need counts >= 2, e.g. 10,20,50")
+            raise UsageError("steps and edm_nfe need counts >= 2, e.g. 10,20,50")
         if c.n_samples < 10:
-            raise UsageError(f"--samples must be at least 10 per seed set, got {c.n_samples}")
+            raise UsageError(f"n_samples must be at least 10 per seed set, got {c.n_samples}")
         if c.n_val_sets < 2:
-            raise UsageError("--seeds (validation seed sets) must be at least 2 to give a spread")
+            raise UsageError("n_val_sets (validation seed sets) must be at least 2 to give a spread")
         if c.ts_rule not in ("data", "paper"):
-            raise UsageError(f"--ts-rule must be data or paper, got {c.ts_rule!r}")
+            raise UsageError(f"ts_rule must be data or paper, got {c.ts_rule!r}")
         return c
-
-
-# ---- paired evaluation --------------------------------------------------------------------------------------
-class _Paired:
-    """Metric of a sampling setting on the fixed search / validation seed sets, cached by a key."""
-
-    def __init__(self, metric, search_sets, val_sets, log=None):
-        self.metric, self.sets = metric, {"search": search_sets, "val": val_sets}
-        self.cache, self.log = {}, log
-
-    def __call__(self, key: str, draw: Callable, which: str = "search") -> list:
-        k = (which, key)
-        if k not in self.cache:
-            self.cache[k] = [float(self.metric(draw(seeds))) for seeds in self.sets[which]]
-        return self.cache[k]
-
-    def mean(self, key, draw, which="search") -> float:
-        return float(np.mean(self(key, draw, which)))
-
-
-def _method(val, base_val, param: dict, label: str, search=None) -> dict:
-    from ..diagnostics.calibrate import paired_gain
-
-    per, g, ci = paired_gain(base_val, val)
-    return {"param": param, "label": label, "val": list(map(float, val)), "gain": g, "gain_ci": list(ci),
-            "gain_per_set": per, "significant": bool(ci[1] < 0), "search": search or []}
-
-
-def _search_lambda(ev: _Paired, draw_lam: Callable, prefix: str, lo: float, hi: float, coarse: int, refine: int):
-    """1-D coarse-to-fine λ search (calibrate's) on the search sets; returns (best λ, evaluations)."""
-    from ..diagnostics.calibrate import _search_1d
-
-    evals = []
-
-    def score(lam):
-        m = ev.mean(f"{prefix}|lam={lam!r}", lambda seeds: draw_lam(lam, seeds))
-        evals.append({"lam": lam, "mean": m})
-        return m
-
-    best, _ = _search_1d(score, lo, hi, max(coarse, 2), refine, floor=0.0)
-    return float(best), evals
 
 
 def ts_windows(T: int, steps: int) -> list:
@@ -199,290 +149,218 @@ def _resolve_ip(cfg: CompareConfig, base, out: Path, log) -> Optional[Path]:
 
 
 # ---- the job --------------------------------------------------------------------------------------------------
-def run_compare(cfg: CompareConfig, log=print) -> dict:
-    from ..diagnostics.calibrate import calibrate
-    from ..models import load_model
-    from ..metrics.quality import build_metric
-    from .repro import RANGES, _model_fingerprint, _Store, load_model_and_data, steps_for
-    from ..samplers import SamplingPlan, sample
-    from ..samplers.timeshift import data_variance, sample_timeshift
-    from ..core.scaling import Uniform
+class _Comparison:
+    """One run: the model, metric, seed sets and part store every cell shares."""
 
-    cfg = cfg.resolved()
-    t0 = time.time()
-    out = Path(cfg.out)
-    model, den, ds = load_model_and_data(cfg.model, cfg.data, cfg.device)
-    metric = build_metric(cfg.data, cfg.ref, shape=model.data_shape)
-    ip_path = _resolve_ip(cfg, model, out, log)
-    ip = load_model(ip_path, device=cfg.device) if ip_path is not None else None
-    if ip is not None and tuple(ip.data_shape) != tuple(model.data_shape):
-        raise UsageError(f"the IP model {ip_path} makes samples of shape {tuple(ip.data_shape)}, the model "
-                         f"{tuple(model.data_shape)}")
-    ip_den = ip.denoiser() if ip is not None else None
-    data_var = data_variance(ds.train) if cfg.ts_rule == "data" else 0.0
-    fp = {"model": _model_fingerprint(model), "ip": _model_fingerprint(ip) if ip else None, "data": cfg.data,
-          "ref": cfg.ref, "seed": cfg.seed, "version": 3}  # 3: searches walk past a winning range end
-    store = _Store(out, fp)
-    n, shape, sch = cfg.n_samples, model.data_shape, model.schedule
-    base_seed = cfg.seed * 10_000_019
-    sets = [list(range(base_seed + j * n, base_seed + (j + 1) * n)) for j in range(cfg.n_sets + cfg.n_val_sets)]
-    ev_kw = dict(search_sets=sets[:cfg.n_sets], val_sets=sets[cfg.n_sets:])
-    cal_kw = dict(n_samples=n, n_sets=cfg.n_sets, n_val_sets=cfg.n_val_sets, coarse=cfg.coarse,
-                  refine=cfg.refine, seed=cfg.seed, schedule=sch, batch_size=cfg.batch_size,
-                  metric_name=metric.name, device=cfg.device)
-    common = {k: cal_kw[k] for k in ("n_samples", "n_sets", "n_val_sets", "coarse", "refine")}
-    bs, dev = cfg.batch_size, cfg.device
-    vp_cells = [(s, k) for s in cfg.samplers for k in cfg.steps]
-    edm_cells = [(s, k) for s in cfg.edm_samplers for k in cfg.edm_nfe]
-    total = len(vp_cells) * (3 if ip is not None else 2) + len(edm_cells) * 2
-    done = 0
+    def __init__(self, cfg: "CompareConfig", log):
+        from ..metrics.quality import build_metric
+        from ..models import load_model
+        from ..samplers import data_variance
+        from ..store import PartStore
 
-    def tick(what, cached):
-        nonlocal done
-        done += 1
-        log(f"[{done}/{total}] {what}{' (cached)' if cached else ''}  {time.time() - t0:6.0f} s")
+        self.cfg, self.log = cfg, log
+        out = Path(cfg.out)
+        self.model, self.den, ds = load_model_and_data(cfg.model, cfg.data, cfg.device)
+        self.metric = build_metric(cfg.data, cfg.ref, shape=self.model.data_shape)
+        self.ip_path = _resolve_ip(cfg, self.model, out, log)
+        self.ip = load_model(self.ip_path, device=cfg.device) if self.ip_path is not None else None
+        if self.ip is not None and tuple(self.ip.data_shape) != tuple(self.model.data_shape):
+            raise UsageError(f"the IP model {self.ip_path} makes samples of shape {tuple(self.ip.data_shape)}, the "
+                             f"model {tuple(self.model.data_shape)}")
+        self.data_var = data_variance(ds.train) if cfg.ts_rule == "data" else 0.0
+        self.store = PartStore(out, {"model": fingerprint(self.model),
+                                     "ip": fingerprint(self.ip) if self.ip else None, "data": cfg.data,
+                                     "ref": cfg.ref, "seed": cfg.seed, "version": 3})  # 3: searches extend
+        sets = seed_sets(cfg.seed, cfg.n_samples, cfg.n_sets + cfg.n_val_sets)
+        self.ev_kw = dict(search_sets=sets[:cfg.n_sets], val_sets=sets[cfg.n_sets:])
+        self.common = {k: getattr(cfg, k) for k in ("n_samples", "n_sets", "n_val_sets", "coarse", "refine")}
+        n_vp = len(cfg.samplers) * len(cfg.steps) * (3 if self.ip is not None else 2)
+        self.tick = Ticker(n_vp + len(cfg.edm_samplers) * len(cfg.edm_nfe) * 2, log)
 
-    def es_part(d, sampler, steps, **kw):
-        r = calibrate(d, sampler, steps, shape, metric, kind="uniform", lam_range=RANGES[sampler], **cal_kw, **kw)
-        return r.to_dict()
+    def draw(self, sampler, steps, lam=None, **opts):
+        """A function seeds -> samples of one setting (λ uniform or None; sampler options)."""
+        from ..samplers import sample
 
-    cells = []
-    for sampler, steps in vp_cells:
-        kw = {"eta": 0.0} if sampler == "ddim" else {}
+        cfg = self.cfg
+        return lambda seeds: sample(self.den, sampler, steps, self.model.data_shape, seeds,
+                                    schedule=self.model.schedule, es=lam, batch_size=cfg.batch_size,
+                                    device=cfg.device, **opts)
+
+    def es_part(self, den, sampler, steps) -> dict:
+        from ..diagnostics.calibrate import calibrate
+
+        cfg = self.cfg
+        return calibrate(den, sampler, steps, self.model.data_shape, self.metric, kind="uniform",
+                         lam_range=RANGES[sampler], **self.common, seed=cfg.seed, schedule=self.model.schedule,
+                         batch_size=cfg.batch_size, metric_name=self.metric.name, device=cfg.device).to_dict()
+
+    def es_cell(self, cell: dict, den=None, name: str = "es") -> dict:
+        """Baseline and ES (calibrate's uniform search) of a cell; returns the calibration result."""
+        sampler, steps = cell["sampler"], cell["steps"]
+        es, cached = self.store.get_or_run(f"cmp_{name}_{sampler}_{steps}",
+                                           {"part": name, "sampler": sampler, "steps": steps,
+                                            "range": RANGES[sampler], **self.common},
+                                           lambda: self.es_part(den or self.den, sampler, steps))
+        return es, cached
+
+    # -- VP cells: ES, TS, TS+ES, IP, IP+ES --------------------------------------------------------------------
+    def vp_cell(self, sampler: str, steps: int) -> dict:
         cell = {"kind": "vp", "sampler": sampler, "steps": steps, "nfe": steps, "methods": {}}
-        # ES (and the baseline, on the validation sets)
-        es, cached = store.get_or_run(f"cmp_es_{sampler}_{steps}", {"part": "es", "sampler": sampler,
-                                      "steps": steps, "range": RANGES[sampler], **common},
-                                      lambda: es_part(den, sampler, steps, **kw))
+        es, cached = self.es_cell(cell)
         base_val = es["baseline_val"]
-        cell["methods"]["baseline"] = _method(base_val, base_val, {}, "")
-        cell["methods"]["ES"] = _method(es["best_val"], base_val, {"lam": es["candidate"]["b"]},
-                                        f"λ {es['candidate']['b']:.4f}",
-                                        [{"lam": 1.0 if e["schedule"] is None else e["schedule"]["b"],
-                                          "mean": e["mean"]} for e in es["evaluations"]])
-        tick(f"{sampler} {steps} steps: ES λ {es['candidate']['b']:.4f}", cached)
-
-        # TS, then TS + ES
-        def run_ts(sampler=sampler, steps=steps, kw=kw, base_val=base_val):
-            ev = _Paired(metric, **ev_kw)
-
-            def draw(window, cutoff, lam=None):
-                return lambda seeds: sample_timeshift(den, sampler, steps, shape, seeds, schedule=sch,
-                                                      es=None if lam is None else Uniform(lam), window=window,
-                                                      cutoff=cutoff, data_var=data_var, batch_size=bs, device=dev,
-                                                      **kw)
-
-            evals = []
-
-            def score(w, c):
-                m = ev.mean(f"w={w},c={c}", draw(w, c))
-                evals.append({"window": w, "cutoff": c, "mean": m})
-                return m
-
-            wins = ts_windows(sch.T, steps)
-            c0 = TS_CUTOFFS[0]
-            w_best = min(wins, key=lambda w: score(w, c0))
-            c_best = min(TS_CUTOFFS, key=lambda c: score(w_best, c))
-            ts_val = ev(f"w={w_best},c={c_best}", draw(w_best, c_best), "val")
-            # invariant: window 1 is the plain sampler (same metric, bit for bit, on validation set 1)
-            one = float(metric(draw(1, 0)(ev_kw["val_sets"][0])))
-            lo, hi = RANGES[sampler]
-            lam, lam_evals = _search_lambda(ev, lambda l, seeds: draw(w_best, c_best, l)(seeds),
-                                            f"w={w_best},c={c_best}", lo, hi, cfg.coarse, cfg.refine)
-            tses_val = ev(f"w={w_best},c={c_best}|lam={lam!r}", draw(w_best, c_best, lam), "val")
-            return {"window": w_best, "cutoff": c_best, "data_var": data_var, "ts_val": ts_val, "ts_search": evals,
-                    "window1_metric": one, "window1_equals_baseline": one == base_val[0], "lam": lam,
-                    "tses_val": tses_val, "tses_search": lam_evals}
-
-        ts, cached = store.get_or_run(f"cmp_ts_{sampler}_{steps}", {"part": "ts", "sampler": sampler, "steps": steps,
-                                      "rule": cfg.ts_rule, "windows": TS_WINDOW_FRACTIONS, "cutoffs": TS_CUTOFFS,
-                                      "range": RANGES[sampler], **common}, run_ts)
-        cell["methods"]["TS"] = _method(ts["ts_val"], base_val, {"window": ts["window"], "cutoff": ts["cutoff"]},
-                                        f"w {ts['window']}, t_c {ts['cutoff']}", ts["ts_search"])
-        cell["methods"]["TS+ES"] = _method(ts["tses_val"], base_val, {"window": ts["window"], "cutoff": ts["cutoff"],
-                                           "lam": ts["lam"]}, f"w {ts['window']}, t_c {ts['cutoff']}, "
-                                           f"λ {ts['lam']:.4f}", ts["tses_search"])
+        cell["methods"]["baseline"] = method_result(base_val, base_val, {}, "")
+        cell["methods"]["ES"] = method_result(es["best_val"], base_val, {"lam": es["candidate"]["b"]},
+                                              f"λ {es['candidate']['b']:.4f}", _lam_search(es))
+        self.tick(f"{sampler} {steps} steps: ES λ {es['candidate']['b']:.4f}", cached)
+        ts, cached = self.store.get_or_run(
+            f"cmp_ts_{sampler}_{steps}", {"part": "ts", "sampler": sampler, "steps": steps, "rule": self.cfg.ts_rule,
+                                          "windows": TS_WINDOW_FRACTIONS, "cutoffs": TS_CUTOFFS,
+                                          "range": RANGES[sampler], **self.common},
+            lambda: self.time_shift(sampler, steps, base_val))
+        where = {"window": ts["window"], "cutoff": ts["cutoff"]}
+        cell["methods"]["TS"] = method_result(ts["ts_val"], base_val, where,
+                                              f"w {ts['window']}, t_c {ts['cutoff']}", ts["ts_search"])
+        cell["methods"]["TS+ES"] = method_result(ts["tses_val"], base_val, {**where, "lam": ts["lam"]},
+                                                 f"w {ts['window']}, t_c {ts['cutoff']}, λ {ts['lam']:.4f}",
+                                                 ts["tses_search"])
         cell["ts_window1_equals_baseline"] = ts["window1_equals_baseline"]
-        tick(f"{sampler} {steps} steps: TS w {ts['window']} t_c {ts['cutoff']}, TS+ES λ {ts['lam']:.4f}", cached)
-
-        if ip is not None:
-            ipr, cached = store.get_or_run(f"cmp_ip_{sampler}_{steps}", {"part": "ip", "sampler": sampler,
-                                           "steps": steps, "range": RANGES[sampler], **common},
-                                           lambda: es_part(ip_den, sampler, steps, **kw))
-            cell["methods"]["IP"] = _method(ipr["baseline_val"], base_val, {}, "γ 0.1")
-            cell["methods"]["IP+ES"] = _method(ipr["best_val"], base_val, {"lam": ipr["candidate"]["b"]},
-                                               f"γ 0.1, λ {ipr['candidate']['b']:.4f}",
-                                               [{"lam": 1.0 if e["schedule"] is None else e["schedule"]["b"],
-                                                 "mean": e["mean"]} for e in ipr["evaluations"]])
+        self.tick(f"{sampler} {steps} steps: TS w {ts['window']} t_c {ts['cutoff']}, TS+ES λ {ts['lam']:.4f}", cached)
+        if self.ip is not None:
+            ipr, cached = self.es_cell(cell, self.ip.denoiser(), "ip")
+            cell["methods"]["IP"] = method_result(ipr["baseline_val"], base_val, {}, f"γ {IP_GAMMA}")
+            cell["methods"]["IP+ES"] = method_result(ipr["best_val"], base_val, {"lam": ipr["candidate"]["b"]},
+                                                     f"γ {IP_GAMMA}, λ {ipr['candidate']['b']:.4f}", _lam_search(ipr))
             cell["ip_es_vs_ip"] = {"gain": ipr["gain"], "gain_ci": list(ipr["gain_ci"])}
-            tick(f"{sampler} {steps} steps: IP, IP+ES λ {ipr['candidate']['b']:.4f}", cached)
-        cells.append(cell)
+            self.tick(f"{sampler} {steps} steps: IP, IP+ES λ {ipr['candidate']['b']:.4f}", cached)
+        return cell
 
-    for sampler, nfe in edm_cells:
-        steps = steps_for(sampler, nfe)
-        nfe_real = SamplingPlan(sampler, steps, sch).nfe
-        cell = {"kind": "edm", "sampler": sampler, "steps": steps, "nfe": nfe_real, "nfe_cell": nfe, "methods": {}}
-        es, cached = store.get_or_run(f"cmp_es_{sampler}_{steps}", {"part": "es", "sampler": sampler,
-                                      "steps": steps, "range": RANGES[sampler], **common},
-                                      lambda: es_part(den, sampler, steps))
+    def time_shift(self, sampler: str, steps: int, base_val: list) -> dict:
+        """TS window then cutoff on the search sets, then λ on top; validated on the fresh sets."""
+        from ..samplers import TimeShift
+
+        ev, cfg, dv = Paired(self.metric, **self.ev_kw), self.cfg, self.data_var
+
+        def draw(w, c, lam=None):
+            return self.draw(sampler, steps, lam, time_shift=TimeShift(w, c, dv))
+
+        evals = []
+
+        def score(w, c):
+            m = ev.mean(f"w={w},c={c}", draw(w, c))
+            evals.append({"window": w, "cutoff": c, "mean": m})
+            return m
+
+        w_best = min(ts_windows(self.model.schedule.T, steps), key=lambda w: score(w, TS_CUTOFFS[0]))
+        c_best = min(TS_CUTOFFS, key=lambda c: score(w_best, c))
+        key = f"w={w_best},c={c_best}"
+        ts_val = ev(key, draw(w_best, c_best), "val")
+        # invariant: window 1 is the plain sampler (same metric, bit for bit, on validation set 1)
+        one = float(self.metric(draw(1, 0)(self.ev_kw["val_sets"][0])))
+        lam, lam_evals = search_lambda(ev, lambda lam, seeds: draw(w_best, c_best, lam)(seeds), key,
+                                       *RANGES[sampler], cfg.coarse, cfg.refine)
+        return {"window": w_best, "cutoff": c_best, "data_var": dv, "ts_val": ts_val, "ts_search": evals,
+                "window1_metric": one, "window1_equals_baseline": one == base_val[0], "lam": lam,
+                "tses_val": ev(f"{key}|lam={lam!r}", draw(w_best, c_best, lam), "val"), "tses_search": lam_evals}
+
+    # -- EDM cells: ES, churn, churn + S_noise, + ES ------------------------------------------------------------
+    def edm_cell(self, sampler: str, nfe: int) -> dict:
+        from ..samplers import get_sampler
+
+        spec = get_sampler(sampler)
+        steps = spec.steps_for_nfe(nfe)
+        cell = {"kind": "edm", "sampler": sampler, "steps": steps, "nfe": spec.nfe(steps), "nfe_cell": nfe,
+                "methods": {}}
+        es, cached = self.es_cell(cell)
         base_val = es["baseline_val"]
-        cell["methods"]["baseline"] = _method(base_val, base_val, {}, "")
-        cell["methods"]["ES"] = _method(es["best_val"], base_val, {"lam": es["candidate"]["b"]},
-                                        f"λ {es['candidate']['b']:.4f}")
-        tick(f"{sampler} {nfe_real} NFE: ES λ {es['candidate']['b']:.4f}", cached)
+        cell["methods"]["baseline"] = method_result(base_val, base_val, {}, "")
+        cell["methods"]["ES"] = method_result(es["best_val"], base_val, {"lam": es["candidate"]["b"]},
+                                              f"λ {es['candidate']['b']:.4f}")
+        self.tick(f"{sampler} {cell['nfe']} NFE: ES λ {es['candidate']['b']:.4f}", cached)
+        ch, cached = self.store.get_or_run(
+            f"cmp_churn_{sampler}_{steps}", {"part": "churn", "sampler": sampler, "steps": steps,
+                                             "gammas": CHURN_GAMMAS, "s_noise": S_NOISE_RANGE,
+                                             "range": RANGES[sampler], **self.common},
+            lambda: self.churn(sampler, steps))
+        c = f"S_churn {ch['S_churn']:.3g}"
+        cell["methods"]["churn"] = method_result(ch["churn_val"], base_val, {"S_churn": ch["S_churn"], "S_noise": 1.0},
+                                                 c, ch["churn_search"])
+        both = {"S_churn": ch["S_churn"], "S_noise": ch["S_noise"]}
+        cell["methods"]["churn+S_noise"] = method_result(ch["sn_val"], base_val, both,
+                                                         f"{c}, S_noise {ch['S_noise']:.4f}", ch["sn_search"])
+        cell["methods"]["churn+S_noise+ES"] = method_result(
+            ch["es_val"], base_val, {**both, "lam": ch["lam"]}, f"{c}, S_noise {ch['S_noise']:.4f}, λ {ch['lam']:.4f}",
+            ch["lam_search"])
+        self.tick(f"{sampler} {cell['nfe']} NFE: churn {ch['S_churn']:.3g}, S_noise {ch['S_noise']:.4f}", cached)
+        return cell
 
-        def run_churn(sampler=sampler, steps=steps):
-            from ..diagnostics.calibrate import _search_1d
+    def churn(self, sampler: str, steps: int) -> dict:
+        """S_churn (per-step γ grid) at S_noise = 1, then S_noise (upward search), then λ; validated."""
+        from ..diagnostics.calibrate import search_1d
 
-            ev = _Paired(metric, **ev_kw)
+        ev, cfg = Paired(self.metric, **self.ev_kw), self.cfg
 
-            def draw(churn, s_noise, lam=None):
-                return lambda seeds: sample(den, sampler, steps, shape, seeds, schedule=sch,
-                                            es=None if lam is None else Uniform(lam), batch_size=bs, device=dev,
-                                            S_churn=churn, S_noise=s_noise)
+        def draw(churn, s_noise, lam=None):
+            return self.draw(sampler, steps, lam, S_churn=churn, S_noise=s_noise)
 
-            churn_evals = []
+        churn_evals, sn_evals = [], []
 
-            def score_churn(g):
-                m = ev.mean(f"churn={g * steps!r},sn=1.0", draw(g * steps, 1.0))
-                churn_evals.append({"S_churn": g * steps, "gamma": g, "mean": m})
-                return m
+        def score_churn(g):
+            m = ev.mean(f"churn={g * steps!r},sn=1.0", draw(g * steps, 1.0))
+            churn_evals.append({"S_churn": g * steps, "gamma": g, "mean": m})
+            return m
 
-            g_best = min(CHURN_GAMMAS, key=score_churn)
-            churn = g_best * steps
-            sn_evals = []
+        g_best = min(CHURN_GAMMAS, key=score_churn)
+        churn = g_best * steps
 
-            def score_sn(sn):
-                m = ev.mean(f"churn={churn!r},sn={sn!r}", draw(churn, sn))
-                sn_evals.append({"S_noise": sn, "mean": m})
-                return m
+        def score_sn(sn):
+            m = ev.mean(f"churn={churn!r},sn={sn!r}", draw(churn, sn))
+            sn_evals.append({"S_noise": sn, "mean": m})
+            return m
 
-            sn, _ = _search_1d(score_sn, *S_NOISE_RANGE, max(cfg.coarse, 2), cfg.refine,
-                               floor=S_NOISE_RANGE[0] - 1e-12)  # inflation only: S_noise >= 1
-            churn_val = ev(f"churn={churn!r},sn=1.0", draw(churn, 1.0), "val")
-            sn_val = ev(f"churn={churn!r},sn={sn!r}", draw(churn, sn), "val")
-            lo, hi = RANGES[sampler]
-            lam, lam_evals = _search_lambda(ev, lambda l, seeds: draw(churn, sn, l)(seeds),
-                                            f"churn={churn!r},sn={sn!r}", lo, hi, cfg.coarse, cfg.refine)
-            es_val = ev(f"churn={churn!r},sn={sn!r}|lam={lam!r}", draw(churn, sn, lam), "val")
-            return {"S_churn": churn, "gamma": g_best, "S_noise": float(sn), "lam": lam, "churn_val": churn_val,
-                    "sn_val": sn_val, "es_val": es_val, "churn_search": churn_evals, "sn_search": sn_evals,
-                    "lam_search": lam_evals}
+        sn, _ = search_1d(score_sn, *S_NOISE_RANGE, max(cfg.coarse, 2), cfg.refine,
+                          floor=S_NOISE_RANGE[0] - 1e-12)  # inflation only: S_noise >= 1
+        key = f"churn={churn!r},sn={sn!r}"
+        lam, lam_evals = search_lambda(ev, lambda lam, seeds: draw(churn, sn, lam)(seeds), key, *RANGES[sampler],
+                                       cfg.coarse, cfg.refine)
+        return {"S_churn": churn, "gamma": g_best, "S_noise": float(sn), "lam": lam,
+                "churn_val": ev(f"churn={churn!r},sn=1.0", draw(churn, 1.0), "val"),
+                "sn_val": ev(key, draw(churn, sn), "val"), "es_val": ev(f"{key}|lam={lam!r}", draw(churn, sn, lam), "val"),
+                "churn_search": churn_evals, "sn_search": sn_evals, "lam_search": lam_evals}
 
-        ch, cached = store.get_or_run(f"cmp_churn_{sampler}_{steps}", {"part": "churn", "sampler": sampler,
-                                      "steps": steps, "gammas": CHURN_GAMMAS, "s_noise": S_NOISE_RANGE,
-                                      "range": RANGES[sampler], **common}, run_churn)
-        cell["methods"]["churn"] = _method(ch["churn_val"], base_val, {"S_churn": ch["S_churn"], "S_noise": 1.0},
-                                           f"S_churn {ch['S_churn']:.3g}", ch["churn_search"])
-        cell["methods"]["churn+S_noise"] = _method(ch["sn_val"], base_val, {"S_churn": ch["S_churn"],
-                                                   "S_noise": ch["S_noise"]},
-                                                   f"S_churn {ch['S_churn']:.3g}, S_noise {ch['S_noise']:.4f}",
-                                                   ch["sn_search"])
-        cell["methods"]["churn+S_noise+ES"] = _method(ch["es_val"], base_val, {"S_churn": ch["S_churn"],
-                                                      "S_noise": ch["S_noise"], "lam": ch["lam"]},
-                                                      f"S_churn {ch['S_churn']:.3g}, S_noise {ch['S_noise']:.4f}, "
-                                                      f"λ {ch['lam']:.4f}", ch["lam_search"])
-        tick(f"{sampler} {nfe_real} NFE: churn {ch['S_churn']:.3g}, S_noise {ch['S_noise']:.4f}", cached)
-        cells.append(cell)
+    def results(self, cells: list) -> dict:
+        cfg, ip = self.cfg, self.ip
+        return {
+            "config": asdict(cfg), "metric": self.metric.name, "model": str(cfg.model),
+            "ip_model": None if self.ip_path is None else str(self.ip_path),
+            "ip_training": None if ip is None else {k: ip.config.get("training", {}).get(k) for k in
+                                                    ("options", "step", "train_seconds", "hardware", "final_loss",
+                                                     "heldout_loss_ema")},
+            "ts_rule": cfg.ts_rule, "ts_data_var": self.data_var,
+            "seed_sets": {"search": cfg.n_sets, "val": cfg.n_val_sets, "n_samples": cfg.n_samples},
+            "cells": cells, "wall_time_s": self.tick.elapsed(), **self.store.accounting(),
+        }
 
-    results = {
-        "config": asdict(cfg), "metric": metric.name, "model": str(cfg.model),
-        "ip_model": None if ip_path is None else str(ip_path),
-        "ip_training": None if ip is None else {k: ip.config.get("training", {}).get(k) for k in
-                                                ("options", "step", "train_seconds", "hardware", "final_loss",
-                                                 "heldout_loss_ema")},
-        "ts_rule": cfg.ts_rule, "ts_data_var": data_var, "seed_sets": {"search": len(sets[:cfg.n_sets]),
-                                                                      "val": cfg.n_val_sets, "n_samples": n},
-        "cells": cells, "wall_time_s": time.time() - t0, **store.accounting(),
-    }
-    write_compare(results, out)
+
+def _lam_search(cal: dict) -> list:
+    return [{"lam": 1.0 if e["schedule"] is None else e["schedule"]["b"], "mean": e["mean"]}
+            for e in cal["evaluations"]]
+
+
+def run_compare(cfg: CompareConfig, log=print) -> dict:
+    """Every method on every cell (resumable; see the module docstring); writes the report into ``cfg.out``."""
+    cfg = cfg.resolved()
+    run = _Comparison(cfg, log)
+    cells = [run.vp_cell(s, k) for s in cfg.samplers for k in cfg.steps]
+    cells += [run.edm_cell(s, n) for s in cfg.edm_samplers for n in cfg.edm_nfe]
+    results = run.results(cells)
+    write_compare(results, cfg.out)
     return results
 
 
-# ---- report ----------------------------------------------------------------------------------------------------
-def _fmt_method(m: dict, is_base: bool, best: bool) -> str:
-    mean, sd = float(np.mean(m["val"])), float(np.std(m["val"], ddof=1)) if len(m["val"]) > 1 else 0.0
-    v = f"{mean:.2f} ± {sd:.2f}"
-    if best:
-        v = f"**{v}**"
-    if is_base:
-        return v
-    lo, hi = m["gain_ci"]
-    mark = "" if m["significant"] else (", worse" if lo > 0 else ", n.s.")
-    return f"{v} ({100 * m['gain']:+.1f} % [{100 * lo:+.1f}, {100 * hi:+.1f}]{mark}) · {m['label']}"
-
-
-def _table(cells, methods, col_of) -> list:
-    cols = sorted({col_of(c) for c in cells})
-    rows = [["method"] + [f"{c} {'steps' if cells[0]['kind'] == 'vp' else 'NFE'}" for c in cols]]
-    by_col = {col_of(c): c for c in cells}
-    best = {}
-    for col, c in by_col.items():
-        means = {k: float(np.mean(v["val"])) for k, v in c["methods"].items()}
-        best[col] = min(means, key=means.get)
-    for meth in methods:
-        if not any(meth in c["methods"] for c in cells):
-            continue
-        row = [meth]
-        for col in cols:
-            c = by_col[col]
-            m = c["methods"].get(meth)
-            row.append("–" if m is None else _fmt_method(m, meth == "baseline", best[col] == meth))
-        rows.append(row)
-    return rows
-
-
-def compare_blocks(results: dict) -> list:
-    """Report blocks (``("h2", text)``, ``("p", text)``, ``("table", rows)``) of a compare result, in the format of
-    :func:`diffusion_es.experiments.report.build_blocks`, so the section can be added to the repro report."""
-    from .repro import SAMPLER_NAMES
-
-    cfg = results["config"]
-    ss = results["seed_sets"]
-    blocks = [("h2", "Epsilon Scaling and the other fixes for exposure bias, on the same model and noise")]
-    ip_txt = ("no IP model was given (pass --ip-model PATH or --train-ip)" if not results.get("ip_model") else
-              f"the IP model `{Path(results['ip_model']).name}` was trained with the same recipe and budget and "
-              f"ip_gamma {IP_GAMMA}")
-    blocks.append(("p", f"Primary metric: **{results['metric']}** (lower is better). Every method's parameter was "
-                        f"chosen on {ss['search']} search seed set(s) and measured on {ss['val']} fresh validation seed "
-                        f"sets of {ss['n_samples']} samples each; all methods use the same seed sets, hence identical "
-                        f"initial and step noise (paired). Each cell: validation mean ± sd over seed sets, the relative "
-                        f"change against the baseline of the same sampler and steps with its 95 % t-interval "
-                        f"(n.s.: the interval includes 0; worse: it lies above 0), and the tuned parameter; the best "
-                        f"mean per column is bold. "
-                        f"ES: uniform λ (searched from the sampler's range and walked past an end of it while that "
-                        f"end wins, so λ < 1 can be chosen); TS: Time-Shift sampler (window w, cutoff t_c; rule "
-                        f"`{results['ts_rule']}`, data variance {results['ts_data_var']:.4f}); {ip_txt}."))
-    vp = [c for c in results["cells"] if c["kind"] == "vp"]
-    for s in cfg["samplers"]:
-        cs = [c for c in vp if c["sampler"] == s]
-        if cs:
-            blocks.append(("h3", SAMPLER_NAMES[s]))
-            blocks.append(("table", _table(cs, VP_METHODS, lambda c: c["steps"])))
-    edm = [c for c in results["cells"] if c["kind"] == "edm"]
-    for s in cfg["edm_samplers"]:
-        cs = [c for c in edm if c["sampler"] == s]
-        if cs:
-            blocks.append(("h3", f"{SAMPLER_NAMES[s]} (stochastic churn: S_churn, S_noise)"))
-            blocks.append(("table", _table(cs, EDM_METHODS, lambda c: c["nfe"])))
-    if edm:
-        blocks.append(("p", "EDM rows: baseline and ES are deterministic (S_churn = 0); churn searches EDM's S_churn "
-                            "(per-step γ = S_churn / steps in {" + ", ".join(map(str, CHURN_GAMMAS)) + "}) with "
-                            f"S_noise = 1; S_noise (searched from [{S_NOISE_RANGE[0]}, {S_NOISE_RANGE[1]}], upward "
-                            f"past {S_NOISE_RANGE[1]} while the upper end wins) only acts "
-                            "through the churn noise; the last row adds ES on top."))
-    ok = [c.get("ts_window1_equals_baseline") for c in vp]
-    if ok:
-        blocks.append(("p", f"Invariant: the Time-Shift sampler with window 1 reproduced the baseline's metric exactly "
-                            f"in {sum(bool(v) for v in ok)} of {len(ok)} cells."))
-    return blocks
-
-
 def write_compare(results: dict, out) -> None:
-    from ..io import atomic_path, write_json
-    from .report import cost_line, render_html, render_md
+    from .blocks import compare_blocks, cost_line
+    from .report import write_document
 
-    out = Path(out)
     cfg = results["config"]
     cmd = "diffusion-es compare" + (" --quick" if cfg["quick"] else "") + f" --out {cfg['out']}"
     if cfg["model"] != "default":
@@ -490,9 +368,5 @@ def write_compare(results: dict, out) -> None:
     head = [("h1", "Exposure-bias fixes compared"),
             ("p", f"Generated by `{cmd}`. {cost_line(results)}. Do not edit by hand (rerun the command, it resumes "
                   f"from `{cfg['out']}/parts`).")]
-    blocks = head + compare_blocks(results)
-    write_json(out / "results_compare.json", results)
-    with atomic_path(out / "compare.md", suffix=".md") as tmp:
-        tmp.write_text(render_md(blocks))
-    with atomic_path(out / "compare.html", suffix=".html") as tmp:
-        tmp.write_text(render_html(blocks, out))
+    write_document(head + compare_blocks(results), results, out, "compare", "results_compare.json",
+                   "diffusion-es: exposure-bias fixes compared")

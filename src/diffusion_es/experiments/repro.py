@@ -15,24 +15,17 @@ settings, so an interrupted run resumes where it stopped):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from ..errors import UsageError
+from .common import RANGES, SAMPLER_NAMES, Ticker, fingerprint, load_model_and_data, seed_sets
 
 __all__ = ["ReproConfig", "run_repro", "PROFILES"]
-
-SAMPLER_NAMES = {"ddpm": "ancestral DDPM", "ddim": "DDIM (η = 0)", "euler": "EDM Euler", "heun": "EDM Heun"}
-# λ search ranges: stochastic ancestral sampling wants a larger λ than the ODE solvers (paper, PAPER.md)
-RANGES = {"ddpm": (0.98, 1.08), "ddim": (0.99, 1.03), "euler": (0.99, 1.03), "heun": (0.98, 1.02)}
 
 PROFILES = {
     "quick": dict(nfe=[10, 20], n_samples=200, n_sets=2, n_val_sets=3, coarse=4, refine=2, n_measure=200,
@@ -76,218 +69,166 @@ class ReproConfig:
         if bad:
             raise UsageError(f"unknown sampler(s) {bad}: use {', '.join(SAMPLER_NAMES)}")
         if not c.nfe or any(int(n) < 2 for n in c.nfe):
-            raise UsageError("--nfe needs network-evaluation counts >= 2, e.g. 10,20,50,100")
+            raise UsageError("nfe needs network-evaluation counts >= 2, e.g. 10,20,50,100")
         if c.n_samples < 10:
-            raise UsageError(f"--samples must be at least 10 per seed set (FD needs many samples), got {c.n_samples}")
+            raise UsageError(f"n_samples must be at least 10 per seed set (FD needs many samples), got {c.n_samples}")
         if c.n_val_sets < 2:
-            raise UsageError("--seeds (validation seed sets) must be at least 2 to give a spread")
+            raise UsageError("n_val_sets (validation seed sets) must be at least 2 to give a spread")
         return c
 
 
-def steps_for(sampler: str, nfe: int) -> int:
-    """Sampler steps that cost ``nfe`` network evaluations (Heun: 2N − 1, rounded up to the next odd count)."""
-    return (nfe + 2) // 2 if sampler == "heun" else nfe
+class _Repro:
+    """One run: model, data, the primary metric and the extra measures, the part store."""
 
+    def __init__(self, cfg: ReproConfig, log):
+        from ..metrics.prdc import precision_recall
+        from ..metrics.quality import FDMetric, build_metric
+        from ..store import PartStore
 
-def sampler_kwargs(sampler: str) -> dict:
-    return {"ddim": {"eta": 0.0}}.get(sampler, {})
+        self.cfg, self.log, self.out = cfg, log, Path(cfg.out)
+        self.model, self.den, self.ds = load_model_and_data(cfg.model, cfg.data, cfg.device)
+        shape = self.model.data_shape
+        self.metric = metric = build_metric(cfg.data, cfg.ref, cfg.features, cfg.inception, shape=shape)
+        extra = {}
+        ds = self.ds
+        if cfg.ref != "heldout" and ds.heldout is not None and not str(cfg.ref).endswith(".npz"):
+            extra["heldout"] = build_metric(cfg.data, "heldout", cfg.features, cfg.inception, shape=shape)
+        train_flat = ds.train.reshape(len(ds.train), -1).to(torch.float64)
 
+        def nn_train(x):  # mean distance of a sample to its nearest training image: falls when samples copy
+            return float(torch.cdist(x.reshape(len(x), -1).cpu(), train_flat).min(dim=1).values.mean())
 
-class _Store:
-    """One JSON file per finished part, keyed by a hash of everything that determines it."""
+        extra["nn_dist_train"] = nn_train
+        if isinstance(metric, FDMetric) and ds.heldout is not None and len(ds.heldout) > 3:
+            held_feats = metric.features(ds.heldout)
 
-    def __init__(self, out: Path, fingerprint: dict):
-        self.dir = out / "parts"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.fp = fingerprint
-        self.served = self.from_cache = 0
-        self.compute_s = 0.0  # compute time of every part served, cached or not: the real cost of the results
+            def recall_heldout(x):  # share of held-out images inside the samples' k-NN balls: falls with diversity
+                return float(precision_recall(held_feats, metric.features(x), k=3)["recall"])
 
-    def accounting(self) -> dict:
-        return {"compute_time_s": self.compute_s, "parts_from_cache": self.from_cache, "parts": self.served}
+            extra["recall_heldout"] = recall_heldout
+        self.extra = extra
+        self.store = PartStore(self.out, {"model": fingerprint(self.model), "data": cfg.data, "ref": cfg.ref,
+                                          "features": cfg.features, "seed": cfg.seed, "version": 5})
+        self.common = dict(n_samples=cfg.n_samples, n_sets=cfg.n_sets, n_val_sets=cfg.n_val_sets, coarse=cfg.coarse,
+                           refine=cfg.refine, seed=cfg.seed, schedule=self.model.schedule, batch_size=cfg.batch_size,
+                           metric_name=metric.name, device=cfg.device)
+        # what, besides sampler and steps, determines a calibration part (its cache key)
+        self.search_key = {**{k: self.common[k] for k in ("n_samples", "n_sets", "n_val_sets", "coarse", "refine")},
+                           "extra": sorted(extra)}
+        self.linear_tasks = [s for s in cfg.linear_samplers if s in cfg.samplers]
+        self.measure_tasks = [s for s in ("ddpm", "ddim") if s in cfg.samplers]
+        self.tick = Ticker(len(cfg.samplers) * len(cfg.nfe) + len(self.linear_tasks) + len(self.measure_tasks), log)
 
-    def _path(self, name: str, params: dict) -> Path:
-        h = hashlib.sha256(json.dumps({**self.fp, **params}, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        return self.dir / f"{name}-{h}.json"
+    def calibrate(self, sampler: str, steps: int, kind: str):
+        from ..diagnostics.calibrate import calibrate
 
-    def get_or_run(self, name: str, params: dict, fn):
-        from ..io import write_json
+        return calibrate(self.den, sampler, steps, self.model.data_shape, self.metric, kind=kind,
+                         lam_range=RANGES[sampler], extra_metrics=self.extra, **self.common)
 
-        p = self._path(name, params)
-        res, cached = None, False
-        if p.exists():
-            try:
-                res, cached = json.loads(p.read_text()), True
-            except json.JSONDecodeError:
-                pass  # a damaged part is recomputed
-        if res is None:
-            t0 = time.time()
-            res = fn()
-            res["compute_s"] = time.time() - t0  # kept with the part, so a resumed run still reports the real cost
-            write_json(p, res)
-        self.served += 1
-        self.from_cache += cached
-        self.compute_s += float(res.get("compute_s", 0.0))
-        return res, cached
+    def cell(self, sampler: str, nfe: int) -> dict:
+        """The main table's cell: uniform λ calibrated, gain on fresh sets, and the λ = 1 invariant."""
+        from ..core.scaling import EpsilonScaled, Uniform
+        from ..samplers import SamplingPlan, sample
 
+        cfg, model = self.cfg, self.model
+        steps = get_steps(sampler, nfe)
 
-def _model_fingerprint(model) -> dict:
-    h = hashlib.sha256()
-    for k, v in sorted(model.net.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return {"weights_sha256": h.hexdigest()[:16]}
-
-
-def load_model_and_data(model_path, data: str, device="cpu"):
-    """(model, its denoiser, its dataset), refusing data whose shape is not the model's sample shape."""
-    from ..data import load_dataset
-    from ..models import load_model
-
-    model = load_model(model_path, device=device)
-    ds = load_dataset(data)
-    if ds.shape != tuple(model.data_shape):
-        raise UsageError(f"the model makes samples of shape {tuple(model.data_shape)} but --data {data!r} has "
-                         f"shape {ds.shape}; use the data the model was trained on")
-    return model, model.denoiser(), ds
-
-
-def run_repro(cfg: ReproConfig, log=print) -> dict:
-    from ..diagnostics.calibrate import calibrate
-    from ..diagnostics.measure import measure_exposure, plot_exposure
-    from ..metrics.prdc import precision_recall
-    from ..metrics.quality import FDMetric, build_metric
-    from .report import write_report
-    from ..samplers import SamplingPlan, sample
-    from ..core.scaling import EpsilonScaled, Uniform
-
-    cfg = cfg.resolved()
-    t0 = time.time()
-    out = Path(cfg.out)
-    model, den, ds = load_model_and_data(cfg.model, cfg.data, cfg.device)
-    metric = build_metric(cfg.data, cfg.ref, cfg.features, cfg.inception, shape=model.data_shape)
-    extra = {}
-    if cfg.ref != "heldout" and ds.heldout is not None and not str(cfg.ref).endswith(".npz"):
-        extra["heldout"] = build_metric(cfg.data, "heldout", cfg.features, cfg.inception, shape=model.data_shape)
-    train_flat = ds.train.reshape(len(ds.train), -1).to(torch.float64)
-
-    def nn_train(x):  # mean distance of a sample to its nearest training image: falls when samples copy
-        return float(torch.cdist(x.reshape(len(x), -1).cpu(), train_flat).min(dim=1).values.mean())
-
-    extra["nn_dist_train"] = nn_train
-    if isinstance(metric, FDMetric) and ds.heldout is not None and len(ds.heldout) > 3:
-        held_feats = metric.features(ds.heldout)
-
-        def recall_heldout(x):  # share of held-out images inside the samples' k-NN balls: falls when diversity does
-            return float(precision_recall(held_feats, metric.features(x), k=3)["recall"])
-
-        extra["recall_heldout"] = recall_heldout
-    store = _Store(out, {"model": _model_fingerprint(model), "data": cfg.data, "ref": cfg.ref,
-                         "features": cfg.features, "seed": cfg.seed, "version": 5})  # 5: + recall_heldout
-    common = dict(n_samples=cfg.n_samples, n_sets=cfg.n_sets, n_val_sets=cfg.n_val_sets, coarse=cfg.coarse,
-                  refine=cfg.refine, seed=cfg.seed, schedule=model.schedule, batch_size=cfg.batch_size,
-                  metric_name=metric.name, device=cfg.device)
-    # what, besides sampler and steps, determines a calibration part (its cache key)
-    search_key = {**{k: common[k] for k in ("n_samples", "n_sets", "n_val_sets", "coarse", "refine")},
-                  "extra": sorted(extra)}
-
-    cells = [(s, n) for s in cfg.samplers for n in cfg.nfe]
-    linear_tasks = [s for s in cfg.linear_samplers if s in cfg.samplers]
-    measure_tasks = [s for s in ("ddpm", "ddim") if s in cfg.samplers]
-    total = len(cells) + len(linear_tasks) + len(measure_tasks)
-    done = 0
-
-    def tick(what, cached):
-        nonlocal done
-        done += 1
-        log(f"[{done}/{total}] {what}{' (cached)' if cached else ''}  {time.time() - t0:6.0f} s")
-
-    # ---- 2. main table -----------------------------------------------------------------------------------
-    table = []
-    for sampler, nfe in cells:
-        steps = steps_for(sampler, nfe)
-        params = {"part": "cell", "sampler": sampler, "steps": steps, "range": RANGES[sampler], **search_key}
-
-        def run_cell(sampler=sampler, steps=steps):
-            r = calibrate(den, sampler, steps, model.data_shape, metric, kind="uniform", lam_range=RANGES[sampler],
-                          extra_metrics=extra, **common, **sampler_kwargs(sampler))
+        def run():
+            r = self.calibrate(sampler, steps, "uniform")
             # invariant: λ = 1 through the ES wrapper itself (not the short-cut that skips it) reproduces the
             # baseline exactly, on the first validation seed set
             plan = SamplingPlan(sampler, steps, model.schedule)
-            wrapped = EpsilonScaled(den, Uniform(1.0).bind(plan.sigmas))
-            seeds = list(range(cfg.seed * 10_000_019 + cfg.n_sets * cfg.n_samples,
-                               cfg.seed * 10_000_019 + (cfg.n_sets + 1) * cfg.n_samples))
+            wrapped = EpsilonScaled(self.den, Uniform(1.0).bind(plan.sigmas))
+            seeds = seed_sets(cfg.seed, cfg.n_samples, cfg.n_sets + 1)[cfg.n_sets]
             one = sample(wrapped, sampler, steps, model.data_shape, seeds, schedule=model.schedule,
-                         batch_size=cfg.batch_size, device=cfg.device, **sampler_kwargs(sampler))
+                         batch_size=cfg.batch_size, device=cfg.device)
             d = r.to_dict()
-            d["lambda1_metric"] = float(metric(one))
+            d["lambda1_metric"] = float(self.metric(one))
             d["lambda1_equals_baseline"] = d["lambda1_metric"] == r.baseline_val[0]
             d["nfe_per_sample"] = plan.nfe
             return d
 
-        res, cached = store.get_or_run(f"cell_{sampler}_{steps}", params, run_cell)
+        res, cached = self.store.get_or_run(f"cell_{sampler}_{steps}", {"part": "cell", "sampler": sampler,
+                                            "steps": steps, "range": RANGES[sampler], **self.search_key}, run)
         res["nfe_cell"] = nfe
-        table.append(res)
-        tick(f"{sampler} {steps} steps ({res['nfe_per_sample']} NFE): λ {res['candidate']['b']:.4f}, "
-             f"metric change {100 * res['gain']:+.1f} %", cached)
+        self.tick(f"{sampler} {steps} steps ({res['nfe_per_sample']} NFE): λ {res['candidate']['b']:.4f}, "
+                  f"metric change {100 * res['gain']:+.1f} %", cached)
+        return res
 
-    # ---- 4. uniform vs linear at 20 steps -----------------------------------------------------------------
-    linear = []
-    for sampler in linear_tasks:
-        steps = steps_for(sampler, 20)
-        params = {"part": "linear", "sampler": sampler, "steps": steps, "range": RANGES[sampler], **search_key}
+    def linear(self, sampler: str) -> dict:
+        """Uniform vs linear λ at 20 steps."""
+        steps = get_steps(sampler, 20)
+        res, cached = self.store.get_or_run(f"linear_{sampler}_{steps}", {"part": "linear", "sampler": sampler,
+                                            "steps": steps, "range": RANGES[sampler], **self.search_key},
+                                            lambda: self.calibrate(sampler, steps, "linear").to_dict())
+        self.tick(f"linear schedule, {sampler} {steps} steps", cached)
+        return res
 
-        def run_linear(sampler=sampler, steps=steps):
-            return calibrate(den, sampler, steps, model.data_shape, metric, kind="linear",
-                             lam_range=RANGES[sampler], extra_metrics=extra, **common,
-                             **sampler_kwargs(sampler)).to_dict()
+    def exposure(self, sampler: str, table: list) -> dict:
+        """ε-norm and δ_t curves at 20 steps, baseline and ES at the cell's calibrated λ."""
+        from ..core.scaling import Uniform
+        from ..diagnostics.measure import measure_exposure
 
-        res, cached = store.get_or_run(f"linear_{sampler}_{steps}", params, run_linear)
-        linear.append(res)
-        tick(f"linear schedule, {sampler} {steps} steps", cached)
-
-    # ---- 1. exposure-bias curves ----------------------------------------------------------------------------
-    exposure = {}
-    for sampler in measure_tasks:
-        steps = steps_for(sampler, 20)
+        cfg, model = self.cfg, self.model
+        steps = get_steps(sampler, 20)
         cell = next((c for c in table if c["sampler"] == sampler and c["steps"] == steps), None)
         lam = cell["candidate"]["b"] if cell else 1.01
-        params = {"part": "measure", "sampler": sampler, "steps": steps, "lam": lam, "n": cfg.n_measure}
 
-        def run_measure(sampler=sampler, steps=steps, lam=lam):
-            base = measure_exposure(den, ds.train, sampler, steps, schedule=model.schedule, n_samples=cfg.n_measure,
-                                    seed=cfg.seed, shape=model.data_shape, device=cfg.device,
-                                    **sampler_kwargs(sampler))
-            es = measure_exposure(den, ds.train, sampler, steps, schedule=model.schedule, es=Uniform(lam),
-                                  n_samples=cfg.n_measure, seed=cfg.seed, shape=model.data_shape,
-                                  device=cfg.device, **sampler_kwargs(sampler))
+        def run():
+            kw = dict(schedule=model.schedule, n_samples=cfg.n_measure, seed=cfg.seed, shape=model.data_shape,
+                      device=cfg.device)
+            base = measure_exposure(self.den, self.ds.train, sampler, steps, **kw)
+            es = measure_exposure(self.den, self.ds.train, sampler, steps, es=Uniform(lam), **kw)
             return {"baseline": base.to_dict(), "es": es.to_dict()}
 
-        res, cached = store.get_or_run(f"measure_{sampler}_{steps}", params, run_measure)
-        exposure[sampler] = res
-        tick(f"exposure curves, {sampler} {steps} steps", cached)
+        res, cached = self.store.get_or_run(f"measure_{sampler}_{steps}", {"part": "measure", "sampler": sampler,
+                                            "steps": steps, "lam": lam, "n": cfg.n_measure}, run)
+        self.tick(f"exposure curves, {sampler} {steps} steps", cached)
+        return res
 
-    from ..diagnostics.measure import ExposureCurves
+    def figures(self, table: list, exposure: dict) -> dict:
+        from ..diagnostics.measure import ExposureCurves, plot_exposure
 
-    def curves(d):
-        keys = ExposureCurves.__dataclass_fields__
-        return ExposureCurves(**{k: v for k, v in d.items() if k in keys})
+        def curves(d):
+            keys = ExposureCurves.__dataclass_fields__
+            return ExposureCurves(**{k: v for k, v in d.items() if k in keys})
 
-    figures = {}
-    for sampler, res in exposure.items():
-        name = f"exposure_{sampler}.png"
-        plot_exposure([curves(res["baseline"]), curves(res["es"])], out / name,
-                      title=f"exposure bias, {SAMPLER_NAMES[sampler]}, {res['baseline']['steps']} steps "
-                            f"(solid: used ε; dashed: raw network ε)")
-        figures[f"exposure_{sampler}"] = name
-    figures.update(_plot_lambda(table, cfg, out, metric.name))
+        figures = {}
+        for sampler, res in exposure.items():
+            name = f"exposure_{sampler}.png"
+            plot_exposure([curves(res["baseline"]), curves(res["es"])], self.out / name,
+                          title=f"exposure bias, {SAMPLER_NAMES[sampler]}, {res['baseline']['steps']} steps "
+                                f"(solid: used ε; dashed: raw network ε)")
+            figures[f"exposure_{sampler}"] = name
+        figures.update(_plot_lambda(table, self.cfg, self.out, self.metric.name))
+        return figures
+
+
+def get_steps(sampler: str, nfe: int) -> int:
+    """Sampler steps that cost ``nfe`` network evaluations (Heun: 2N − 1, rounded up to the next odd count)."""
+    from ..samplers import get_sampler
+
+    return get_sampler(sampler).steps_for_nfe(nfe)
+
+
+def run_repro(cfg: ReproConfig, log=print) -> dict:
+    """The whole reproduction (resumable; see the module docstring); writes the report into ``cfg.out``."""
+    from .blocks import repro_blocks
+    from .claims import check_claims
+    from .report import write_document
+
+    cfg = cfg.resolved()
+    run = _Repro(cfg, log)
+    table = [run.cell(s, n) for s in cfg.samplers for n in cfg.nfe]
+    linear = [run.linear(s) for s in run.linear_tasks]
+    exposure = {s: run.exposure(s, table) for s in run.measure_tasks}
     results = {
-        "config": asdict(cfg), "metric": metric.name, "model": str(cfg.model),
-        "reference": {"primary": metric.name, "extra": sorted(extra)},
+        "config": asdict(cfg), "metric": run.metric.name, "model": str(cfg.model),
+        "reference": {"primary": run.metric.name, "extra": sorted(run.extra)},
         "table": table, "linear": linear,
         "exposure": {s: {"baseline": r["baseline"]["summary"], "es": r["es"]["summary"],
                          "curves": r} for s, r in exposure.items()},
-        "figures": figures, "wall_time_s": time.time() - t0, **store.accounting(),
+        "figures": run.figures(table, exposure), "wall_time_s": run.tick.elapsed(), **run.store.accounting(),
     }
     results["claims"] = check_claims(results)
     if cfg.compare:
@@ -296,7 +237,8 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
         results["compare"] = run_compare(CompareConfig(model=cfg.model, data=cfg.data, out=cfg.out, quick=cfg.quick,
                                                        ref=cfg.ref, device=cfg.device, batch_size=cfg.batch_size,
                                                        seed=cfg.seed), log=log)
-    write_report(results, out)
+    write_document(repro_blocks(results), results, cfg.out, "report", "results.json",
+                   "diffusion-es: Epsilon Scaling reproduction")
     return results
 
 
@@ -341,90 +283,3 @@ def _plot_lambda(table, cfg, out: Path, metric_name: str) -> dict:
     save_figure(fig, out / "lambda_vs_steps.png", dpi=110)
     figs["lambda_vs_steps"] = "lambda_vs_steps.png"
     return figs
-
-
-def check_claims(results: dict) -> list:
-    """The paper's qualitative claims, each judged by our numbers only."""
-    claims = []
-    table = results["table"]
-
-    def claim(text, ok, evidence):
-        claims.append({"claim": text, "reproduced": None if ok is None else bool(ok), "evidence": evidence})
-
-    for s, e in results["exposure"].items():
-        b = e["baseline"]
-        claim(f"Exposure bias exists ({SAMPLER_NAMES[s]}): the ε-norm along sampling is above the training curve "
-              f"for most steps", b["frac_steps_sampling_above_training"] > 0.5,
-              f"sampling above training at {100 * b['frac_steps_sampling_above_training']:.0f} % of steps, "
-              f"mean ratio {b['mean_ratio_raw']:.4f}")
-        es = e["es"]
-        claim(f"ES pulls the used ε-norm toward the training curve ({SAMPLER_NAMES[s]})",
-              abs(es["mean_ratio_used"] - 1) < abs(b["mean_ratio_raw"] - 1),
-              f"|mean ratio − 1|: baseline {abs(b['mean_ratio_raw'] - 1):.4f}, ES (used ε) "
-              f"{abs(es['mean_ratio_used'] - 1):.4f}")
-        claim(f"ES reduces the variance error δ_t ({SAMPLER_NAMES[s]})", es["sum_delta"] < b["sum_delta"],
-              f"Σδ_t baseline {b['sum_delta']:.4g}, ES {es['sum_delta']:.4g}")
-    sig = [c for c in table if c["significant"]]
-    claim("ES improves sample quality (metric lower than baseline beyond the noise)",
-          len(sig) > len(table) / 2,
-          f"{len(sig)} of {len(table)} cells significantly better; mean change "
-          f"{100 * np.mean([c['gain'] for c in table]):+.1f} %")
-    claim("λ = 1 reproduces the baseline exactly", all(c["lambda1_equals_baseline"] for c in table),
-          f"{sum(c['lambda1_equals_baseline'] for c in table)} of {len(table)} cells identical")
-    def lam_of(c):
-        return c["candidate"]["b"]
-
-    # λ trends only from cells where ES helped beyond the noise: elsewhere the "best" λ is noise
-    rhos = []
-    for s in sorted({c["sampler"] for c in table}):
-        cs = sorted((c for c in sig if c["sampler"] == s), key=lambda c: c["nfe_per_sample"])
-        if len(cs) >= 2 and len({lam_of(c) for c in cs}) > 1:
-            rhos.append(float(np.corrcoef(np.argsort(np.argsort([c["nfe_per_sample"] for c in cs])),
-                                          np.argsort(np.argsort([lam_of(c) for c in cs])))[0, 1]))
-    claim("Fewer steps want a larger λ", np.mean(rhos) < 0 if rhos else None,
-          f"mean Spearman correlation of λ with NFE over samplers with >= 2 significant cells: "
-          f"{np.mean(rhos):+.2f} ({len(rhos)} samplers)" if rhos else
-          "inconclusive: fewer than two cells per sampler where ES beat the baseline beyond the noise")
-
-    def gains(cells):
-        return [g for c in cells for g in c["gain_per_set"]]
-
-    def compare(a, b, name_a, name_b):
-        """Is mean(a) < mean(b) beyond two standard errors? None when the difference is within the noise."""
-        if len(a) < 2 or len(b) < 2:
-            return None, "too few values"
-        d = float(np.mean(a) - np.mean(b))
-        se = float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
-        ok = None if abs(d) <= 2 * se else d < 0
-        return ok, (f"{name_a} {100 * np.mean(a):+.1f} %, {name_b} {100 * np.mean(b):+.1f} % "
-                    f"(difference {100 * d:+.1f} ± {200 * se:.1f} %{'; within the noise' if ok is None else ''})")
-
-    nfes = results["config"]["nfe"]
-    if len(nfes) > 1:
-        lo, hi = min(nfes), max(nfes)
-        ok, ev = compare(gains(c for c in table if c["nfe_cell"] == lo), gains(c for c in table if c["nfe_cell"] == hi),
-                         f"mean change at {lo} NFE", f"at {hi} NFE")
-        claim("Gains are largest at low step counts", ok, ev)
-    by = {s: [c for c in table if c["sampler"] == s] for s in ("ddpm", "ddim", "euler", "heun")}
-    if by["euler"] and by["heun"]:
-        ok, ev = compare(gains(by["euler"]), gains(by["heun"]), "mean change Euler", "Heun")
-        claim("First-order solvers gain more than second-order (Euler vs Heun)", ok, ev)
-    sig_ddpm = [lam_of(c) for c in by["ddpm"] if c["significant"]]
-    sig_ddim = [lam_of(c) for c in by["ddim"] if c["significant"]]
-    claim("Stochastic samplers want a larger λ than deterministic ones (DDPM vs DDIM)",
-          (np.mean(sig_ddpm) > np.mean(sig_ddim)) if sig_ddpm and sig_ddim else None,
-          f"mean λ over significant cells: DDPM {np.mean(sig_ddpm):.4f}, DDIM {np.mean(sig_ddim):.4f}"
-          if sig_ddpm and sig_ddim else "inconclusive: needs cells of both samplers where ES beat the baseline")
-    for lin in results["linear"]:
-        cell = next((c for c in table if c["sampler"] == lin["sampler"] and c["steps"] == lin["steps"]), None)
-        if cell is None:
-            continue
-        # both were validated on the same fresh seed sets: a paired comparison
-        diff = np.asarray(lin["best_val"]) / np.asarray(cell["best_val"]) - 1
-        half = 2 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("inf")
-        ok = True if diff.mean() + half < 0 else (None if diff.mean() - half <= 0 else False)
-        claim(f"A linear λ schedule does better than the uniform one ({SAMPLER_NAMES[lin['sampler']]}, "
-              f"{lin['steps']} steps)", ok,
-              f"validation metric: uniform {np.mean(cell['best_val']):.4g}, linear {np.mean(lin['best_val']):.4g} "
-              f"({100 * diff.mean():+.1f} ± {100 * half:.1f} %, paired; {lin['candidate']})")
-    return claims

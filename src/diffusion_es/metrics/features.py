@@ -18,7 +18,6 @@ upscale); any other size is resized with antialiased bilinear interpolation.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Iterable
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from ..hashing import weights_hash
 from .frechet import FeatureStats
 
 __all__ = ["FEATURES", "get_extractor", "weights_hash", "ClassifierExtractor", "iter_batches", "extract",
@@ -37,20 +37,6 @@ FEATURES = ("digits", "mnist", "inception")
 
 def assets_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "assets" / "features"
-
-
-def weights_hash(state_dict) -> str:
-    """sha256 over the weights: for each tensor, sorted by name, its name, dtype, shape and raw bytes.
-
-    Independent of the file format (the same weights in safetensors or TorchScript hash the same)."""
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _to_grey_float(images_u8: np.ndarray) -> torch.Tensor:

@@ -116,7 +116,7 @@ class InceptionExtractor:
                 self.net = torch.jit.load(str(self.path), map_location="cpu").eval()
         except (RuntimeError, ValueError) as e:
             raise UsageError(f"{self.path}: torch.jit.load failed ({str(e).splitlines()[0][:200]}); {HOW_TO_GET}") from None
-        from .features import weights_hash
+        from ..hashing import weights_hash
 
         self.weights_hash = weights_hash(self.net.state_dict())
 

@@ -49,7 +49,7 @@ def _feature_info(extractor) -> dict:
 
 
 def save_reference(path, stats: FeatureStats, extractor, dataset: str, split: str, features=None) -> dict:
-    from .. import __version__
+    from ..version import __version__
     from ..io import atomic_path
 
     if stats.dim != extractor.dim:

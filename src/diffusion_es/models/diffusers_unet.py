@@ -1,0 +1,85 @@
+"""A diffusers ``UNet2DModel`` folder (``save_pretrained``) loaded as one of our denoisers (needs the extra
+``diffusion-es[diffusers]``); :func:`diffusion_es.models.load_model` uses it for every ``--model`` folder of that kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.param import VPDenoiser, get_prediction
+from ..core.schedules import VPSchedule
+from ..errors import require_optional
+
+__all__ = ["load_diffusers_unet"]
+
+
+class _UNetEps(torch.nn.Module):
+    """``net(x_t, t) -> prediction`` from a diffusers UNet2DModel (drops the output dataclass)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x_t, t, **kwargs):
+        return self.unet(x_t, t, return_dict=False, **kwargs)[0]
+
+
+def _read_scheduler_config(path: Path):
+    for cand in (path / "scheduler_config.json", path / "scheduler" / "scheduler_config.json",
+                 path.parent / "scheduler" / "scheduler_config.json"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None):
+    """Load a diffusers ``UNet2DModel`` saved with ``save_pretrained`` as a :class:`diffusion_es.core.param.VPDenoiser`.
+
+    ``path``: the UNet folder, or a pipeline folder (``model_index.json`` with ``unet/`` and ``scheduler/``).
+    ``scheduler``: a diffusers scheduler, its config dict, or a folder / ``scheduler_config.json``; by default the
+    pipeline's ``scheduler/`` (or a ``scheduler_config.json`` beside the UNet) and otherwise diffusers'
+    ``DDPMScheduler()`` defaults (linear β 1e-4..0.02, T = 1000, ε-prediction).
+
+    The VP schedule reproduces the scheduler's own ᾱ table (``alphas_cumprod``, as diffusers computes it), and the
+    prediction type comes from its ``prediction_type``; a UNet with twice the input channels is a learned-variance
+    model. The result works with :func:`diffusion_es.samplers.sample` and everything built on it.
+    """
+    require_optional("diffusers", "diffusers")
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such folder (expected a diffusers UNet or pipeline saved with "
+                                f"save_pretrained)")
+    unet_dir = path / "unet" if (path / "model_index.json").is_file() else path
+    if not (unet_dir / "config.json").is_file():
+        raise ValueError(f"{unet_dir}: no config.json; expected a UNet2DModel folder written by save_pretrained")
+    unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)  # no "install accelerate" notice
+    unet.eval().to(device)
+    if dtype is not None:
+        unet.to(dtype)
+
+    if scheduler is None:
+        cfg_path = _read_scheduler_config(path)
+        sched = DDPMScheduler.from_config(DDPMScheduler.load_config(cfg_path)) if cfg_path else DDPMScheduler()
+    elif isinstance(scheduler, (str, Path)):
+        p = Path(scheduler)
+        cfg_path = p if p.is_file() else _read_scheduler_config(p)
+        if cfg_path is None:
+            raise FileNotFoundError(f"{p}: no scheduler_config.json found")
+        sched = DDPMScheduler.from_config(DDPMScheduler.load_config(cfg_path))
+    elif isinstance(scheduler, dict):
+        sched = DDPMScheduler.from_config(scheduler)
+    else:
+        sched = scheduler
+    ab = sched.alphas_cumprod.to(torch.float64).numpy()
+    # betas that reproduce the scheduler's own (float32) ᾱ table exactly under a float64 cumulative product
+    betas = 1.0 - ab / np.concatenate([[1.0], ab[:-1]])
+    schedule = VPSchedule(betas)
+    prediction = get_prediction(sched.config.get("prediction_type", "epsilon")).name
+    learned = unet.config.out_channels == 2 * unet.config.in_channels
+    den = VPDenoiser(_UNetEps(unet), schedule, prediction=prediction, learned_variance=learned)
+    den.scheduler_config = dict(sched.config)
+    return den

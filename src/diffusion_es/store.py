@@ -1,0 +1,213 @@
+"""Resumable work: finished parts kept on disk, keyed by everything that determines them.
+
+* :class:`PartStore`: one JSON file per finished part of a long job (``repro``, ``compare``), keyed by a hash of
+  the job's fingerprint and the part's parameters; a rerun with the same settings serves it from disk. A damaged
+  part file (truncated, not JSON, not an object) is recomputed, with a note naming the file.
+* :class:`ShardedRun`: ``sample``'s seeds cut into fixed chunks of whole batches (independent of the number of
+  processes), each written atomically to ``OUT.parts/`` under a name keyed by the run's identity. Rank 0 merges them
+  into the one file a single-process run writes. A killed run restarted with the same arguments (and any number of
+  processes) samples only the missing chunks.
+* :func:`output_lock`: one writer per output: a second run on the same output is refused with one line, and the
+  debris of a killed writer (its hidden temporary files) is removed by the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .errors import UsageError
+from .hashing import json_hash
+
+__all__ = ["PartStore", "ShardedRun", "shard_seeds_per_chunk", "DEFAULT_SHARD_SIZE", "output_lock"]
+
+DEFAULT_SHARD_SIZE = 256          # seeds per shard, at least (rounded up to whole batches)
+
+
+@contextlib.contextmanager
+def output_lock(path, enabled: bool = True):
+    """Hold ``.NAME.lock`` beside ``path`` while writing it; refuse (UsageError) if another process holds it.
+
+    The lock is an advisory ``flock`` on an open file, released by the kernel when its holder dies, so a killed
+    run never leaves a stale lock. While holding it, leftovers of an earlier killed writer (``.NAME.*.tmp*``) are
+    removed."""
+    if not enabled:
+        yield
+        return
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UsageError(f"{path}: another diffusion-es process is writing this output now; wait for it to "
+                             "finish or choose another output") from None
+        for old in path.parent.glob(f".{path.name}.*.tmp*"):
+            with contextlib.suppress(OSError):
+                old.unlink()
+        yield
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            lock.unlink()
+
+
+class PartStore:
+    """One JSON file per finished part, keyed by a hash of everything that determines it."""
+
+    def __init__(self, out: Path, fingerprint: dict, log: Callable = None):
+        self.dir = Path(out) / "parts"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.fp = fingerprint
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.served = self.from_cache = 0
+        self.compute_s = 0.0  # compute time of every part served, cached or not: the real cost of the results
+
+    def accounting(self) -> dict:
+        return {"compute_time_s": self.compute_s, "parts_from_cache": self.from_cache, "parts": self.served}
+
+    def path(self, name: str, params: dict) -> Path:
+        return self.dir / f"{name}-{json_hash({**self.fp, **params}, 12)}.json"
+
+    def _read(self, p: Path) -> Optional[dict]:
+        if not p.exists():
+            return None
+        try:
+            res = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            res = None
+        if not isinstance(res, dict):
+            self.log(f"note: {p} is damaged (not a JSON object); computing that part again")
+            return None
+        return res
+
+    def get_or_run(self, name: str, params: dict, fn):
+        """(result, served_from_disk) of the part ``name`` with ``params``; ``fn()`` computes it when missing."""
+        from .io import write_json
+
+        p = self.path(name, params)
+        res = self._read(p)
+        cached = res is not None
+        if res is None:
+            t0 = time.time()
+            res = fn()
+            res["compute_s"] = time.time() - t0  # kept with the part, so a resumed run still reports the real cost
+            write_json(p, res)
+        self.served += 1
+        self.from_cache += cached
+        self.compute_s += float(res.get("compute_s", 0.0) or 0.0)
+        return res, cached
+
+
+def shard_seeds_per_chunk(batch_size: int, shard_size: int = DEFAULT_SHARD_SIZE) -> int:
+    """Seeds per shard: ``shard_size`` rounded up to whole batches, so a shard's batches are exactly the
+    batches a one-process run forms (the samples are then equal by construction, not by luck)."""
+    return batch_size * max(1, math.ceil(shard_size / batch_size))
+
+
+class ShardedRun:
+    """Sample ``seeds`` chunk by chunk into ``OUT.parts/``; rank 0 merges the chunks in seed order.
+
+    ``ctx`` is a :class:`diffusion_es.distributed.Context` (one process: rank 0 of 1). ``identity`` is a
+    JSON-able dict of everything that determines the samples (model fingerprint, sampler options, batch size,
+    ...); with each chunk's seeds it keys the shard file, so a changed option never reuses a stale shard, and a
+    different number of processes still does."""
+
+    def __init__(self, ctx, out, identity: dict, seeds: Sequence[int], batch_size: int,
+                 shard_size: int = DEFAULT_SHARD_SIZE):
+        self.ctx, self.out = ctx, Path(out)
+        self.dir = self.out.with_name(self.out.name + ".parts")
+        self.seeds = [int(s) for s in seeds]
+        per = shard_seeds_per_chunk(batch_size, shard_size)
+        self.chunks = [self.seeds[i:i + per] for i in range(0, len(self.seeds), per)]
+        self.base = {"format": 1, **identity, "batch_size": int(batch_size)}
+        self.reused = 0
+
+    def shard_path(self, chunk: Sequence[int]) -> Path:
+        key = json_hash({**self.base, "seeds": [int(chunk[0]), int(chunk[-1]), len(chunk)],
+                         "seeds_hash": json_hash([int(s) for s in chunk])}, 16)
+        return self.dir / f"seeds{chunk[0]}-{chunk[-1]}-{key}.npz"
+
+    def _complete(self, i: int) -> bool:
+        p = self.shard_path(self.chunks[i])
+        if not p.is_file():
+            return False
+        try:
+            with np.load(p, allow_pickle=False) as f:
+                return np.array_equal(f["seeds"], np.asarray(self.chunks[i], dtype=np.int64))
+        except Exception:  # unreadable: sample it again
+            return False
+
+    def execute(self, run_chunk: Callable, progress: Optional[Callable[[int], None]] = None) -> Optional[np.ndarray]:
+        """Sample every missing chunk (``run_chunk(seeds, per_batch_progress) -> array``, one row per seed) and
+        return the merged array on rank 0 (``None`` on other ranks). ``progress(n)`` is called on rank 0."""
+        ctx = self.ctx
+        pending = ([i for i in range(len(self.chunks)) if not self._complete(i)] if ctx.is_main else None)
+        pending = ctx.broadcast(pending)
+        done_before = sum(len(self.chunks[i]) for i in set(range(len(self.chunks))) - set(pending))
+        self.reused = done_before
+        if ctx.is_main and progress and done_before:
+            progress(done_before)
+        if ctx.is_main and done_before:
+            print(f"resuming: {done_before} of {len(self.seeds)} seeds already sampled in {self.dir}",
+                  file=sys.stderr)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        W = ctx.world_size
+        for r in range(math.ceil(len(pending) / W)):  # round r: chunk pending[r*W + rank] on each rank
+            mine = r * W + ctx.rank
+            n = 0
+            if mine < len(pending):
+                chunk = self.chunks[pending[mine]]
+                arr = run_chunk(chunk, progress if W == 1 else None)
+                if len(arr) != len(chunk):
+                    raise RuntimeError(f"sampling returned {len(arr)} rows for {len(chunk)} seeds")
+                self._write(chunk, arr)
+                n = len(chunk)
+            counts = ctx.exchange(n)  # the per-round sync: progress, and a failure anywhere stops everyone
+            if ctx.is_main and progress and W > 1:
+                progress(sum(counts))
+        return self._merge() if ctx.is_main else None
+
+    def _write(self, chunk, arr) -> None:
+        from .io import atomic_path
+
+        with atomic_path(self.shard_path(chunk), suffix=".npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, arr_0=arr, seeds=np.asarray(chunk, dtype=np.int64))
+
+    def _merge(self) -> np.ndarray:
+        parts = []
+        for chunk in self.chunks:
+            p = self.shard_path(chunk)
+            if not p.is_file():
+                raise UsageError(f"{p}: shard missing after all processes finished; in a multi-machine run put "
+                                 "--out on a filesystem that every machine shares")
+            with np.load(p, allow_pickle=False) as f:
+                arr, s = f["arr_0"], f["seeds"]
+            if not np.array_equal(s, np.asarray(chunk, dtype=np.int64)) or len(arr) != len(chunk):
+                raise UsageError(f"{p}: shard does not hold seeds {chunk[0]}..{chunk[-1]}; delete it and rerun")
+            parts.append(arr)
+        return np.concatenate(parts)
+
+    def cleanup(self) -> None:
+        """Remove this run's shards (rank 0, after the merged file is written) and the folder if empty."""
+        if not self.ctx.is_main:
+            return
+        for chunk in self.chunks:
+            self.shard_path(chunk).unlink(missing_ok=True)
+        try:
+            self.dir.rmdir()
+        except OSError:  # other runs' shards, or already gone
+            pass
