@@ -10,6 +10,7 @@ PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip install -q -r requirements-ci.txt
 pip install -q -e ".[test]"
+pip install -q --no-deps -r requirements-fid.txt  # FID tools for the parity test; see the file
 for s in scripts/get_inception.sh scripts/get_mnist.sh; do
   if [ -f "$s" ]; then bash "$s" || echo "setup: $s failed; the tests that need it will be skipped" >&2; fi
 done
