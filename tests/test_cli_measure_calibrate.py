@@ -36,7 +36,7 @@ def test_calibrate_reports_and_writes_only_a_real_gain(tiny_model, tmp_path, cap
                  "--sets", "2", "--val-sets", "2", "--coarse", "3", "--refine", "1", "--extend", "0",
                  "--range", "0.99,1.03", "--out", str(lam), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["metric"] == "FD-digits vs train" and r["nfe"] > 0
+    assert r["metric"] == "FD-digits vs heldout" and r["nfe"] > 0  # data the model never saw, by default
     assert len(r["evaluations"]) >= 3 and r["lam_range_searched"] == [0.99, 1.03]  # --extend 0: inside --range
     if r["significant"]:
         saved = json.loads(lam.read_text())

@@ -15,7 +15,7 @@ from diffusion_es.core.schedules import VPSchedule
 from diffusion_es.training.losses import diffusion_loss, diffusion_tables
 from diffusion_es.training.train import TrainConfig, train
 
-TINY = ModelConfig(width=32, blocks=1, time_embed_dim=16)
+TINY = ModelConfig(width=32, blocks=1, time_embed_dim=16, input_skip=True)
 
 
 def _weights(path):

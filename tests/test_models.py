@@ -174,3 +174,40 @@ def test_loading_never_executes_code(tmp_path):
     torch.save(net.state_dict(), d / "model.pt")
     m = load_model(d)
     assert all(torch.equal(m.net.state_dict()[k], v) for k, v in net.state_dict().items())
+
+
+# ---- an MLP that can represent its target ------------------------------------------------------------------
+def test_narrow_mlp_without_skip_is_refused_and_the_skip_fixes_it(tmp_path):
+    from diffusion_es.errors import UsageError
+    from diffusion_es.training.train import TrainConfig, train
+
+    narrow = ModelConfig(data_shape=(1, 8, 8), width=16, blocks=1)
+    assert "cannot represent the 64-dimensional eps target" in narrow.representation_problem("eps")
+    assert narrow.representation_problem("x0") is None          # x0 lives on the data, not the noise
+    assert ModelConfig(width=64, blocks=1).representation_problem("eps") is None
+    with pytest.raises(UsageError, match="1 − 16/64 = 0.75"):
+        train(tmp_path / "a", TrainConfig(data="digits", steps=2, batch_size=8), narrow, progress=False)
+    skip = ModelConfig(data_shape=(1, 8, 8), width=16, blocks=1, input_skip=True)
+    assert skip.representation_problem("eps") is None
+    train(tmp_path / "b", TrainConfig(data="digits", steps=2, batch_size=8), skip, progress=False)
+
+
+def test_input_skip_is_a_time_gated_identity_on_the_prediction_channels():
+    torch.manual_seed(0)
+    for lv in (False, True):
+        cfg = ModelConfig(data_shape=(1, 4, 4), width=8, blocks=1, input_skip=True, learned_variance=lv)
+        net = build_model(cfg).eval()
+        x, t = torch.randn(3, 1, 4, 4), torch.tensor([0.0, 500.0, 999.0])
+        base = net(x, t)
+        with torch.no_grad():
+            net.skip_gate.bias.fill_(2.0)  # gate 2 at every t: the output gains exactly 2·x on the ε channels
+        out = net(x, t)
+        torch.testing.assert_close(out[:, :1], base[:, :1] + 2 * x, rtol=0, atol=1e-6)  # float32, |x| ~ 1
+        if lv:
+            assert torch.equal(out[:, 1:], base[:, 1:])  # the variance channels are untouched
+
+
+def test_old_configs_without_input_skip_still_load():
+    d = ModelConfig().to_dict()
+    d.pop("input_skip")
+    assert ModelConfig.from_dict(d).input_skip is False

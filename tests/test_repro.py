@@ -40,12 +40,17 @@ def test_quick_repro_outputs_and_invariants(quick_run):
     assert "data:image/png;base64," in html and "<table>" in html
     md = (out / "report.md").read_text()
     assert "![" in md and "| sampler |" in md
-    # the linear schedule is checked on the same extra measures (held-out FD, copying) as the uniform cells
+    # the primary metric is measured against data the model never saw; the power calculation chose the sets
+    assert r["metric"].endswith("vs heldout") and r["data"] == "digits"
+    p = r["power"]
+    assert p["n_val_sets"] == r["config"]["n_val_sets"] and p["sets_needed"] >= 2 and p["sd_paired"] > 0
+    assert "Power:" in md and f"**{p['n_val_sets']} validation sets**" in md
+    # the linear schedule is checked on the same measures (FD vs train, precision/recall, copying) as the cells
     for lin in r["linear"]:
-        assert set(lin["extra_val"]) == set(r["table"][0]["extra_val"]) == {"heldout", "nn_dist_train",
-                                                                          "recall_heldout"}
-        assert all(0 <= v <= 1 for v in lin["extra_val"]["recall_heldout"]["best"])
-    assert "heldout (baseline → linear)" in md
+        assert set(lin["extra_val"]) == set(r["table"][0]["extra_val"]) == {"fd_train", "nn_dist_train",
+                                                                          "precision", "recall"}
+        assert all(0 <= v <= 1 for v in lin["extra_val"]["recall"]["best"])
+    assert "P, R (baseline → linear)" in md and "What the linear schedule does" in md
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from diffusion_es.training.losses import (diffusion_loss, diffusion_tables, disc
                                           normal_kl)
 from diffusion_es.training.train import TrainConfig, lr_at, train
 
-TINY = ModelConfig(width=32, blocks=1)
+TINY = ModelConfig(width=32, blocks=1, input_skip=True)
 
 
 def _weights(d):
@@ -157,14 +157,14 @@ _KILLER = textwrap.dedent("""
         if step == int(sys.argv[2]):
             os.kill(os.getpid(), signal.SIGKILL)
     train(sys.argv[1], TrainConfig(steps=60, batch_size=500, ckpt_every=20, log_every=10, seed=3, ip_gamma=0.1,
-          ema_decay=0.9), ModelConfig(width=32, blocks=1, dropout=0.1), progress=False, callback=cb)
+          ema_decay=0.9), ModelConfig(width=32, blocks=1, dropout=0.1, input_skip=True), progress=False, callback=cb)
 """)
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     """batch 500 over 1,437 images: the kill (step 47) and the checkpoint (step 40) fall inside an epoch."""
     cfg = TrainConfig(steps=60, batch_size=500, ckpt_every=20, log_every=10, seed=3, ip_gamma=0.1, ema_decay=0.9)
-    model = ModelConfig(width=32, blocks=1, dropout=0.1)  # dropout: the global RNG must be restored too
+    model = ModelConfig(width=32, blocks=1, dropout=0.1, input_skip=True)  # dropout: the global RNG must be restored too
     train(tmp_path / "full", cfg, model, progress=False)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     p = subprocess.run([sys.executable, "-c", _KILLER, str(tmp_path / "killed"), "47"], env=env,

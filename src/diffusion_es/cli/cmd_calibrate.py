@@ -17,7 +17,8 @@ def register(sub):
     p = sub.add_parser("calibrate", help="find the λ schedule that minimises FD, with its gain and uncertainty",
                        description=__doc__)
     add_model_args(p)
-    p.add_argument("--data", default="digits", help="the model's training data (default digits)")
+    p.add_argument("--data", default=None,
+                   help="the model's training data (default: the data recorded in the model's config.json, else digits)")
     add_sampler_args(p)
     p.add_argument("--kind", choices=("uniform", "linear"), default="uniform", help="schedule family")
     p.add_argument("--range", default="0.99,1.03", metavar="LO,HI", help="λ search range (default 0.99,1.03)")
@@ -29,7 +30,8 @@ def register(sub):
     p.add_argument("--extend", type=int, default=6, metavar="N",
                    help="steps (doubling in size) the search may take past an end of --range, or of the slope's "
                         "range, while that end keeps winning (default 6: up to 63 coarse steps; 0: stay inside)")
-    p.add_argument("--ref", default="train", help="FD reference: train, heldout, all or a reference .npz")
+    p.add_argument("--ref", default="heldout",
+                   help="FD reference: heldout (default: data the model never saw), train, all or a reference .npz")
     p.add_argument("--features", default=None, help="feature network (default: by dataset)")
     p.add_argument("--inception", default=None, help="Inception TorchScript file for --features inception")
     p.add_argument("--seed", type=int, default=0, help="seed-set offset (default 0)")
@@ -59,7 +61,10 @@ def _run(args, ctx) -> int:
     except ValueError:
         raise UsageError(f"--range {args.range!r}: give two numbers LO,HI, e.g. 0.99,1.03") from None
     model, den = load_model_arg(args.model)
-    metric = build_metric(args.data, args.ref, args.features, args.inception, shape=model.data_shape)
+    from ..experiments.common import model_data
+
+    metric = build_metric(model_data(model, args.data), args.ref, args.features, args.inception,
+                          shape=model.data_shape)
     if ctx.is_distributed:  # each rank samples its part of every seed set; the metric combines the parts
         if args.n < ctx.world_size:
             raise UsageError(f"--n {args.n} is smaller than the {ctx.world_size} processes; give each one a sample")

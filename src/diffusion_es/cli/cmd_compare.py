@@ -27,7 +27,8 @@ def register(sub):
     p.add_argument("--train-ip", action="store_true",
                    help="without an IP model, train one into OUT/ip_model with the model's own recipe and "
                         "ip_gamma 0.1 (slow on a CPU: as long as the model's own training)")
-    p.add_argument("--data", default="digits", help="the model's data (default digits)")
+    p.add_argument("--data", default=None,
+                   help="the model's data (default: the data recorded in the model's config.json, else digits)")
     p.add_argument("--samplers", default="ddpm,ddim", help="VP rows (default ddpm,ddim)")
     p.add_argument("--edm-samplers", default="euler,heun", help="EDM rows with churn (default euler,heun; "
                                                                 "'none' to skip)")
@@ -37,7 +38,8 @@ def register(sub):
     p.add_argument("--seeds", type=int, default=None, metavar="K", help="validation seed sets (default 3)")
     p.add_argument("--ts-rule", default="data", choices=("data", "paper"),
                    help="time-shift variance rule: data = ᾱ·Var(x_0) + 1 − ᾱ (default), paper = 1 − ᾱ")
-    p.add_argument("--ref", default="train", help="FD reference split: train, heldout, all or a reference .npz")
+    p.add_argument("--ref", default="heldout",
+                   help="FD reference: heldout (default: data the model never saw), train, all or a reference .npz")
     p.add_argument("--device", default="cpu", help="torch device (cuda for a GPU)")
     p.add_argument("--batch-size", type=int, default=500)
     add_threads_arg(p, default=1)

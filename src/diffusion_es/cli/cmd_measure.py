@@ -13,7 +13,8 @@ def register(sub):
     p = sub.add_parser("measure", help="ε-norm gap, δ_t and Var(x_t) along sampling vs training (tables + plots)",
                        description=__doc__)
     add_model_args(p)
-    p.add_argument("--data", default="digits", help="real data the model was trained on (default digits)")
+    p.add_argument("--data", default=None,
+                   help="real data the model was trained on (default: the data recorded in its config.json, else digits)")
     add_sampler_args(p)
     add_es_args(p)
     p.add_argument("--n", type=int, default=500, help="samples per run (default 500)")
@@ -31,7 +32,9 @@ def run(args) -> int:
     if args.n < 2:
         raise UsageError(f"--n must be at least 2 (per-pixel statistics need several samples), got {args.n}")
     model, den = load_model_arg(args.model)
-    ds = load_dataset(args.data)
+    from ..experiments.common import model_data
+
+    ds = load_dataset(model_data(model, args.data))
     es = es_from_args(args)
     kw = sampler_kwargs(args)
     out = Path(args.out)

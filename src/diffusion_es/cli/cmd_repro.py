@@ -17,13 +17,15 @@ def register(sub):
     p.add_argument("--quick", action="store_true", help="the small version (about 3 minutes on 2 CPU cores)")
     p.add_argument("--out", default="repro_out", help="output folder (default repro_out)")
     p.add_argument("--model", default="default", help="checkpoint folder or 'default' (the shipped digits model)")
-    p.add_argument("--data", default="digits", help="the model's data (default digits)")
+    p.add_argument("--data", default=None,
+                   help="the model's data (default: the data recorded in the model's config.json, else digits)")
     p.add_argument("--seeds", type=int, default=None, metavar="K",
                    help="validation seed sets per cell, for the spread (default 3)")
     p.add_argument("--samples", type=int, default=None, help="samples per seed set (default 500; quick 200)")
     p.add_argument("--nfe", default=None, help="network-evaluation columns (default 10,20,50,100; quick 10,20)")
     p.add_argument("--samplers", default="ddpm,ddim,euler,heun", help="rows (default ddpm,ddim,euler,heun)")
-    p.add_argument("--ref", default="train", help="FD reference: train, heldout, all or a reference .npz")
+    p.add_argument("--ref", default="heldout",
+                   help="FD reference: heldout (default: data the model never saw), train, all or a reference .npz")
     p.add_argument("--features", default=None, help="feature network: digits, mnist or inception")
     p.add_argument("--inception", default=None, help="Inception TorchScript file (for --features inception)")
     p.add_argument("--compare", action="store_true",

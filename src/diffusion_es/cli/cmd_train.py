@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 
@@ -32,6 +33,8 @@ _MODEL = [
     ("--arch", "arch", str, "mlp", "mlp (residual MLP) | unet"),
     ("--width", "width", int, 512, "MLP width"),
     ("--blocks", "blocks", int, 4, "MLP residual blocks"),
+    ("--input-skip", "input_skip", str, "auto", "MLP: a time-gated skip from the input to the output: on | off | "
+                                                "auto (on when --width is below the data dimension)"),
     ("--channels", "channels", int, 64, "UNet base channels"),
     ("--channel-mult", "channel_mult", str, "1,2,2", "UNet channel multipliers per level, e.g. 1,2,2"),
     ("--num-res-blocks", "num_res_blocks", int, 2, "UNet residual blocks per level"),
@@ -105,6 +108,9 @@ def run(args) -> int:
     for key in ("channel_mult", "attention_resolutions"):
         if key in mo:
             mo[key] = _ints(mo[key], key.replace("_", "-"))
+    skip = mo.pop("input_skip", None)
+    if skip not in (None, "auto", "on", "off"):
+        raise UsageError(f"--input-skip must be on, off or auto, got {skip!r}")
     di = _given(args, _DIFF)
     if args.learned_variance:
         di["learned_variance"] = True
@@ -115,13 +121,22 @@ def run(args) -> int:
             raise UsageError(f"{args.out}: nothing to resume (no train_state.safetensors); drop --resume to start a new run")
         rec = read_config(args.out)
         cfg = TrainConfig.from_dict({**rec["training"]["options"], **tr})
+        if skip in ("on", "off"):
+            mo["input_skip"] = skip == "on"
         model = ModelConfig.from_dict({**rec["model"], **mo})
         diffusion = diffusion_config(**{**rec["diffusion"], **di})
     else:
         cfg = TrainConfig(**{"data": "digits", **{d: v for _, d, _, v, _ in _TRAIN}, **tr})
-        mdef = {d: v for _, d, _, v, _ in _MODEL}
+        mdef = {d: v for _, d, _, v, _ in _MODEL if d != "input_skip"}
         mdef["channel_mult"] = _ints(mdef["channel_mult"], "channel-mult")
         mdef["attention_resolutions"] = []
+        if skip in ("on", "off"):
+            mo["input_skip"] = skip == "on"
+        elif mo.get("arch", mdef["arch"]) == "mlp":  # auto: on when the trunk is narrower than the data
+            from ..data import load_dataset
+
+            dim = math.prod(load_dataset(cfg.data, toy_n=cfg.toy_n, toy_seed=cfg.seed).shape)
+            mo["input_skip"] = mo.get("width", mdef["width"]) < dim
         model = ModelConfig(**{**mdef, **mo})
         diffusion = diffusion_config(**{**{d: v for _, d, _, v, _ in _DIFF}, **di})
         model = ModelConfig.from_dict({**model.to_dict(), "learned_variance": diffusion["learned_variance"]})

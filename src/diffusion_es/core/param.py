@@ -34,6 +34,7 @@ __all__ = [
     "PREDICTION_ALIASES",
     "get_prediction",
     "vp_coefficients",
+    "sigma_vp_coefficients",
     "PREDICTIONS",
     "sigma_to_alpha_bar",
     "alpha_bar_to_sigma",
@@ -218,6 +219,13 @@ def get_prediction(name) -> Prediction:
         raise ValueError(f"unknown prediction type {name!r}: use one of eps (epsilon), x0 (sample), v "
                          f"(v_prediction) or flow")
     return PREDICTION_TYPES[key]
+
+
+def sigma_vp_coefficients(sigma):
+    """(a, b) = (1/sqrt(1 + σ²), σ/sqrt(1 + σ²)) of the VP point at noise level σ, without the cancellation of
+    sqrt(1 − ᾱ) at small σ."""
+    r = _sqrt(1.0 + sigma * sigma)
+    return 1.0 / r, sigma / r
 
 
 def vp_coefficients(alpha_bar):

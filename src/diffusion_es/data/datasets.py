@@ -4,7 +4,9 @@ Specs:
 
 * ``digits`` — scikit-learn's 8x8 digits (fixed split: 1,437 train / 360 held-out; 17 grey levels).
 * ``toy:8gaussians`` | ``toy:moons`` | ``toy:spiral`` — 2-D points (a seeded train set and a held-out set).
-* ``mnist:PATH`` — MNIST from the classic ``mnist.pkl.gz``, a folder of IDX files, or an ``.npz``.
+* ``mnist:PATH`` — MNIST from the classic ``mnist.pkl.gz``, a folder of IDX files, or an ``.npz``: train = the
+  60,000 training images, held-out = the 10,000 test images. ``mnist`` alone looks in the default places
+  (:func:`diffusion_es.data.mnist.default_mnist_path`: ``$DIFFUSION_ES_MNIST``, ``.cache/mnist/``).
 * ``npz:PATH`` or ``images:PATH`` — any ADM-style ``.npz`` (uint8 NHWC under ``arr_0``) or folder of PNGs.
 * a bare path — ``mnist.pkl.gz`` / IDX folder / ``.npz`` / PNG folder, guessed from its contents.
 """
@@ -59,7 +61,7 @@ def load_dataset(spec: str, toy_n: int = 8192, toy_seed: int = 0) -> Dataset:
     """Load a dataset from a spec (see the module docstring); every failure is a one-line UsageError."""
     spec = str(spec).strip()
     if not spec:
-        raise UsageError("empty --data: use digits, toy:NAME, mnist:PATH, npz:PATH or a path")
+        raise UsageError("empty --data: use digits, mnist, toy:NAME, mnist:PATH, npz:PATH or a path")
     if spec == "digits":
         from .digits import N_TRAIN, load_digits
 
@@ -68,6 +70,8 @@ def load_dataset(spec: str, toy_n: int = 8192, toy_seed: int = 0) -> Dataset:
                 "n_heldout": len(h), "range": [-1.0, 1.0], "levels": 17,
                 "split": "fixed permutation numpy default_rng(0), first 1437 train"}
         return Dataset(x, h, 17, desc)
+    if spec == "mnist":
+        spec = "mnist:"
     kind, sep, rest = spec.partition(":")
     if sep and kind == "toy":
         from .toys import make_toy
@@ -81,17 +85,17 @@ def load_dataset(spec: str, toy_n: int = 8192, toy_seed: int = 0) -> Dataset:
         from .mnist import load_mnist
 
         tr, te, src = load_mnist(rest)
-        return _image_dataset(spec, "mnist", tr, src, te)
+        return _image_dataset("mnist" if not rest else spec, "mnist", tr, src, te)
     if sep and kind in ("npz", "images", "png"):
         from ..io import load_images
 
         return _image_dataset(spec, "images", load_images(rest), Path(rest))
     if sep and len(kind) > 1 and not Path(spec).exists():
-        raise UsageError(f"unknown data kind {kind!r} in --data {spec!r}: use digits, toy:NAME, mnist:PATH, npz:PATH or a path")
+        raise UsageError(f"unknown data kind {kind!r} in --data {spec!r}: use digits, mnist, toy:NAME, mnist:PATH, npz:PATH or a path")
     # a bare path: guess
     p = Path(spec)
     if not p.exists():
-        raise UsageError(f"--data {spec!r}: no such file or folder (known names: digits, toy:8gaussians, toy:moons, toy:spiral)")
+        raise UsageError(f"--data {spec!r}: no such file or folder (known names: digits, mnist, toy:8gaussians, toy:moons, toy:spiral)")
     from .mnist import looks_like_mnist
 
     if looks_like_mnist(p):

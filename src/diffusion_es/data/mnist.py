@@ -20,7 +20,9 @@ import numpy as np
 
 from ..errors import UsageError
 
-__all__ = ["load_mnist", "looks_like_mnist", "read_idx"]
+__all__ = ["load_mnist", "load_mnist_labels", "looks_like_mnist", "read_idx", "default_mnist_path", "MNIST_ENV"]
+
+MNIST_ENV = "DIFFUSION_ES_MNIST"
 
 _IDX_TRAIN = "train-images-idx3-ubyte"
 _IDX_TEST = "t10k-images-idx3-ubyte"
@@ -96,7 +98,7 @@ def _load_pickle(path: Path):
 def load_mnist_labels(path: str):
     """Labels (train+valid 60k, test 10k) of the classic mnist.pkl.gz, in the order :func:`load_mnist` returns
     the images, as int64 numpy arrays."""
-    p = Path(path).expanduser()
+    p = Path(path).expanduser() if str(path) else default_mnist_path()
     if not p.is_file():
         raise UsageError(f"{p}: labels need the classic mnist.pkl.gz file; {_HINT}")
     (_, ytr), (_, yva), (_, yte) = _read_pickle(p)
@@ -138,11 +140,32 @@ def looks_like_mnist(p: Path) -> bool:
     return name.endswith((".pkl.gz", ".pkl")) or "idx3-ubyte" in name or (name.endswith(".npz") and "mnist" in name)
 
 
+def default_mnist_path() -> Path:
+    """Where ``--data mnist`` (no path) looks, first hit wins: ``$DIFFUSION_ES_MNIST``; ``.cache/mnist/mnist.pkl.gz``
+    under the current folder and under the project folder of this copy (where ``scripts/setup.sh`` puts it);
+    ``~/.cache/diffusion_es/mnist.pkl.gz``."""
+    import os
+
+    env = os.environ.get(MNIST_ENV)
+    if env:
+        p = Path(env).expanduser()
+        if not p.exists():
+            raise UsageError(f"{MNIST_ENV}={env}: no such file or folder; {_HINT}")
+        return p
+    here = Path(__file__).resolve()
+    cands = [Path.cwd() / ".cache" / "mnist" / "mnist.pkl.gz",
+             *(d / ".cache" / "mnist" / "mnist.pkl.gz" for d in here.parents[2:4]),
+             Path.home() / ".cache" / "diffusion_es" / "mnist.pkl.gz"]
+    for c in cands:
+        if c.is_file():
+            return c
+    raise UsageError(f"MNIST not found (looked in ./.cache/mnist, the project's .cache/mnist and "
+                     f"~/.cache/diffusion_es); run scripts/get_mnist.sh, set {MNIST_ENV}, or give --data mnist:PATH")
+
+
 def load_mnist(path: str):
     """(train uint8 NHWC, test uint8 NHWC or None, resolved path)."""
-    p = Path(path).expanduser()
-    if not str(path):
-        raise UsageError(f"mnist: needs a path, e.g. --data mnist:.cache/mnist.pkl.gz; {_HINT}")
+    p = Path(path).expanduser() if str(path) else default_mnist_path()
     if not p.exists():
         raise UsageError(f"{p}: no such file or folder; {_HINT}")
     if p.is_dir():

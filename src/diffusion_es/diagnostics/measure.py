@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..core.param import as_denoiser, sigma_to_alpha_bar, sigma_to_vp_space, vp_coefficients
+from ..core.param import as_denoiser, sigma_to_vp_space, sigma_vp_coefficients
 from ..samplers import SamplingPlan, SeedNoise
 from ..core.scaling import LambdaSchedule, epsilon_scaled
 from ..core.schedules import VPSchedule
@@ -179,7 +179,7 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
     train_norms, var_train = training_eps_norms(denoiser, _pick(data, n_samples, seed + 2).to(device), sig_eval,
                                                 seed=seed + 3)
     sigma_hat = [float(torch.cat(d).std(dim=0).mean()) for d in dev_steps]
-    sigma_true = [float(vp_coefficients(sigma_to_alpha_bar(float(s)))[1]) for s in sig_eval]
+    sigma_true = [float(sigma_vp_coefficients(float(s))[1]) for s in sig_eval]
     t_list = (plan.chain.timesteps[::-1].astype(float).tolist() if plan.chain is not None
               else schedule.sigma_to_t(sig_eval).tolist())
     return ExposureCurves(

@@ -19,20 +19,30 @@ def check_claims(results: dict) -> list:
 
     for s, e in results["exposure"].items():
         b = e["baseline"]
-        claim(f"Exposure bias exists ({SAMPLER_NAMES[s]}): the ε-norm along sampling is above the training curve "
-              f"for most steps", b["frac_steps_sampling_above_training"] > 0.5,
+        claim(f"(a) Exposure bias exists ({SAMPLER_NAMES[s]}): the ε-norm along sampling is above the training "
+              f"curve for most steps", b["frac_steps_sampling_above_training"] > 0.5,
               f"sampling above training at {100 * b['frac_steps_sampling_above_training']:.0f} % of steps, "
-              f"mean ratio {b['mean_ratio_raw']:.4f}")
+              f"mean ratio {b['mean_ratio_raw']:.4f}; Σδ_t {b['sum_delta']:.4g}")
         es = e["es"]
         claim(f"ES pulls the used ε-norm toward the training curve ({SAMPLER_NAMES[s]})",
               abs(es["mean_ratio_used"] - 1) < abs(b["mean_ratio_raw"] - 1),
               f"|mean ratio − 1|: baseline {abs(b['mean_ratio_raw'] - 1):.4f}, ES (used ε) "
               f"{abs(es['mean_ratio_used'] - 1):.4f}")
-        claim(f"ES reduces the variance error δ_t ({SAMPLER_NAMES[s]})", es["sum_delta"] < b["sum_delta"],
-              f"Σδ_t baseline {b['sum_delta']:.4g}, ES {es['sum_delta']:.4g}")
+        claim(f"(f) ES reduces the variance error δ_t ({SAMPLER_NAMES[s]})", es["sum_delta"] < b["sum_delta"],
+              f"Σδ_t baseline {b['sum_delta']:.4g}, ES at the calibrated uniform λ {es['sum_delta']:.4g}")
     sig = [c for c in table if c["significant"]]
-    claim("ES improves sample quality (metric lower than baseline beyond the noise)",
-          len(sig) > len(table) / 2,
+    effect = (results.get("power") or {}).get("effect", 0.03)
+    for s in sorted({c["sampler"] for c in table}, key=list(SAMPLER_NAMES).index):
+        cs = sorted((c for c in table if c["sampler"] == s), key=lambda c: c["nfe_per_sample"])
+        better = [c for c in cs if c["significant"]]
+        worse = [c for c in cs if c["gain_ci"][0] > 0]
+        excluded = all(c["gain_ci"][0] > -effect for c in cs)  # every interval rules out a gain of `effect` or more
+        ok = True if len(better) > len(cs) / 2 else (False if (not better and (worse or excluded)) else None)
+        claim(f"(b) Uniform ES improves the held-out metric ({SAMPLER_NAMES[s]})", ok,
+              "; ".join(f"{c['nfe_per_sample']} NFE: {100 * c['gain']:+.1f} % [{100 * c['gain_ci'][0]:+.1f}, "
+                        f"{100 * c['gain_ci'][1]:+.1f}] at λ {c['candidate']['b']:.4f}" for c in cs)
+              + (f"; no interval reaches a {100 * effect:.0f} % gain" if ok is False and excluded else ""))
+    claim("ES improves sample quality in most cells (all samplers together)", len(sig) > len(table) / 2,
           f"{len(sig)} of {len(table)} cells significantly better; mean change "
           f"{100 * np.mean([c['gain'] for c in table]):+.1f} %")
     claim("λ = 1 reproduces the baseline exactly", all(c["lambda1_equals_baseline"] for c in table),
@@ -47,7 +57,7 @@ def check_claims(results: dict) -> list:
         if len(cs) >= 2 and len({lam_of(c) for c in cs}) > 1:
             rhos.append(float(np.corrcoef(np.argsort(np.argsort([c["nfe_per_sample"] for c in cs])),
                                           np.argsort(np.argsort([lam_of(c) for c in cs])))[0, 1]))
-    claim("Fewer steps want a larger λ", np.mean(rhos) < 0 if rhos else None,
+    claim("(c) Fewer steps want a larger λ", np.mean(rhos) < 0 if rhos else None,
           f"mean Spearman correlation of λ with NFE over samplers with >= 2 significant cells: "
           f"{np.mean(rhos):+.2f} ({len(rhos)} samplers)" if rhos else
           "inconclusive: fewer than two cells per sampler where ES beat the baseline beyond the noise")
@@ -74,7 +84,7 @@ def check_claims(results: dict) -> list:
     by = {s: [c for c in table if c["sampler"] == s] for s in ("ddpm", "ddim", "euler", "heun")}
     if by["euler"] and by["heun"]:
         ok, ev = compare(gains(by["euler"]), gains(by["heun"]), "mean change Euler", "Heun")
-        claim("First-order solvers gain more than second-order (Euler vs Heun)", ok, ev)
+        claim("(d) First-order solvers gain more than second-order (Euler vs Heun)", ok, ev)
     sig_ddpm = [lam_of(c) for c in by["ddpm"] if c["significant"]]
     sig_ddim = [lam_of(c) for c in by["ddim"] if c["significant"]]
     claim("Stochastic samplers want a larger λ than deterministic ones (DDPM vs DDIM)",
@@ -89,8 +99,8 @@ def check_claims(results: dict) -> list:
         diff = np.asarray(lin["best_val"]) / np.asarray(cell["best_val"]) - 1
         half = 2 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("inf")
         ok = True if diff.mean() + half < 0 else (None if diff.mean() - half <= 0 else False)
-        claim(f"A linear λ schedule does better than the uniform one ({SAMPLER_NAMES[lin['sampler']]}, "
-              f"{lin['steps']} steps)", ok,
+        claim(f"(e) A linear λ schedule does better than the uniform one, both chosen on the same metric "
+              f"({SAMPLER_NAMES[lin['sampler']]}, {lin['steps']} steps)", ok,
               f"validation metric: uniform {np.mean(cell['best_val']):.4g}, linear {np.mean(lin['best_val']):.4g} "
               f"({100 * diff.mean():+.1f} ± {100 * half:.1f} %, paired; {lin['candidate']})")
     return claims

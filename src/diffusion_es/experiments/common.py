@@ -4,7 +4,7 @@ evaluator and the shape of a method's result, and per-part progress lines."""
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -29,12 +29,19 @@ S_NOISE_RANGE = (1.0, 1.06)
 IP_GAMMA = 0.1
 
 
-def load_model_and_data(model_path, data: str, device="cpu"):
-    """(model, its denoiser, its dataset), refusing data whose shape is not the model's sample shape."""
+def model_data(model, data: Optional[str]) -> str:
+    """The data spec to evaluate ``model`` on (see :meth:`~diffusion_es.models.LoadedModel.data_spec`)."""
+    return model.data_spec(data)
+
+
+def load_model_and_data(model_path, data: Optional[str], device="cpu"):
+    """(model, its denoiser, its dataset), refusing data whose shape is not the model's sample shape. ``data``
+    None: the model's own training data (see :func:`model_data`)."""
     from ..data import load_dataset
     from ..models import load_model
 
     model = load_model(model_path, device=device)
+    data = model_data(model, data)
     ds = load_dataset(data)
     if ds.shape != tuple(model.data_shape):
         raise UsageError(f"the model makes samples of shape {tuple(model.data_shape)} but --data {data!r} has "

@@ -47,7 +47,7 @@ class CompareConfig:
     model: str = "default"
     ip_model: Optional[str] = "auto"   # auto: the shipped digits_ip with the default model; a folder; or None
     train_ip: bool = False             # train the IP model into OUT/ip_model when none is given (slow on a CPU)
-    data: str = "digits"
+    data: Optional[str] = None         # None: the model's own training data (its config.json), else digits
     out: str = "compare_out"
     quick: bool = False
     samplers: list = field(default_factory=lambda: ["ddpm", "ddim"])
@@ -60,7 +60,7 @@ class CompareConfig:
     coarse: Optional[int] = None
     refine: Optional[int] = None
     ts_rule: str = "data"              # data: v(τ) = ᾱ_τ Var(x_0) + 1 − ᾱ_τ; paper: v(τ) = 1 − ᾱ_τ
-    ref: str = "train"
+    ref: str = "heldout"               # the metric's reference: data the model never saw
     device: str = "cpu"
     batch_size: int = 500
     seed: int = 0
@@ -161,6 +161,7 @@ class _Comparison:
         self.cfg, self.log = cfg, log
         out = Path(cfg.out)
         self.model, self.den, ds = load_model_and_data(cfg.model, cfg.data, cfg.device)
+        cfg.data = ds.description["spec"]
         self.metric = build_metric(cfg.data, cfg.ref, shape=self.model.data_shape)
         self.ip_path = _resolve_ip(cfg, self.model, out, log)
         self.ip = load_model(self.ip_path, device=cfg.device) if self.ip_path is not None else None

@@ -1,69 +1,92 @@
 """``diffusion-es repro``: the paper's findings, reproduced on our own model, as one resumable job.
 
-Steps (each writes its result to ``DIR/parts/*.json`` atomically and is skipped when rerun with the same
-settings, so an interrupted run resumes where it stopped):
+The primary metric is FD against data the model never saw (the held-out split; MNIST: the 10k test images), with
+precision/recall, FD against the training split and the distance to the nearest training image beside it (see
+:mod:`.measures`). Steps (each writes its result to ``DIR/parts/*.json`` atomically and is skipped when rerun with
+the same settings, so an interrupted run resumes where it stopped):
 
-1. exposure-bias curves (ε-norm along sampling vs training, δ_t) for DDPM and DDIM, baseline and ES;
+1. power: the paired seed-set noise of the metric is measured at 20 steps, and the number of validation seed sets
+   is chosen so that a 3 % change of the metric is resolvable (stated in the report);
 2. the main table: for every sampler x NFE cell, λ calibrated on search seed sets, then baseline vs ES on fresh
-   validation seed sets with identical noise (paired), the relative gain and its spread; λ = 1 is checked to
+   validation seed sets with identical noise (paired), the relative gain and its interval; λ = 1 is checked to
    reproduce the baseline exactly;
-3. λ curves (metric vs λ) from the search evaluations, and the optimal λ against the number of steps;
-4. uniform vs linear schedules at 20 steps;
-5. the paper's qualitative claims, each marked reproduced or not by our numbers;
-6. ``report.md``, ``report.html`` (self-contained) and ``results.json``.
+3. uniform vs linear schedules at 20 steps, and for any schedule that goes below 1 the diagnostics of what it does;
+4. exposure-bias curves (ε-norm along sampling vs training, δ_t) for DDPM and DDIM, baseline and ES;
+5. λ curves, the paper's claims judged by our numbers, ``report.md``, ``report.html`` and ``results.json``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
+import numpy as np
 
 from ..errors import UsageError
 from .common import RANGES, SAMPLER_NAMES, Ticker, fingerprint, load_model_and_data, seed_sets
 
-__all__ = ["ReproConfig", "run_repro", "PROFILES"]
+__all__ = ["ReproConfig", "run_repro", "PROFILES", "profile_for"]
 
+# sizes per dataset family; n_val_sets is the floor of the power calculation's choice, max_val_sets its cap
 PROFILES = {
-    "quick": dict(nfe=[10, 20], n_samples=200, n_sets=2, n_val_sets=3, coarse=4, refine=2, n_measure=200,
-                  linear_samplers=["ddpm"]),
-    "full": dict(nfe=[10, 20, 50, 100], n_samples=500, n_sets=2, n_val_sets=3, coarse=4, refine=2,
-                 n_measure=500, linear_samplers=["ddpm", "ddim"]),
+    "digits": {
+        "quick": dict(nfe=[10, 20], n_samples=200, n_sets=2, n_val_sets=3, max_val_sets=3, coarse=4, refine=2,
+                      n_measure=200, linear_samplers=["ddpm"], samplers=["ddpm", "ddim", "euler", "heun"]),
+        "full": dict(nfe=[10, 20, 50, 100], n_samples=500, n_sets=2, n_val_sets=3, max_val_sets=8, coarse=4,
+                     refine=2, n_measure=500, linear_samplers=["ddpm", "ddim"],
+                     samplers=["ddpm", "ddim", "euler", "heun"]),
+    },
+    "mnist": {
+        "quick": dict(nfe=[10, 20], n_samples=250, n_sets=1, n_val_sets=3, max_val_sets=3, coarse=3, refine=1,
+                      n_measure=200, linear_samplers=[], samplers=["ddpm", "ddim"]),
+        "full": dict(nfe=[10, 20, 50], n_samples=1000, n_sets=1, n_val_sets=3, max_val_sets=6, coarse=3, refine=1,
+                     n_measure=500, linear_samplers=["ddpm", "ddim"], samplers=["ddpm", "ddim", "euler", "heun"]),
+    },
 }
+POWER_EFFECT = 0.03   # the relative change of the metric at 20 steps the design must resolve (80 % power, α 0.05)
+
+
+def profile_for(data_name: str, quick: bool) -> dict:
+    family = "mnist" if data_name == "mnist" else "digits"
+    return dict(PROFILES[family]["quick" if quick else "full"])
 
 
 @dataclass
 class ReproConfig:
     model: str = "default"
-    data: str = "digits"
+    data: Optional[str] = None      # None: the model's own training data (its config.json), else digits
     out: str = "repro_out"
     quick: bool = False
-    samplers: list = field(default_factory=lambda: ["ddpm", "ddim", "euler", "heun"])
+    samplers: Optional[list] = None
     nfe: Optional[list] = None
     n_samples: Optional[int] = None
     n_sets: Optional[int] = None
-    n_val_sets: Optional[int] = None
+    n_val_sets: Optional[int] = None  # given: used as is; None: chosen by the power calculation
+    max_val_sets: Optional[int] = None
     coarse: Optional[int] = None
     refine: Optional[int] = None
     n_measure: Optional[int] = None
     linear_samplers: Optional[list] = None
-    ref: str = "train"
+    ref: str = "heldout"            # the primary metric's reference: data the model never saw
     features: Optional[str] = None
     inception: Optional[str] = None
     device: str = "cpu"
     batch_size: int = 500
     seed: int = 0
     compare: bool = False   # add the comparison with the other fixes (diffusion_es.experiments.compare) as a section
+    power: bool = True      # choose the validation seed sets from measured noise (when n_val_sets is not given)
 
-    def resolved(self) -> "ReproConfig":
-        prof = PROFILES["quick" if self.quick else "full"]
+    def resolved(self, data_name: str) -> "ReproConfig":
+        prof = profile_for(data_name, self.quick)
         d = asdict(self)
+        fixed_sets = d["n_val_sets"] is not None
         for k, v in prof.items():
             if d.get(k) is None:
                 d[k] = v
+        if fixed_sets:
+            d["power"] = False
         c = ReproConfig(**d)
         bad = [s for s in c.samplers if s not in SAMPLER_NAMES]
         if bad:
@@ -74,6 +97,7 @@ class ReproConfig:
             raise UsageError(f"n_samples must be at least 10 per seed set (FD needs many samples), got {c.n_samples}")
         if c.n_val_sets < 2:
             raise UsageError("n_val_sets (validation seed sets) must be at least 2 to give a spread")
+        c.max_val_sets = max(c.max_val_sets, c.n_val_sets)
         return c
 
 
@@ -81,49 +105,79 @@ class _Repro:
     """One run: model, data, the primary metric and the extra measures, the part store."""
 
     def __init__(self, cfg: ReproConfig, log):
-        from ..metrics.prdc import precision_recall
-        from ..metrics.quality import FDMetric, build_metric
         from ..store import PartStore
+        from .measures import build_measures
 
-        self.cfg, self.log, self.out = cfg, log, Path(cfg.out)
         self.model, self.den, self.ds = load_model_and_data(cfg.model, cfg.data, cfg.device)
-        shape = self.model.data_shape
-        self.metric = metric = build_metric(cfg.data, cfg.ref, cfg.features, cfg.inception, shape=shape)
-        extra = {}
-        ds = self.ds
-        if cfg.ref != "heldout" and ds.heldout is not None and not str(cfg.ref).endswith(".npz"):
-            extra["heldout"] = build_metric(cfg.data, "heldout", cfg.features, cfg.inception, shape=shape)
-        train_flat = ds.train.reshape(len(ds.train), -1).to(torch.float64)
-
-        def nn_train(x):  # mean distance of a sample to its nearest training image: falls when samples copy
-            return float(torch.cdist(x.reshape(len(x), -1).cpu(), train_flat).min(dim=1).values.mean())
-
-        extra["nn_dist_train"] = nn_train
-        if isinstance(metric, FDMetric) and ds.heldout is not None and len(ds.heldout) > 3:
-            held_feats = metric.features(ds.heldout)
-
-            def recall_heldout(x):  # share of held-out images inside the samples' k-NN balls: falls with diversity
-                return float(precision_recall(held_feats, metric.features(x), k=3)["recall"])
-
-            extra["recall_heldout"] = recall_heldout
-        self.extra = extra
-        self.store = PartStore(self.out, {"model": fingerprint(self.model), "data": cfg.data, "ref": cfg.ref,
-                                          "features": cfg.features, "seed": cfg.seed, "version": 5})
-        self.common = dict(n_samples=cfg.n_samples, n_sets=cfg.n_sets, n_val_sets=cfg.n_val_sets, coarse=cfg.coarse,
-                           refine=cfg.refine, seed=cfg.seed, schedule=self.model.schedule, batch_size=cfg.batch_size,
-                           metric_name=metric.name, device=cfg.device)
-        # what, besides sampler and steps, determines a calibration part (its cache key)
-        self.search_key = {**{k: self.common[k] for k in ("n_samples", "n_sets", "n_val_sets", "coarse", "refine")},
-                           "extra": sorted(extra)}
+        data = self.ds.description["spec"]
+        cfg = cfg.resolved(self.ds.description.get("name", ""))
+        cfg.data = data
+        self.cfg, self.log, self.out = cfg, log, Path(cfg.out)
+        self.metric, self.extra = build_measures(data, self.ds, cfg.ref, cfg.features, cfg.inception,
+                                                 self.model.data_shape, n_real_pr=cfg.n_samples, seed=cfg.seed)
+        self.store = PartStore(self.out, {"model": fingerprint(self.model), "data": data, "ref": cfg.ref,
+                                          "features": cfg.features, "seed": cfg.seed, "version": 6})
         self.linear_tasks = [s for s in cfg.linear_samplers if s in cfg.samplers]
         self.measure_tasks = [s for s in ("ddpm", "ddim") if s in cfg.samplers]
-        self.tick = Ticker(len(cfg.samplers) * len(cfg.nfe) + len(self.linear_tasks) + len(self.measure_tasks), log)
+        n_parts = len(cfg.samplers) * len(cfg.nfe) + 2 * len(self.linear_tasks) + len(self.measure_tasks)
+        self.tick = Ticker(n_parts + (1 if cfg.power else 0), log)
+        self.power = None
+
+    # -- 1. power ------------------------------------------------------------------------------------------------
+    def choose_sets(self) -> dict:
+        """Measure the paired noise of the metric at 20 steps and choose the number of validation seed sets."""
+        from ..samplers import sample
+
+        cfg, model = self.cfg, self.model
+        sampler = "ddpm" if "ddpm" in cfg.samplers else cfg.samplers[0]
+        steps = get_steps(sampler, 20)
+        lo, hi = RANGES[sampler]
+        probe = round(1.0 + (hi - 1.0) / 2, 4)
+        k = max(4, cfg.n_val_sets)
+        sets = seed_sets(cfg.seed + 7919, cfg.n_samples, k)  # pilot seeds, disjoint from calibration's
+
+        def run():
+            vals = {}
+            for lam in (None, probe):
+                vals["baseline" if lam is None else "probe"] = [
+                    float(self.metric(sample(self.den, sampler, steps, model.data_shape, s, schedule=model.schedule,
+                                             es=lam, batch_size=cfg.batch_size, device=cfg.device))) for s in sets]
+            return {"sampler": sampler, "steps": steps, "lam_probe": probe, "n_samples": cfg.n_samples, **vals}
+
+        res, cached = self.store.get_or_run(f"power_{sampler}_{steps}", {"part": "power", "sampler": sampler,
+                                            "steps": steps, "k": k, "n": cfg.n_samples, "probe": probe}, run)
+        base, es = np.asarray(res["baseline"]), np.asarray(res["probe"])
+        d = es / base - 1.0
+        sd = float(np.std(d, ddof=1))
+        need = sets_needed(sd, POWER_EFFECT)
+        chosen = int(min(max(need, cfg.n_val_sets), cfg.max_val_sets))
+        resolvable = half_width(sd, chosen)
+        res.update(sd_paired=sd, sd_metric_rel=float(np.std(base, ddof=1) / np.mean(base)), sets_needed=need,
+                   n_val_sets=chosen, effect=POWER_EFFECT, resolvable=resolvable, capped=need > chosen)
+        cfg.n_val_sets = chosen
+        self.power = res
+        self.tick(f"power: paired sd {100 * sd:.2f} % at {cfg.n_samples} samples -> {chosen} validation sets "
+                  f"({need} needed for {100 * POWER_EFFECT:.0f} %)", cached)
+        return res
+
+    # -- 2. the main table ---------------------------------------------------------------------------------------
+    def common(self) -> dict:
+        cfg = self.cfg
+        return dict(n_samples=cfg.n_samples, n_sets=cfg.n_sets, n_val_sets=cfg.n_val_sets, coarse=cfg.coarse,
+                    refine=cfg.refine, seed=cfg.seed, schedule=self.model.schedule, batch_size=cfg.batch_size,
+                    metric_name=self.metric.name, device=cfg.device)
+
+    def search_key(self) -> dict:
+        """What, besides sampler and steps, determines a calibration part (its cache key)."""
+        c = self.common()
+        return {**{k: c[k] for k in ("n_samples", "n_sets", "n_val_sets", "coarse", "refine")},
+                "extra": sorted(self.extra)}
 
     def calibrate(self, sampler: str, steps: int, kind: str):
         from ..diagnostics.calibrate import calibrate
 
         return calibrate(self.den, sampler, steps, self.model.data_shape, self.metric, kind=kind,
-                         lam_range=RANGES[sampler], extra_metrics=self.extra, **self.common)
+                         lam_range=RANGES[sampler], extra_metrics=self.extra, **self.common())
 
     def cell(self, sampler: str, nfe: int) -> dict:
         """The main table's cell: uniform λ calibrated, gain on fresh sets, and the λ = 1 invariant."""
@@ -149,44 +203,46 @@ class _Repro:
             return d
 
         res, cached = self.store.get_or_run(f"cell_{sampler}_{steps}", {"part": "cell", "sampler": sampler,
-                                            "steps": steps, "range": RANGES[sampler], **self.search_key}, run)
+                                            "steps": steps, "range": RANGES[sampler], **self.search_key()}, run)
         res["nfe_cell"] = nfe
         self.tick(f"{sampler} {steps} steps ({res['nfe_per_sample']} NFE): λ {res['candidate']['b']:.4f}, "
                   f"metric change {100 * res['gain']:+.1f} %", cached)
         return res
 
+    # -- 3. uniform vs linear ------------------------------------------------------------------------------------
     def linear(self, sampler: str) -> dict:
-        """Uniform vs linear λ at 20 steps."""
+        """The linear schedule at 20 steps, chosen on the same primary metric as the uniform one."""
         steps = get_steps(sampler, 20)
         res, cached = self.store.get_or_run(f"linear_{sampler}_{steps}", {"part": "linear", "sampler": sampler,
-                                            "steps": steps, "range": RANGES[sampler], **self.search_key},
+                                            "steps": steps, "range": RANGES[sampler], **self.search_key()},
                                             lambda: self.calibrate(sampler, steps, "linear").to_dict())
         self.tick(f"linear schedule, {sampler} {steps} steps", cached)
         return res
 
-    def exposure(self, sampler: str, table: list) -> dict:
-        """ε-norm and δ_t curves at 20 steps, baseline and ES at the cell's calibrated λ."""
-        from ..core.scaling import Uniform
+    # -- 4. exposure-bias curves ---------------------------------------------------------------------------------
+    def exposure(self, sampler: str, schedule: Optional[dict], tag: str) -> dict:
+        """ε-norm and δ_t curves at 20 steps: baseline and with ``schedule`` (a schedule dict)."""
+        from ..core.scaling import schedule_from_dict
         from ..diagnostics.measure import measure_exposure
 
         cfg, model = self.cfg, self.model
         steps = get_steps(sampler, 20)
-        cell = next((c for c in table if c["sampler"] == sampler and c["steps"] == steps), None)
-        lam = cell["candidate"]["b"] if cell else 1.01
+        es = schedule_from_dict(schedule) if schedule is not None else None
 
         def run():
             kw = dict(schedule=model.schedule, n_samples=cfg.n_measure, seed=cfg.seed, shape=model.data_shape,
                       device=cfg.device)
             base = measure_exposure(self.den, self.ds.train, sampler, steps, **kw)
-            es = measure_exposure(self.den, self.ds.train, sampler, steps, es=Uniform(lam), **kw)
-            return {"baseline": base.to_dict(), "es": es.to_dict()}
+            with_es = measure_exposure(self.den, self.ds.train, sampler, steps, es=es, **kw)
+            return {"baseline": base.to_dict(), "es": with_es.to_dict()}
 
-        res, cached = self.store.get_or_run(f"measure_{sampler}_{steps}", {"part": "measure", "sampler": sampler,
-                                            "steps": steps, "lam": lam, "n": cfg.n_measure}, run)
-        self.tick(f"exposure curves, {sampler} {steps} steps", cached)
+        res, cached = self.store.get_or_run(f"measure_{tag}_{sampler}_{steps}", {"part": "measure", "tag": tag,
+                                            "sampler": sampler, "steps": steps, "es": schedule, "n": cfg.n_measure},
+                                            run)
+        self.tick(f"exposure curves ({tag}), {sampler} {steps} steps", cached)
         return res
 
-    def figures(self, table: list, exposure: dict) -> dict:
+    def figures(self, table: list, exposure: dict, exposure_linear: dict) -> dict:
         from ..diagnostics.measure import ExposureCurves, plot_exposure
 
         def curves(d):
@@ -194,12 +250,14 @@ class _Repro:
             return ExposureCurves(**{k: v for k, v in d.items() if k in keys})
 
         figures = {}
-        for sampler, res in exposure.items():
-            name = f"exposure_{sampler}.png"
-            plot_exposure([curves(res["baseline"]), curves(res["es"])], self.out / name,
-                          title=f"exposure bias, {SAMPLER_NAMES[sampler]}, {res['baseline']['steps']} steps "
-                                f"(solid: used ε; dashed: raw network ε)")
-            figures[f"exposure_{sampler}"] = name
+        for tag, group in (("", exposure), ("linear_", exposure_linear)):
+            for sampler, res in group.items():
+                name = f"exposure_{tag}{sampler}.png"
+                what = "the calibrated uniform λ" if not tag else "the calibrated linear schedule"
+                plot_exposure([curves(res["baseline"]), curves(res["es"])], self.out / name,
+                              title=f"exposure bias, {SAMPLER_NAMES[sampler]}, {res['baseline']['steps']} steps, "
+                                    f"ES with {what} (solid: used ε; dashed: raw network ε)")
+                figures[f"exposure_{tag}{sampler}"] = name
         figures.update(_plot_lambda(table, self.cfg, self.out, self.metric.name))
         return figures
 
@@ -211,24 +269,54 @@ def get_steps(sampler: str, nfe: int) -> int:
     return get_sampler(sampler).steps_for_nfe(nfe)
 
 
+def _t_quantile(p: float, df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(p, df))
+
+
+def half_width(sd: float, n: int, alpha: float = 0.05) -> float:
+    """Half-width of the two-sided (1 − α) t-interval of a mean of ``n`` paired differences with sd ``sd``."""
+    return _t_quantile(1 - alpha / 2, n - 1) * sd / math.sqrt(n) if n > 1 else math.inf
+
+
+def sets_needed(sd: float, effect: float, alpha: float = 0.05, power: float = 0.8, n_max: int = 1000) -> int:
+    """Seed sets for a paired t-test to detect a mean relative change ``effect`` at the given power:
+    the smallest n with (t_{1−α/2, n−1} + t_{power, n−1}) · sd / √n <= effect."""
+    if sd <= 0:
+        return 2
+    for n in range(2, n_max + 1):
+        if (_t_quantile(1 - alpha / 2, n - 1) + _t_quantile(power, n - 1)) * sd / math.sqrt(n) <= effect:
+            return n
+    return n_max
+
+
 def run_repro(cfg: ReproConfig, log=print) -> dict:
     """The whole reproduction (resumable; see the module docstring); writes the report into ``cfg.out``."""
     from .blocks import repro_blocks
     from .claims import check_claims
     from .report import write_document
 
-    cfg = cfg.resolved()
     run = _Repro(cfg, log)
+    cfg = run.cfg
+    power = run.choose_sets() if cfg.power else None
     table = [run.cell(s, n) for s in cfg.samplers for n in cfg.nfe]
     linear = [run.linear(s) for s in run.linear_tasks]
-    exposure = {s: run.exposure(s, table) for s in run.measure_tasks}
+    uniform_at = {c["sampler"]: c for c in table if c["nfe_cell"] == 20}
+    exposure = {s: run.exposure(s, (uniform_at.get(s) or {}).get("candidate") or {"kind": "uniform", "b": 1.01},
+                                "uniform") for s in run.measure_tasks}
+    exposure_linear = {lin["sampler"]: run.exposure(lin["sampler"], lin["candidate"], "linear") for lin in linear
+                       if lin["candidate"]["kind"] == "linear"}
     results = {
-        "config": asdict(cfg), "metric": run.metric.name, "model": str(cfg.model),
-        "reference": {"primary": run.metric.name, "extra": sorted(run.extra)},
+        "config": asdict(cfg), "metric": run.metric.name, "model": str(cfg.model), "data": cfg.data,
+        "reference": {"primary": run.metric.name, "extra": sorted(run.extra)}, "power": power,
         "table": table, "linear": linear,
-        "exposure": {s: {"baseline": r["baseline"]["summary"], "es": r["es"]["summary"],
-                         "curves": r} for s, r in exposure.items()},
-        "figures": run.figures(table, exposure), "wall_time_s": run.tick.elapsed(), **run.store.accounting(),
+        "exposure": {s: {"baseline": r["baseline"]["summary"], "es": r["es"]["summary"], "curves": r}
+                     for s, r in exposure.items()},
+        "exposure_linear": {s: {"baseline": r["baseline"]["summary"], "es": r["es"]["summary"], "curves": r}
+                            for s, r in exposure_linear.items()},
+        "figures": run.figures(table, exposure, exposure_linear), "wall_time_s": run.tick.elapsed(),
+        **run.store.accounting(),
     }
     results["claims"] = check_claims(results)
     if cfg.compare:

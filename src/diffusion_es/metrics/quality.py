@@ -35,10 +35,14 @@ class FDMetric:
 
         return extract(self.extractor, to_uint8(x))
 
-    def __call__(self, x: torch.Tensor) -> float:
-        from . import FeatureStats, frechet_distance
+    def from_features(self, feats: np.ndarray) -> float:
+        """FD of samples given by their features."""
+        from .frechet import FeatureStats, frechet_distance
 
-        return float(frechet_distance(FeatureStats.from_features(self.features(x)), self.ref_stats))
+        return float(frechet_distance(FeatureStats.from_features(feats), self.ref_stats))
+
+    def __call__(self, x: torch.Tensor) -> float:
+        return self.from_features(self.features(x))
 
 
 class SlicedWassersteinMetric:

@@ -27,6 +27,9 @@ from ..core.schedules import VPSchedule
 from .config import ModelConfig
 
 __all__ = [
+    "SHIPPED",
+    "MODEL_FORMS",
+    "shipped_path",
     "FORMAT",
     "PREDICTIONS",
     "BETA_SCHEDULES",
@@ -93,19 +96,31 @@ def save_checkpoint(out_dir, config: dict, ema: nn.Module, net: Optional[nn.Modu
     return out
 
 
-def resolve_checkpoint(path) -> Path:
-    """'default' -> the shipped digits model; a file inside a checkpoint folder -> that folder."""
-    if str(path) == "default":
-        from importlib.resources import files
+# the models shipped in diffusion_es/assets, by the names --model takes
+SHIPPED = {"default": "digits_default", "digits": "digits_default", "digits-ip": "digits_ip", "mnist": "mnist_default"}
+MODEL_FORMS = ("a folder written by 'diffusion-es train', a diffusers UNet2DModel or pipeline folder "
+               f"(save_pretrained), or a shipped model: {', '.join(SHIPPED)}")
 
-        p = Path(str(files("diffusion_es") / "assets" / "digits_default"))
+
+def shipped_path(name: str) -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("diffusion_es") / "assets" / SHIPPED[name]))
+
+
+def resolve_checkpoint(path) -> Path:
+    """A shipped model's name (``default``, ``mnist`` ...) -> its folder; a file inside a checkpoint folder -> that
+    folder."""
+    if str(path) in SHIPPED:
+        p = shipped_path(str(path))
         if not (p / "config.json").exists():
-            raise UsageError("the default model is not installed with this copy of diffusion-es "
-                             "(assets/digits_default missing); train one with 'diffusion-es train' and pass --model PATH")
+            raise UsageError(f"the shipped model {str(path)!r} is not installed with this copy of diffusion-es "
+                             f"(assets/{SHIPPED[str(path)]} missing); train one with 'diffusion-es train' and pass "
+                             "--model PATH")
         return p
     p = Path(path)
     if not p.exists():
-        raise UsageError(f"{p}: no such checkpoint; give a folder written by 'diffusion-es train' or 'default'")
+        raise UsageError(f"{p}: no such checkpoint; --model takes {MODEL_FORMS}")
     if p.is_file():
         p = p.parent
     return p
@@ -171,6 +186,16 @@ class LoadedModel:
     config: dict = field(default_factory=dict)
     path: Optional[Path] = None
 
+    def data_spec(self, override: Optional[str] = None) -> str:
+        """The data to evaluate this model on: ``override`` if given, else the ``--data`` spec recorded when it was
+        trained (a recorded ``mnist:PATH`` whose file is gone becomes ``mnist``, the default places), else digits."""
+        if override:
+            return override
+        spec = (self.config.get("data") or {}).get("spec") if isinstance(self.config, dict) else None
+        if spec and spec.startswith("mnist:") and not Path(spec.partition(":")[2]).exists():
+            return "mnist"
+        return spec or "digits"
+
     def denoiser(self):
         """The network as a sigma-space denoiser (:class:`diffusion_es.core.param.VPDenoiser`)."""
         from ..core.param import VPDenoiser
@@ -213,7 +238,7 @@ def load_model(path="default", use_ema: bool = True, device="cpu") -> LoadedMode
 
     A diffusers UNet2DModel / pipeline folder saved with ``save_pretrained`` is loaded too (needs the
     ``diffusers`` extra), so every command that takes ``--model`` works on it."""
-    if str(path) != "default" and Path(path).is_dir() and _is_diffusers_folder(Path(path)):
+    if str(path) not in SHIPPED and Path(path).is_dir() and _is_diffusers_folder(Path(path)):
         return _load_diffusers(Path(path), device)
     d = resolve_checkpoint(path)
     cfg = read_config(d)

@@ -7,6 +7,7 @@ network was trained for (T, beta schedule, prediction type, learned variance) li
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Tuple
 
@@ -26,6 +27,8 @@ class ModelConfig:
     * ``arch='unet'``: a small UNet for images (C, H, W): ``channels`` base width, one level per entry of
       ``channel_mult`` (H and W must be divisible by 2**(levels-1)), ``num_res_blocks`` per level, self-attention
       at the resolutions in ``attention_resolutions``.
+      ``input_skip`` adds ``g(t)·x_t`` to the (ε or v) output, a per-timestep gate: the part of the target that
+      is the input itself then needs no room in the ``width``-wide trunk.
     * ``out_channels`` is C (or 2C with ``learned_variance``: ε then ADM's variance interpolation value).
     """
 
@@ -35,6 +38,7 @@ class ModelConfig:
     # MLP
     width: int = 512
     blocks: int = 4
+    input_skip: bool = False  # a time-gated skip from the input to the output (ε ≈ x_t/σ needs it when width < dim)
     # UNet
     channels: int = 64
     channel_mult: Tuple[int, ...] = (1, 2, 2)
@@ -65,6 +69,25 @@ class ModelConfig:
                 raise UsageError(f"model {name} must be >= 1, got {getattr(self, name)}")
         if not (0.0 <= self.dropout < 1.0):
             raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def data_dim(self) -> int:
+        return math.prod(self.data_shape)
+
+    def representation_problem(self, prediction: str):
+        """Why this network cannot represent the training target of ``prediction``, or None.
+
+        An ε- or v-target contains the noise itself, a full-dimensional function of the input at low noise; a
+        residual MLP narrower than the data, without a skip from input to output, cannot carry it through its
+        trunk (its ε-MSE cannot fall below about 1 − width/dim at low noise)."""
+        if self.arch != "mlp" or self.input_skip or prediction not in ("eps", "v", "flow"):
+            return None
+        if self.width < self.data_dim:
+            return (f"an MLP of width {self.width} cannot represent the {self.data_dim}-dimensional {prediction} target "
+                    f"(its error cannot fall below about 1 − {self.width}/{self.data_dim} = "
+                    f"{1 - self.width / self.data_dim:.2f} at low noise): use input_skip (train --input-skip on, "
+                    f"the default), a width >= {self.data_dim}, or arch unet")
+        return None
 
     @property
     def in_channels(self) -> int:

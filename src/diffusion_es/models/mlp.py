@@ -64,6 +64,10 @@ class ResMLP(nn.Module):
         self.out = nn.Linear(w, n_out)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        if config.input_skip:  # g(t)·x_t added to the prediction channels: the input needs no room in the trunk
+            self.skip_gate = nn.Linear(e, 1)
+            nn.init.zeros_(self.skip_gate.weight)
+            nn.init.zeros_(self.skip_gate.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape[1:])
@@ -78,6 +82,10 @@ class ResMLP(nn.Module):
         for blk in self.blocks:
             h = blk(h, e)
         y = self.out(nn.functional.silu(self.out_norm(h)))
+        if self.config.input_skip:
+            skip = self.skip_gate(e) * x.reshape(b, -1)
+            y = torch.cat([y[:, :self.d_in] + skip, y[:, self.d_in:]], dim=1) if self.config.learned_variance \
+                else y + skip
         if self.config.learned_variance:
             # channels: [eps (C), var values (C)] along dim 1
             return torch.cat([y[:, : self.d_in].reshape(b, *shape), y[:, self.d_in:].reshape(b, *shape)], dim=1)

@@ -338,6 +338,9 @@ def train(out_dir, cfg: TrainConfig = None, model: Optional[ModelConfig] = None,
     if model.data_shape != ds.shape or model.learned_variance != diffusion["learned_variance"]:
         model = ModelConfig.from_dict({**model.to_dict(), "data_shape": list(ds.shape),
                                        "learned_variance": diffusion["learned_variance"]})
+    problem = model.representation_problem(diffusion["prediction"])
+    if problem and not resume:
+        raise UsageError(problem)
     schedule = VPSchedule.from_name(diffusion["beta_schedule"], diffusion["T"])
     tables = diffusion_tables(schedule, device)
     n = len(ds.train)
