@@ -36,9 +36,17 @@ from .common import (CHURN_GAMMAS, IP_GAMMA, RANGES, S_NOISE_RANGE, TS_CUTOFFS, 
 
 __all__ = ["CompareConfig", "run_compare", "write_compare", "ip_recipe", "COMPARE_PROFILES", "ts_windows"]
 
-COMPARE_PROFILES = {
-    "quick": dict(steps=[10, 20], edm_nfe=[10], n_samples=200, n_sets=1, n_val_sets=3, coarse=3, refine=1),
-    "full": dict(steps=[10, 20, 50], edm_nfe=[10, 20], n_samples=500, n_sets=2, n_val_sets=3, coarse=4, refine=2),
+COMPARE_PROFILES = {  # per dataset family, like repro's
+    "digits": {
+        "quick": dict(steps=[10, 20], edm_nfe=[10], n_samples=200, n_sets=1, n_val_sets=3, coarse=3, refine=1),
+        "full": dict(steps=[10, 20, 50], edm_nfe=[10, 20], n_samples=500, n_sets=2, n_val_sets=3, coarse=4,
+                     refine=2),
+    },
+    "mnist": {
+        "quick": dict(steps=[10, 20], edm_nfe=[10], n_samples=250, n_sets=1, n_val_sets=3, coarse=3, refine=1),
+        "full": dict(steps=[10, 20], edm_nfe=[10, 20], n_samples=1000, n_sets=1, n_val_sets=4, coarse=3,
+                     refine=1),
+    },
 }
 
 
@@ -65,8 +73,8 @@ class CompareConfig:
     batch_size: int = 500
     seed: int = 0
 
-    def resolved(self) -> "CompareConfig":
-        prof = COMPARE_PROFILES["quick" if self.quick else "full"]
+    def resolved(self, data_name: str = "digits") -> "CompareConfig":
+        prof = COMPARE_PROFILES["mnist" if data_name == "mnist" else "digits"]["quick" if self.quick else "full"]
         d = asdict(self)
         for k, v in prof.items():
             if d.get(k) is None:
@@ -158,10 +166,11 @@ class _Comparison:
         from ..samplers import data_variance
         from ..store import PartStore
 
+        self.model, self.den, ds = load_model_and_data(cfg.model, cfg.data, cfg.device)
+        cfg = cfg.resolved(ds.description.get("name", ""))
+        cfg.data = ds.description["spec"]
         self.cfg, self.log = cfg, log
         out = Path(cfg.out)
-        self.model, self.den, ds = load_model_and_data(cfg.model, cfg.data, cfg.device)
-        cfg.data = ds.description["spec"]
         self.metric = build_metric(cfg.data, cfg.ref, shape=self.model.data_shape)
         self.ip_path = _resolve_ip(cfg, self.model, out, log)
         self.ip = load_model(self.ip_path, device=cfg.device) if self.ip_path is not None else None
@@ -349,8 +358,8 @@ def _lam_search(cal: dict) -> list:
 
 def run_compare(cfg: CompareConfig, log=print) -> dict:
     """Every method on every cell (resumable; see the module docstring); writes the report into ``cfg.out``."""
-    cfg = cfg.resolved()
     run = _Comparison(cfg, log)
+    cfg = run.cfg
     cells = [run.vp_cell(s, k) for s in cfg.samplers for k in cfg.steps]
     cells += [run.edm_cell(s, n) for s in cfg.edm_samplers for n in cfg.edm_nfe]
     results = run.results(cells)
