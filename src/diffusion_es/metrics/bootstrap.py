@@ -28,7 +28,7 @@ Replicate statistics are weighted sums: with draw counts c_i, ``sum = Σ c_i x_i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 

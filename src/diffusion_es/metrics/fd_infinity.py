@@ -36,7 +36,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .fd_fixed_ref import FixedRefFD
-from .frechet import FeatureStats, _as_f64_2d
+from .frechet import _as_f64_2d
 
 __all__ = ["FDInfinityResult", "fd_infinity", "fit_inverse_n", "default_sizes"]
 
