@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 from diffusion_es.experiments.power import (fit_sd_scaling, paired_relative_sd, power_plan, required_sets,
-                                            required_sets_iterative, sd_at, t_power)
+                                            required_sets_iterative, sd_at, sd_upper_bound, t_power)
 
 
 @pytest.mark.parametrize("ratio,want", [(0.5, 34), (1.0, 10), (0.3, 90)])
@@ -74,6 +74,17 @@ def test_sd_scaling_and_fit():
     fa, fb = fit_sd_scaling({250: 0.04, 1000: 0.019})  # falls faster than 1/sqrt(n): floor clipped at 0
     assert fb == 0.0 and fa > 0
     assert paired_relative_sd([10, 20, 30], [11, 19, 30]) == pytest.approx(np.std([0.1, -0.05, 0.0], ddof=1))
+
+
+def test_sd_upper_bound_covers_at_its_confidence():
+    """Monte Carlo: the bound from K = 12 normal values exceeds the true sd in a fraction c of M = 20,000 draws
+    (sd of that fraction ≤ 0.0035; checked to 4 sd)."""
+    rng = np.random.default_rng(1)
+    s = rng.standard_normal((20_000, 12)).std(1, ddof=1)
+    for c in (0.8, 0.95):
+        rate = np.mean(s * sd_upper_bound(1.0, 12, c) >= 1.0)  # the bound is linear in the measured sd
+        assert abs(rate - c) < 4 * math.sqrt(c * (1 - c) / 20_000), (c, rate)
+    assert sd_upper_bound(0.01, 12, 0.8) > 0.01
 
 
 def test_cheapest_plan_is_the_brute_force_minimum_and_respects_the_budget():

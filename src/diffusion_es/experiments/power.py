@@ -18,7 +18,7 @@ variance falls as 1/n; a part that does not shrink with n is a per-set *floor*:
 
     σ(n)² = (σ₀² − floor²) · n₀ / n + floor²,
 
-with σ₀ measured at n₀ (:func:`sd_at`). :func:`fit_sd_scaling` fits ``var = a/n + b`` (b ≥ 0) to sds measured at
+with σ₀ measured at n₀ (:func:`sd_at`); :func:`sd_upper_bound` turns a measured σ₀ into a conservative one. :func:`fit_sd_scaling` fits ``var = a/n + b`` (b ≥ 0) to sds measured at
 several n (e.g. from prefixes of the same seed sets, ``metrics.variance.paired_sd_by_size``). With a fixed
 reference the reference's own noise is **not** a per-set floor: it is the same for every set, cancels from the
 spread over sets and is not reduced by more sets or samples (``metrics.variance``). Give it as ``ref_sd`` only
@@ -47,8 +47,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["t_power", "required_sets", "required_sets_iterative", "sd_at", "fit_sd_scaling", "PowerPlan",
-           "PowerAnalysis", "power_plan", "paired_relative_sd", "DEFAULT_SAMPLE_GRID"]
+__all__ = ["t_power", "required_sets", "required_sets_iterative", "sd_at", "fit_sd_scaling", "sd_upper_bound",
+           "PowerPlan", "PowerAnalysis", "power_plan", "paired_relative_sd", "DEFAULT_SAMPLE_GRID"]
 
 DEFAULT_SAMPLE_GRID = (250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 64000)
 
@@ -155,6 +155,20 @@ def fit_sd_scaling(sd_by_n: Dict[int, float]):
     return float(a), float(b)
 
 
+def sd_upper_bound(sd: float, n_sets: int, confidence: float = 0.8) -> float:
+    """One-sided upper confidence bound of a normal sd estimated from ``n_sets`` values (ddof=1):
+    σ ≤ s · sqrt((K − 1) / χ²_{1−c, K−1}) with probability c. An sd from a dozen sets is uncertain by ±20 %;
+    planning with this bound instead of s keeps the promised power in most repetitions of the measurement."""
+    from scipy import stats
+
+    if int(n_sets) < 2:
+        raise ValueError("an sd bound needs at least 2 sets")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    k = int(n_sets) - 1
+    return float(sd * math.sqrt(k / stats.chi2.ppf(1.0 - confidence, k)))
+
+
 def paired_relative_sd(base_values: Sequence[float], new_values: Sequence[float]) -> float:
     """sd (ddof=1) of the per-set paired relative differences new/base − 1."""
     g = np.asarray(new_values, dtype=np.float64) / np.asarray(base_values, dtype=np.float64) - 1.0
@@ -188,6 +202,7 @@ class PowerAnalysis:
     budget_nfe: Optional[int]
     fd_inf: Optional[float] = None
     fd_slope: float = 0.0
+    sd_label: str = "measured"
     options: List[PowerPlan] = field(default_factory=list)
     best: Optional[PowerPlan] = None          # cheapest plan reaching the target within the budget
     best_effort: Optional[PowerPlan] = None   # when none does: the most powerful plan the budget allows
@@ -202,8 +217,8 @@ class PowerAnalysis:
     def statement(self) -> str:
         """The sentence for the report."""
         pct = lambda v: f"{100 * v:.2g} %" if abs(100 * v) < 10 else f"{100 * v:.0f} %"  # noqa: E731
-        model = (f"measured sd of the paired relative FD difference {pct(self.sd0)} at {self.n0:,} samples per set, "
-                 f"scaled as 1/√n" + (f" above a per-set floor of {pct(self.floor)}" if self.floor > 0 else ""))
+        model = (f"sd of the paired relative FD difference {pct(self.sd0)} at {self.n0:,} samples per set "
+                 f"({self.sd_label}), scaled as 1/√n" + (f" above a per-set floor of {pct(self.floor)}" if self.floor > 0 else ""))
         test = f"two-sided α = {self.alpha:g}, paired t-test over seed sets"
         if self.best is not None:
             p = self.best
@@ -232,13 +247,15 @@ class PowerAnalysis:
 def power_plan(effect: float, sd0: float, n0: int, floor: float = 0.0, ref_sd: float = 0.0, alpha: float = 0.05,
                power: float = 0.8, nfe_per_sample: int = 20, arms: int = 2, budget_nfe: Optional[int] = None,
                sample_grid: Sequence[int] = DEFAULT_SAMPLE_GRID, min_sets: int = 3, max_sets: int = 10_000,
-               fd_inf: Optional[float] = None, fd_slope: float = 0.0) -> PowerAnalysis:
+               fd_inf: Optional[float] = None, fd_slope: float = 0.0,
+               sd_label: str = "measured") -> PowerAnalysis:
     """Plans (n, K) over ``sample_grid`` (plus n0) and the cheapest one reaching ``power`` within ``budget_nfe``.
 
     ``effect``: the relative change to resolve (0.03 for 3 %); ``sd0``: sd of the per-set paired relative
     difference measured at ``n0`` samples per set; ``floor``: the part of sd0 that does not shrink with n;
     ``ref_sd``: shared reference term (module docstring; 0 for a claim about the fixed reference);
-    ``fd_inf``, ``fd_slope``: FD = FD∞ + k/n of the baseline, to plan for a relative change of FD∞."""
+    ``fd_inf``, ``fd_slope``: FD = FD∞ + k/n of the baseline, to plan for a relative change of FD∞;
+    ``sd_label``: where sd0 comes from, for the statement (e.g. "80 % upper bound of 1.4 % measured over 12 sets")."""
     _check(effect, sd0, alpha, power)
     if fd_inf is not None and not (fd_inf > 0 and fd_slope >= 0):
         raise ValueError(f"fd_inf must be > 0 and fd_slope >= 0, got {fd_inf}, {fd_slope}")
@@ -249,7 +266,7 @@ def power_plan(effect: float, sd0: float, n0: int, floor: float = 0.0, ref_sd: f
     grid = sorted(set(int(n) for n in sample_grid) | {int(n0)})
     out = PowerAnalysis(effect=abs(effect), alpha=alpha, target_power=power, sd0=sd0, n0=int(n0), floor=floor,
                         ref_sd=ref_sd, nfe_per_sample=int(nfe_per_sample), arms=int(arms), budget_nfe=budget_nfe,
-                        fd_inf=fd_inf, fd_slope=fd_slope)
+                        fd_inf=fd_inf, fd_slope=fd_slope, sd_label=sd_label)
     unit = int(arms) * int(nfe_per_sample)
     for n in grid:
         sd = sd_at(n, sd0, n0, floor)
