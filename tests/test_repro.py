@@ -48,7 +48,7 @@ def test_quick_repro_outputs_and_invariants(quick_run):
     # the linear schedule is checked on the same measures (FD vs train, precision/recall, copying) as the cells
     for lin in r["linear"]:
         assert set(lin["extra_val"]) == set(r["table"][0]["extra_val"]) == {"fd_train", "nn_dist_train",
-                                                                          "precision", "recall"}
+                                                                          "precision", "recall", "kid_x1000"}
         assert all(0 <= v <= 1 for v in lin["extra_val"]["recall"]["best"])
     assert "P, R (baseline → linear)" in md and "What the linear schedule does" in md
 

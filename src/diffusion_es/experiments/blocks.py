@@ -61,12 +61,14 @@ def power_text(p: dict) -> str:
            f"metric varied by {100 * p['sd_metric_rel']:.1f} % (sd over {len(p['baseline'])} seed sets) but its "
            f"*paired* change (λ = {p['lam_probe']} vs 1 on the same seeds) only by {100 * p['sd_paired']:.2f} % (sd). "
            f"A paired t-test then needs {p['sets_needed']} seed sets to detect a {100 * p['effect']:.0f} % change "
-           f"with 80 % power at α = 0.05; this run uses **{p['n_val_sets']} validation sets**, so its 95 % intervals "
-           f"are about ±{100 * p['resolvable']:.1f} % wide")
+           f"with 80 % power at α = 0.05 (planned with an 80 % upper bound on that sd); this run uses "
+           f"**{p['n_val_sets']} validation sets**, so its 95 % intervals are about ±{100 * p['resolvable']:.1f} % "
+           "wide")
     if p.get("capped"):
         txt += (f" (capped by the profile: effects below about {100 * 2 * p['resolvable']:.1f} % are not "
                 "resolvable in this run)")
-    return txt + "."
+    return txt + (". The reference's own noise is the same in every set: it does not widen these paired intervals, "
+                  "but it limits what they say beyond this reference (docs/metrics.md).")
 
 
 def _lambda_verdict(lin: dict, exp: dict) -> str:
@@ -145,10 +147,13 @@ def repro_blocks(r: dict) -> list:
             row.append(txt + (f" · {pr}" if pr else ""))
         rows.append(row)
     blocks.append(("table", rows))
-    extra = [k for k in ("fd_train", "nn_dist_train") if any(k in c.get("extra_val", {}) for c in r["table"])]
+    extra = [k for k in ("kid_x1000", "fd_train", "nn_dist_train")
+             if any(k in c.get("extra_val", {}) for c in r["table"])]
     if extra:
         blocks.append(("p", "Secondary measures on the same validation samples (baseline → ES; not used for choosing "
-                            "λ): `fd_train`, the same FD against the training split (it rewards copying training "
+                            "λ): `kid_x1000`, the unbiased KID (× 1000) against the same held-out data, a check on "
+                            "FD's small-sample bias; `fd_train`, the same FD against the training split (it rewards "
+                            "copying training "
                             "images); `nn_dist_train`, the mean pixel distance of a sample to its nearest training image "
                             "(a drop means samples move toward copies)."))
         rows = [["sampler", "NFE"] + extra]

@@ -146,10 +146,12 @@ class _Repro:
 
         res, cached = self.store.get_or_run(f"power_{sampler}_{steps}", {"part": "power", "sampler": sampler,
                                             "steps": steps, "k": k, "n": cfg.n_samples, "probe": probe}, run)
-        base, es = np.asarray(res["baseline"]), np.asarray(res["probe"])
-        d = es / base - 1.0
-        sd = float(np.std(d, ddof=1))
-        need = sets_needed(sd, POWER_EFFECT)
+        from .power import paired_relative_sd, required_sets, sd_upper_bound
+
+        base = np.asarray(res["baseline"])
+        sd = paired_relative_sd(res["baseline"], res["probe"])
+        # planned with an 80 % upper confidence bound on the sd measured from only k sets
+        need = required_sets(POWER_EFFECT, sd_upper_bound(sd, k, 0.8), min_sets=2, max_sets=1000)
         chosen = int(min(max(need, cfg.n_val_sets), cfg.max_val_sets))
         resolvable = half_width(sd, chosen)
         res.update(sd_paired=sd, sd_metric_rel=float(np.std(base, ddof=1) / np.mean(base)), sets_needed=need,
@@ -269,26 +271,11 @@ def get_steps(sampler: str, nfe: int) -> int:
     return get_sampler(sampler).steps_for_nfe(nfe)
 
 
-def _t_quantile(p: float, df: int) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(p, df))
-
-
 def half_width(sd: float, n: int, alpha: float = 0.05) -> float:
     """Half-width of the two-sided (1 − α) t-interval of a mean of ``n`` paired differences with sd ``sd``."""
-    return _t_quantile(1 - alpha / 2, n - 1) * sd / math.sqrt(n) if n > 1 else math.inf
+    from scipy.stats import t
 
-
-def sets_needed(sd: float, effect: float, alpha: float = 0.05, power: float = 0.8, n_max: int = 1000) -> int:
-    """Seed sets for a paired t-test to detect a mean relative change ``effect`` at the given power:
-    the smallest n with (t_{1−α/2, n−1} + t_{power, n−1}) · sd / √n <= effect."""
-    if sd <= 0:
-        return 2
-    for n in range(2, n_max + 1):
-        if (_t_quantile(1 - alpha / 2, n - 1) + _t_quantile(power, n - 1)) * sd / math.sqrt(n) <= effect:
-            return n
-    return n_max
+    return float(t.ppf(1 - alpha / 2, n - 1)) * sd / math.sqrt(n) if n > 1 else math.inf
 
 
 def run_repro(cfg: ReproConfig, log=print) -> dict:
