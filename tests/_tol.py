@@ -1,0 +1,49 @@
+"""Tolerances for comparing two computations of the same quantity that differ only in rounding.
+
+One correctly rounded floating-point operation has relative error at most u = eps/2 (eps = ``finfo(dtype).eps``,
+the spacing of the numbers just above 1). Two computations of one quantity whose values are at most ``scale`` in
+size, and which perform ``n`` roundings between them that can come out differently (both sides counted), differ
+by at most about n·u·scale; ``tol`` returns n·eps·scale, which leaves a factor 2 for second-order terms.
+
+How to count n (say which in a comment where ``tol`` is used):
+
+* an elementwise operation (+, -, ·, /, sqrt, a cast to a narrower dtype): 1 per operation per side;
+* a sum of m terms in an order the kernel is free to choose (BLAS blocking, the thread count, the batch size):
+  m, with ``scale`` the sum of the magnitudes of the terms (the classic γ_m = m·u bound);
+* a value that passes through further computation after it was rounded: multiply by that computation's
+  condition (for x0 = (x - √(1-ᾱ)·ε)/√ᾱ that is 1/√ᾱ).
+
+Never fit n to the difference one machine shows: a reduction may be summed in another order on another CPU or
+with another thread count (CI runs the suite with 1 and 2 threads for this reason).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+F32, F64 = torch.float32, torch.float64
+
+
+def eps(dtype) -> float:
+    """Machine epsilon of a torch or numpy floating dtype (2**-23 for float32, 2**-52 for float64)."""
+    if isinstance(dtype, torch.dtype):
+        return float(torch.finfo(dtype).eps)
+    return float(np.finfo(dtype).eps)
+
+
+def tol(dtype, scale: float = 1.0, n: float = 1) -> float:
+    """Absolute tolerance n·eps(dtype)·scale: n roundings (both sides counted) on values of size ``scale``."""
+    return float(n) * eps(dtype) * float(scale)
+
+
+def mag(*xs) -> float:
+    """The largest absolute value over tensors / arrays / numbers (the ``scale`` of a comparison)."""
+    out = 0.0
+    for x in xs:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().double().abs().max().item() if x.numel() else 0.0
+        else:
+            x = float(np.max(np.abs(np.asarray(x, dtype=np.float64)))) if np.size(x) else 0.0
+        out = max(out, x)
+    return out
