@@ -149,7 +149,7 @@ def test_lr_schedule():
 
 _KILLER = textwrap.dedent("""
     import os, signal, sys, torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(sys.argv[3]))  # the parent's thread count: bit-exact resume is promised per setting
     from diffusion_es.models import ModelConfig
     from diffusion_es.train import TrainConfig, train
     def cb(step, info):
@@ -166,8 +166,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     model = ModelConfig(width=32, blocks=1, dropout=0.1)  # dropout: the global RNG must be restored too
     train(tmp_path / "full", cfg, model, progress=False)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    p = subprocess.run([sys.executable, "-c", _KILLER, str(tmp_path / "killed"), "47"], env=env,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-c", _KILLER, str(tmp_path / "killed"), "47", str(torch.get_num_threads())],
+                       env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == -signal.SIGKILL, p.stderr
     assert load_file(str(tmp_path / "killed" / "train_state.safetensors"))["data.perm"].numel() == 1437
     s = train(tmp_path / "killed", None, resume=True, progress=False)
