@@ -238,7 +238,8 @@ def as_prediction(unet, scheduler, kind):
         out = inner(x_t, t, *args, **kw)
         eps, ab = out.sample.double(), alpha_bar(t)
         x0 = (x_t.double() - (1 - ab).sqrt() * eps) / ab.sqrt()
-        out.sample = (x0 if kind == "sample" else ab.sqrt() * eps - (1 - ab).sqrt() * x0).to(out.sample.dtype)
+        pred = x0 if kind == "sample" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
+        out.sample = pred.to(out.sample.dtype)
         return out
 
     other.forward = forward
