@@ -32,25 +32,22 @@ from diffusion_es.adapters.diffusers import (  # noqa: E402
 from diffusion_es.scaling import Linear, PerStep, Uniform  # noqa: E402
 
 from _tiny_diffusers import tiny_clip, tiny_dit, tiny_unet, tiny_vae, tiny_vq  # noqa: E402
-from _tol import F32, F64, tol  # noqa: E402
+from _tol import F32, F64, loop_tol, tol  # noqa: E402
 
 diffusers.utils.logging.set_verbosity_error()
 N = 4  # sampling steps everywhere
 LIN = Linear(0.01, 1.0)  # λ = 1.03, 1.02, 1.01, 1.00 over 4 steps: exercises the λ = 1 short cut too
 DT = F64
-# Roundings in which a patched pipeline and its hand-written loop may differ: a few per step (where ε is divided
-# by λ, guidance before or after), carried through the later network calls and the decoder. 2**10 allows for that
-# times a growth of ~100 through the tiny networks; in float64 it is ~2e-13 per unit of scale.
-N_ROUNDINGS = 2**10
 
 
 def close(a, b, scale=1.0, cond=1.0, f32=0):
-    """``a`` and ``b`` equal up to float64 rounding on values of size ``scale`` (times the condition ``cond`` of
-    the computation), plus ``f32`` float32 roundings where the computation rounds to float32 on the way, and one
-    where a pipeline hands back float32 (diffusers' image processor casts its images to float32)."""
+    """``a`` and ``b`` (a patched pipeline and its loop written out) equal up to the float64 rounding of an N-step
+    loop on values of size ``scale`` (grown by the condition ``cond``; the decoders count as one more step), plus
+    ``f32`` float32 roundings where the computation rounds to float32 on the way, and one where a pipeline hands
+    back float32 (diffusers' image processor casts its images to float32)."""
     if np.float32 in (np.asarray(a).dtype, np.asarray(b).dtype):
         f32 += 1
-    atol = tol(F64, scale, N_ROUNDINGS * cond) + tol(F32, scale, f32)
+    atol = loop_tol(F64, scale, N + 1, cond=cond) + tol(F32, scale, f32)
     np.testing.assert_allclose(a, b, atol=atol, rtol=0)
 
 
