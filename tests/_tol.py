@@ -56,3 +56,12 @@ def loop_tol(dtype, scale: float, steps: int, per_step: int = 8, growth: float =
     the later steps and network calls, allowed to grow ``growth``-fold there. Use it in float64: 2·8·steps·16
     roundings is ~1e-13·steps relative, many orders below any effect of Epsilon Scaling the tests check."""
     return tol(dtype, scale * cond, 2 * per_step * steps * growth)
+
+
+def cumprod_rtol(betas, dtype=F32) -> float:
+    """Relative bound between ᾱ = Π(1 - β) as diffusers builds it (in ``dtype``: float32) and the exact product:
+    per factor β's own rounding (u·β, relative to 1 - β: u·β/(1-β)), 1 - β rounded (u) and the running product
+    rounded (u), i.e. Σ (2 + β/(1-β)) roundings, each counted at eps = 2u (room for β's arithmetic before its
+    cast, e.g. a float32 linspace, and second-order terms)."""
+    b = np.asarray(betas, dtype=np.float64)
+    return tol(dtype, 1.0, float(np.sum(2 + b / (1 - b))))
