@@ -65,3 +65,11 @@ def cumprod_rtol(betas, dtype=F32) -> float:
     cast, e.g. a float32 linspace, and second-order terms)."""
     b = np.asarray(betas, dtype=np.float64)
     return tol(dtype, 1.0, float(np.sum(2 + b / (1 - b))))
+
+
+def net_tol(dtype, scale: float, fan_in_sum: int = 2**14, growth: float = 16) -> float:
+    """Two implementations of one network (ours and its diffusers export: other kernels, other summation orders):
+    every reduction along the deepest path may sum in another order, so n = Σ of their lengths (``fan_in_sum``:
+    ≤ 2**14 for the test UNets, ~20 layers of ≤ 3·3·64 terms), on values of size ``scale``, allowed to grow
+    ``growth``-fold through the later layers. Use it in float64 (~6e-11 relative); in float32 it would be ~3e-2."""
+    return tol(dtype, scale, fan_in_sum * growth)
