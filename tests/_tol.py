@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusion_es.metrics.features import get_extractor as _GET_EXTRACTOR  # bound before any test patches it
 
 F32, F64 = torch.float32, torch.float64
 
@@ -73,3 +77,66 @@ def net_tol(dtype, scale: float, fan_in_sum: int = 2**14, growth: float = 16) ->
     ≤ 2**14 for the test UNets, ~20 layers of ≤ 3·3·64 terms), on values of size ``scale``, allowed to grow
     ``growth``-fold through the later layers. Use it in float64 (~6e-11 relative); in float32 it would be ~3e-2."""
     return tol(dtype, scale, fan_in_sum * growth)
+
+
+def trace_sqrt_tol(s1, s2) -> float:
+    """Float64 rounding of tr((S1 S2)^{1/2}), the Fréchet distance's root term, for covariances S1, S2: a backward
+    stable eigensolver (or Schur square root) gets each eigenvalue w of S1^{1/2} S2 S1^{1/2} to within
+    δ = d·eps·‖S1‖‖S2‖, and the square root turns that into δ/(2√w), at most √δ near w = 0."""
+    s1, s2 = np.asarray(s1, np.float64), np.asarray(s2, np.float64)
+    d = s1.shape[0]
+    delta = tol(F64, np.linalg.norm(s1, 2) * np.linalg.norm(s2, 2), d)
+    w1, v1 = np.linalg.eigh((s1 + s1.T) / 2)
+    r = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T
+    m = r @ s2 @ r
+    w = np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)
+    with np.errstate(divide="ignore"):
+        per = np.where(w > 0, delta / (2 * np.sqrt(w)), np.inf)
+    return float(np.sum(np.minimum(np.sqrt(delta), per)))
+
+
+def fd_rounding_tol(s1, s2) -> float:
+    """Float64 rounding of a Fréchet distance |μ1 - μ2|² + tr S1 + tr S2 - 2 tr((S1 S2)^{1/2}) of these
+    covariances: twice the root term's (``trace_sqrt_tol``), plus the traces' sums."""
+    d = np.asarray(s1).shape[0]
+    return 2 * trace_sqrt_tol(s1, s2) + tol(F64, np.trace(s1) + np.trace(s2), 2 * d)
+
+
+# ---- feature networks (diffusion_es.metrics) -------------------------------------------------------------------
+def float64_extractor(name="digits", **kwargs):
+    """A digit-classifier extractor with its network in float64 (its float32 input cast exactly): features of one
+    image then differ only by the order BLAS sums in (batch size, thread count), bounded by ``reorder_bound``."""
+    ex = _GET_EXTRACTOR(name, **kwargs)
+    ex.model.double()
+    ex.model.body.register_forward_pre_hook(lambda m, args: (args[0].double(),))
+    return ex
+
+
+@torch.no_grad()
+def reorder_bound(model, x):
+    """Per feature, the largest difference two summation orders can make (Higham's γ_n bound): n·eps·Σ|w·a|,
+    with Σ|w·a| the network run on |x| with |W|, |b| (ReLU and max-pool keep it an upper bound) and n the terms
+    summed along the way."""
+    a, n = x.abs().double(), 0
+    for mod in model.body:
+        if isinstance(mod, nn.Conv2d):
+            a = F.conv2d(a, mod.weight.abs().double(), mod.bias.abs().double(), padding=mod.padding)
+            n += mod.weight[0].numel()
+        elif isinstance(mod, nn.MaxPool2d):
+            a = mod(a)
+        else:
+            assert isinstance(mod, (nn.ReLU, nn.Identity)), mod  # a >= 0 passes through
+    a = F.linear(a.flatten(1), model.fc.weight.abs().double(), model.fc.bias.abs().double())
+    n += model.fc.in_features
+    return tol(F64, float(a.max()), n)
+
+
+def stats_tols(df: float, feats, cov):
+    """Tolerances (mean, covariance, Fréchet distance) between float64 statistics of features that differ by at
+    most ``df`` each: the mean by df and its own sum; the covariance Σ f fᵀ/n - μμᵀ to first order in df and its
+    own sums; the distance by |Δμ|² + ‖ΔC‖_1 (Powers-Størmer, ‖ΔC‖_1 <= d^1.5 max|ΔC|) and its own rounding."""
+    f = np.asarray(feats, np.float64)
+    big, n, d = float(np.abs(f).max()), f.shape[0], f.shape[1]
+    mean_tol = df + tol(F64, big, n)
+    cov_tol = 4 * big * df + tol(F64, big**2, 4 * n)
+    return mean_tol, cov_tol, d * mean_tol**2 + d**1.5 * cov_tol + fd_rounding_tol(cov, cov)

@@ -1,13 +1,10 @@
 """The shipped digit classifier and FD-digits on real data."""
 
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from diffusion_es.data import load_digits
 from diffusion_es.io import to_uint8
@@ -16,7 +13,7 @@ from diffusion_es.metrics.features import (_resize_to, _to_grey_float, assets_di
                                            get_extractor, weights_hash)
 from diffusion_es.metrics.frechet import FeatureStats, frechet_distance
 
-from _tol import F32, F64, tol
+from _tol import F32, F64, float64_extractor, reorder_bound, stats_tols, tol
 
 
 @pytest.fixture(scope="module")
@@ -50,34 +47,6 @@ def test_card_matches_shipped_weights():
     assert abs(acc - card["heldout_accuracy"]) <= near / len(y) + tol(F64, 1, 4)
 
 
-def float64_extractor(name="digits"):
-    """The extractor with its network in float64 (its float32 input cast exactly): features of one image then
-    differ only by the order BLAS sums in (batch size, thread count), bounded by ``reorder_bound``."""
-    ex = get_extractor(name)
-    ex.model.double()
-    ex.model.body.register_forward_pre_hook(lambda m, args: (args[0].double(),))
-    return ex
-
-
-@torch.no_grad()
-def reorder_bound(model, x):
-    """Per feature, the largest difference two summation orders can make (Higham's γ_n bound): n·eps·Σ|w·a|,
-    with Σ|w·a| the network run on |x| with |W|, |b| (ReLU and max-pool keep it an upper bound) and n the terms
-    summed along the way."""
-    a, n = x.abs().double(), 0
-    for mod in model.body:
-        if isinstance(mod, nn.Conv2d):
-            a = F.conv2d(a, mod.weight.abs().double(), mod.bias.abs().double(), padding=mod.padding)
-            n += mod.weight[0].numel()
-        elif isinstance(mod, nn.MaxPool2d):
-            a = mod(a)
-        else:
-            assert isinstance(mod, (nn.ReLU, nn.Identity)), mod  # a >= 0 passes through
-    a = F.linear(a.flatten(1), model.fc.weight.abs().double(), model.fc.bias.abs().double())
-    n += model.fc.in_features
-    return tol(F64, float(a.max()), n)
-
-
 @pytest.mark.filterwarnings("ignore:Matrix is singular")  # the constant-image set has a zero covariance
 def test_train_vs_heldout_small_noise_large(ex, digits_u8):
     st = FeatureStats.from_features(extract(ex, digits_u8["train"]))
@@ -105,14 +74,7 @@ def test_order_batching_resizing_and_channels_do_not_change_stats(digits_u8):
     shuffled, _ = extract_stats(ex, perm, progress=False)
     ex.batch_size = 7
     batched, _ = extract_stats(ex, u, progress=False)
-    df = reorder_bound(ex.model, x)  # per feature
-    f = extract(ex, u)
-    big, n, d = float(np.abs(f).max()), len(u), f.shape[1]
-    mean_tol = df + tol(F64, big, n)  # and the float64 sum over the images
-    cov_tol = 4 * big * df + tol(F64, big**2, 4 * n)  # Σ f fᵀ/n - μμᵀ, first order in df; its own sums
-    # FD <= |Δμ|² + ‖ΔC‖_1 (Powers-Størmer), ‖ΔC‖_1 <= d^1.5 max|ΔC|; sqrtm's own error grows by √cond
-    lam = np.linalg.eigvalsh(ref.cov)
-    fd_tol = d * mean_tol**2 + d**1.5 * cov_tol + tol(F64, np.trace(ref.cov), d * math.sqrt(lam[-1] / lam[0]))
+    mean_tol, cov_tol, fd_tol = stats_tols(reorder_bound(ex.model, x), extract(ex, u), ref.cov)
     for other in (shuffled, batched):
         np.testing.assert_allclose(other.mean, ref.mean, atol=mean_tol, rtol=0)
         np.testing.assert_allclose(other.cov, ref.cov, atol=cov_tol, rtol=0)
