@@ -15,6 +15,11 @@ How to count n (say which in a comment where ``tol`` is used):
 
 Never fit n to the difference one machine shows: a reduction may be summed in another order on another CPU or
 with another thread count (CI runs the suite with 1 and 2 threads for this reason).
+
+A float32 network between the two computations has no useful bound: its reordered sums cancel massively (for
+the digit CNN, Higham's bound through the |W|-network is ~4 on features of size ~33, the real differences
+~1e-7). Such comparisons run the network in float64 (where the same bound is ~1e-8, see ``reorder_bound``), or
+compare at the network's input and require the same output for the same input in one process.
 """
 
 from __future__ import annotations
