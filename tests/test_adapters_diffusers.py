@@ -1,4 +1,10 @@
-"""Epsilon Scaling inside diffusers pipelines (tiny random models built offline from configs)."""
+"""Epsilon Scaling inside diffusers pipelines (tiny random models built offline from configs).
+
+The models run in float64 (``DT``): the tests compare a patched pipeline with the same loop written out by hand,
+and in float64 the rounding either side adds (~1e-13 after the networks, see ``close``) is many orders below the
+smallest effect of Epsilon Scaling they check (1e-4), on any CPU and thread count. That float32 models (the usual
+case) stay float32 through every route is checked on its own (``test_float32_models_stay_float32``).
+"""
 
 import inspect
 import subprocess
@@ -26,10 +32,23 @@ from diffusion_es.adapters.diffusers import (  # noqa: E402
 from diffusion_es.core.scaling import Linear, PerStep, Uniform  # noqa: E402
 
 from _tiny_diffusers import tiny_clip, tiny_dit, tiny_unet, tiny_vae, tiny_vq  # noqa: E402
+from _tol import F32, F64, loop_tol, tol  # noqa: E402
 
 diffusers.utils.logging.set_verbosity_error()
 N = 4  # sampling steps everywhere
 LIN = Linear(0.01, 1.0)  # λ = 1.03, 1.02, 1.01, 1.00 over 4 steps: exercises the λ = 1 short cut too
+DT = F64
+
+
+def close(a, b, scale=1.0, cond=1.0, f32=0):
+    """``a`` and ``b`` (a patched pipeline and its loop written out) equal up to the float64 rounding of an N-step
+    loop on values of size ``scale`` (grown by the condition ``cond``; the decoders count as one more step), plus
+    ``f32`` float32 roundings where the computation rounds to float32 on the way, and one where a pipeline hands
+    back float32 (diffusers' image processor casts its images to float32)."""
+    if np.float32 in (np.asarray(a).dtype, np.asarray(b).dtype):
+        f32 += 1
+    atol = loop_tol(F64, scale, N + 1, cond=cond) + tol(F32, scale, f32)
+    np.testing.assert_allclose(a, b, atol=atol, rtol=0)
 
 
 def lam_of_step(schedule, n=N):
@@ -40,14 +59,22 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.fixture(autouse=True)
+def _ldm_noise_in_model_dtype(monkeypatch):
+    """LDMPipeline draws its noise in float32 whatever its models' dtype (every other pipeline here draws it in
+    the model's dtype); make it draw in ``DT`` so its latents are float64 from the start."""
+    monkeypatch.setattr(sys.modules[LDMPipeline.__module__], "randn_tensor",
+                        lambda *a, **kw: randn_tensor(*a, **{**kw, "dtype": DT}))
+
+
 @pytest.fixture(scope="module")
 def unet():
-    return tiny_unet()
+    return tiny_unet().to(DT)
 
 
 @pytest.fixture(scope="module")
 def unet_lat():
-    return tiny_unet(in_ch=3, size=8, seed=5)
+    return tiny_unet(in_ch=3, size=8, seed=5).to(DT)
 
 
 def _quiet(p):
@@ -64,14 +91,14 @@ def ddim_pipe(unet):
 
 
 def ldm_pipe(unet_lat, scheduler=None):
-    return _quiet(LDMPipeline(tiny_vq(), unet_lat, scheduler or DDIMScheduler()))
+    return _quiet(LDMPipeline(tiny_vq().to(DT), unet_lat, scheduler or DDIMScheduler()))
 
 
 # ---- reference loops: the pipelines written out by hand, dividing the (guided) ε by λ -------------------------
 @torch.no_grad()
 def ref_ddpm(pipe, lams, B=2):
     g, s, u = gen(), pipe.scheduler, pipe.unet
-    x = randn_tensor((B, 3, 8, 8), generator=g)
+    x = randn_tensor((B, 3, 8, 8), generator=g, dtype=u.dtype)
     s.set_timesteps(N)
     for i, t in enumerate(s.timesteps):
         eps = u(x, t).sample
@@ -82,7 +109,7 @@ def ref_ddpm(pipe, lams, B=2):
 @torch.no_grad()
 def ref_ddim(pipe, lams, B=2):
     g, s, u = gen(), pipe.scheduler, pipe.unet
-    x = randn_tensor((B, 3, 8, 8), generator=g)
+    x = randn_tensor((B, 3, 8, 8), generator=g, dtype=u.dtype)
     s.set_timesteps(N)
     for i, t in enumerate(s.timesteps):
         eps = u(x, t).sample
@@ -94,7 +121,7 @@ def ref_ddim(pipe, lams, B=2):
 def ref_ldm(pipe, lams, B=2, calls=None):
     """LDMPipeline by hand; ``calls`` gives λ per network evaluation (Heun: 2N-1), else ``lams`` per step."""
     g, s, u = gen(), pipe.scheduler, pipe.unet
-    x = randn_tensor((B, 3, 8, 8), generator=g) * s.init_noise_sigma
+    x = randn_tensor((B, 3, 8, 8), generator=g, dtype=u.dtype) * s.init_noise_sigma
     s.set_timesteps(N)
     kw = {"eta": 0.0} if "eta" in inspect.signature(s.step).parameters else {}
     for i, t in enumerate(s.timesteps):
@@ -133,7 +160,7 @@ def test_unconditional_pipelines(name, unet, unet_lat):
         es = run(pipe, **kw)
         h.remove()
         expected = ref(pipe, lam_of_step(schedule))
-        np.testing.assert_allclose(es, expected, atol=1e-6, rtol=0)
+        close(es, expected)  # images in [0, 1]
         assert np.abs(es - base).max() > 1e-4  # ES did change the images
     # removed: the scheduler's step is the original again and the images are the baseline
     assert "step" not in sched.__dict__ and sched.step == type(sched).step.__get__(sched)
@@ -172,10 +199,10 @@ def test_lambda_of_each_sigma(make, unet_lat):
     assert len(h.records) == n_calls
     # the step of each call: Heun evaluates at σ0, σ1, σ1, σ2, σ2, ... (the correction at σ_{i+1} gets λ_{i+1})
     step_of_call = [(c + 1) // 2 for c in range(n_calls)] if heun else list(range(N))
-    np.testing.assert_allclose([r.sigma for r in h.records], sig[:n_calls], rtol=1e-6)
+    assert [r.sigma for r in h.records] == list(sig[:n_calls])  # the scheduler's own table entries
     assert [r.lam for r in h.records] == [lams[i] for i in step_of_call]
     expected = ref_ldm(pipe, lams, calls=[lams[i] for i in step_of_call])
-    np.testing.assert_allclose(es, expected, atol=1e-6, rtol=0)
+    close(es, expected)
 
 
 def test_rebinds_after_set_timesteps(unet_lat):
@@ -208,7 +235,8 @@ def as_prediction(unet, scheduler, kind):
         out = inner(x_t, t, *args, **kw)
         eps, ab = out.sample.double(), alpha_bar(t)
         x0 = (x_t.double() - (1 - ab).sqrt() * eps) / ab.sqrt()
-        out.sample = (x0 if kind == "sample" else ab.sqrt() * eps - (1 - ab).sqrt() * x0).float()
+        pred = x0 if kind == "sample" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
+        out.sample = pred.to(out.sample.dtype)
         return out
 
     other.forward = forward
@@ -218,11 +246,31 @@ def as_prediction(unet, scheduler, kind):
 @torch.no_grad()
 def latents_loop(unet, sched, B=2):
     """The LDM loop without the (quantizing) VQ decoder, so float32 round-off cannot flip a code."""
-    x = randn_tensor((B, 3, 8, 8), generator=gen()) * sched.init_noise_sigma
+    x = randn_tensor((B, 3, 8, 8), generator=gen(), dtype=unet.dtype) * sched.init_noise_sigma
     sched.set_timesteps(N)
     for t in sched.timesteps:
         x = sched.step(unet(sched.scale_model_input(x, t), t).sample, t, x).prev_sample
     return x.numpy()
+
+
+def float64_tables(sched):
+    """diffusers keeps ᾱ and σ in float32 and computes a step's coefficients from them in float32. Those roundings
+    cancel when a pipeline is compared with its own loop, but not between an ε and a v/x0 scheduler, which
+    convert with different coefficients; with float64 tables the whole step runs in float64."""
+    sched.alphas_cumprod = sched.alphas_cumprod.double()
+    if hasattr(sched, "sigmas"):  # init_noise_sigma reads them before set_timesteps
+        sched.sigmas = sched.sigmas.double()
+    if hasattr(sched, "final_alpha_cumprod"):
+        sched.final_alpha_cumprod = sched.final_alpha_cumprod.double()
+    orig = sched.set_timesteps
+
+    def set_timesteps(*args, **kwargs):
+        orig(*args, **kwargs)
+        if hasattr(sched, "sigmas"):
+            sched.sigmas = sched.sigmas.double()
+
+    sched.set_timesteps = set_timesteps
+    return sched
 
 
 @pytest.mark.parametrize("kind", ["v_prediction", "sample"])
@@ -230,7 +278,7 @@ def latents_loop(unet, sched, B=2):
                                  HeunDiscreteScheduler], ids=["ddim", "euler", "dpmsolver", "heun"])
 def test_v_and_x0_match_eps(kind, cls, unet_lat):
     extra = {"clip_sample": False} if cls is DDIMScheduler else {}
-    s_eps, s_other = cls(**extra), cls(prediction_type=kind, **extra)
+    s_eps, s_other = float64_tables(cls(**extra)), float64_tables(cls(prediction_type=kind, **extra))
     other = as_prediction(unet_lat, s_other, kind)
     base = latents_loop(unet_lat, s_eps)
     for schedule in (Uniform(1.0), Uniform(1.03), LIN):
@@ -238,13 +286,33 @@ def test_v_and_x0_match_eps(kind, cls, unet_lat):
             a = latents_loop(unet_lat, s_eps)
         with apply_epsilon_scaling(s_other, schedule):
             b = latents_loop(other, s_other)
-        np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(a).max(), rtol=1e-5)
+        # x0 = (x - √(1-ᾱ)ε)/√ᾱ and back: roundings grow by up to 1/√ᾱ at the noisiest level. Euler casts its
+        # state to float32 at every step, which the ε and the v/x0 conversion see differently: one rounding per
+        # step and side, carried through the later steps (growth allowance 4)
+        close(a, b, scale=np.abs(a).max(), cond=1 / float(s_eps.alphas_cumprod.min()) ** 0.5,
+              f32=2 * N * 4 if cls is EulerDiscreteScheduler else 0)
     assert np.abs(a - base).max() > 1e-3 * np.abs(base).max()  # ES did change the result
+
+
+def test_float32_models_stay_float32():
+    """The comparisons here run float64 models; a float32 model (the usual case) keeps float32 through the step
+    route (ε, v and x0; DDPM- and σ-space schedulers) and the model route (learned variance)."""
+    u = tiny_unet(in_ch=3, size=8, seed=5)
+    for cls in (DDIMScheduler, EulerDiscreteScheduler):
+        for kind in ("epsilon", "v_prediction", "sample"):
+            s = cls(prediction_type=kind)
+            with apply_epsilon_scaling(s, LIN):
+                x = latents_loop(u, s, B=1)
+            assert x.dtype == np.float32 and np.isfinite(x).all(), (cls.__name__, kind)
+    lv = tiny_unet(out_ch=6, seed=7)
+    pipe = _quiet(DDPMPipeline(lv, DDPMScheduler(variance_type="learned_range")))
+    with scale_model_output(lv, pipe, LIN):
+        assert run(pipe, batch_size=1).dtype == np.float32
 
 
 # ---- learned variance: only the first C channels are scaled ----------------------------------------------
 def test_learned_variance_ddpm_and_model_route():
-    u = tiny_unet(out_ch=6, seed=7)
+    u = tiny_unet(out_ch=6, seed=7).to(DT)
     pipe = _quiet(DDPMPipeline(u, DDPMScheduler(variance_type="learned_range")))
     base = run(pipe, batch_size=2)
     with apply_epsilon_scaling(pipe, 1.02):
@@ -253,7 +321,7 @@ def test_learned_variance_ddpm_and_model_route():
     @torch.no_grad()
     def ref():
         g, s = gen(), pipe.scheduler
-        x = randn_tensor((2, 3, 8, 8), generator=g)
+        x = randn_tensor((2, 3, 8, 8), generator=g, dtype=u.dtype)
         s.set_timesteps(N)
         for t in s.timesteps:
             out = u(x, t).sample
@@ -261,9 +329,9 @@ def test_learned_variance_ddpm_and_model_route():
             x = s.step(out, t, x, generator=g).prev_sample
         return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
-    np.testing.assert_allclose(es, ref(), atol=1e-6, rtol=0)
+    close(es, ref())
     with scale_model_output(u, pipe, 1.02) as h:
-        np.testing.assert_allclose(run(pipe, batch_size=2), es, atol=1e-6, rtol=0)
+        close(run(pipe, batch_size=2), es)
     assert "forward" not in u.__dict__ and not h.active
     assert np.array_equal(run(pipe, batch_size=2), base)
 
@@ -271,14 +339,14 @@ def test_learned_variance_ddpm_and_model_route():
 # ---- classifier-free guidance: DiT and a Stable-Diffusion-style pipeline --------------------------------------
 @pytest.fixture(scope="module")
 def dit_pipe():
-    return _quiet(DiTPipeline(tiny_dit(), tiny_vae(), DDIMScheduler()))
+    return _quiet(DiTPipeline(tiny_dit().to(DT), tiny_vae().to(DT), DDIMScheduler()))
 
 
 @torch.no_grad()
 def ref_dit(pipe, lams, labels, w):
     g, s, tr = gen(), pipe.scheduler, pipe.transformer
     B, C = len(labels), tr.config.in_channels
-    lat = randn_tensor((B, C, 8, 8), generator=g)
+    lat = randn_tensor((B, C, 8, 8), generator=g, dtype=tr.dtype)
     x = torch.cat([lat, lat])
     cl = torch.cat([torch.tensor(labels), torch.tensor([1000] * B)])
     s.set_timesteps(N)
@@ -299,12 +367,12 @@ def test_dit_pipeline(dit_pipe):
         assert np.array_equal(run(dit_pipe, **kw), base)
     with apply_epsilon_scaling(dit_pipe, LIN):
         post = run(dit_pipe, **kw)
-    np.testing.assert_allclose(post, ref_dit(dit_pipe, lam_of_step(LIN), [1, 2], 3.0), atol=1e-6, rtol=0)
+    close(post, ref_dit(dit_pipe, lam_of_step(LIN), [1, 2], 3.0))
     assert np.abs(post - base).max() > 1e-4
     # pre-guidance (model side, learned-σ output: only the ε channels) equals post-guidance for plain CFG
     with scale_model_output(dit_pipe.transformer, dit_pipe, LIN):
         pre = run(dit_pipe, **kw)
-    np.testing.assert_allclose(pre, post, atol=1e-6, rtol=0)
+    close(pre, post)
     assert np.array_equal(run(dit_pipe, **kw), base)
 
 
@@ -313,8 +381,8 @@ def sd_pipe(tmp_path_factory):
     tok, enc = tiny_clip(tmp_path_factory.mktemp("clip"))
     sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
                           clip_sample=False, set_alpha_to_one=False)
-    return _quiet(StableDiffusionPipeline(vae=tiny_vae(), text_encoder=enc, tokenizer=tok,
-                                          unet=tiny_unet(4, size=8, seed=6, cond_dim=16), scheduler=sched,
+    return _quiet(StableDiffusionPipeline(vae=tiny_vae().to(DT), text_encoder=enc.to(DT), tokenizer=tok,
+                                          unet=tiny_unet(4, size=8, seed=6, cond_dim=16).to(DT), scheduler=sched,
                                           safety_checker=None, feature_extractor=None,
                                           requires_safety_checker=False))
 
@@ -324,7 +392,7 @@ def ref_sd(pipe, lams, prompt, w):
     g, s, u = gen(), pipe.scheduler, pipe.unet
     cond, uncond = pipe.encode_prompt(prompt, "cpu", 1, True)
     emb = torch.cat([uncond, cond])
-    x = randn_tensor((1, 4, 8, 8), generator=g) * s.init_noise_sigma
+    x = randn_tensor((1, 4, 8, 8), generator=g, dtype=u.dtype) * s.init_noise_sigma
     s.set_timesteps(N)
     for i, t in enumerate(s.timesteps):
         inp = s.scale_model_input(torch.cat([x, x]), t)
@@ -341,11 +409,11 @@ def test_stable_diffusion_style_pipeline(sd_pipe):
     with apply_epsilon_scaling(sd_pipe, LIN):
         post = run(sd_pipe, **kw)
         lat = sd_pipe(generator=gen(), output_type="latent", num_inference_steps=N, **kw).images.numpy()
-    np.testing.assert_allclose(lat, ref_sd(sd_pipe, lam_of_step(LIN), kw["prompt"], 5.0), atol=1e-6, rtol=0)
+    close(lat, ref_sd(sd_pipe, lam_of_step(LIN), kw["prompt"], 5.0), scale=np.abs(lat).max())  # latents
     assert np.abs(post - base).max() > 1e-5
     with scale_model_output(sd_pipe.unet, sd_pipe, LIN):
         pre = run(sd_pipe, **kw)
-    np.testing.assert_allclose(pre, post, atol=1e-6, rtol=0)
+    close(pre, post)
     assert np.array_equal(run(sd_pipe, **kw), base)
 
 

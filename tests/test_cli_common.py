@@ -57,7 +57,7 @@ def test_threads_option_is_applied_once_for_every_command(tmp_path, capsys):
     m = tmp_path / "m"
     assert main(["train", "--data", "toy:moons", "--out", str(m), "--steps", "2", "--width", "8", "--blocks", "1",
                  "--threads", "2", "--no-progress"]) == 0
-    assert torch.get_num_threads() == 2  # (conftest puts it back to 1 after the test)
+    assert torch.get_num_threads() == 2  # (conftest puts the suite's setting back after the test)
     assert main(["sample", "--model", str(m), "--sampler", "euler", "--steps", "2", "--seeds", "0-3",
                  "--out", str(tmp_path / "s.npz"), "--threads", "-1", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

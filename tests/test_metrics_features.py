@@ -11,8 +11,10 @@ from diffusion_es.io import to_uint8
 from diffusion_es.metrics.classifier import load_classifier
 from diffusion_es.training.feature_net import train_feature_net as train
 from diffusion_es.hashing import weights_hash
-from diffusion_es.metrics.features import assets_dir, extract, extract_stats, get_extractor
+from diffusion_es.metrics.features import _resize_to, _to_grey_float, assets_dir, extract, extract_stats, get_extractor
 from diffusion_es.metrics.frechet import FeatureStats, frechet_distance
+
+from _tol import F32, F64, float64_extractor, reorder_bound, stats_tols, tol
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +35,17 @@ def test_card_matches_shipped_weights():
     x, y = load_digits("heldout", with_labels=True)
     from diffusion_es.io import from_uint8
 
+    xx = torch.from_numpy(from_uint8(to_uint8(x)))
     with torch.no_grad():
-        acc = (model(torch.from_numpy(from_uint8(to_uint8(x)))).argmax(1) == y).double().mean().item()
-    assert abs(acc - card["heldout_accuracy"]) < 1e-9
+        logits = model(xx)  # float32, as the card was measured (on another machine)
+        l64 = model.double()(xx.double())
+    acc = (logits.argmax(1) == y).double().mean().item()
+    # a decision whose two top logits are within the float32 error of the logits (measured here against float64;
+    # the card's run had its own, allowed 16x ours) of a tie may have gone the other way there
+    err = 16 * float((logits.double() - l64).abs().max())
+    top = l64.topk(2, dim=1).values
+    near = int((top[:, 0] - top[:, 1] <= 2 * err).sum())
+    assert abs(acc - card["heldout_accuracy"]) <= near / len(y) + tol(F64, 1, 4)
 
 
 @pytest.mark.filterwarnings("ignore:Matrix is singular")  # the constant-image set has a zero covariance
@@ -53,33 +63,46 @@ def test_train_vs_heldout_small_noise_large(ex, digits_u8):
     assert frechet_distance(st, FeatureStats.from_features(extract(ex, blank))) > 10 * floor
 
 
-def test_order_batching_resizing_and_channels_do_not_change_stats(ex, digits_u8):
+def test_order_batching_resizing_and_channels_do_not_change_stats(digits_u8):
+    """Order and batch size: the same inputs, so in float64 the statistics differ only by reordered sums (the
+    network's, bounded per feature by ``reorder_bound``; the statistics' own). Resizing and RGB: the network's
+    input is the grey image's up to float32 rounding, and the statistics are those of that input."""
+    ex = float64_extractor()
     u = digits_u8["heldout"]
+    x = _to_grey_float(u)
     ref, _ = extract_stats(ex, u, progress=False)
     perm = u[np.random.default_rng(1).permutation(len(u))]
     shuffled, _ = extract_stats(ex, perm, progress=False)
-    small = ex.batch_size
     ex.batch_size = 7
-    try:
-        batched, _ = extract_stats(ex, u, progress=False)
-    finally:
-        ex.batch_size = small
-    up = u.repeat(3, axis=1).repeat(3, axis=2)  # 24x24 nearest-neighbour upscale
-    upscaled, _ = extract_stats(ex, up, progress=False)
-    rgb, _ = extract_stats(ex, np.repeat(u, 3, axis=3), progress=False)
-    for other in (shuffled, batched, upscaled, rgb):
-        np.testing.assert_allclose(other.mean, ref.mean, atol=1e-5)
-        np.testing.assert_allclose(other.cov, ref.cov, atol=1e-4 * np.abs(ref.cov).max())
-        assert abs(frechet_distance(other, ref)) < 1e-4
+    batched, _ = extract_stats(ex, u, progress=False)
+    mean_tol, cov_tol, fd_tol = stats_tols(reorder_bound(ex.model, x), extract(ex, u), ref.cov)
+    for other in (shuffled, batched):
+        np.testing.assert_allclose(other.mean, ref.mean, atol=mean_tol, rtol=0)
+        np.testing.assert_allclose(other.cov, ref.cov, atol=cov_tol, rtol=0)
+        assert abs(frechet_distance(other, ref)) <= fd_tol
+    # RGB -> grey is a mean of three equal values (the sum and the quotient rounded); a 3x nearest-neighbour
+    # upscale is average-pooled back (a sum of 9 equal values: 8 roundings on up to 9|x|, and the quotient)
+    rgb, up = np.repeat(u, 3, axis=3), u.repeat(3, axis=1).repeat(3, axis=2)
+    x_rgb, x_up = _to_grey_float(rgb), _resize_to(_to_grey_float(up), ex.in_size)
+    torch.testing.assert_close(x_rgb, x, atol=tol(F32, 1, 2), rtol=0)  # |x| <= 1
+    torch.testing.assert_close(x_up, x, atol=tol(F32, 1, 37), rtol=0)  # (8·9 + 1) u
+    for images, inp in ((rgb, x_rgb), (up, x_up)):
+        other, _ = extract_stats(ex, images, progress=False)
+        with torch.no_grad():
+            want = FeatureStats.from_features(ex.model.features(inp).numpy())
+        np.testing.assert_allclose(other.mean, want.mean, atol=mean_tol, rtol=0)
+        np.testing.assert_allclose(other.cov, want.cov, atol=cov_tol, rtol=0)
 
 
-def test_keep_features_and_streaming_batches(ex, digits_u8):
+def test_keep_features_and_streaming_batches(digits_u8):
     u = digits_u8["train"]
     batches = (u[i:i + 100] for i in range(0, len(u), 100))
+    ex = float64_extractor()
     stats, kept = extract_stats(ex, batches, total=len(u), keep_features=250, progress=False)
-    full = extract(ex, u)
+    full = extract(ex, u)  # other batches: float64 sums in another order
     assert stats.n == len(u) and kept.shape == (250, ex.dim) and kept.dtype == np.float32
-    np.testing.assert_allclose(kept, full[:250], rtol=1e-6, atol=1e-5)
+    # kept features are stored in float32: one rounding
+    np.testing.assert_allclose(kept, full[:250], rtol=tol(F32, 1, 1), atol=reorder_bound(ex.model, _to_grey_float(u)))
 
 
 def test_training_is_deterministic():
@@ -104,7 +127,10 @@ def test_shipped_mnist_classifier():
     assert card["weights_sha256"] == ex.weights_hash and ex.in_size == 28 and card["heldout_accuracy"] >= 0.98
     u = np.zeros((3, 28, 28, 1), np.uint8)
     assert ex(u).shape == (3, 128)
-    np.testing.assert_allclose(ex(u.repeat(2, axis=1).repeat(2, axis=2)), ex(u), atol=1e-5)  # 56x56 pooled to 28
+    # 56x56 pooled to 28: the average of four pixels of -1 is -1 exactly, so the network sees the same input
+    up = u.repeat(2, axis=1).repeat(2, axis=2)
+    assert torch.equal(_resize_to(_to_grey_float(up), 28), _to_grey_float(u))
+    assert np.array_equal(ex(up), ex(u))
 
 
 def test_mnist_accuracy_on_real_test_images():

@@ -32,7 +32,7 @@ def test_round_trip_and_provenance(ref_file):
     p = ref.provenance
     assert (p["dataset"], p["split"], p["count"], p["format_version"]) == ("digits", "heldout", 50, 1)
     assert p["features"] == {"name": "digits", "weights_sha256": "a" * 64, "dim": 4, "preprocess": "p"}
-    np.testing.assert_allclose(ref.features, f[:20].astype(np.float32))
+    np.testing.assert_array_equal(ref.features, f[:20].astype(np.float32))  # stored as float32: the same cast
     with np.load(path, allow_pickle=False) as z:  # plain arrays, mu/sigma named as in ADM / pytorch-fid
         np.testing.assert_allclose(z["mu"], f.mean(0), atol=1e-12)
         np.testing.assert_allclose(z["sigma"], np.cov(f, rowvar=False), atol=1e-12)
