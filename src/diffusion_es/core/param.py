@@ -40,6 +40,8 @@ __all__ = [
     "X0Prediction",
     "VPrediction",
     "FlowPrediction",
+    "PreconditionedPrediction",
+    "FLOW",
     "PREDICTION_TYPES",
     "PREDICTION_ALIASES",
     "get_prediction",
@@ -306,6 +308,30 @@ class FlowPrediction(Prediction):
 
     def scalings(self, sigma, a, b):
         return a, -b
+
+
+class PreconditionedPrediction(Prediction):
+    """A network output F inside a preconditioning ``x̂_0 = c_skip·x_t + c_out·F`` (EDM's, as in diffusers' EDM
+    schedulers, which work in sigma space: a = 1, b = σ). ``c_skip``, ``c_out``: floats or broadcastable tensors
+    of the noise level the network was evaluated at. ε̂ = (x_t − a·x̂_0)/b and F = (x̂_0 − c_skip·x_t)/c_out."""
+
+    name = "preconditioned"
+
+    def __init__(self, c_skip, c_out):
+        self.c_skip, self.c_out = c_skip, c_out
+
+    def x0_eps(self, out, x_t, a, b):
+        x0 = self.c_skip * x_t + self.c_out * out
+        return x0, (x_t - a * x0) / b
+
+    def from_eps(self, eps, x_t, a, b):
+        return ((x_t - b * eps) / a - self.c_skip * x_t) / self.c_out
+
+    def target(self, x0, eps, a, b):
+        return (x0 - self.c_skip * (a * x0 + b * eps)) / self.c_out
+
+    def scalings(self, sigma, a, b):
+        return self.c_skip * a, self.c_out
 
 
 PREDICTION_TYPES = {p.name: p for p in (EpsPrediction(), X0Prediction(), VPrediction(), FlowPrediction())}
