@@ -294,3 +294,61 @@ def test_plan_errors_are_one_clear_line():
     with pytest.raises(ValueError, match="output shape"):
         FlowDenoiser(lambda x, t: x[:, :2])(torch.zeros(2, 4, dtype=F64), 0.5)
     assert SamplingPlan("flow_euler", 4, SCH, shift=3.0).grid[1] == FlowSchedule(shift=3.0).grid(4)[1]
+
+
+# ---- measure and calibrate on flow models (Gaussian oracle, exact and with ε mis-scaled) --------------------
+def _mis_scaled(c):
+    """The exact Gaussian flow model with its implied ε multiplied by c (λ = c undoes it exactly, except at t = 1
+    where ε is exact anyway): ES with λ = 1/c on the oracle."""
+    from diffusion_es.core.scaling import SigmaKeyed
+
+    return EpsilonScaled(ORACLE, SigmaKeyed(lambda s: 1.0 / c).bind([math.inf, 1.0]))
+
+
+def _gauss_data(n=3000, d=8):
+    return MU + S * torch.randn(n, d, dtype=F64, generator=torch.Generator().manual_seed(0))
+
+
+def test_measure_on_flow_sampling():
+    from diffusion_es.diagnostics.measure import estimate_lambda, measure_exposure
+
+    data = _gauss_data()
+    exact = measure_exposure(ORACLE, data, "flow_heun", 40, schedule=SCH, n_samples=400)
+    assert exact.sigma[0] == math.inf and exact.t[0] == 1.0 and exact.lam[0] == 1.0
+    # the exact model: no ε-norm gap beyond the sampling noise of 400 samples in 8 dims (~1/sqrt(400·8) ≈ 2 %),
+    # except the discretisation error on the last steps (second order: Heun); Var(x_t) of the flow state matches
+    assert np.all(np.abs(exact.ratio_raw[:-4] - 1) < 0.05), exact.ratio_raw
+    np.testing.assert_allclose(exact.var_sample[:-4], exact.var_train[:-4], rtol=0.1)
+    # σ̂_t against the flow's b = t; step 0 is the pure-noise input (σ̂ ≈ 1 = t)
+    assert exact.sigma_true[0] == 1.0 and abs(exact.sigma_hat[0] - 1) < 0.05
+    np.testing.assert_allclose(exact.sigma_true[1:], exact.t[1:], rtol=1e-12)
+    # ε under-predicted (×0.95): too little noise is removed, the sampling inputs are noisier than training inputs
+    # and the raw ε along sampling is larger (the gap); λ = 0.95 makes the sampler exact and closes the gap
+    under = _mis_scaled(0.95)
+    base = measure_exposure(under, data, "flow_heun", 20, schedule=SCH, n_samples=400)
+    fixed = measure_exposure(under, data, "flow_heun", 20, schedule=SCH, n_samples=400, es=Uniform(0.95))
+    assert (base.ratio_raw[1:] > 1).mean() > 0.8
+    gap, gap_fixed = np.abs(base.ratio_raw[1:-2] - 1).mean(), np.abs(fixed.ratio_raw[1:-2] - 1).mean()
+    assert gap > 0.02 and gap_fixed < gap / 3, (gap, gap_fixed)
+    np.testing.assert_allclose(np.array(fixed.eps_norm_sample_used[1:]) * 0.95, fixed.eps_norm_sample_raw[1:],
+                               rtol=1e-12)
+    assert fixed.eps_norm_sample_used[0] == fixed.eps_norm_sample_raw[0]  # σ = ∞: λ = 1
+    assert estimate_lambda(base, "uniform").b > 1  # the metric-free estimate reads the gap (a heuristic)
+
+
+def test_calibrate_recovers_the_injected_scale_on_flow():
+    import scipy.linalg
+
+    from diffusion_es.diagnostics.calibrate import calibrate
+
+    d = 4
+
+    def fd(x):  # Fréchet distance of the samples' Gaussian fit to N(MU, S²I)
+        x = x.numpy()
+        mu, cov = x.mean(0) - MU, np.cov(x, rowvar=False)
+        return float(mu @ mu + np.trace(cov) + d * S**2 - 2 * S * np.trace(scipy.linalg.sqrtm(cov).real))
+
+    r = calibrate(_mis_scaled(1.04), "flow_euler", 60, (d,), fd, lam_range=(0.98, 1.08), n_samples=300, n_sets=3,
+                  n_val_sets=3, schedule=SCH)
+    assert r.significant and abs(r.schedule["b"] - 1.04) < 0.01, r.schedule
+    assert r.nfe > 0 and r.gain < -0.3
