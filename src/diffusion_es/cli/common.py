@@ -66,9 +66,10 @@ def add_threads_arg(p, default: int = 0) -> None:
 
 # ---- options shared by sample / measure / calibrate / repro ------------------------------------------------
 def add_model_args(p) -> None:
-    p.add_argument("--model", default="default", metavar="PATH|default",
-                   help="checkpoint folder (config.json + model.safetensors), a diffusers UNet folder, or "
-                        "'default' (the shipped digits model)")
+    p.add_argument("--model", default="default", metavar="PATH|default|digits-flow",
+                   help="checkpoint folder (config.json + model.safetensors), a diffusers UNet folder, "
+                        "'default' (the shipped digits model) or 'digits-flow' (the shipped rectified-flow digits "
+                        "model; sample it with flow_euler / flow_heun)")
 
 
 def load_model_arg(path):

@@ -117,7 +117,8 @@ def save_checkpoint(out_dir, config: dict, ema: nn.Module, net: Optional[nn.Modu
 
 
 # the models shipped in diffusion_es/assets, by the names --model takes
-SHIPPED = {"default": "digits_default", "digits": "digits_default", "digits-ip": "digits_ip", "mnist": "mnist_default"}
+SHIPPED = {"default": "digits_default", "digits": "digits_default", "digits-ip": "digits_ip", "mnist": "mnist_default",
+           "digits-flow": "digits_flow"}
 MODEL_FORMS = ("a folder written by 'diffusion-es train', a diffusers UNet2DModel or pipeline folder "
                f"(save_pretrained), or a shipped model: {', '.join(SHIPPED)}")
 
