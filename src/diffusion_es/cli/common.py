@@ -66,10 +66,12 @@ def add_threads_arg(p, default: int = 0) -> None:
 
 # ---- options shared by sample / measure / calibrate / repro ------------------------------------------------
 def add_model_args(p) -> None:
-    p.add_argument("--model", default="default", metavar="PATH|default|digits-flow",
-                   help="checkpoint folder (config.json + model.safetensors), a diffusers UNet folder, "
-                        "'default' (the shipped digits model) or 'digits-flow' (the shipped rectified-flow digits "
-                        "model; sample it with flow_euler / flow_heun)")
+    from ..models.checkpoint import SHIPPED
+
+    p.add_argument("--model", default="default", metavar="PATH|NAME",
+                   help="checkpoint folder (config.json + model.safetensors), a diffusers UNet folder, or a shipped "
+                        f"model: {', '.join(SHIPPED)} ('default' is the digits model; 'digits-flow' the rectified-flow "
+                        "digits model, sampled with flow_euler / flow_heun)")
 
 
 def load_model_arg(path):
