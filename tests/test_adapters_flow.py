@@ -436,6 +436,8 @@ def test_refusals_name_the_fix():
         apply_epsilon_scaling(DPMSolverMultistepScheduler(prediction_type="flow_prediction"), 1.01)
     with pytest.raises(ValueError, match="finite and > 0"):
         apply_epsilon_scaling(FlowMatchEulerDiscreteScheduler(), 0.0)
+    with pytest.raises(ValueError, match="invert_sigmas=True"):
+        apply_epsilon_scaling(FlowMatchEulerDiscreteScheduler(invert_sigmas=True), 1.01)
     s = FlowMatchEulerDiscreteScheduler()
     s.set_timesteps(N)
     x = torch.zeros(1, 4)

@@ -166,6 +166,9 @@ class _SchedulerView:
         flow_sigmas = bool(cfg.get("use_flow_sigmas", False))
         self.process = "flow" if self.family == "flow" or (self.family == "vp_sigmas" and flow_sigmas) else "vp"
         if self.family == "flow":
+            if cfg.get("invert_sigmas", False):
+                raise ValueError(f"{cls} with invert_sigmas=True (Mochi's reversed time) is not supported by Epsilon "
+                                 f"Scaling: its sigmas are 1 − t, not the flow time t")
             if self.prediction != "flow":
                 raise ValueError(f"{cls} reads a velocity (flow prediction); prediction type {name!r} is not one")
         elif self.family == "edm":
