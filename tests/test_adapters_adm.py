@@ -139,3 +139,21 @@ def test_passthrough_and_errors(parts):
         EpsilonScaledEpsNet(net, sched, 1.01, prediction="score")
     with pytest.raises(ValueError, match=r"timesteps must lie in \[0, 999\]"):
         EpsilonScaledEpsNet(net, sched, 1.01, timesteps=[0, 1000])
+
+
+def test_zero_terminal_snr_table_gets_lambda_one_at_the_last_timestep():
+    """ᾱ_{T-1} = 0 (σ = ∞): λ = 1 there, the v-prediction output untouched and finite; other steps scaled."""
+    zs = VPSchedule.linear(T=50, zero_snr=True)
+    g = torch.Generator().manual_seed(0)
+
+    def vnet(x, t):
+        return 0.5 * x + 0.1 * t.reshape(-1, 1).float() / 50
+
+    es = EpsilonScaledEpsNet(vnet, zs, 1.05, timesteps=respace(50, 5, "trailing"), prediction="v")
+    x = torch.randn(4, 3, generator=g)
+    t = torch.tensor([49, 49, 10, 0])
+    out = es(x, t)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[:2], vnet(x, t)[:2])  # σ = ∞: the network's output itself
+    assert list(es.lam(t)) == [1.0, 1.0, 1.05, 1.05]
+    assert not torch.equal(out[2:], vnet(x, t)[2:])

@@ -21,7 +21,7 @@ pytest.importorskip("transformers")
 import diffusers  # noqa: E402
 from diffusers import (  # noqa: E402
     DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTPipeline, DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, KDPM2DiscreteScheduler,
+    EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler,
     LDMPipeline, LMSDiscreteScheduler, StableDiffusionPipeline, UniPCMultistepScheduler,
 )
 from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
@@ -419,9 +419,9 @@ def test_stable_diffusion_style_pipeline(sd_pipe):
 
 # ---- errors and the optional dependency --------------------------------------------------------------------
 def test_clear_errors(unet_lat):
-    with pytest.raises(ValueError, match="does not support KDPM2DiscreteScheduler.*supported schedulers"):
-        apply_epsilon_scaling(KDPM2DiscreteScheduler(), 1.01)
-    with pytest.raises(ValueError, match="prediction type 'flow_prediction'"):
+    with pytest.raises(ValueError, match="does not support LCMScheduler.*supported schedulers.*DDIMScheduler"):
+        apply_epsilon_scaling(diffusers.LCMScheduler(), 1.01)
+    with pytest.raises(ValueError, match="prediction type 'flow_prediction'.*flow-matching scheduler"):
         apply_epsilon_scaling(DDIMScheduler(prediction_type="flow_prediction"), 1.01)
     with pytest.raises(TypeError, match="pipeline or scheduler"):
         apply_epsilon_scaling(object(), 1.01)

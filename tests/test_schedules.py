@@ -149,7 +149,9 @@ def test_karras_grid(n):
     lambda: karras_sigmas(10, 80, 0.002),
     lambda: karras_sigmas(10, 0.0, 80),
     lambda: karras_sigmas(10, 0.002, float("inf")),
-    lambda: VPSchedule(np.array([0.1, 1.0])),
+    lambda: VPSchedule(np.array([1.0, 0.1])),  # β = 1 only at the last step (zero terminal SNR)
+    lambda: VPSchedule(np.array([0.1, 1.5])),
+    lambda: VPSchedule(np.array([1.0])),
     lambda: VPSchedule(np.array([0.0, 0.1])),
     lambda: VPSchedule(np.array([0.1, np.nan])),
     lambda: VPSchedule(np.zeros((2, 2)) + 0.1),

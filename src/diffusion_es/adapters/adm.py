@@ -47,8 +47,9 @@ class EpsilonScaledEpsNet(WrapsInner):
         if isinstance(alphas_cumprod, VPSchedule):
             alphas_cumprod = alphas_cumprod.alphas_cumprod
         ab = as_numpy_1d(alphas_cumprod)
-        if len(ab) == 0 or np.any(~np.isfinite(ab)) or np.any(ab <= 0) or np.any(ab >= 1):
-            raise ValueError("alphas_cumprod must be a non-empty table of values in (0, 1)")
+        if len(ab) == 0 or np.any(~np.isfinite(ab)) or np.any(ab[:-1] <= 0) or ab[-1] < 0 or np.any(ab >= 1):
+            raise ValueError("alphas_cumprod must be a non-empty table of values in (0, 1); only the last may be 0 "
+                             "(zero terminal SNR, where λ = 1)")
         schedule = as_schedule(schedule, "schedule")
         if schedule is None:
             raise TypeError("schedule must be a LambdaSchedule or a number (uniform λ), got None")

@@ -10,31 +10,53 @@ Two routes, both undoable and both keyed on the noise level (never on a call cou
   rewritten (before guidance; for hand-written loops). Learned-variance outputs (2C channels) keep their
   variance channels.
 
-What "ε" is: every supported scheduler reads the prediction at a point ``x_t = sqrt(ᾱ) x_0 + sqrt(1-ᾱ) ε`` of the
-VP process. VP schedulers (DDPM, DDIM, PNDM) hand ``x_t`` to ``step`` and take ᾱ from ``alphas_cumprod[t]``;
-the DPM-Solver family (DPM-Solver(++) multistep and singlestep, UniPC, DEIS) also work on ``x_t`` but take ᾱ from
-their own ``sigmas[step_index]`` (ᾱ = 1/(1+σ²)); σ-space schedulers (Euler, Euler ancestral, Heun, LMS) keep
-``x = x_t·sqrt(1+σ²) = x_0 + σ ε`` and give the network the scaled input ``x_t``, so the ε of a σ-space step is
-the same ε as in VP space. v- and x0-predictions are turned into ε with that ᾱ, scaled and turned back
-(:func:`diffusion_es.adapters._common.scale_prediction`).
+What "ε" is: every supported scheduler reads the prediction at a point ``x_t = a·x_0 + b·ε`` of its process, and
+the prediction is turned into ε with that (a, b), divided by λ and turned back
+(:func:`diffusion_es.core.scaling.scale_prediction`, through :mod:`diffusion_es.core.param`'s prediction objects):
+
+* VP schedulers (DDPM, DDIM, PNDM) hand ``x_t`` to ``step`` and take ᾱ from ``alphas_cumprod[t]``
+  (a = sqrt(ᾱ), b = sqrt(1 − ᾱ));
+* the DPM-Solver family (DPM-Solver(++) multistep and singlestep, UniPC, DEIS) also works on ``x_t`` but takes ᾱ
+  from its own ``sigmas[step_index]`` (ᾱ = 1/(1+σ²)); with ``use_flow_sigmas=True`` its sigmas are rectified-flow
+  times t (a = 1 − t, b = t) and ``prediction_type="flow_prediction"`` is the velocity;
+* σ-space schedulers (Euler, Euler ancestral, Heun, LMS, KDPM2, KDPM2 ancestral) keep
+  ``x = x_t·sqrt(1+σ²) = x_0 + σ ε`` and give the network the scaled input ``x_t``, so the ε of a σ-space step
+  is the same ε as in VP space (KDPM2's second evaluation is at its interpolated σ);
+* flow-matching schedulers (FlowMatchEuler, FlowMatchHeun: SD3, Flux, Sana, Wan) hand the flow point
+  ``x_t = (1 − t) x_0 + t ε`` to ``step`` with t = ``sigmas[step_index]`` and a velocity ``v = ε − x_0``;
+* EDM schedulers (EDMEuler, EDMDPMSolverMultistep) work in σ space on ``x`` with EDM's preconditioning: their
+  ``precondition_outputs`` gives ``x̂_0 = c_skip·x + c_out·F`` (:class:`~diffusion_es.core.param.PreconditionedPrediction`).
+
+**σ = ∞** (module :mod:`diffusion_es.core.scaling`): λ = 1 wherever the process is at pure noise, so that step is
+the unpatched one. diffusers writes that point in three ways, all recognised: ᾱ = 0 exactly (DDPM / DDIM with
+``rescale_betas_zero_snr=True``), its stand-in ᾱ = 2⁻²⁴ (Euler, Euler ancestral and DPM-Solver multistep with
+``rescale_betas_zero_snr=True``: every σ at or above the σ of the last training timestep is σ = ∞), and t = 1 or
+its stand-in t = 1 − 1e-6 (flow schedulers; every t within ``FLOW_T_STANDIN`` of 1 is t = 1).
 
 λ comes from :class:`diffusion_es.core.scaling.BoundLambda`, bound lazily to the scheduler's grid (one σ per distinct
 timestep of the current ``set_timesteps``; re-bound whenever ``scheduler.timesteps`` is replaced). A call is keyed on
-the σ at which the network was evaluated: Heun's second evaluation at σ_{i+1} gets λ_{i+1}, and a multistep
-solver's output at t_i gets λ_i.
+the σ at which the network was evaluated: Heun's second evaluation at σ_{i+1} gets λ_{i+1}, KDPM2's at its
+interpolated σ between σ_{i+1} and σ_i gets λ_{i+1} (the step whose interval holds it), and a multistep solver's
+output at t_i gets λ_i.
+
+Schedulers not listed are refused with the reason and the supported one to switch to; a VP scheduler built from a
+flow-matching scheduler's config (``DDIMScheduler.from_config(flow_pipe.scheduler.config)``, which diffusers
+accepts and which samples a flow model wrongly) is refused too.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import numpy as np
 import torch
 
-from ..core.param import alpha_bar_to_sigma, get_prediction, sigma_to_alpha_bar, vp_coefficients
+from ..core.param import (PreconditionedPrediction, alpha_bar_to_sigma, flow_t_to_sigma, get_prediction,
+                          sigma_to_alpha_bar, vp_coefficients)
 from ..errors import require_optional
 from ..core.scaling import BoundLambda, LambdaSchedule, as_numpy_1d, as_schedule, scale_prediction
 
@@ -44,6 +66,7 @@ __all__ = [
     "EpsilonScalingHandle",
     "CallRecord",
     "SUPPORTED_SCHEDULERS",
+    "FLOW_T_STANDIN",
     "require_diffusers",
 ]
 
@@ -52,8 +75,18 @@ _VP_ALPHAS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DDPMParallelSc
 _VP_SIGMAS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler",
               "DEISMultistepScheduler")
 _SIGMA_SPACE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
-                "LMSDiscreteScheduler")
-SUPPORTED_SCHEDULERS = _VP_ALPHAS + _VP_SIGMAS + _SIGMA_SPACE
+                "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler")
+_EDM = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
+_FLOW = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+SUPPORTED_SCHEDULERS = _VP_ALPHAS + _VP_SIGMAS + _SIGMA_SPACE + _EDM + _FLOW
+_FAMILIES = (("vp_alphas", _VP_ALPHAS), ("vp_sigmas", _VP_SIGMAS), ("sigma_space", _SIGMA_SPACE), ("edm", _EDM),
+             ("flow", _FLOW))
+# a flow time this close to 1 is t = 1 (σ = ∞): UniPC with use_flow_sigmas starts at 1 − 1e-6 to avoid log(0)
+FLOW_T_STANDIN = 1e-5
+# settings of FlowMatchEulerDiscreteScheduler that no VP scheduler has: a VP scheduler whose config carries one of
+# them was made from a flow model's scheduler config
+_FLOW_CONFIG_KEYS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len",
+                     "max_image_seq_len", "invert_sigmas", "stochastic_sampling")
 
 
 def require_diffusers():
@@ -61,17 +94,31 @@ def require_diffusers():
     return require_optional("diffusers", "diffusers")
 
 
+def _is_flow_config(scheduler) -> bool:
+    own = set(inspect.signature(type(scheduler).__init__).parameters)
+    return any(k in scheduler.config and k not in own for k in _FLOW_CONFIG_KEYS)
+
+
 def _family(scheduler) -> str:
     names = {c.__name__ for c in type(scheduler).__mro__}
-    if names & set(_VP_ALPHAS):
-        return "vp_alphas"
-    if names & set(_VP_SIGMAS):
-        return "vp_sigmas"
-    if names & set(_SIGMA_SPACE):
-        return "sigma_space"
-    raise ValueError(f"Epsilon Scaling does not support {type(scheduler).__name__}; supported schedulers: "
-                     f"{', '.join(SUPPORTED_SCHEDULERS)}. Switch with "
-                     f"pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config) (or another of them)")
+    for fam, members in _FAMILIES:
+        if names & set(members):
+            if fam not in ("flow", "edm") and _is_flow_config(scheduler):
+                raise ValueError(f"{type(scheduler).__name__} was built from a flow-matching scheduler's config (it "
+                                 f"carries {', '.join(k for k in _FLOW_CONFIG_KEYS if k in scheduler.config)}): it "
+                                 f"samples a flow-matching model wrongly; use FlowMatchEulerDiscreteScheduler."
+                                 f"from_config(pipe.scheduler.config) (or FlowMatchHeunDiscreteScheduler)")
+            return fam
+    name = type(scheduler).__name__
+    if name.startswith(("FlowMatch", "Flow")) or "shift" in scheduler.config:
+        hint = ("for a flow-matching model switch with pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config("
+                "pipe.scheduler.config) (or FlowMatchHeunDiscreteScheduler, or DPMSolverMultistepScheduler / "
+                "UniPCMultistepScheduler with use_flow_sigmas=True, prediction_type='flow_prediction')")
+    else:
+        hint = ("for a VP (ε / v / x0) model switch with pipe.scheduler = DDIMScheduler.from_config("
+                "pipe.scheduler.config) (or another of them)")
+    raise ValueError(f"Epsilon Scaling does not support {name}; supported schedulers: "
+                     f"{', '.join(SUPPORTED_SCHEDULERS)}; {hint}")
 
 
 def _scalar_timestep(timestep):
@@ -95,24 +142,80 @@ class CallRecord:
     lam: float
 
 
+@dataclass(frozen=True)
+class _Level:
+    """The noise level of one network evaluation: the scheduler's own value (σ, or t for flow), the denoiser-frame
+    σ it is keyed on (∞ at the σ = ∞ point) and the process coefficients (a, b) of ``x_t = a·x_0 + b·ε``."""
+
+    raw: float
+    sigma: float
+    a: float
+    b: float
+
+
 class _SchedulerView:
-    """Reads a scheduler's grid and the σ / ᾱ of one call, without changing its state."""
+    """Reads a scheduler's grid and the noise level of one call, without changing its state."""
 
     def __init__(self, scheduler, schedule: LambdaSchedule, prediction_type: Optional[str] = None):
         self.scheduler = scheduler
         self.family = _family(scheduler)
         cfg = scheduler.config
-        if cfg.get("use_flow_sigmas", False):
-            raise ValueError("Epsilon Scaling does not support flow-matching sigmas (use_flow_sigmas=True)")
-        name = prediction_type or cfg.get("prediction_type", "epsilon")
+        name = prediction_type or cfg.get("prediction_type", "flow_prediction" if self.family == "flow" else "epsilon")
         self.prediction = get_prediction(name).name
-        if self.prediction == "flow":
-            raise ValueError(f"Epsilon Scaling does not support prediction type {name!r} with "
-                             f"{type(scheduler).__name__}: a flow-matching model needs a flow-matching scheduler")
+        cls = type(scheduler).__name__
+        flow_sigmas = bool(cfg.get("use_flow_sigmas", False))
+        self.process = "flow" if self.family == "flow" or (self.family == "vp_sigmas" and flow_sigmas) else "vp"
+        if self.family == "flow":
+            if cfg.get("invert_sigmas", False):
+                raise ValueError(f"{cls} with invert_sigmas=True (Mochi's reversed time) is not supported by Epsilon "
+                                 f"Scaling: its sigmas are 1 − t, not the flow time t")
+            if self.prediction != "flow":
+                raise ValueError(f"{cls} reads a velocity (flow prediction); prediction type {name!r} is not one")
+        elif self.family == "edm":
+            if self.prediction not in ("eps", "v"):
+                raise ValueError(f"{cls} with prediction type {name!r}: EDM preconditioning supports epsilon and "
+                                 f"v_prediction")
+        elif self.process == "flow":  # DPM-Solver family with use_flow_sigmas
+            if self.prediction == "v":
+                raise ValueError(f"{cls} with use_flow_sigmas=True and prediction type {name!r}: v-prediction is "
+                                 f"defined for VP processes; a flow-matching model predicts the flow "
+                                 f"(prediction_type='flow_prediction')")
+        elif self.prediction == "flow":
+            raise ValueError(f"Epsilon Scaling does not support prediction type {name!r} with {cls} on a VP grid: a "
+                             f"flow-matching model needs a flow-matching scheduler (FlowMatchEulerDiscreteScheduler, "
+                             f"FlowMatchHeunDiscreteScheduler, or {cls} with use_flow_sigmas=True)"
+                             if self.family == "vp_sigmas" else
+                             f"Epsilon Scaling does not support prediction type {name!r} with {cls}: a flow-matching "
+                             f"model needs a flow-matching scheduler (FlowMatchEulerDiscreteScheduler, "
+                             f"FlowMatchHeunDiscreteScheduler, or DPM-Solver / UniPC with use_flow_sigmas=True)")
+        # σ = ∞ of a zero-terminal-SNR VP schedule: ᾱ = 0, or diffusers' stand-in 2^-24 for the last timestep
+        self.inf_from = math.inf
+        if self.process == "vp" and cfg.get("rescale_betas_zero_snr", False) and hasattr(scheduler, "alphas_cumprod"):
+            self.inf_from = float(alpha_bar_to_sigma(float(scheduler.alphas_cumprod[-1].to(torch.float64))))
         self.schedule = schedule
         self._ts_ref = None
         self.bound: Optional[BoundLambda] = None
         self._cache = {}
+
+    # ---- noise levels -----------------------------------------------------------------------------------
+    def level(self, raw: float) -> _Level:
+        """The scheduler's own noise value (σ; t for a flow process) as a :class:`_Level`."""
+        if self.process == "flow":
+            t = 1.0 if raw >= 1.0 - FLOW_T_STANDIN else float(raw)
+            return _Level(raw, flow_t_to_sigma(t), 1.0 - t, t)
+        if raw >= self.inf_from * (1 - 1e-6):
+            return _Level(raw, math.inf, 0.0, 1.0)
+        if self.family == "edm":
+            return _Level(raw, raw, 1.0, raw)
+        a, b = vp_coefficients(sigma_to_alpha_bar(raw))
+        return _Level(raw, raw, a, b)
+
+    def _level_of_alpha_bar(self, ab: float) -> _Level:
+        sig = float(alpha_bar_to_sigma(ab))
+        if sig >= self.inf_from * (1 - 1e-6):
+            return _Level(sig, math.inf, 0.0, 1.0)
+        a, b = vp_coefficients(ab)
+        return _Level(sig, sig, a, b)
 
     # ---- the grid -------------------------------------------------------------------------------------
     def _grid(self) -> np.ndarray:
@@ -123,9 +226,11 @@ class _SchedulerView:
         ts = torch.as_tensor(ts)
         if self.family == "vp_alphas":
             ab = s.alphas_cumprod.to("cpu", torch.float64)[ts.to("cpu").long()].numpy()
-            sig = alpha_bar_to_sigma(ab)
-        else:
-            sig = s.sigmas.to("cpu", torch.float64).numpy()[: len(ts)]
+            raw = alpha_bar_to_sigma(ab)
+        else:  # Heun, KDPM2 and FlowMatchHeun: [σ0, σ1, σ1, ..., σ_{n-1}, σ_{n-1}] for their 2n − 1 timesteps
+            raw = s.sigmas.to("cpu", torch.float64).numpy()[: len(ts)]
+        sig = np.array([self.level(float(r)).sigma for r in raw]) if self.family != "vp_alphas" else np.where(
+            raw >= self.inf_from * (1 - 1e-6), np.inf, raw)
         # Heun repeats every inner σ (two evaluations per interval), PNDM its first timestep: one σ per step
         keep = np.concatenate([[True], sig[1:] != sig[:-1]]) if len(sig) else np.zeros(0, bool)
         return sig[keep]
@@ -146,36 +251,62 @@ class _SchedulerView:
         idx = getattr(s, "step_index", None)
         if idx is None:
             begin = getattr(s, "begin_index", None)
-            idx = begin if begin is not None else s.index_for_timestep(timestep)
+            if begin is not None:
+                return int(begin)
+            try:
+                idx = s.index_for_timestep(timestep)
+            except (IndexError, RuntimeError):
+                raise ValueError(f"cannot tell which step of {type(s).__name__} a network call at timestep "
+                                 f"{float(torch.as_tensor(timestep)):.6g} belongs to (not one of scheduler.timesteps); "
+                                 f"call scheduler.set_begin_index(0) before sampling, or use apply_epsilon_scaling "
+                                 f"(the scheduler side)") from None
         return int(idx)
 
-    def sigma_alpha_bar(self, timestep):
-        """(σ, ᾱ) of the noise level the network was evaluated at for this call (scalar timestep)."""
+    def call_level(self, timestep) -> _Level:
+        """The noise level the network was evaluated at for this call (scalar timestep)."""
         s = self.scheduler
         if self.family == "vp_alphas":
-            ab = float(s.alphas_cumprod[int(timestep)].to(torch.float64))
-            return float(alpha_bar_to_sigma(ab)), ab
-        sigma = float(s.sigmas[self._step_index(timestep)].to(torch.float64))
-        return sigma, sigma_to_alpha_bar(sigma)
+            return self._level_of_alpha_bar(float(s.alphas_cumprod[int(timestep)].to(torch.float64)))
+        i = self._step_index(timestep)
+        table = s.sigmas
+        if hasattr(s, "sigmas_interpol") and not s.state_in_first_order:  # KDPM2's evaluation at its midpoint
+            table = s.sigmas_interpol
+            i = i - 1 if "KDPM2AncestralDiscreteScheduler" in {c.__name__ for c in type(s).__mro__} else i
+        return self.level(float(table[i].to(torch.float64)))
 
     def lookup(self, timestep):
-        """(λ, σ, ᾱ) for one call with a scalar timestep."""
+        """(λ, level) for one call with a scalar timestep."""
         bound = self.ensure_bound()
-        sigma, ab = self.sigma_alpha_bar(timestep)
-        lam = self._cache.get(sigma)
+        lev = self.call_level(timestep)
+        lam = self._cache.get(lev.sigma)
         if lam is None:
-            lam = self._cache[sigma] = float(bound(sigma)[0])
-        return lam, sigma, ab
+            lam = self._cache[lev.sigma] = float(bound(lev.sigma)[0])
+        return lam, lev
 
     def lookup_batch(self, timesteps):
-        """(λ, σ, ᾱ) arrays for per-sample timesteps (VP schedulers with integer timesteps only)."""
+        """(λ, σ, a, b) arrays for per-sample timesteps (VP schedulers with integer timesteps only)."""
         if self.family != "vp_alphas":
             raise ValueError(f"per-sample timesteps are only supported with {', '.join(_VP_ALPHAS)}")
         bound = self.ensure_bound()
         t = torch.as_tensor(timesteps).reshape(-1).to("cpu").long()
         ab = self.scheduler.alphas_cumprod.to("cpu", torch.float64)[t].numpy()
-        sig = alpha_bar_to_sigma(ab)
-        return bound(sig), sig, ab
+        levels = [self._level_of_alpha_bar(float(v)) for v in ab]
+        sig = np.array([lv.sigma for lv in levels])
+        return bound(sig), sig, np.array([lv.a for lv in levels]), np.array([lv.b for lv in levels])
+
+    def rewrite(self, out, sample, lam, lev):
+        """The prediction ``out`` made at this level, rewritten with ε → ε/λ (the one λ formula)."""
+        pred = self.prediction
+        x_t = sample
+        if self.family == "edm":
+            s = self.scheduler
+            one = torch.ones((), dtype=torch.float64)
+            c_skip = float(s.precondition_outputs(one, 0 * one, lev.raw))
+            c_out = float(s.precondition_outputs(0 * one, one, lev.raw))
+            pred = PreconditionedPrediction(c_skip, c_out)
+        elif self.family == "sigma_space" and pred != "eps":
+            x_t = sample.to(torch.float64) * lev.a  # the network's (scaled) input
+        return scale_prediction(out, x_t, lam, None, pred, a=lev.a, b=lev.b)
 
 
 class EpsilonScalingHandle:
@@ -277,15 +408,16 @@ def apply_epsilon_scaling(pipe_or_scheduler, schedule: Union[LambdaSchedule, flo
         bound = view.ensure_bound()
         if bound.identity:  # λ = 1 everywhere: the original call, untouched
             return orig(*args, **kwargs)
-        lam, sigma, ab = view.lookup(_scalar_timestep(timestep))
-        handle._log("step", timestep, sigma, lam)
+        if kwargs.get("per_token_timesteps") is not None:
+            raise ValueError("Epsilon Scaling with per_token_timesteps (a noise level per token) is not supported")
+        if view.family == "edm" and float(kwargs.get("s_churn", 0.0) or 0.0) > 0:
+            raise ValueError(f"Epsilon Scaling with {type(sched).__name__}'s s_churn > 0 is not supported: it adds "
+                             f"churn noise after the network evaluation, at a σ the prediction was not made for")
+        lam, lev = view.lookup(_scalar_timestep(timestep))
+        handle._log("step", timestep, lev.sigma, lam)
         if lam != 1.0:
             out = _get_arg(args, kwargs, 0, "model_output")
-            sample = _get_arg(args, kwargs, 2, "sample")
-            x_t = sample
-            if view.prediction != "eps" and view.family == "sigma_space":
-                x_t = sample.to(torch.float64) * vp_coefficients(ab)[0]  # the network's (scaled) input
-            new = scale_prediction(out, x_t, lam, ab, view.prediction)
+            new = view.rewrite(out, _get_arg(args, kwargs, 2, "sample"), lam, lev)
             if args:
                 args = (new,) + tuple(args[1:])
             else:
@@ -326,17 +458,23 @@ def scale_model_output(model, pipe_or_scheduler, schedule: Union[LambdaSchedule,
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         t = _scalar_timestep(timestep)
         if t is None:
-            lam, sigma, ab = view.lookup_batch(timestep)
+            lam, sigma, a, b = view.lookup_batch(timestep)
             handle._log("model", timestep, float(sigma[0]), float(lam[0]))
+
+            def rewrite(o):
+                return scale_prediction(o, x_t, lam, None, view.prediction, a=a, b=b)
         else:
-            lam, sigma, ab = view.lookup(t)
-            handle._log("model", timestep, sigma, lam)
+            lam, lev = view.lookup(t)
+            handle._log("model", timestep, lev.sigma, lam)
+
+            def rewrite(o):
+                return view.rewrite(o, x_t, lam, lev)
         if isinstance(result, torch.Tensor):
-            return scale_prediction(result, x_t, lam, ab, view.prediction)
+            return rewrite(result)
         if isinstance(result, tuple):
-            return (scale_prediction(result[0], x_t, lam, ab, view.prediction),) + tuple(result[1:])
+            return (rewrite(result[0]),) + tuple(result[1:])
         if hasattr(result, "sample"):
-            result.sample = scale_prediction(result.sample, x_t, lam, ab, view.prediction)
+            result.sample = rewrite(result.sample)
             return result
         raise TypeError(f"cannot apply Epsilon Scaling to a model output of type {type(result).__name__}")
 

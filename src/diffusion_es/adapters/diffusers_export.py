@@ -293,6 +293,9 @@ def export_diffusers(model="default", out_dir=None, use_ema: bool = True, overwr
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UsageError(f"{out} exists and is not empty; choose a new output folder or pass --overwrite")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, use_ema=use_ema)
+    if loaded.process == "flow":
+        raise UsageError(f"{loaded.path} is a rectified-flow model; export writes a DDPMPipeline (a VP β table), "
+                         "which would sample it wrongly: use it with diffusion-es's flow_euler / flow_heun")
     if not isinstance(loaded.net, UNet):
         arch = loaded.config.get("model", {}).get("arch", type(loaded.net).__name__) if loaded.config else "?"
         if "diffusers" in (loaded.config or {}):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UsageError
-from .common import add_model_args, add_sampler_args, load_model_arg, print_json, sampler_kwargs
+from .common import add_model_args, add_sampler_args, load_model_arg, print_json, sampler_kwargs, schedule_arg
 
 
 def register(sub):
@@ -77,7 +77,7 @@ def _run(args, ctx) -> int:
 
     r = calibrate(den, args.sampler, args.steps, model.data_shape, metric, kind=args.kind, lam_range=(lo, hi),
                   n_samples=args.n, n_sets=args.sets, n_val_sets=args.val_sets, coarse=args.coarse,
-                  refine=args.refine, max_extend=args.extend, seed=args.seed, schedule=model.schedule,
+                  refine=args.refine, max_extend=args.extend, seed=args.seed, schedule=schedule_arg(args, model),
                   batch_size=args.batch_size,
                   metric_name=metric.name, progress=None if args.json or not ctx.is_main else progress,
                   shard=seed_splitter(ctx, args.batch_size), spacing=args.spacing, **sampler_kwargs(args))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .common import (add_es_args, add_model_args, add_sampler_args, es_from_args, load_model_arg, print_json,
-                     sampler_kwargs)
+                     sampler_kwargs, schedule_arg)
 
 
 def register(sub):
@@ -42,7 +42,7 @@ def run(args) -> int:
     runs = [None] + ([es] if es is not None else [])
     curves = []
     for sched in runs:
-        c = measure_exposure(den, ds.train, args.sampler, args.steps, schedule=model.schedule, es=sched,
+        c = measure_exposure(den, ds.train, args.sampler, args.steps, schedule=schedule_arg(args, model), es=sched,
                              n_samples=args.n, seed=args.seed, shape=model.data_shape, spacing=args.spacing, **kw)
         name = f"exposure_{tag}_{'baseline' if sched is None else 'es'}"
         write_json(out / f"{name}.json", c.to_dict())

@@ -8,7 +8,7 @@ import time
 
 from ..errors import UsageError
 from .common import (add_es_args, add_model_args, add_sampler_args, add_threads_arg, es_from_args, positive_int,
-                     sampler_kwargs)
+                     sampler_kwargs, schedule_arg)
 
 
 def register(sub) -> None:
@@ -63,6 +63,10 @@ def _run(args, ctx) -> int:
     es = es_from_args(args)
     m = load_model(args.model, use_ema=not args.raw_weights, device=args.device)
     kwargs = sampler_kwargs(args)
+    schedule = schedule_arg(args, m)
+    from ..samplers import SamplingPlan
+
+    SamplingPlan(args.sampler, args.steps, schedule, spacing=args.spacing)  # refuse a wrong sampler before any work
     if kwargs.get("variance") == "learned" and not m.learned_variance:
         raise UsageError("--variance learned needs a model trained with --learned-variance")
 
@@ -72,10 +76,12 @@ def _run(args, ctx) -> int:
     identity = {"model": model_fingerprint(m.net), "shape": list(m.data_shape), "sampler": args.sampler,
                 "steps": args.steps, "es": None if es is None else es.to_dict(), "spacing": args.spacing,
                 "device": torch.device(args.device).type, **kwargs}
+    if getattr(schedule, "shift", None) is not None:  # a flow model: its grid's time shift decides the samples
+        identity["shift"] = schedule.shift
     shards = ShardedRun(ctx, args.out, identity, seeds, args.batch_size, args.shard_size)
 
     def run_chunk(chunk, progress):  # images are quantised per chunk, exactly as the whole set would be
-        x = sample(m.denoiser(), args.sampler, args.steps, m.data_shape, chunk, schedule=m.schedule, es=es,
+        x = sample(m.denoiser(), args.sampler, args.steps, m.data_shape, chunk, schedule=schedule, es=es,
                    batch_size=args.batch_size, device=args.device, spacing=args.spacing, progress=progress, **kwargs)
         return to_uint8(x) if x.ndim == 4 else x.numpy()
 

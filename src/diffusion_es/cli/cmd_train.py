@@ -45,7 +45,9 @@ _MODEL = [
 _DIFF = [
     ("--T", "T", int, 1000, "diffusion steps of training"),
     ("--beta-schedule", "beta_schedule", str, "linear", "linear | cosine"),
-    ("--prediction", "prediction", str, "eps", "eps | v | x0"),
+    ("--prediction", "prediction", str, "eps", "eps | v | x0 (VP diffusion) | flow (rectified flow: "
+     "x_t = (1-t) x_0 + t eps, velocity target eps - x_0, t ~ U(0,1); --T sets the time scale)"),
+    ("--shift", "shift", float, None, "flow models: the SD3 time shift of their default sampling grid (1: none)"),
 ]
 
 
@@ -66,7 +68,8 @@ def register(sub) -> None:
         g.add_argument(flag, dest=dest, type=typ, default=None, help=f"{hlp} (default {default})")
     g = p.add_argument_group("diffusion")
     for flag, dest, typ, default, hlp in _DIFF:
-        g.add_argument(flag, dest=dest, type=typ, default=None, help=f"{hlp} (default {default})")
+        g.add_argument(flag, dest=dest, type=typ, default=None,
+                       help=f"{hlp}" + (f" (default {default})" if default is not None else ""))
     g.add_argument("--learned-variance", dest="learned_variance", action="store_const", const=True, default=None,
                    help="learn the variance (2C outputs, ADM's hybrid loss)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
@@ -112,6 +115,8 @@ def run(args) -> int:
     if skip not in (None, "auto", "on", "off"):
         raise UsageError(f"--input-skip must be on, off or auto, got {skip!r}")
     di = _given(args, _DIFF)
+    if di.get("prediction") == "flow" and "beta_schedule" in di:
+        raise UsageError("--beta-schedule applies to VP models; a rectified-flow model (--prediction flow) has no betas")
     if args.learned_variance:
         di["learned_variance"] = True
     if args.resume:

@@ -66,9 +66,12 @@ def add_threads_arg(p, default: int = 0) -> None:
 
 # ---- options shared by sample / measure / calibrate / repro ------------------------------------------------
 def add_model_args(p) -> None:
-    p.add_argument("--model", default="default", metavar="PATH|default",
-                   help="checkpoint folder (config.json + model.safetensors), a diffusers UNet folder, or "
-                        "'default' (the shipped digits model)")
+    from ..models.checkpoint import SHIPPED
+
+    p.add_argument("--model", default="default", metavar="PATH|NAME",
+                   help="checkpoint folder (config.json + model.safetensors), a diffusers UNet folder, or a shipped "
+                        f"model: {', '.join(SHIPPED)} ('default' is the digits model; 'digits-flow' the rectified-flow "
+                        "digits model, sampled with flow_euler / flow_heun)")
 
 
 def load_model_arg(path):
@@ -157,6 +160,9 @@ def add_sampler_args(p, steps_default: int = 20, sampler_default: str = "ddim") 
                    help=f"sampling steps (default {steps_default}; Heun: 2N-1 network evaluations)")
     p.add_argument("--spacing", choices=SPACINGS, default="adm",
                    help="timestep respacing for ddpm/ddim (default adm)")
+    p.add_argument("--shift", type=positive_float, default=None,
+                   help="flow_euler/flow_heun: SD3 time shift s of the grid, t' = s·t/(1+(s-1)·t) "
+                        "(default: the flow model's own)")
     seen = set()
     for spec in SAMPLERS.values():
         for o in spec.options:
@@ -172,6 +178,18 @@ def add_sampler_args(p, steps_default: int = 20, sampler_default: str = "ddim") 
             else:
                 p.add_argument(o.flag, type=_OPTION_TYPES[o.name], default=None,
                                help=f"{users}: {o.help} (default {o.default})")
+
+
+def schedule_arg(args, model):
+    """The model's schedule with ``--shift`` applied (flow models only; one line otherwise)."""
+    shift = getattr(args, "shift", None)
+    if shift is None:
+        return model.schedule
+    from ..core.schedules import FlowSchedule
+
+    if not isinstance(model.schedule, FlowSchedule):
+        raise UsageError("--shift is the time shift of rectified-flow models; this model is a VP model")
+    return model.schedule.with_shift(shift)
 
 
 def sampler_kwargs(args) -> dict:

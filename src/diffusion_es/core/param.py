@@ -3,7 +3,17 @@
 Spaces:
 
 * VP: ``x_t = sqrt(ᾱ) x_0 + sqrt(1 - ᾱ) ε`` (DDPM / ADM / diffusers networks take ``(x_t, t)``).
-* sigma space (EDM / k-diffusion): ``x = x_0 + σ ε`` with ``x = x_t / sqrt(ᾱ)`` and ``σ = sqrt((1 - ᾱ) / ᾱ)``.
+* rectified flow (SD3, Flux): ``x_t = (1 - t) x_0 + t ε``, t in [0, 1].
+* sigma space (EDM / k-diffusion), the denoiser frame of both: ``x = x_0 + σ ε`` with ``x = x_t / a`` for a process
+  point ``x_t = a x_0 + b ε`` and ``σ = b / a`` (VP: ``σ = sqrt((1 - ᾱ) / ᾱ)``; flow: ``σ = t / (1 - t)``,
+  ``t = σ / (1 + σ)``).
+
+**σ = ∞** (ᾱ = 0 of a zero-terminal-SNR VP schedule, t = 1 of rectified flow): ``x = x_t / a`` is undefined (a = 0).
+The convention everywhere in this package: at σ = ∞ the denoiser-frame state *is* the process state, ``x = x_t``
+(= ε exactly, the input is pure noise), both ways (:func:`vp_to_sigma_space`, :func:`sigma_to_vp_space`,
+:func:`flow_to_sigma_space`, :func:`sigma_to_flow_space` pass it through); a denoiser called at σ = ∞ receives that
+state and returns x̂_0, and the implied ε there is the state itself (:func:`implied_eps`). ES uses λ = 1 at σ = ∞
+(:mod:`.scaling`). An ε-prediction network cannot give x̂_0 at σ = ∞ (x̂_0 = (x_t − ε̂)/0); it is refused there.
 
 Predictions a network can make are small objects (:class:`Prediction`: ε, x_0, v, flow velocity), each giving
 the x̂_0 and ε̂ it implies, its inverse, its training target and its (c_skip, c_out) scalings in a few lines; the
@@ -30,6 +40,8 @@ __all__ = [
     "X0Prediction",
     "VPrediction",
     "FlowPrediction",
+    "PreconditionedPrediction",
+    "FLOW",
     "PREDICTION_TYPES",
     "PREDICTION_ALIASES",
     "get_prediction",
@@ -40,6 +52,14 @@ __all__ = [
     "alpha_bar_to_sigma",
     "vp_to_sigma_space",
     "sigma_to_vp_space",
+    "flow_t_to_sigma",
+    "sigma_to_flow_t",
+    "flow_to_sigma_space",
+    "sigma_to_flow_space",
+    "process_coefficients",
+    "PROCESSES",
+    "implied_eps",
+    "noised",
     "eps_from_x0",
     "x0_from_eps",
     "v_from_eps_x0",
@@ -47,6 +67,7 @@ __all__ = [
     "Denoiser",
     "FnDenoiser",
     "VPDenoiser",
+    "FlowDenoiser",
     "DenoiserEpsNet",
     "as_denoiser",
     "sigma_batch",
@@ -76,14 +97,104 @@ def alpha_bar_to_sigma(alpha_bar):
         return np.sqrt((1.0 - alpha_bar) / alpha_bar)
 
 
+def _is_inf(v):
+    """Where ``v`` (float, numpy array or tensor) is +∞."""
+    if isinstance(v, torch.Tensor):
+        return torch.isinf(v)
+    return np.isinf(v) if isinstance(v, np.ndarray) else math.isinf(v)
+
+
+def _pass_at(mask, x, y):
+    """``y`` with ``x`` wherever ``mask`` holds (the σ = ∞ pass-through); ``mask`` a bool or broadcastable tensor."""
+    if isinstance(mask, (bool, np.bool_)):
+        return x if mask else y
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(mask)
+    if not bool(mask.any()):
+        return y
+    return torch.where(mask.to(x.device), x, y)
+
+
 def vp_to_sigma_space(x_t, alpha_bar):
-    """x = x_t / sqrt(ᾱ)."""
-    return x_t / _sqrt(alpha_bar)
+    """x = x_t / sqrt(ᾱ); ᾱ = 0 (σ = ∞) passes x_t through (module docstring)."""
+    zero = alpha_bar == 0
+    if isinstance(zero, (bool, np.bool_)) and zero:
+        return x_t
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _pass_at(zero, x_t, x_t / _sqrt(alpha_bar))
 
 
 def sigma_to_vp_space(x, sigma):
-    """x_t = x / sqrt(1 + σ²) = sqrt(ᾱ) x."""
-    return x * _sqrt(sigma_to_alpha_bar(sigma))
+    """x_t = x / sqrt(1 + σ²) = sqrt(ᾱ) x; σ = ∞ passes x through."""
+    inf = _is_inf(sigma)
+    if isinstance(inf, (bool, np.bool_)) and inf:
+        return x
+    return _pass_at(inf, x, x * _sqrt(sigma_to_alpha_bar(sigma)))
+
+
+def flow_t_to_sigma(t):
+    """σ = t / (1 − t) of a rectified-flow time t in [0, 1]; t = 1 gives σ = ∞."""
+    if isinstance(t, torch.Tensor):
+        return t / (1.0 - t)
+    if isinstance(t, np.ndarray):
+        with np.errstate(divide="ignore"):
+            return t / (1.0 - t)
+    return math.inf if t == 1 else t / (1.0 - t)
+
+
+def sigma_to_flow_t(sigma):
+    """t = σ / (1 + σ); σ = ∞ gives t = 1."""
+    inf = _is_inf(sigma)
+    if isinstance(inf, (bool, np.bool_)):
+        return 1.0 if inf else sigma / (1.0 + sigma)
+    if isinstance(sigma, torch.Tensor):
+        return torch.where(inf, torch.ones_like(sigma), sigma / (1.0 + sigma))
+    with np.errstate(invalid="ignore"):
+        return np.where(inf, 1.0, sigma / (1.0 + sigma))
+
+
+def flow_to_sigma_space(x_t, t):
+    """x = x_t / (1 − t) for a float t; t = 1 (σ = ∞) passes x_t through."""
+    return x_t if t == 1 else x_t / (1.0 - t)
+
+
+def sigma_to_flow_space(x, sigma):
+    """x_t = x / (1 + σ) = (1 − t) x for a float σ; σ = ∞ passes x through."""
+    return x if math.isinf(sigma) else x / (1.0 + sigma)
+
+
+PROCESSES = ("vp", "flow")
+
+
+def process_coefficients(process: str, sigma):
+    """(a, b) of the process point ``x_t = a x_0 + b ε`` at noise level σ (floats or tensors): VP
+    ``(1/sqrt(1 + σ²), σ/sqrt(1 + σ²))``, flow ``(1/(1 + σ), σ/(1 + σ))``; σ = ∞ gives (0, 1) in both."""
+    if process == "vp":
+        inf = _is_inf(sigma)
+        if isinstance(inf, (bool, np.bool_)):
+            return (0.0, 1.0) if inf else sigma_vp_coefficients(sigma)
+        a, b = sigma_vp_coefficients(sigma)
+        return torch.where(inf, torch.zeros_like(a), a), torch.where(inf, torch.ones_like(b), b)
+    if process == "flow":
+        t = sigma_to_flow_t(sigma)
+        return 1.0 - t, t
+    raise ValueError(f"unknown process {process!r}: use one of {', '.join(PROCESSES)}")
+
+
+def implied_eps(x, D, sigma):
+    """The ε a denoiser output implies, ``(x − D) / σ``; at σ = ∞ the state itself (``x`` is then pure noise)."""
+    inf = _is_inf(sigma)
+    if isinstance(inf, (bool, np.bool_)):
+        return x if inf else (x - D) / sigma
+    return _pass_at(inf, x, (x - D) / sigma)
+
+
+def noised(x0, eps, sigma):
+    """The denoiser-frame input ``x_0 + σ ε`` of data ``x0`` and noise ``eps``; at σ = ∞ the noise itself."""
+    inf = _is_inf(sigma)
+    if isinstance(inf, (bool, np.bool_)):
+        return eps if inf else x0 + sigma * eps
+    return _pass_at(inf, eps, x0 + torch.where(inf, torch.zeros_like(sigma), sigma) * eps)
 
 
 # ---- predictions: what a network outputs, and everything that follows from it ---------------------------
@@ -199,7 +310,32 @@ class FlowPrediction(Prediction):
         return a, -b
 
 
+class PreconditionedPrediction(Prediction):
+    """A network output F inside a preconditioning ``x̂_0 = c_skip·x_t + c_out·F`` (EDM's, as in diffusers' EDM
+    schedulers, which work in sigma space: a = 1, b = σ). ``c_skip``, ``c_out``: floats or broadcastable tensors
+    of the noise level the network was evaluated at. ε̂ = (x_t − a·x̂_0)/b and F = (x̂_0 − c_skip·x_t)/c_out."""
+
+    name = "preconditioned"
+
+    def __init__(self, c_skip, c_out):
+        self.c_skip, self.c_out = c_skip, c_out
+
+    def x0_eps(self, out, x_t, a, b):
+        x0 = self.c_skip * x_t + self.c_out * out
+        return x0, (x_t - a * x0) / b
+
+    def from_eps(self, eps, x_t, a, b):
+        return ((x_t - b * eps) / a - self.c_skip * x_t) / self.c_out
+
+    def target(self, x0, eps, a, b):
+        return (x0 - self.c_skip * (a * x0 + b * eps)) / self.c_out
+
+    def scalings(self, sigma, a, b):
+        return self.c_skip * a, self.c_out
+
+
 PREDICTION_TYPES = {p.name: p for p in (EpsPrediction(), X0Prediction(), VPrediction(), FlowPrediction())}
+FLOW = PREDICTION_TYPES["flow"]
 PREDICTIONS = ("eps", "x0", "v")   # the VP parameterisations (a checkpoint's "prediction")
 # the names the field uses -> ours
 PREDICTION_ALIASES = {
@@ -282,6 +418,15 @@ class Denoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma, step_sigma=None, **kwargs) -> torch.Tensor:
         return self.forward_full(x, sigma, step_sigma=step_sigma, **kwargs)[0]
 
+    def velocity_full(self, x_t: torch.Tensor, t: float, step_sigma=None, **kwargs):
+        """The rectified-flow view ``(v, extras)`` at the flow point ``x_t`` and time ``t`` (a float in [0, 1]),
+        what the flow samplers call: ``v = ε̂ − x̂_0`` with ``x̂_0 = D(x_t/(1 − t), t/(1 − t))`` (t = 1: the σ = ∞
+        convention). :class:`FlowDenoiser` returns its network's velocity itself."""
+        sigma = flow_t_to_sigma(float(t))
+        x = flow_to_sigma_space(x_t.to(torch.float64), float(t))
+        D, extras = self.forward_full(x, sigma, step_sigma=step_sigma, **kwargs)
+        return FLOW.target(D, implied_eps(x, D, sigma), None, None), extras
+
 
 class FnDenoiser(Denoiser):
     """Wrap a plain function ``fn(x, sigma_batch) -> D`` (e.g. an analytic oracle) as a :class:`Denoiser`."""
@@ -347,6 +492,9 @@ class VPDenoiser(Denoiser):
             s = _bcast(s, x)
             ab = sigma_to_alpha_bar(s)
             x_t = sigma_to_vp_space(x, s)
+        if self.pred.name == "eps" and (math.isinf(s) if isinstance(s, float) else bool(torch.isinf(s).any())):
+            raise ValueError("an ε-prediction network cannot give x̂_0 at σ = ∞ (ᾱ = 0, zero terminal SNR): "
+                             "x̂_0 = (x_t − ε̂)/0; use a v- or x0-prediction model there, or a schedule with ᾱ_T > 0")
         out = self.net(x_t.to(dtype), t, **kwargs).to(torch.float64)
         extras = {}
         if self.learned_variance:
@@ -374,5 +522,56 @@ class DenoiserEpsNet(nn.Module):
         sig = torch.from_numpy(self.schedule.t_to_sigma(t.detach().cpu().numpy())).to(x_t.device)
         ab = _bcast(sigma_to_alpha_bar(sig), x_t)
         xt64 = x_t.to(torch.float64)
-        D = self.denoiser(xt64 / ab.sqrt(), sig, **kwargs)
-        return eps_from_x0(xt64, D, ab).to(x_t.dtype)
+        D = self.denoiser(vp_to_sigma_space(xt64, ab), sig, **kwargs)
+        return _pass_at(ab == 0, xt64, eps_from_x0(xt64, D, ab)).to(x_t.dtype)  # σ = ∞: ε is the input itself
+
+
+class FlowDenoiser(Denoiser):
+    """A rectified-flow velocity network ``net(x_t, τ, **kw) -> v`` (``x_t = (1 − t) x_0 + t ε``, ``v = ε − x_0``,
+    ``τ = t · time_scale``: 1000 for SD3-style transformers and our own models) seen as a sigma-space denoiser.
+
+    ``σ ↔ t = σ / (1 + σ)``, ``x_t = x / (1 + σ)``, ``D = x_t − t·v`` (:class:`FlowPrediction`); σ = ∞ is t = 1
+    with ``x_t = x`` (module docstring), where ``D = x_t − v`` is finite. :meth:`velocity_full` gives the flow
+    samplers the network's velocity itself (no round trip), so they can follow diffusers' FlowMatch schedulers
+    bit for bit. The network runs in its own dtype and, on the denoiser route, everything around it in float64.
+    ``schedule``: the :class:`~diffusion_es.core.schedules.FlowSchedule` it was trained for (its grid, shift);
+    without one the samplers use ``FlowSchedule()`` (T = 1000, no shift).
+    """
+
+    def __init__(self, net: Callable, schedule=None, time_scale: float = 1000.0):
+        super().__init__()
+        if not (math.isfinite(time_scale) and time_scale > 0):
+            raise ValueError(f"time_scale must be finite and > 0, got {time_scale}")
+        self.net, self.schedule, self.time_scale = net, schedule, float(time_scale)
+        self.pred, self.prediction = FLOW, "flow"
+        if schedule is not None:
+            self.sigma_min, self.sigma_max = schedule.sigma_min, schedule.sigma_max
+
+    _net_dtype = VPDenoiser._net_dtype
+
+    def _velocity(self, x_t, t, kwargs):
+        """The network's output at (x_t, t), in the network's dtype; t a float or a (B,) float64 tensor."""
+        dtype = self._net_dtype()
+        tau = (torch.full((x_t.shape[0],), float(t) * self.time_scale, dtype=torch.float64, device=x_t.device)
+               if isinstance(t, float) else t * self.time_scale)
+        out = self.net(x_t.to(dtype), tau.to(dtype), **kwargs)
+        if out.shape != x_t.shape:
+            raise ValueError(f"network output shape {tuple(out.shape)} does not match input {tuple(x_t.shape)}")
+        return out
+
+    def velocity_full(self, x_t, t, step_sigma=None, **kwargs):
+        t = float(t)
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"flow time t must lie in [0, 1], got {t}")
+        return self._velocity(x_t, t, kwargs), {}
+
+    def forward_full(self, x, sigma, step_sigma=None, **kwargs):
+        if isinstance(sigma, (float, int)):
+            t = sigma_to_flow_t(float(sigma))
+            x_t = sigma_to_flow_space(x, float(sigma))
+        else:
+            s = _bcast(sigma_batch(sigma, x), x)
+            t = sigma_to_flow_t(s)
+            x_t = _pass_at(torch.isinf(s), x, x / (1.0 + s))
+        v = self._velocity(x_t, t if isinstance(t, float) else t.reshape(-1), kwargs).to(torch.float64)
+        return self.pred.denoised(x, x_t, v, sigma, 1.0 - t, t), {}

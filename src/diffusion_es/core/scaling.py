@@ -40,7 +40,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 import torch
 
-from .param import Denoiser, as_denoiser, get_prediction, sigma_batch
+from .param import Denoiser, as_denoiser, flow_t_to_sigma, get_prediction, sigma_batch
 
 __all__ = [
     "LambdaSchedule",
@@ -333,6 +333,15 @@ class EpsilonScaled(Denoiser):
         if isinstance(key, (float, int)):
             return scale_denoised(x, D, self.lam.scalar(key)), extras
         return scale_denoised(x, D, self.lam(sigma_batch(key, x).detach().cpu().numpy())), extras
+
+    def velocity_full(self, x_t, t, step_sigma=None, **kwargs):
+        """The flow view (:meth:`Denoiser.velocity_full`): the inner velocity rewritten with ε → ε/λ in flow
+        coordinates (:func:`scale_prediction`, a = 1 − t, b = t), i.e. ``v' = (ε̂/λ − x_t)/(1 − t)``; where λ = 1
+        (σ = ∞ included) the inner velocity is returned untouched."""
+        t = float(t)
+        v, extras = self.inner.velocity_full(x_t, t, step_sigma=step_sigma, **kwargs)
+        lam = self.lam.scalar(flow_t_to_sigma(t) if step_sigma is None else float(step_sigma))
+        return scale_prediction(v, x_t, lam, None, "flow", a=1.0 - t, b=t), extras
 
 
 def as_schedule(es, what: str = "es") -> Union[LambdaSchedule, None]:

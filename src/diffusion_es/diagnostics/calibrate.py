@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import UsageError
-from ..samplers import SamplingPlan, sample
+from ..samplers import SamplingPlan, default_schedule, sample
 from ..core.scaling import LambdaSchedule, Linear, Uniform
 from ..core.schedules import VPSchedule
 
@@ -180,7 +180,7 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
     if max_extend < 0:
         raise UsageError(f"max_extend must be >= 0, got {max_extend}")
     if schedule is None:
-        schedule = getattr(denoiser, "schedule", None) or VPSchedule.linear()
+        schedule = default_schedule(denoiser)
     base_seed = seed * 10_000_019
     sets = [list(range(base_seed + j * n_samples, base_seed + (j + 1) * n_samples))
             for j in range(n_sets + n_val_sets)]

@@ -11,7 +11,14 @@ Per sampling step i (noise level σ_i, VP ᾱ_i = 1 / (1 + σ_i²)):
 * **Var(x_t)**: the mean per-pixel variance over samples of the VP sample x̂_t along sampling, against that of
   training-style x_t (same σ, real data).
 
-Everything is reported per *step* evaluation (for Heun, the first evaluation of each step).
+Everything is reported per *step* evaluation (for Heun, the first evaluation of each step). "VP space" above is the
+sampler's own process: for the rectified-flow samplers (``flow_euler``, ``flow_heun``) x_t = (1 − t) x_0 + t ε,
+so σ̂_t is compared with t and Var(x_t) is taken of the flow state. ε is the same ε in every frame.
+
+A grid that starts at σ = ∞ (flow models, zero-terminal-SNR VP chains): the first step's input is pure noise in
+both runs, so its ε-norm ratio is 1 by construction (ε is exact there, and ES leaves that step alone); δ_t's run
+then starts at the first finite σ (real x_0 diffused there with q), since nothing of x_0 survives σ = ∞, and its
+step-0 entry is the σ = ∞ input itself (pure noise: σ̂ ≈ 1 = b).
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..core.param import as_denoiser, sigma_to_vp_space, sigma_vp_coefficients
-from ..samplers import SamplingPlan, SeedNoise
+from ..core.param import as_denoiser, implied_eps, noised, process_coefficients, sigma_to_flow_space, sigma_to_vp_space
+from ..samplers import SamplingPlan, SeedNoise, default_schedule
 from ..core.scaling import LambdaSchedule, epsilon_scaled
 from ..core.schedules import VPSchedule
 
@@ -108,9 +115,14 @@ def _pick(data: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return data[torch.randint(data.shape[0], (n,), generator=g)]
 
 
+def _to_state(x, sigma: float, process: str):
+    return sigma_to_flow_space(x, sigma) if process == "flow" else sigma_to_vp_space(x, sigma)
+
+
 def training_eps_norms(denoiser, x0: torch.Tensor, sigmas: Sequence[float], seed: int = 0,
-                       batch_size: int = 512):
-    """Mean ‖ε_θ(x_0 + σ ε, σ)‖ and mean per-pixel Var(x_t) (VP) on training-style inputs, for each σ."""
+                       batch_size: int = 512, process: str = "vp"):
+    """Mean ‖ε_θ(x_0 + σ ε, σ)‖ and mean per-pixel Var(x_t) (of the ``process``'s state, VP or flow) on
+    training-style inputs, for each σ (σ = ∞: the input is the noise itself)."""
     den = as_denoiser(denoiser)
     g = torch.Generator().manual_seed(seed)
     norms, varis = [], []
@@ -119,10 +131,10 @@ def training_eps_norms(denoiser, x0: torch.Tensor, sigmas: Sequence[float], seed
             tot, xt_all = 0.0, []
             for b in range(0, x0.shape[0], batch_size):
                 xb = x0[b:b + batch_size]
-                x = xb + float(s) * torch.randn(xb.shape, generator=g, dtype=torch.float64).to(xb.device)
-                eps = (x - den(x, float(s))) / float(s)
+                x = noised(xb, torch.randn(xb.shape, generator=g, dtype=torch.float64).to(xb.device), float(s))
+                eps = implied_eps(x, den(x, float(s)), float(s))
                 tot += float(_flat_norm(eps).sum())
-                xt_all.append(sigma_to_vp_space(x, float(s)))
+                xt_all.append(_to_state(x, float(s), process))
             norms.append(tot / x0.shape[0])
             varis.append(float(torch.cat(xt_all).var(dim=0).mean()))
     return norms, varis
@@ -135,7 +147,7 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
     """Run the paper's two diagnostics (plus Var(x_t)) for one sampler setting. ``data``: real x_0, (N, *shape);
     ``shape``: the model's sample shape, checked against the data when given."""
     if schedule is None:
-        schedule = getattr(denoiser, "schedule", None) or VPSchedule.linear()
+        schedule = default_schedule(denoiser)
     if n_samples < 2:
         raise UsageError(f"need at least 2 samples for per-pixel statistics, got {n_samples}")
     shape = tuple(data.shape[1:]) if shape is None else tuple(shape)
@@ -159,29 +171,38 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
         used_sum[info.i] += float(used.sum())
         raw_sum[info.i] += float(used.sum()) * lam_steps[info.i]
         sig_eval[info.i] = info.sigma
-        xs[info.i].append(info.x_vp.cpu())
+        xs[info.i].append(info.x_state.cpu())
 
     with torch.no_grad():
         for b in range(0, n_samples, batch_size):
             batch = seeds[b:b + batch_size]
             noise = SeedNoise(batch, shape, device)
             plan.run(den, noise.initial(), noise, callback=record_free, **sampler_kwargs)
-            # δ_t protocol: real x_0 diffused to the first step with the same seeds' noise, then sampled
+            # δ_t protocol: real x_0 diffused to the first (finite) step with the same seeds' noise, then sampled
             x0 = _pick(data, n_samples, seed + 1)[b:b + len(batch)].to(device)
             noise = SeedNoise(batch, shape, device)
+            z = noise.initial()
+            start = 1 if (np.isinf(plan.sigmas[0]) and n > 1) else 0
+            if start:  # step 0 at σ = ∞: the input is the noise itself, x_t − 0·x_0 = z
+                dev_steps[0].append(z.cpu())
 
-            def record_delta(info, x0=x0):
+            def record_delta(info, x0=x0, start=start):
                 if info.stage == "step":
-                    dev_steps[info.i].append(sigma_to_vp_space(info.x - x0, info.sigma).cpu())
+                    a = process_coefficients(plan.process, info.sigma)[0]
+                    dev_steps[info.i + start].append((info.x_state - a * x0).cpu())
 
-            plan.run_from(den, x0 + float(plan.sigmas[0]) * noise.initial(), noise, callback=record_delta,
+            plan.run_from(den, noised(x0, z, float(plan.sigmas[start])), noise, callback=record_delta, start=start,
                           **sampler_kwargs)
     train_norms, var_train = training_eps_norms(denoiser, _pick(data, n_samples, seed + 2).to(device), sig_eval,
-                                                seed=seed + 3)
+                                                seed=seed + 3, process=plan.process)
     sigma_hat = [float(torch.cat(d).std(dim=0).mean()) for d in dev_steps]
-    sigma_true = [float(sigma_vp_coefficients(float(s))[1]) for s in sig_eval]
-    t_list = (plan.chain.timesteps[::-1].astype(float).tolist() if plan.chain is not None
-              else schedule.sigma_to_t(sig_eval).tolist())
+    sigma_true = [float(process_coefficients(plan.process, float(s))[1]) for s in sig_eval]
+    if plan.chain is not None:
+        t_list = plan.chain.timesteps[::-1].astype(float).tolist()
+    elif plan.process == "flow":
+        t_list = plan.grid[:-1].tolist()
+    else:
+        t_list = schedule.sigma_to_t(sig_eval).tolist()
     return ExposureCurves(
         sampler=sampler, steps=n, es=None if es is None else es.to_dict(), n_samples=n_samples,
         sigma=sig_eval.tolist(), t=t_list, lam=lam_steps,
@@ -241,7 +262,8 @@ def plot_exposure(curves_list: Sequence[ExposureCurves], path, title: str = "") 
         ax[2].plot(steps, c.var_sample, "-", label=f"sampling ({tag})")
     ax[2].plot(steps, base.var_train, "k-", lw=2, label="training")
     ax[0].set_title("mean ‖ε‖ per step")
-    ax[1].set_title("δ_t = (σ̂_t − √(1−ᾱ_t))²")
+    ax[1].set_title("δ_t = (σ̂_t − b_t)²  (flow: b = t)" if base.sampler.startswith("flow_")
+                    else "δ_t = (σ̂_t − √(1−ᾱ_t))²")
     ax[1].set_yscale("log")
     ax[2].set_title("Var(x_t) per pixel")
     for a in ax:

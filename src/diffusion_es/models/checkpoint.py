@@ -1,7 +1,11 @@
 """Checkpoints: a directory with ``config.json`` and ``model.safetensors``.
 
 * ``config.json``: ``{"format": "diffusion-es/checkpoint", "format_version": 1, "model": ModelConfig,
-  "diffusion": {"T", "beta_schedule", "prediction", "learned_variance"}, "data": {...}, "training": {...}}``.
+  "diffusion": {...}, "data": {...}, "training": {...}}``. The diffusion section of a VP model is
+  ``{"T", "beta_schedule", "prediction", "learned_variance"}``; of a rectified-flow model
+  ``{"process": "flow", "T", "prediction": "flow", "shift", "learned_variance": false}`` (the network sees the time
+  as ``T·t``; ``shift`` is the SD3 time shift its sampling grid uses by default). A section without ``"process"``
+  is a VP model (every checkpoint written before flow models existed).
 * ``model.safetensors``: the EMA weights under ``ema.<name>`` and (optionally) the raw weights under
   ``model.<name>``.
 * ``train_state.safetensors`` (written by :mod:`diffusion_es.training.train`): everything needed to resume exactly.
@@ -14,6 +18,7 @@ Loading never executes code: weights are read with safetensors (or, for a plain 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Tuple
@@ -23,7 +28,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..io import atomic_path
-from ..core.schedules import VPSchedule
+from ..core.schedules import FlowSchedule, VPSchedule
 from .config import ModelConfig
 
 __all__ = [
@@ -45,7 +50,7 @@ __all__ = [
 
 FORMAT = "diffusion-es/checkpoint"
 FORMAT_VERSION = 1
-PREDICTIONS = ("eps", "v", "x0")
+PREDICTIONS = ("eps", "v", "x0", "flow")
 BETA_SCHEDULES = ("linear", "cosine")
 
 
@@ -61,10 +66,25 @@ def build_model(config: ModelConfig) -> nn.Module:
 
 
 def diffusion_config(T: int = 1000, beta_schedule: str = "linear", prediction: str = "eps",
-                     learned_variance: bool = False) -> dict:
-    """The diffusion half of ``config.json``, validated."""
+                     learned_variance: bool = False, shift: Optional[float] = None,
+                     process: Optional[str] = None) -> dict:
+    """The diffusion half of ``config.json``, validated (``prediction="flow"``: a rectified-flow model)."""
     if int(T) < 1:
         raise UsageError(f"T must be >= 1, got {T}")
+    if process not in (None, "vp", "flow"):
+        raise UsageError(f"unknown process {process!r}: use vp or flow")
+    if prediction == "flow" or process == "flow":
+        if prediction != "flow" or process not in (None, "flow"):
+            raise UsageError(f"a rectified-flow model predicts the velocity: prediction must be 'flow' with "
+                             f"process 'flow' (got prediction {prediction!r}, process {process!r})")
+        if learned_variance:
+            raise UsageError("a rectified-flow model (prediction flow) has no learned variance; drop --learned-variance")
+        shift = 1.0 if shift is None else float(shift)
+        if not (math.isfinite(shift) and shift > 0):
+            raise UsageError(f"shift must be finite and > 0, got {shift}")
+        return {"process": "flow", "T": int(T), "prediction": "flow", "shift": shift, "learned_variance": False}
+    if shift is not None:
+        raise UsageError("shift is the time shift of rectified-flow models (prediction flow); a VP model has none")
     if beta_schedule not in BETA_SCHEDULES:
         raise UsageError(f"unknown beta schedule {beta_schedule!r}: use one of {', '.join(BETA_SCHEDULES)}")
     if prediction not in PREDICTIONS:
@@ -97,7 +117,8 @@ def save_checkpoint(out_dir, config: dict, ema: nn.Module, net: Optional[nn.Modu
 
 
 # the models shipped in diffusion_es/assets, by the names --model takes
-SHIPPED = {"default": "digits_default", "digits": "digits_default", "digits-ip": "digits_ip", "mnist": "mnist_default"}
+SHIPPED = {"default": "digits_default", "digits": "digits_default", "digits-ip": "digits_ip", "mnist": "mnist_default",
+           "digits-flow": "digits_flow"}
 MODEL_FORMS = ("a folder written by 'diffusion-es train', a diffusers UNet2DModel or pipeline folder "
                f"(save_pretrained), or a shipped model: {', '.join(SHIPPED)}")
 
@@ -179,7 +200,7 @@ class LoadedModel:
     """A network ready for sampling, with the diffusion process it was trained for."""
 
     net: nn.Module
-    schedule: VPSchedule
+    schedule: object  # VPSchedule, or FlowSchedule for a rectified-flow model
     prediction: str
     learned_variance: bool
     data_shape: Tuple[int, ...]
@@ -196,10 +217,17 @@ class LoadedModel:
             return "mnist"
         return spec or "digits"
 
-    def denoiser(self):
-        """The network as a sigma-space denoiser (:class:`diffusion_es.core.param.VPDenoiser`)."""
-        from ..core.param import VPDenoiser
+    @property
+    def process(self) -> str:
+        return "flow" if isinstance(self.schedule, FlowSchedule) else "vp"
 
+    def denoiser(self):
+        """The network as a sigma-space denoiser (:class:`~diffusion_es.core.param.VPDenoiser`, or
+        :class:`~diffusion_es.core.param.FlowDenoiser` for a rectified-flow model)."""
+        from ..core.param import FlowDenoiser, VPDenoiser
+
+        if self.process == "flow":
+            return FlowDenoiser(self.net, self.schedule, time_scale=float(self.schedule.T))
         return VPDenoiser(self.net, self.schedule, prediction=self.prediction, learned_variance=self.learned_variance)
 
 
@@ -250,7 +278,7 @@ def load_model(path="default", use_ema: bool = True, device="cpu") -> LoadedMode
     dcfg = cfg["diffusion"]
     try:
         dif = diffusion_config(dcfg.get("T", 1000), dcfg.get("beta_schedule", "linear"), dcfg.get("prediction", "eps"),
-                               dcfg.get("learned_variance", False))
+                               dcfg.get("learned_variance", False), dcfg.get("shift"), dcfg.get("process"))
     except (UsageError, TypeError, ValueError) as e:
         raise UsageError(f"{where}: {e}") from None
     if dif["learned_variance"] != mcfg.learned_variance:
@@ -279,6 +307,7 @@ def load_model(path="default", use_ema: bool = True, device="cpu") -> LoadedMode
     net = net.to(device=device, dtype=torch.float32).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    schedule = VPSchedule.from_name(dif["beta_schedule"], dif["T"])
+    schedule = (FlowSchedule(dif["T"], dif["shift"]) if dif.get("process") == "flow"
+                else VPSchedule.from_name(dif["beta_schedule"], dif["T"]))
     return LoadedModel(net=net, schedule=schedule, prediction=dif["prediction"],
                        learned_variance=dif["learned_variance"], data_shape=mcfg.data_shape, config=cfg, path=d)

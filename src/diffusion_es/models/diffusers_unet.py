@@ -34,6 +34,21 @@ def _read_scheduler_config(path: Path):
     return None
 
 
+# settings only flow-matching schedulers have: a VP table built from such a config would sample a flow model wrongly
+_FLOW_KEYS = ("shift", "use_dynamic_shifting", "base_image_seq_len", "max_image_seq_len", "use_flow_sigmas")
+
+
+def _vp_config(cfg: dict) -> dict:
+    """``cfg`` if it describes a VP (β-table) scheduler; a flow-matching scheduler's config is refused in one line."""
+    name = str(cfg.get("_class_name", ""))
+    flow = [k for k in _FLOW_KEYS if cfg.get(k) not in (None, False)]
+    if name.startswith("FlowMatch") or flow or cfg.get("prediction_type") == "flow_prediction":
+        raise ValueError(f"the scheduler config ({name or 'given'}) is a flow-matching one "
+                         f"({', '.join(flow) or cfg.get('prediction_type') or name}): this loader reads VP (β-table) "
+                         f"UNets; a flow-matching network needs diffusion_es.core.param.FlowDenoiser")
+    return cfg
+
+
 def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None):
     """Load a diffusers ``UNet2DModel`` saved with ``save_pretrained`` as a :class:`diffusion_es.core.param.VPDenoiser`.
 
@@ -63,17 +78,18 @@ def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None):
 
     if scheduler is None:
         cfg_path = _read_scheduler_config(path)
-        sched = DDPMScheduler.from_config(DDPMScheduler.load_config(cfg_path)) if cfg_path else DDPMScheduler()
+        sched = DDPMScheduler.from_config(_vp_config(DDPMScheduler.load_config(cfg_path))) if cfg_path else DDPMScheduler()
     elif isinstance(scheduler, (str, Path)):
         p = Path(scheduler)
         cfg_path = p if p.is_file() else _read_scheduler_config(p)
         if cfg_path is None:
             raise FileNotFoundError(f"{p}: no scheduler_config.json found")
-        sched = DDPMScheduler.from_config(DDPMScheduler.load_config(cfg_path))
+        sched = DDPMScheduler.from_config(_vp_config(DDPMScheduler.load_config(cfg_path)))
     elif isinstance(scheduler, dict):
-        sched = DDPMScheduler.from_config(scheduler)
+        sched = DDPMScheduler.from_config(_vp_config(scheduler))
     else:
         sched = scheduler
+        _vp_config({"_class_name": type(sched).__name__, **dict(sched.config)})
     ab = sched.alphas_cumprod.to(torch.float64).numpy()
     # betas that reproduce the scheduler's own (float32) ᾱ table exactly under a float64 cumulative product
     betas = 1.0 - ab / np.concatenate([[1.0], ab[:-1]])

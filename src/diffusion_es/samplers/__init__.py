@@ -4,6 +4,8 @@
 * :func:`sample_ddpm`, :func:`sample_ddim` on a respaced VP chain (:mod:`.vp`), with an optional next-timestep
   policy (:class:`TimeShift`, :mod:`.timeshift`);
 * :func:`sample_euler`, :func:`sample_heun` (EDM, deterministic or stochastic) on a sigma grid (:mod:`.edm`);
+* :func:`sample_flow_euler`, :func:`sample_flow_heun` (rectified flow, diffusers' FlowMatch step rules) on a flow
+  time grid (:mod:`.flow`);
 * :mod:`.registry`: names, options, defaults, grids and NFE counts (:data:`SAMPLERS`, :class:`SamplingPlan`);
 * :func:`sample`: the front end (grid, Epsilon Scaling, per-seed noise, batching).
 """
@@ -16,9 +18,10 @@ import torch
 
 from ..core.param import as_denoiser
 from ..core.scaling import LambdaSchedule, as_schedule, epsilon_scaled
-from ..core.schedules import VPSchedule
+from ..core.schedules import FlowSchedule, VPSchedule
 from .common import NOISE_BLOCK, SeedNoise, StepInfo, check_seeds, over_seed_batches
 from .edm import sample_euler, sample_heun
+from .flow import sample_flow_euler, sample_flow_heun
 from .registry import OPTION_FLAGS, SAMPLERS, Option, SamplerSpec, SamplingPlan, get_sampler
 from .timeshift import TimeShift, choose_timesteps, data_variance
 from .vp import VARIANCES, sample_ddim, sample_ddpm
@@ -31,10 +34,13 @@ __all__ = [
     "get_sampler",
     "SamplingPlan",
     "sample",
+    "default_schedule",
     "sample_ddpm",
     "sample_ddim",
     "sample_euler",
     "sample_heun",
+    "sample_flow_euler",
+    "sample_flow_heun",
     "TimeShift",
     "choose_timesteps",
     "data_variance",
@@ -46,25 +52,35 @@ __all__ = [
 ]
 
 
+def default_schedule(denoiser):
+    """The denoiser's own schedule, else ``FlowSchedule()`` for a flow denoiser and DDPM's linear VP schedule
+    (T = 1000) for anything else."""
+    own = getattr(denoiser, "schedule", None)
+    if own is not None:
+        return own
+    return FlowSchedule() if getattr(denoiser, "prediction", None) == "flow" else VPSchedule.linear()
+
+
 def sample(denoiser, sampler: str, steps: int, shape: Sequence[int], seeds: Sequence[int],
            schedule: Optional[VPSchedule] = None, es: Union[LambdaSchedule, float, None] = None,
            batch_size: int = 256, device="cpu", spacing: str = "adm", rho: float = 7.0,
            callback: Optional[Callable] = None, progress: Optional[Callable[[int], None]] = None,
-           **opts) -> torch.Tensor:
+           shift: Optional[float] = None, **opts) -> torch.Tensor:
     """Draw one sample per seed. Returns float64 (len(seeds), *shape) on the CPU.
 
     Every sample has its own noise generator seeded by its seed, so with the same seeds the baseline (``es=None``)
     and ES runs use identical noise. The bytes of a sample depend on its seed and on the batch it is evaluated in
     (a network's float output depends on the batch size through its kernels): the same seeds with the same
     ``batch_size`` give the same bytes, on any number of processes. ``schedule`` defaults to the denoiser's own
-    (``denoiser.schedule``) or DDPM's linear schedule with T = 1000. ``es``: a λ schedule or a number (uniform λ).
+    (:func:`default_schedule`). ``es``: a λ schedule or a number (uniform λ).
     ``opts`` go to the sampler (see :data:`SAMPLERS`: ddpm: variance, clip, time_shift; ddim: eta, clip,
-    time_shift; euler/heun: S_churn, S_tmin, S_tmax, S_noise).
+    time_shift; euler/heun: S_churn, S_tmin, S_tmax, S_noise; flow_euler/flow_heun: dtype). ``shift``: the SD3
+    time shift of a rectified-flow model's grid (default: its :class:`~diffusion_es.core.schedules.FlowSchedule`'s).
     ``callback(info, seeds_of_batch)`` is called at every network evaluation; ``progress(n_done)`` per batch.
     """
     if schedule is None:
-        schedule = getattr(denoiser, "schedule", None) or VPSchedule.linear()
-    plan = SamplingPlan(sampler, steps, schedule, spacing=spacing, rho=rho)
+        schedule = default_schedule(denoiser)
+    plan = SamplingPlan(sampler, steps, schedule, spacing=spacing, rho=rho, shift=shift)
     plan.spec.resolve(opts)  # refuse bad options before any work
     den = epsilon_scaled(as_denoiser(denoiser), as_schedule(es), plan.sigmas)
     return over_seed_batches(check_seeds(seeds), shape, batch_size, device,

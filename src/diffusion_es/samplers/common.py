@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..core.param import sigma_to_vp_space
+from ..core.param import sigma_to_flow_space, sigma_to_vp_space
 
 __all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches", "check_seeds", "MAX_SEED"]
 
@@ -23,7 +23,10 @@ class StepInfo:
     ``x`` is the network input in sigma space (``x = x_t / sqrt(ᾱ)``), ``denoised`` the x_0 estimate the sampler
     uses (after ES, before any clipping), ``eps = (x - denoised) / sigma`` the ε the sampler uses (ε_θ / λ under
     ES). ``i`` is the sampling step (0 = first, noisiest), ``stage`` is ``"step"`` or, for Heun's second
-    evaluation, ``"correction"``. ``t`` is the VP timestep for VP samplers (None for EDM samplers).
+    evaluation, ``"correction"``. ``t`` is the VP timestep for VP samplers, the flow time for flow samplers (None
+    for EDM samplers). ``process`` names the sampler's own state (:attr:`x_state`): ``"vp"`` (also for EDM samplers,
+    whose training-style comparisons are made in VP space) or ``"flow"``. At σ = ∞ (t = 1, ᾱ = 0) ``x`` is the
+    state itself and ``eps = x`` (the σ = ∞ convention of :mod:`diffusion_es.core.param`).
     """
 
     i: int
@@ -34,11 +37,17 @@ class StepInfo:
     eps: torch.Tensor
     t: Optional[float] = None
     stage: str = "step"
+    process: str = "vp"
 
     @property
     def x_vp(self) -> torch.Tensor:
         """The same input in VP space: x_t = x / sqrt(1 + σ²)."""
         return sigma_to_vp_space(self.x, self.sigma)
+
+    @property
+    def x_state(self) -> torch.Tensor:
+        """The input as a point of the sampler's process: ``a(σ)·x`` (VP ``x / sqrt(1 + σ²)``, flow ``x / (1 + σ)``)."""
+        return self.x_vp if self.process == "vp" else sigma_to_flow_space(self.x, self.sigma)
 
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed

@@ -1,8 +1,9 @@
 """The sampler registry: names, options (type, default, check, CLI flag), grids and network-evaluation counts.
 
 Every sampler function has one signature, ``sample_x(denoiser, x, grid, *, noise=None, callback=None, **opts)``;
-the grid is a respaced VP chain (:class:`~diffusion_es.core.schedules.RespacedChain`) for ``ddpm`` / ``ddim`` and
-a descending σ array ending at 0 for ``euler`` / ``heun``. Everything that needs to know about samplers (the
+the grid is a respaced VP chain (:class:`~diffusion_es.core.schedules.RespacedChain`) for ``ddpm`` / ``ddim``,
+a descending σ array ending at 0 for ``euler`` / ``heun`` and a descending flow-time array ending at 0 for
+``flow_euler`` / ``flow_heun`` (rectified-flow models, :class:`~diffusion_es.core.schedules.FlowSchedule`). Everything that needs to know about samplers (the
 front end :func:`~diffusion_es.samplers.sample`, measurement, calibration, the experiments and the CLI) reads it
 from here: :data:`SAMPLERS`, :func:`get_sampler`, :class:`SamplingPlan`.
 """
@@ -15,9 +16,10 @@ from typing import Callable, Optional
 
 import torch
 
-from ..core.param import sigma_to_vp_space
-from ..core.schedules import karras_sigmas, respace
+from ..core.param import flow_t_to_sigma, sigma_to_flow_space, sigma_to_vp_space
+from ..core.schedules import FlowSchedule, karras_sigmas, respace
 from .edm import check_churn, sample_euler, sample_heun
+from .flow import FLOW_DTYPES, sample_flow_euler, sample_flow_heun
 from .timeshift import TimeShift
 from .vp import VARIANCES, sample_ddim, sample_ddpm
 
@@ -62,9 +64,18 @@ def _check_edm(name: str, opts: dict) -> None:
     check_churn(float(opts["S_churn"]), float(opts["S_tmin"]), float(opts["S_tmax"]), float(opts["S_noise"]))
 
 
+def _check_flow(name: str, opts: dict) -> None:
+    if opts["dtype"] not in FLOW_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(FLOW_DTYPES)}, got {opts['dtype']!r}")
+
+
+_FLOW_DTYPE = Option("dtype", "float64", "arithmetic of the flow state and step: float64, or float32 exactly as "
+                     "diffusers' FlowMatch schedulers (bit for bit with them)", "")
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A registered sampler. ``grid``: ``vp`` (respaced chain) or ``sigma`` (EDM σ grid);
+    """A registered sampler. ``grid``: ``vp`` (respaced chain), ``sigma`` (EDM σ grid) or ``flow`` (flow times);
     ``evals_per_step``: network evaluations per step (Heun: 2, but none for its final step to σ = 0)."""
 
     name: str
@@ -113,6 +124,10 @@ SAMPLERS = {
                          stochastic=lambda opts: float(opts.get("S_churn", 0.0)) > 0),
     "heun": SamplerSpec("heun", "EDM Heun", sample_heun, "sigma", _CHURN, _check_edm, evals_per_step=2,
                         stochastic=lambda opts: float(opts.get("S_churn", 0.0)) > 0),
+    "flow_euler": SamplerSpec("flow_euler", "rectified-flow Euler (FlowMatchEuler)", sample_flow_euler, "flow",
+                              (_FLOW_DTYPE,), _check_flow),
+    "flow_heun": SamplerSpec("flow_heun", "rectified-flow Heun (FlowMatchHeun)", sample_flow_heun, "flow",
+                             (_FLOW_DTYPE,), _check_flow, evals_per_step=2),
 }
 
 # library option name -> CLI flag, for turning a library error into one that names the flag
@@ -127,32 +142,59 @@ def get_sampler(name: str) -> SamplerSpec:
 
 
 class SamplingPlan:
-    """The grid a sampler will walk: a respaced VP chain (ddpm, ddim) or an EDM sigma grid (euler, heun).
+    """The grid a sampler will walk: a respaced VP chain (ddpm, ddim), an EDM sigma grid (euler, heun) or a flow
+    time grid (flow_euler, flow_heun; ``shift`` overrides the :class:`FlowSchedule`'s SD3 shift).
 
-    ``sigmas`` are the sigmas of the sampling steps in order (noisiest first), the grid a λ schedule is bound to;
-    ``nfe`` the network evaluations of one run.
+    ``sigmas`` are the sigmas of the sampling steps in order (noisiest first), the grid a λ schedule is bound to
+    (it starts at σ = ∞ for a flow grid from t = 1 and for a zero-terminal-SNR chain that includes its last
+    timestep); ``nfe`` the network evaluations of one run; ``process`` the sampler's state (``vp`` or ``flow``).
     """
 
     def __init__(self, sampler: str, steps: int, schedule, spacing: str = "adm", rho: float = 7.0,
-                 sigma_min: Optional[float] = None, sigma_max: Optional[float] = None):
+                 sigma_min: Optional[float] = None, sigma_max: Optional[float] = None, shift: Optional[float] = None):
         self.spec = get_sampler(sampler)
         if isinstance(steps, bool) or int(steps) != steps or int(steps) < 1:
             raise ValueError(f"steps must be a whole number >= 1, got {steps}")
-        self.sampler, self.steps, self.schedule = sampler, int(steps), schedule
-        if self.spec.grid == "vp":
+        self.sampler, self.steps = sampler, int(steps)
+        grid = self.spec.grid
+        flow_model = isinstance(schedule, FlowSchedule)
+        if grid == "flow" and not flow_model:
+            raise ValueError(f"sampler {sampler!r} needs a rectified-flow model (a FlowSchedule); this model has a VP "
+                             f"schedule: use ddpm, ddim, euler or heun")
+        if grid == "vp" and flow_model:
+            raise ValueError(f"sampler {sampler!r} needs a VP model (a VPSchedule); this is a rectified-flow model: "
+                             f"use flow_euler or flow_heun")
+        if shift is not None:
+            if not flow_model:
+                raise ValueError("shift is the time shift of rectified-flow models; this model has a VP schedule")
+            schedule = schedule.with_shift(shift)
+        self.schedule = schedule
+        self.process = "flow" if grid == "flow" else "vp"
+        if grid == "vp":
             self.chain = schedule.respaced(respace(schedule.T, self.steps, spacing))
             self.grid = self.chain
             self.sigmas = self.chain.sigmas[::-1].copy()
+        elif grid == "flow":
+            self.chain = None
+            self.grid = schedule.grid(self.steps)  # flow times, ends with 0
+            self.sigmas = flow_t_to_sigma(self.grid[:-1])
         else:
             self.chain = None
             smin = schedule.sigma_min if sigma_min is None else sigma_min
             smax = schedule.sigma_max if sigma_max is None else sigma_max
+            if not math.isfinite(smax):
+                raise ValueError(f"sampler {sampler!r} walks EDM's σ grid, which needs a finite σ_max; this model's "
+                                 f"schedule starts at σ = ∞: "
+                                 + ("use flow_euler or flow_heun" if flow_model else "use ddpm or ddim"))
             self.grid = karras_sigmas(self.steps, smin, smax, rho)  # ends with 0
             self.sigmas = self.grid[:-1]
         self.nfe = self.spec.nfe(self.steps)
 
     def initial(self, z: torch.Tensor) -> torch.Tensor:
-        """Initial state from unit noise: VP prior x_T = z for ddpm/ddim, x = σ_0 z for EDM samplers."""
+        """Initial state from unit noise: VP prior x_T = z for ddpm/ddim, the flow state x_1 = z for flow samplers
+        (t_0 = 1), x = σ_0 z for EDM samplers."""
+        if self.spec.grid == "flow":
+            return z if self.grid[0] == 1 else z * float(self.grid[0])
         return z if self.chain is not None else z * float(self.grid[0])
 
     def run(self, denoiser, z: torch.Tensor, noise: Optional[Callable] = None, callback=None, **opts):
@@ -160,12 +202,21 @@ class SamplingPlan:
         return self.run_from(denoiser, None, noise, callback, _z=z, **opts)
 
     def run_from(self, denoiser, x_sigma: Optional[torch.Tensor], noise: Optional[Callable] = None, callback=None,
-                 _z=None, **opts):
-        """Sample from a given sigma-space state at the first step (``x = x_0 + σ_0 ε``), e.g. real data
-        diffused to the first step with q (the paper's δ_t protocol)."""
-        if _z is not None:
-            x = self.initial(_z)
-        else:
-            x = sigma_to_vp_space(x_sigma, float(self.sigmas[0])) if self.chain is not None else x_sigma
+                 _z=None, start: int = 0, **opts):
+        """Sample from a given sigma-space state at step ``start`` (``x = x_0 + σ_start ε``, the σ = ∞ convention at
+        σ = ∞), e.g. real data diffused to that step with q (the paper's δ_t protocol). Steps before ``start`` are
+        skipped; a callback then sees the indices of the shortened run (step ``start`` is its 0)."""
         opts = self.spec.resolve(opts)
-        return self.spec.fn(denoiser, x, self.grid, noise=noise, callback=callback, **opts)
+        if _z is not None:
+            return self.spec.fn(denoiser, self.initial(_z), self.grid, noise=noise, callback=callback, **opts)
+        if not 0 <= int(start) < self.steps:
+            raise ValueError(f"start must be a step index in [0, {self.steps - 1}], got {start}")
+        s0 = float(self.sigmas[start])
+        if self.chain is not None:
+            grid = self.chain if start == 0 else self.chain.base.respaced(self.chain.timesteps[:len(self.chain) - start])
+            x = sigma_to_vp_space(x_sigma, s0)
+        elif self.spec.grid == "flow":
+            grid, x = self.grid[start:], sigma_to_flow_space(x_sigma, s0)
+        else:
+            grid, x = self.grid[start:], x_sigma
+        return self.spec.fn(denoiser, x, grid, noise=noise, callback=callback, **opts)

@@ -7,7 +7,9 @@ sample to another timestep after each step (:class:`~diffusion_es.samplers.times
 and the loop are the same, so the policy's window 1 is the plain sampler bit for bit.
 
 The state is the VP sample ``x_t`` in float64; the network is reached through a sigma-space denoiser
-(:mod:`diffusion_es.core.param`), so Epsilon Scaling is a wrapper around it, not a branch in here.
+(:mod:`diffusion_es.core.param`), so Epsilon Scaling is a wrapper around it, not a branch in here. A chain of a
+zero-terminal-SNR schedule starts at ᾱ = 0 (σ = ∞): the denoiser gets the state x_t itself there (the σ = ∞
+convention of :mod:`diffusion_es.core.param`), and every step coefficient stays finite (β = 1 on that step).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..core.param import alpha_bar_to_sigma, as_denoiser, sigma_to_alpha_bar, vp_to_sigma_space
+from ..core.param import alpha_bar_to_sigma, as_denoiser, implied_eps, sigma_to_alpha_bar, vp_to_sigma_space
 from ..core.schedules import RespacedChain, VPSchedule, posterior_coefficients
 from .common import StepInfo
 
@@ -121,12 +123,12 @@ def _vp_loop(denoiser, x_T, chain: RespacedChain, update: Callable, noise, callb
         if s is None:
             x_sig = vp_to_sigma_space(x, tr.ab)
             D, extras = den.forward_full(x_sig, chain.sigmas[i], step_sigma=chain.sigmas[i])
-            eps_used = (x_sig - D) / chain.sigmas[i]
+            eps_used = implied_eps(x_sig, D, float(chain.sigmas[i]))  # σ = ∞ (ᾱ = 0): the state x_t itself
             x_rep, t_rep = x_sig, tr.t
         else:  # network asked at each sample's own noise level; λ stays keyed on the nominal step
             x_sig = vp_to_sigma_space(x, _bc(tr.ab, x))
             D, extras = den.forward_full(x_sig, torch.from_numpy(tr.sigma).to(x.device), step_sigma=nominal)
-            eps_used = (x_sig - D) / _bc(tr.sigma, x)
+            eps_used = implied_eps(x_sig, D, _bc(tr.sigma, x))
             x_rep, t_rep = vp_to_sigma_space(x, sigma_to_alpha_bar(nominal)), torch.from_numpy(tr.t)
         if want_var and "var_values" not in extras:
             raise ValueError("variance='learned' needs a learned-variance model (2C output channels)")

@@ -1,11 +1,16 @@
-"""Losses of VP diffusion training: the simple loss on any prediction's target (through
-:mod:`diffusion_es.core.param`'s prediction objects), ADM's variational term for learned variance, DDPM-IP.
+"""Losses of diffusion training: the simple loss on any prediction's target (through
+:mod:`diffusion_es.core.param`'s prediction objects), ADM's variational term for learned variance, DDPM-IP, and
+rectified flow (:func:`flow_loss`).
 
 Objective (ADM / improved DDPM): with x_t = √ᾱ_t x_0 + √(1−ᾱ_t)(ε + γξ) and t ~ U{0..T−1},
 ``L = mean‖f_θ(x_t, t) − target‖² + vlb_weight · T · L_t`` where the target is ε, x_0 or
 v = √ᾱ ε − √(1−ᾱ) x_0, and L_t (bits per dimension, only with learned variance) is the KL between the true
 posterior q(x_{t−1}|x_t, x_0) and p_θ(x_{t−1}|x_t) with the model's mean frozen (stop-gradient) and its learned
 log-variance, or at t = 0 the discretized Gaussian negative log-likelihood of x_0.
+
+Rectified flow / conditional flow matching (Liu et al. 2023; Lipman et al. 2023; SD3): with t ~ U(0, 1) and
+x_t = (1 − t) x_0 + t (ε + γξ), ``L = mean‖v_θ(x_t, T·t) − (ε − x_0)‖²`` (the velocity target of
+:class:`~diffusion_es.core.param.FlowPrediction`; the network sees the time as ``T·t``, diffusers' convention).
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ import math
 import numpy as np
 import torch
 
-from ..core.param import get_prediction, vp_coefficients
+from ..core.param import FLOW, get_prediction, vp_coefficients
 from ..core.schedules import VPSchedule
 
-__all__ = ["normal_kl", "discretized_gaussian_log_likelihood", "diffusion_tables", "diffusion_loss"]
+__all__ = ["normal_kl", "discretized_gaussian_log_likelihood", "diffusion_tables", "diffusion_loss", "flow_loss"]
 
 
 # ---- the variational bound, from the formulas ---------------------------------------------------------------
@@ -97,3 +102,14 @@ def diffusion_loss(net, x0, t, eps, tables, prediction="eps", learned_variance=F
     loss = mse + vlb_weight * T * vb.mean()
     terms["vb"] = vb.mean().detach()
     return loss, terms
+
+
+def flow_loss(net, x0, t, eps, time_scale: float = 1000.0, xi=None, ip_gamma=0.0):
+    """The rectified-flow loss for one batch (t: float (B,) in [0, 1], eps and xi: like x0). Returns
+    (loss, {"mse"})."""
+    a, b = _bc(1.0 - t, x0), _bc(t, x0)
+    noise_in = eps if (xi is None or ip_gamma == 0) else eps + ip_gamma * xi
+    x_t = a * x0 + b * noise_in
+    out = net(x_t, t * time_scale)
+    mse = ((out - FLOW.target(x0, eps, a, b)) ** 2).mean()
+    return mse, {"mse": mse.detach()}

@@ -6,7 +6,8 @@ Determinism: every random draw comes from explicit generators created from ``see
 dropout) which is forked, seeded and restored around the run. A checkpoint stores all of them together with
 the position in the current permutation, so ``resume`` continues bit for bit where a killed run stopped.
 
-The objective is in :mod:`.losses`.
+The objective is in :mod:`.losses`: VP diffusion (ε / x0 / v, learned variance) or, with
+``diffusion["process"] == "flow"`` (``--prediction flow``), rectified flow with t ~ U(0, 1).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..io import atomic_path
 from ..models.checkpoint import FORMAT, build_model, diffusion_config, read_config, save_checkpoint
 from ..models.config import ModelConfig
 from ..core.schedules import VPSchedule
-from .losses import diffusion_loss, diffusion_tables
+from .losses import diffusion_loss, diffusion_tables, flow_loss
 
 __all__ = ["TrainConfig", "train", "lr_at", "STATE_FILE"]
 
@@ -162,7 +163,7 @@ def _load_state(path: Path, net, ema, opt, gens: dict, device):
 
 
 # ---- the loop ---------------------------------------------------------------------------------------------
-def _eval_heldout(ema, data, tables, prediction, learned_variance, levels, device, max_n=1024, reps=4):
+def _eval_heldout(ema, data, tables, diffusion, levels, device, max_n=1024, reps=4):
     """Mean simple loss of the EMA weights on held-out data, fixed noise (its own generator)."""
     g = torch.Generator().manual_seed(1234)
     x = data[:max_n]
@@ -171,9 +172,17 @@ def _eval_heldout(ema, data, tables, prediction, learned_variance, levels, devic
         for _ in range(reps):
             for i in range(0, len(x), 512):
                 xb = x[i:i + 512].to(device)
+                if tables is None:  # rectified flow
+                    t = torch.rand((len(xb),), generator=g).to(device)
+                    eps = torch.randn(xb.shape, generator=g).to(device)
+                    _, terms = flow_loss(ema, xb, t, eps, diffusion["T"])
+                    tot += float(terms["mse"]) * len(xb)
+                    n += len(xb)
+                    continue
                 t = torch.randint(0, tables["sqrt_ab"].shape[0], (len(xb),), generator=g).to(device)
                 eps = torch.randn(xb.shape, generator=g).to(device)
-                _, terms = diffusion_loss(ema, xb, t, eps, tables, prediction, learned_variance, 0.0, levels)
+                _, terms = diffusion_loss(ema, xb, t, eps, tables, diffusion["prediction"],
+                                          diffusion["learned_variance"], 0.0, levels)
                 tot += float(terms["mse"]) * len(xb)
                 n += len(xb)
     return tot / n
@@ -188,7 +197,7 @@ class _Run:
     model: ModelConfig
     diffusion: dict
     ds: object
-    tables: dict
+    tables: Optional[dict]  # None for rectified flow
     net: nn.Module
     ema: nn.Module
     opt: torch.optim.Optimizer
@@ -234,15 +243,20 @@ class _Run:
         for group in self.opt.param_groups:
             group["lr"] = lr
         x0 = self.data[self.next_indices()]
-        t = torch.randint(0, self.diffusion["T"], (cfg.batch_size,), generator=g)
+        flow = self.tables is None
+        t = (torch.rand((cfg.batch_size,), generator=g) if flow
+             else torch.randint(0, self.diffusion["T"], (cfg.batch_size,), generator=g))
         eps = torch.randn(x0.shape, generator=g)
         xi = torch.randn(x0.shape, generator=g) if cfg.ip_gamma > 0 else None
         if self.device.type != "cpu":
             t, eps = t.to(self.device, non_blocking=True), eps.to(self.device, non_blocking=True)
             xi = xi.to(self.device, non_blocking=True) if xi is not None else None
-        loss, terms = diffusion_loss(self.net, x0, t, eps, self.tables, self.diffusion["prediction"],
-                                     self.diffusion["learned_variance"], cfg.vlb_weight, self.ds.levels, xi,
-                                     cfg.ip_gamma)
+        if flow:
+            loss, terms = flow_loss(self.net, x0, t, eps, self.diffusion["T"], xi, cfg.ip_gamma)
+        else:
+            loss, terms = diffusion_loss(self.net, x0, t, eps, self.tables, self.diffusion["prediction"],
+                                         self.diffusion["learned_variance"], cfg.vlb_weight, self.ds.levels, xi,
+                                         cfg.ip_gamma)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -257,8 +271,8 @@ class _Run:
 
     def eval_heldout(self) -> None:
         if self.ds.heldout is not None:
-            self.heldout = _eval_heldout(self.ema, self.ds.heldout, self.tables, self.diffusion["prediction"],
-                                         self.diffusion["learned_variance"], self.ds.levels, self.device)
+            self.heldout = _eval_heldout(self.ema, self.ds.heldout, self.tables, self.diffusion, self.ds.levels,
+                                         self.device)
 
     def info(self) -> dict:
         """The checkpoint's config.json."""
@@ -341,8 +355,10 @@ def train(out_dir, cfg: TrainConfig = None, model: Optional[ModelConfig] = None,
     problem = model.representation_problem(diffusion["prediction"])
     if problem and not resume:
         raise UsageError(problem)
-    schedule = VPSchedule.from_name(diffusion["beta_schedule"], diffusion["T"])
-    tables = diffusion_tables(schedule, device)
+    if diffusion.get("process") == "flow":
+        tables = None
+    else:
+        tables = diffusion_tables(VPSchedule.from_name(diffusion["beta_schedule"], diffusion["T"]), device)
     n = len(ds.train)
     if n < 1:
         raise UsageError(f"data {cfg.data}: the dataset is empty")

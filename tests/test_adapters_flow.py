@@ -1,0 +1,456 @@
+"""Epsilon Scaling in diffusers beyond ε/v VP models: flow matching (FlowMatchEuler / FlowMatchHeun, DPM-Solver and
+UniPC with flow sigmas, tiny SD3 and Flux pipelines with CFG), zero terminal SNR (v-prediction, λ = 1 at σ = ∞),
+EDM schedulers and KDPM2 — each against a hand-written loop, and the refusals."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+import diffusers  # noqa: E402
+from diffusers import (  # noqa: E402
+    DDIMPipeline, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler,
+    EDMEulerScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler, UniPCMultistepScheduler,
+)
+from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
+
+from diffusion_es.adapters.diffusers import apply_epsilon_scaling, scale_model_output  # noqa: E402
+from diffusion_es.core.scaling import Linear, Uniform  # noqa: E402
+
+from _tiny_diffusers import tiny_flux, tiny_sd3, tiny_unet  # noqa: E402
+
+diffusers.utils.logging.set_verbosity_error()
+N = 4
+LIN = Linear(0.02, 1.0)  # 1.06, 1.04, 1.02, 1.00 over 4 steps (the σ = ∞ step, where present, gets 1)
+F32 = 2.0**-24  # float32 unit round-off
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def tol(ref, ops=8):
+    """Float32 agreement of two computations of ``ref`` that round differently: ``ops`` roundings per step, N
+    steps, relative to the magnitude of the result."""
+    return ops * N * F32 * max(1.0, float(np.abs(np.asarray(ref)).max()))
+
+
+@pytest.fixture(scope="module")
+def unet_lat():
+    return tiny_unet(in_ch=3, size=8, seed=5)
+
+
+# ---- the hand-written ES rewrites (independent of the library: the formulas of PAPER.md) --------------------
+def flow_v(v, x_t, t, lam):
+    """v' = (ε̂/λ − x_t)/(1 − t), ε̂ = x_t + (1 − t)·v; untouched at t = 1 (σ = ∞) or λ = 1."""
+    if lam == 1.0 or t >= 1 - 1e-5:
+        return v
+    x, vv = x_t.double(), v.double()
+    return (((x + (1 - t) * vv) / lam - x) / (1 - t)).to(v.dtype)
+
+
+def vp_rewrite(out, x_t, ab, lam, kind):
+    """ε → ε/λ for an ε / v output at x_t = sqrt(ᾱ)x_0 + sqrt(1−ᾱ)ε; untouched at ᾱ = 0 or λ = 1."""
+    if lam == 1.0 or ab == 0:
+        return out
+    a, b = math.sqrt(ab), math.sqrt(1 - ab)
+    o, x = out.double(), x_t.double()
+    if kind == "eps":
+        return (o / lam).to(out.dtype)
+    eps, x0 = a * o + b * x, a * x - b * o  # v = a·ε − b·x_0
+    eps2 = eps / lam
+    x02 = (x - b * eps2) / a
+    return (a * eps2 - b * x02).to(out.dtype)
+
+
+def lam_at(grid, sigma, lams, inf_from=math.inf):
+    """λ of a call at σ: the step whose interval [σ_i, σ_{i-1}) of the grid (descending, may start at ∞) holds it;
+    1 at σ = ∞ or at the scheduler's stand-in for it (σ ≥ ``inf_from``)."""
+    if math.isinf(sigma) or sigma >= inf_from * (1 - 1e-6):
+        return 1.0
+    g = np.unique(np.asarray(grid, dtype=np.float64))[::-1]
+    g = g[g > 0]
+    return float(lams[min(int(np.count_nonzero(g > sigma * (1 + 1e-6))), len(g) - 1)])
+
+
+# ---- flow schedulers on a bare loop -------------------------------------------------------------------------
+class TinyFlowNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(11)
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x, t):
+        return self.conv(x) + 0.3 * x * (t.reshape(-1, 1, 1, 1) / 1000.0)
+
+
+FNET = TinyFlowNet().eval()
+
+
+def flow_loop(sched, net=FNET, lams=None):
+    """A bare flow loop; ``lams``: the rewrite by hand, λ of the step whose t the call is at (1 at t = 1)."""
+    x = randn_tensor((2, 3, 8, 8), generator=gen())
+    sched.set_timesteps(N)
+    ts = [t for t in np.unique(sched.sigmas.double().numpy())[::-1] if t > 0]  # the distinct step times
+    with torch.no_grad():
+        for t in sched.timesteps:
+            v = net(x, t.expand(2))
+            if lams is not None:
+                idx = sched.step_index if sched.step_index is not None else sched.index_for_timestep(t)
+                tt = float(sched.sigmas[idx])
+                v = flow_v(v, x, tt, float(lams[ts.index(tt)]))
+            x = sched.step(v, t, x).prev_sample
+    return x
+
+
+FLOW_SCHEDS = {
+    "fm_euler": lambda: FlowMatchEulerDiscreteScheduler(shift=3.0),
+    "fm_heun": lambda: FlowMatchHeunDiscreteScheduler(shift=3.0),
+    "fm_euler_stochastic": lambda: FlowMatchEulerDiscreteScheduler(shift=1.0, stochastic_sampling=True),
+    "dpm_flow": lambda: DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
+                                                    flow_shift=3.0),
+    "unipc_flow": lambda: UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
+                                                  flow_shift=3.0),
+}
+
+
+@pytest.mark.parametrize("name", list(FLOW_SCHEDS))
+def test_flow_schedulers_against_hand_loop(name):
+    make = FLOW_SCHEDS[name]
+    s = make()
+    torch.manual_seed(0)  # stochastic sampling draws from the global generator
+    base = flow_loop(s)
+    with apply_epsilon_scaling(s, 1.0):
+        torch.manual_seed(0)
+        assert torch.equal(flow_loop(s), base)
+    for es in (Uniform(1.04), LIN):
+        with apply_epsilon_scaling(s, es, record=True) as h:
+            torch.manual_seed(0)
+            got = flow_loop(s)
+        torch.manual_seed(0)
+        want = flow_loop(make(), lams=es.values(N))
+        torch.testing.assert_close(got, want, rtol=0, atol=tol(want))
+        assert (got - base).abs().max() > 1e-4
+        if name in ("fm_euler", "fm_heun", "unipc_flow"):  # grids from t = 1 (or UniPC's 1 − 1e-6): λ = 1 there
+            assert h.records[0].sigma == math.inf and h.records[0].lam == 1.0
+    torch.manual_seed(0)
+    assert torch.equal(flow_loop(s), base)  # removed: the baseline again
+
+
+def test_first_flow_step_is_untouched():
+    """σ = ∞ rule: the state after the first step from t = 1 is the baseline's, bit for bit, for any λ."""
+    outs = {}
+    for tag, es in (("base", None), ("es", Uniform(1.5))):
+        s = FlowMatchEulerDiscreteScheduler(shift=3.0)
+        s.set_timesteps(N)
+        x = randn_tensor((2, 3, 8, 8), generator=gen())
+        t = s.timesteps[0]
+        with torch.no_grad():
+            if es is None:
+                outs[tag] = s.step(FNET(x, t.expand(2)), t, x).prev_sample
+            else:
+                with apply_epsilon_scaling(s, es):
+                    outs[tag] = s.step(FNET(x, t.expand(2)), t, x).prev_sample
+    assert torch.equal(outs["base"], outs["es"])
+
+
+# ---- tiny SD3 and Flux pipelines (classifier-free guidance) ---------------------------------------------------
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory):
+    return tiny_sd3(tmp_path_factory.mktemp("sd3"))
+
+
+SD3_KW = dict(prompt="a photo of a cat", guidance_scale=5.0, height=16, width=16, max_sequence_length=8,
+              num_inference_steps=N)
+
+
+def run_latents(pipe, **kw):
+    return pipe(generator=gen(), output_type="latent", **kw).images
+
+
+@torch.no_grad()
+def ref_sd3(pipe, lams, w=5.0):
+    """StableDiffusion3Pipeline written out by hand: CFG on the velocity, then v' = (ε̂/λ − x)/(1 − t)."""
+    s, tr = pipe.scheduler, pipe.transformer
+    pe, npe, pp, npp = pipe.encode_prompt(SD3_KW["prompt"], SD3_KW["prompt"], SD3_KW["prompt"], device="cpu",
+                                          do_classifier_free_guidance=True, max_sequence_length=8)
+    emb, pooled = torch.cat([npe, pe]), torch.cat([npp, pp])
+    x = randn_tensor((1, 4, 8, 8), generator=gen())
+    s.set_timesteps(N)
+    for i, t in enumerate(s.timesteps):
+        out = tr(hidden_states=torch.cat([x, x]), timestep=t.expand(2), encoder_hidden_states=emb,
+                 pooled_projections=pooled, return_dict=False)[0]
+        u, c = out.chunk(2)
+        v = flow_v(u + w * (c - u), x, float(s.sigmas[i]), float(lams[i]))
+        x = s.step(v, t, x).prev_sample
+    return x
+
+
+def test_sd3_pipeline(sd3):
+    base = run_latents(sd3, **SD3_KW)
+    torch.testing.assert_close(base, ref_sd3(sd3, np.ones(N)), rtol=0, atol=0)  # the hand loop is the pipeline
+    with apply_epsilon_scaling(sd3, 1.0):
+        assert torch.equal(run_latents(sd3, **SD3_KW), base)
+    with apply_epsilon_scaling(sd3, LIN):
+        post = run_latents(sd3, **SD3_KW)
+    want = ref_sd3(sd3, LIN.values(N))
+    torch.testing.assert_close(post, want, rtol=0, atol=tol(want))
+    assert (post - base).abs().max() > 1e-4
+    # model side (both CFG branches, before guidance) equals scheduler side (guidance is linear)
+    with scale_model_output(sd3.transformer, sd3, LIN):
+        pre = run_latents(sd3, **SD3_KW)
+    torch.testing.assert_close(pre, post, rtol=0, atol=tol(post))
+    assert torch.equal(run_latents(sd3, **SD3_KW), base)
+    # and the whole pipeline, decoder included, runs and stays finite with ES
+    with apply_epsilon_scaling(sd3, Uniform(1.05)):
+        img = sd3(generator=gen(), output_type="np", **SD3_KW).images
+    assert np.isfinite(img).all()
+    # other flow schedulers in the same pipeline
+    for sched in (FlowMatchHeunDiscreteScheduler(shift=3.0),
+                  DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0)):
+        sd3.scheduler = sched
+        b = run_latents(sd3, **SD3_KW)
+        with apply_epsilon_scaling(sd3, Uniform(1.0)):
+            assert torch.equal(run_latents(sd3, **SD3_KW), b)
+        with apply_epsilon_scaling(sd3, Uniform(1.05)):
+            e = run_latents(sd3, **SD3_KW)
+        assert torch.isfinite(e).all() and (e - b).abs().max() > 1e-4
+    sd3.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return tiny_flux()
+
+
+def flux_kw():
+    g = gen(3)
+    return dict(prompt_embeds=torch.randn(1, 6, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 16, generator=g),
+                negative_prompt_embeds=torch.randn(1, 6, 32, generator=g),
+                negative_pooled_prompt_embeds=torch.randn(1, 16, generator=g), true_cfg_scale=4.0, guidance_scale=3.5,
+                height=16, width=16, num_inference_steps=N)
+
+
+def test_flux_pipeline(flux):
+    """Flux: dynamic shift, guidance embedding and true CFG; ES by hand = the PAPER formula patched into step."""
+    kw = flux_kw()
+    base = run_latents(flux, **kw)
+    with apply_epsilon_scaling(flux, 1.0):
+        assert torch.equal(run_latents(flux, **kw), base)
+    with apply_epsilon_scaling(flux, LIN, record=True) as h:
+        post = run_latents(flux, **kw)
+    assert [r.lam for r in h.records] == [1.0, *LIN.values(N)[1:]] and h.records[0].sigma == math.inf
+    s = flux.scheduler
+    orig = s.step
+    lams = LIN.values(N)
+
+    def step(v, t, x, **k):  # the hand-written rewrite of the guided velocity
+        i = s.step_index if s.step_index is not None else s.begin_index
+        return orig(flow_v(v, x, float(s.sigmas[i]), float(lams[i])), t, x, **k)
+
+    s.step = step
+    try:
+        want = run_latents(flux, **kw)
+    finally:
+        del s.step
+    torch.testing.assert_close(post, want, rtol=0, atol=tol(want))
+    assert (post - base).abs().max() > 1e-4
+    with scale_model_output(flux.transformer, flux, LIN):  # Flux calls the transformer with t/1000
+        pre = run_latents(flux, **kw)
+    torch.testing.assert_close(pre, post, rtol=0, atol=tol(post))
+    assert torch.equal(run_latents(flux, **kw), base)
+
+
+# ---- zero terminal SNR, v-prediction --------------------------------------------------------------------------
+ZSNR = dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing")
+
+
+@torch.no_grad()
+def vp_latents(unet, sched, lams=None, inf_from=math.inf, first_only=False):
+    """A latents loop (no decoder); ``lams``: rewrite by hand with λ keyed on each call's σ (1 at σ = ∞)."""
+    sched.set_timesteps(N)  # first: Euler's init_noise_sigma depends on the grid
+    x = randn_tensor((2, 3, 8, 8), generator=gen()) * sched.init_noise_sigma
+    vp_table = isinstance(sched, (DDIMScheduler, DDPMScheduler))
+    if vp_table:
+        abs_ = sched.alphas_cumprod.double()[sched.timesteps.long()].numpy()
+        grid = np.sqrt((1 - abs_) / np.where(abs_ > 0, abs_, 1)) + np.where(abs_ > 0, 0, np.inf)
+    else:
+        grid = sched.sigmas.double().numpy()[: len(sched.timesteps)]
+    for t in sched.timesteps:
+        out = unet(sched.scale_model_input(x, t), t).sample
+        if lams is not None:
+            if vp_table:
+                ab = float(sched.alphas_cumprod[int(t)].double())
+                sig, x_t = (math.inf if ab == 0 else math.sqrt((1 - ab) / ab)), x
+            else:
+                idx = sched.step_index if sched.step_index is not None else sched.index_for_timestep(t)
+                sig = float(sched.sigmas[idx].double())
+                x_t = x / math.sqrt(1 + sig**2) if isinstance(sched, EulerDiscreteScheduler) else x
+                ab = 0.0 if sig >= inf_from * (1 - 1e-6) else 1 / (1 + sig**2)
+            out = vp_rewrite(out, x_t, ab, lam_at(grid, sig, lams, inf_from), "v")
+        x = sched.step(out, t, x).prev_sample
+        if first_only:
+            return x
+    return x
+
+
+ZS_SCHEDS = {
+    "ddim": lambda: DDIMScheduler(clip_sample=False, **ZSNR),
+    "ddpm": lambda: DDPMScheduler(clip_sample=False, **ZSNR),
+    "euler": lambda: EulerDiscreteScheduler(**ZSNR),
+    "dpmsolver": lambda: DPMSolverMultistepScheduler(**ZSNR),
+}
+
+
+@pytest.mark.parametrize("name", list(ZS_SCHEDS))
+def test_zero_snr_v_prediction(name, unet_lat):
+    make = ZS_SCHEDS[name]
+    s = make()
+    inf_from = float(np.sqrt((1 - s.alphas_cumprod[-1].double()) / s.alphas_cumprod[-1].double())) \
+        if s.alphas_cumprod[-1] > 0 else math.inf
+    torch.manual_seed(0)
+    base = vp_latents(unet_lat, s)
+    with apply_epsilon_scaling(s, 1.0):
+        torch.manual_seed(0)
+        assert torch.equal(vp_latents(unet_lat, s), base)
+    for es in (Uniform(1.05), LIN):
+        with apply_epsilon_scaling(s, es, record=True) as h:
+            torch.manual_seed(0)
+            got = vp_latents(unet_lat, s)
+            torch.manual_seed(0)
+            first = vp_latents(unet_lat, s, first_only=True)
+        assert torch.isfinite(got).all()
+        assert h.records[0].sigma == math.inf and h.records[0].lam == 1.0  # the σ = ∞ step (ᾱ = 0 or 2^-24)
+        torch.manual_seed(0)
+        assert torch.equal(first, vp_latents(unet_lat, make(), first_only=True))  # first step: the baseline's
+        torch.manual_seed(0)
+        want = vp_latents(unet_lat, make(), lams=es.values(N), inf_from=inf_from)
+        torch.testing.assert_close(got, want, rtol=0, atol=tol(want, ops=16))
+        assert (got - base).abs().max() > 1e-5
+
+
+def test_zero_snr_ddim_pipeline(unet_lat):
+    u = tiny_unet(seed=9)
+    pipe = DDIMPipeline(u, DDIMScheduler(**ZSNR))
+    pipe.set_progress_bar_config(disable=True)
+    base = pipe(batch_size=2, generator=gen(), num_inference_steps=N, output_type="np").images
+    with apply_epsilon_scaling(pipe, 1.0):
+        assert np.array_equal(pipe(batch_size=2, generator=gen(), num_inference_steps=N, output_type="np").images, base)
+    with apply_epsilon_scaling(pipe, 1.05):
+        es = pipe(batch_size=2, generator=gen(), num_inference_steps=N, output_type="np").images
+    assert np.isfinite(es).all() and not np.array_equal(es, base)
+
+
+# ---- EDM and KDPM2 --------------------------------------------------------------------------------------------
+def edm_rewrite(F, x, sigma, lam, sd=0.5, kind="epsilon"):
+    """EDM preconditioning by hand: D = c_skip·x + c_out·F, ε = (x − D)/σ → ε/λ, back to F."""
+    if lam == 1.0:
+        return F
+    c_skip = sd**2 / (sigma**2 + sd**2)
+    c_out = (1 if kind == "epsilon" else -1) * sigma * sd / math.sqrt(sigma**2 + sd**2)
+    x64, F64 = x.double(), F.double()
+    D = c_skip * x64 + c_out * F64
+    D2 = x64 - (x64 - D) / lam
+    return ((D2 - c_skip * x64) / c_out).to(F.dtype)
+
+
+@torch.no_grad()
+def sigma_loop(unet, sched, lams=None, rewrite="eps"):
+    sched.set_timesteps(N)  # first: Euler's init_noise_sigma depends on the grid
+    x = randn_tensor((2, 3, 8, 8), generator=gen()) * sched.init_noise_sigma
+    grid = sched.sigmas.double().numpy()[: len(sched.timesteps)]
+    for t in sched.timesteps:
+        inp = sched.scale_model_input(x, t)
+        out = unet(inp, t).sample
+        if lams is not None:
+            i = sched.step_index if sched.step_index is not None else sched.index_for_timestep(t)
+            if isinstance(sched, KDPM2DiscreteScheduler) and not sched.state_in_first_order:
+                sig = float(sched.sigmas_interpol[i].double())
+            elif isinstance(sched, KDPM2AncestralDiscreteScheduler) and not sched.state_in_first_order:
+                sig = float(sched.sigmas_interpol[i - 1].double())
+            else:
+                sig = float(sched.sigmas[i].double())
+            lam = lam_at(grid, sig, lams)
+            out = edm_rewrite(out, x, sig, lam, sched.config.sigma_data) if rewrite == "edm" else out / lam
+        x = sched.step(out, t, x).prev_sample
+    return x
+
+
+SIGMA_SCHEDS = {
+    "edm_euler": (lambda: EDMEulerScheduler(), "edm"),
+    "edm_dpmsolver": (lambda: EDMDPMSolverMultistepScheduler(), "edm"),
+    "kdpm2": (lambda: KDPM2DiscreteScheduler(), "eps"),
+    "kdpm2_ancestral": (lambda: KDPM2AncestralDiscreteScheduler(), "eps"),
+}
+
+
+@pytest.mark.parametrize("name", list(SIGMA_SCHEDS))
+def test_edm_and_kdpm2_against_hand_loop(name, unet_lat):
+    make, rewrite = SIGMA_SCHEDS[name]
+    s = make()
+    torch.manual_seed(0)  # KDPM2 ancestral draws its noise from the global generator in this loop
+    base = sigma_loop(unet_lat, s)
+    with apply_epsilon_scaling(s, 1.0):
+        torch.manual_seed(0)
+        assert torch.equal(sigma_loop(unet_lat, s), base)
+    for es in (Uniform(1.03), LIN):
+        with apply_epsilon_scaling(s, es, record=True) as h:
+            torch.manual_seed(0)
+            got = sigma_loop(unet_lat, s)
+        torch.manual_seed(0)
+        want = sigma_loop(unet_lat, make(), lams=es.values(N), rewrite=rewrite)
+        torch.testing.assert_close(got, want, rtol=0, atol=tol(want, ops=16))
+        assert (got - base).abs().max() > 1e-4 * float(base.abs().max())
+    if name.startswith("kdpm2"):  # 2N − 1 evaluations; the midpoint of step i gets λ_{i+1}
+        assert len(h.records) == 2 * N - 1
+        assert [r.lam for r in h.records] == [LIN.values(N)[(c + 1) // 2] for c in range(2 * N - 1)]
+
+
+def test_edm_churn_is_refused(unet_lat):
+    s = EDMEulerScheduler()
+    s.set_timesteps(N)
+    x = torch.randn(1, 3, 8, 8) * s.init_noise_sigma
+    with apply_epsilon_scaling(s, 1.02):
+        with pytest.raises(ValueError, match="s_churn > 0 is not supported"):
+            s.step(torch.zeros_like(x), s.timesteps[0], x, s_churn=1.0)
+
+
+# ---- refusals: one clear line ----------------------------------------------------------------------------------
+def test_refusals_name_the_fix():
+    flow_cfg = FlowMatchEulerDiscreteScheduler(shift=3.0).config
+    with pytest.raises(ValueError, match="built from a flow-matching scheduler's config.*FlowMatchEulerDiscreteScheduler"):
+        apply_epsilon_scaling(DDIMScheduler.from_config(flow_cfg), 1.01)
+    with pytest.raises(ValueError, match="does not support FlowMatchLCMScheduler.*FlowMatchEulerDiscreteScheduler"):
+        apply_epsilon_scaling(diffusers.FlowMatchLCMScheduler(), 1.01)
+    with pytest.raises(ValueError, match="does not support TCDScheduler.*DDIMScheduler"):
+        apply_epsilon_scaling(diffusers.TCDScheduler(), 1.01)
+    with pytest.raises(ValueError, match="v-prediction is defined for VP processes"):
+        apply_epsilon_scaling(DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="v_prediction"), 1.01)
+    with pytest.raises(ValueError, match="use_flow_sigmas=True"):
+        apply_epsilon_scaling(DPMSolverMultistepScheduler(prediction_type="flow_prediction"), 1.01)
+    with pytest.raises(ValueError, match="finite and > 0"):
+        apply_epsilon_scaling(FlowMatchEulerDiscreteScheduler(), 0.0)
+    with pytest.raises(ValueError, match="invert_sigmas=True"):
+        apply_epsilon_scaling(FlowMatchEulerDiscreteScheduler(invert_sigmas=True), 1.01)
+    s = FlowMatchEulerDiscreteScheduler()
+    s.set_timesteps(N)
+    x = torch.zeros(1, 4)
+    with apply_epsilon_scaling(s, 1.02):
+        with pytest.raises(ValueError, match="per_token_timesteps"):
+            s.step(x, s.timesteps[0], x, per_token_timesteps=torch.ones(1, 4))
+
+
+def test_unet_loader_refuses_a_flow_scheduler_config(tmp_path):
+    from diffusion_es.models.diffusers_unet import load_diffusers_unet
+
+    tiny_unet(seed=3).save_pretrained(tmp_path / "unet")
+    with pytest.raises(ValueError, match="is a flow-matching one.*FlowDenoiser"):
+        load_diffusers_unet(tmp_path / "unet", scheduler=dict(FlowMatchEulerDiscreteScheduler(shift=3.0).config))
+    zs = load_diffusers_unet(tmp_path / "unet", scheduler=DDIMScheduler(**ZSNR))  # zero SNR: ᾱ_T = 0 reproduced
+    assert zs.schedule.zero_snr and zs.prediction == "v"
