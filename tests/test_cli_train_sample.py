@@ -93,20 +93,20 @@ def _err(capsys):
 def test_bad_input_is_one_line_exit_2(ckpt, tmp_path, capsys):
     out = ["--out", str(tmp_path / "x.npz"), "--no-progress"]
     assert main(["sample", "--model", str(tmp_path / "missing"), *out]) == 2
-    assert "no such checkpoint" in _err(capsys)
+    assert "no such model; give 'default'" in _err(capsys)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text((ckpt / "config.json").read_text())
     (bad / "model.safetensors").write_bytes(b"\x80\x04garbage")
     assert main(["sample", "--model", str(bad), *out]) == 2
-    assert "corrupt" in _err(capsys)
+    assert "damaged or not a .safetensors file" in _err(capsys)
     (bad / "config.json").write_text('{"_class_name": "UNet2DModel"}')
     assert main(["sample", "--model", str(bad), *out]) == 2
     assert "not a diffusion-es checkpoint" in _err(capsys)
     assert main(["sample", "--model", str(ckpt), "--es", "-1", *out]) == 2
     _err(capsys)
     assert main(["sample", "--model", str(ckpt), "--es-linear", "abc", *out]) == 2
-    assert "K,B" in _err(capsys)
+    assert "argument --es-linear: 'abc': give two numbers" in _err(capsys)
     assert main(["sample", "--model", str(ckpt), "--seeds", "5-1", *out]) == 2
     _err(capsys)
     assert main(["train", "--out", str(ckpt), "--steps", "5", *TINY]) == 2
