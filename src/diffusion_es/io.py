@@ -216,7 +216,9 @@ def read_safetensors(path, what: str = "a .safetensors file", hint: str = ""):
 
 
 def read_png(path) -> np.ndarray:
-    """One 8-bit PNG as uint8 HWC with 1 (grey) or 3 (RGB) channels; alpha is dropped, palettes are expanded."""
+    """One 8-bit PNG as uint8 HWC with 1 (grey) or 3 (RGB) channels; alpha is dropped, palettes are expanded.
+    The file's chunk checksums are verified: a truncated or damaged file is refused even where its pixels would
+    still decode."""
     from PIL import Image
 
     p = Path(path)
@@ -226,6 +228,8 @@ def read_png(path) -> np.ndarray:
             with Image.open(p) as im:
                 if im.format != "PNG":
                     raise UsageError(f"{p}: a {im.format} image, not a PNG; {SAMPLES_HINT}")
+                im.verify()  # every chunk's CRC, up to IEND
+            with Image.open(p) as im:
                 im.load()
                 mode = im.mode
                 if mode in ("I", "I;16", "I;16B", "I;16L", "F"):

@@ -24,10 +24,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..adapters.diffusers_export import export_diffusers
     from ..io import check_output
 
     check_output(args.out, "dir")
+    from ..adapters.diffusers_export import export_diffusers
+
     info = export_diffusers(args.model, args.out, use_ema=not args.raw_weights, overwrite=args.overwrite)
     if args.json:
         print_json(info)

@@ -148,7 +148,9 @@ def _run_fid(args, ctx) -> int:
     images = load_images(args.samples)
     if len(images) < 2:
         raise UsageError(f"{args.samples}: need at least 2 images, found {len(images)}")
-    check_images(ref, ex, images.shape[1:], what=str(args.samples))
+    grey = images.shape[-1] == 1 or bool((images[..., 0] == images[..., 1]).all() and
+                                         (images[..., 0] == images[..., 2]).all())
+    check_images(ref, ex, images.shape[1:], what=str(args.samples), grey=grey)
     want_pr = not args.no_pr and ref.features is not None
     keep = len(ref.features) if want_pr else 0
     if want_pr and min(len(images), keep) <= args.k:

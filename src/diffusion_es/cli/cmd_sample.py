@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from ..errors import UsageError
-from .common import (add_device_arg, add_es_args, add_model_args, add_progress_arg, add_sampler_args,
-                     add_threads_arg, es_from_args, positive_int, progress_bar, sampler_kwargs)
+from .common import (MAX_SEEDS, add_device_arg, add_es_args, add_model_args, add_progress_arg, add_sampler_args,
+                     add_threads_arg, es_from_args, int_in, progress_bar, sampler_kwargs)
 
 DETERMINISM = ("Each sample has its own noise, drawn from its seed, so runs with and without ES on the same seeds "
                "share their noise. The same seeds with the same --batch-size give the same bytes, on any number of "
@@ -33,10 +33,11 @@ def register(sub) -> None:
     p.add_argument("--rgb", action="store_true",
                    help="write 3-channel images (grey repeated), as ADM's evaluator and most FID tools expect")
     p.add_argument("--grid", default=None, metavar="PNG", help="also write a PNG grid of the first --grid-n samples")
-    p.add_argument("--grid-n", type=positive_int, default=100, help="number of samples in the grid (default 100)")
-    p.add_argument("--batch-size", type=positive_int, default=500,
+    p.add_argument("--grid-n", type=int_in(1, 1_000_000), default=100,
+                   help="number of samples in the grid (default 100)")
+    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=500,
                    help="samples per batch (default 500; the bytes of a sample can depend on it, see above)")
-    p.add_argument("--shard-size", type=positive_int, default=256,
+    p.add_argument("--shard-size", type=int_in(1, MAX_SEEDS), default=256,
                    help="seeds per resumable shard in OUT.parts/ (default 256), rounded up to whole batches: a killed "
                         "run restarted with the same arguments samples only what is missing (see docs/distributed.md)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw (non-EMA) weights")

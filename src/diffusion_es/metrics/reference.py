@@ -153,11 +153,15 @@ def load_reference(path) -> Reference:
                      str(path))
 
 
-def check_images(ref: Reference, extractor, image_shape, what: str = "samples") -> None:
+def check_images(ref: Reference, extractor, image_shape, what: str = "samples", grey: bool = False) -> None:
     """Refuse images (H, W, C) that the reference was not made from: another size or channel count than its
     ``image_shape``, or, for a reference that does not record it, not the feature network's own input (8x8 grey
-    for digits, 28x28 grey for mnist). An FD between images of different kinds is a number, not an answer."""
+    for digits, 28x28 grey for mnist). An FD between images of different kinds is a number, not an answer.
+    ``grey``: the images are grey even if stored with 3 equal channels (``sample --rgb``); they then match a grey
+    reference of their size."""
     shape = tuple(int(v) for v in image_shape)
+    if grey and shape[2] == 3:
+        shape = (shape[0], shape[1], 1)
     want = ref.provenance.get("image_shape")
     if want is None:
         native = getattr(extractor, "native_shape", None)
