@@ -52,13 +52,25 @@ def output_lock(path, enabled: bool = True):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    busy = UsageError(f"{path}: another diffusion-es process is writing this output now; wait for it to finish or "
+                      "choose another output")
+    for _ in range(20):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise UsageError(f"{path}: another diffusion-es process is writing this output now; wait for it to "
-                             "finish or choose another output") from None
+            os.close(fd)  # (a refused process never removes the holder's lock file)
+            raise busy from None
+        try:
+            live = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            live = False
+        if live:
+            break
+        os.close(fd)  # a finishing holder removed that file after we opened it: take a fresh one
+    else:  # pragma: no cover - only under a storm of writers
+        raise busy
+    try:
         debris = list(path.parent.glob(f".{path.name}.*.tmp*"))
         for folder in (path, path.with_name(path.name + ".parts")):
             if folder.is_dir():
@@ -68,12 +80,9 @@ def output_lock(path, enabled: bool = True):
                 old.unlink()
         yield
     finally:
-        os.close(fd)
         with contextlib.suppress(OSError):
-            lock.unlink()
-
-
-_SHA = "_content_sha256"
+            lock.unlink()  # while still holding it: a process that opened it meanwhile sees it is stale
+        os.close(fd)
 
 
 class PartStore:

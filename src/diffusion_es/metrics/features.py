@@ -43,6 +43,8 @@ def _to_grey_float(images_u8: np.ndarray) -> torch.Tensor:
     u = np.asarray(images_u8)
     if u.ndim != 4 or u.dtype != np.uint8:
         raise UsageError(f"expected uint8 images (N, H, W, C), got {u.dtype} {u.shape}")
+    if u.shape[-1] == 3 and (u[..., :1] == u[..., 1:]).all():
+        u = np.ascontiguousarray(u[..., 0]).reshape(*u.shape[:3], 1)  # grey stored as RGB: the grey image, exactly
     x = torch.from_numpy(np.ascontiguousarray(u.transpose(0, 3, 1, 2))).float() / 127.5 - 1.0
     if x.shape[1] == 3:
         x = x.mean(dim=1, keepdim=True)
