@@ -85,6 +85,9 @@ def output_lock(path, enabled: bool = True):
         os.close(fd)
 
 
+_SHA = "_content_sha256"  # each part's hash of its own content (damage and edits are recomputed, not trusted)
+
+
 class PartStore:
     """One JSON file per finished part, keyed by a hash of everything that determines it."""
 
