@@ -46,6 +46,13 @@ def test_sample_takes_a_number_for_uniform_es():
             sample(DEN, "ddim", 4, (2,), range(8), es=bad)
 
 
+@pytest.mark.parametrize("opts, msg", [({"S_noise": float("nan")}, "S_noise"), ({"S_tmax": float("nan")}, "S_tmax"),
+                                       ({"S_churn": float("inf")}, "S_churn"), ({"S_tmin": 2.0, "S_tmax": 1.0}, "S_tmax")])
+def test_sampler_options_are_checked_before_any_work(opts, msg):
+    with pytest.raises(ValueError, match=msg):
+        sample(DEN, "euler", 3, (2,), range(4), **opts)
+
+
 def test_sample_refuses_non_finite_results():
     broken = FnDenoiser(lambda x, sigma: x * float("nan"))
     with pytest.raises(ValueError, match="NaN or inf"):

@@ -424,6 +424,9 @@ def _files():
         (["compare", "--model", "adir", "--out", "co"], "compare-model-empty-folder"),
         (["sample", *M, "--variance", "learned", "--out", "o.npz"], "sample-learned-variance-missing"),
         (["sample", *M, "--sampler", "ddpm", "--eta", "0.5", "--out", "o.npz"], "sample-option-of-other-sampler"),
+        (["sample", *M, "--sampler", "euler", "--s-tmin", "5", "--s-tmax", "1", "--out", "o.npz"],
+         "sample-s-tmax-below-s-tmin"),
+        (["train", "--data", "npz:bad_float.npz", "--out", "new/deeper/o"], "train-bad-data-nested-out"),
         (["sample", *M, "--sampler", "ddpm", "--steps", "5000", "--out", "o.npz"], "sample-steps-above-T"),
     ]:
         add(argv, name)

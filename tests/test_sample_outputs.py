@@ -106,6 +106,16 @@ def test_killed_png_run_resumes_to_the_same_files(runs, tmp_path, monkeypatch):
     assert not (tmp_path / "p.parts").exists()
 
 
+def test_png_folder_with_other_files_is_refused(tmp_path, capsys):
+    out = tmp_path / "p"
+    out.mkdir()
+    (out / "seed999999.png").write_bytes(b"an older run's sample")
+    assert main([*COMMON, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not this run's samples (seed999999.png" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["seed999999.png"] and not (tmp_path / "p.parts").exists()
+
+
 def test_second_writer_is_refused_and_debris_of_a_killed_writer_is_removed(tmp_path, capsys):
     from diffusion_es.store import output_lock
 

@@ -50,6 +50,7 @@ def output_lock(path, enabled: bool = True):
     import fcntl
 
     path = Path(path)
+    made = [q for q in [path.parent, *path.parent.parents] if not q.exists()]  # folders to remove if left empty
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
     busy = UsageError(f"{path}: another diffusion-es process is writing this output now; wait for it to finish or "
@@ -83,6 +84,9 @@ def output_lock(path, enabled: bool = True):
         with contextlib.suppress(OSError):
             lock.unlink()  # while still holding it: a process that opened it meanwhile sees it is stale
         os.close(fd)
+        for q in made:  # deepest first: a run that failed before writing anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                q.rmdir()
 
 
 _SHA = "_content_sha256"  # each part's hash of its own content (damage and edits are recomputed, not trusted)

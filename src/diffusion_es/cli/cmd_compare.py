@@ -60,7 +60,9 @@ def run(args) -> int:
                         steps=args.steps, edm_nfe=args.edm_nfe,
                         n_samples=args.samples, n_val_sets=args.seeds, ts_rule=args.ts_rule, ref=args.ref,
                         device=args.device, batch_size=args.batch_size)
-    with job_progress(args, "compare") as bar:
+    from ..store import output_lock
+
+    with output_lock(args.out), job_progress(args, "compare") as bar:  # one writer per output folder
         res = run_compare(cfg, log=lambda m: note(bar, m))
     summary = [{"sampler": c["sampler"], "steps": c["steps"], "nfe": c["nfe"],
                 "methods": {k: {"mean": sum(m["val"]) / len(m["val"]), "gain": m["gain"],

@@ -49,7 +49,9 @@ def run(args) -> int:
                       nfe=args.nfe, n_samples=args.samples,
                       n_val_sets=args.seeds, ref=args.ref, features=args.features, inception=args.inception,
                       device=args.device, batch_size=args.batch_size, compare=args.compare)
-    with job_progress(args, "repro") as bar:
+    from ..store import output_lock
+
+    with output_lock(args.out), job_progress(args, "repro") as bar:  # one writer per output folder
         res = run_repro(cfg, log=lambda m: note(bar, m))
     if args.json:
         print_json({"claims": res["claims"], "wall_time_s": res["wall_time_s"], "compute_time_s": res["compute_time_s"],

@@ -83,6 +83,14 @@ def _run(args, ctx) -> int:
         check_output(args.grid, "file", (".png",), "--grid")
     args.device = ctx.device(args.device)
     seeds = parse_seeds(args.seeds)
+    if layout == "png" and Path(args.out).is_dir():  # fid reads every PNG there: only this run's may be in it
+        from ..io import png_name
+
+        ours = {png_name(s) for s in seeds}
+        others = sorted(q.name for q in Path(args.out).iterdir() if not q.name.startswith(".") and q.name not in ours)
+        if others:
+            raise UsageError(f"--out {args.out}: the folder holds {len(others)} file(s) that are not this run's "
+                             f"samples ({others[0]}, ...); give a new folder, or one holding only these seeds' PNGs")
     m = load_model(args.model, use_ema=not args.raw_weights, device=args.device)
     kwargs = sampler_kwargs(args)
     if kwargs.get("variance") == "learned" and not m.learned_variance:

@@ -6,7 +6,7 @@ import shlex
 import sys
 
 from ..errors import UsageError
-from .common import (add_device_arg, add_progress_arg, add_threads_arg, float_in, int_in, nonneg_float,
+from .common import (add_device_arg, add_progress_arg, add_threads_arg, float_in, int_in, int_list, nonneg_float,
                      positive_float, seed_value)
 
 _BIG = 10**9  # steps and intervals
@@ -22,23 +22,6 @@ def _choice(*names):
         return text
 
     check.__name__ = "choice"
-    return check
-
-
-def _int_list_text(lo: int, hi: int, allow_empty: bool):
-    """Comma-separated whole numbers, kept as text (the config stores the list): checked at parse time."""
-    def check(text: str) -> str:
-        import argparse
-
-        try:
-            vals = [int(v) for v in str(text).split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated whole numbers, e.g. 1,2,2") from None
-        if (not vals and not allow_empty) or any(not lo <= v <= hi for v in vals):
-            raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated whole numbers in [{lo}, {hi}]")
-        return text
-
-    check.__name__ = "int_list"
     return check
 
 
@@ -72,10 +55,10 @@ _MODEL = [
     ("--width", "width", int_in(1, 65_536), 512, "MLP width"),
     ("--blocks", "blocks", int_in(1, 1000), 4, "MLP residual blocks"),
     ("--channels", "channels", int_in(1, 8192), 64, "UNet base channels"),
-    ("--channel-mult", "channel_mult", _int_list_text(1, 64, False), "1,2,2",
+    ("--channel-mult", "channel_mult", int_list(1, 64), "1,2,2",
      "UNet channel multipliers per level, e.g. 1,2,2"),
     ("--num-res-blocks", "num_res_blocks", int_in(1, 100), 2, "UNet residual blocks per level"),
-    ("--attention-resolutions", "attention_resolutions", _int_list_text(1, 65_536, True), "",
+    ("--attention-resolutions", "attention_resolutions", int_list(1, 65_536, allow_empty=True), "",
      "UNet self-attention resolutions, e.g. 16,8"),
     ("--time-embed-dim", "time_embed_dim", int_in(0, 65_536), 0, "time embedding width (0: auto)"),
     ("--dropout", "dropout", float_in(0.0, 1.0, hi_open=True), 0.0, "dropout"),
@@ -114,13 +97,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _ints(text: str, name: str):
-    try:
-        return [int(s) for s in str(text).split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--{name} expects comma-separated integers, got {text!r}") from None
-
-
 def _given(args, table) -> dict:
     out = {}
     for _, dest, _, _, _ in table:
@@ -141,9 +117,6 @@ def run(args) -> int:
     if args.data is not None:
         tr["data"] = args.data
     mo = _given(args, _MODEL)
-    for key in ("channel_mult", "attention_resolutions"):
-        if key in mo:
-            mo[key] = _ints(mo[key], key.replace("_", "-"))
     di = _given(args, _DIFF)
     if args.learned_variance:
         di["learned_variance"] = True
@@ -159,14 +132,17 @@ def run(args) -> int:
     else:
         cfg = TrainConfig(**{"data": "digits", **{d: v for _, d, _, v, _ in _TRAIN}, **tr})
         mdef = {d: v for _, d, _, v, _ in _MODEL}
-        mdef["channel_mult"] = _ints(mdef["channel_mult"], "channel-mult")
+        mdef["channel_mult"] = int_list(1, 64)(mdef["channel_mult"])
         mdef["attention_resolutions"] = []
         model = ModelConfig(**{**mdef, **mo})
         diffusion = diffusion_config(**{**{d: v for _, d, _, v, _ in _DIFF}, **di})
         model = ModelConfig.from_dict({**model.to_dict(), "learned_variance": diffusion["learned_variance"]})
     command = "diffusion-es " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("diffusion-es") else ""
-    summary = train(args.out, cfg, model, diffusion, device=args.device, resume=args.resume,
-                    progress=not args.no_progress, command=command)
+    from ..store import output_lock
+
+    with output_lock(args.out):  # one training run per folder at a time
+        summary = train(args.out, cfg, model, diffusion, device=args.device, resume=args.resume,
+                        progress=not args.no_progress, command=command)
     if args.json:
         from .common import print_json
 

@@ -19,11 +19,11 @@ def print_json(obj) -> None:
 
 
 def parse_int_list(text, what: str) -> list:
-    """'10,20,50' -> [10, 20, 50], with a one-line error naming the option."""
+    """'10,20,50' -> [10, 20, 50], with a one-line error naming the option (see :func:`int_list`)."""
     try:
-        return [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"{what} {text!r}: give comma-separated whole numbers, e.g. 10,20,50") from None
+        return int_list(-(2**63), 2**63)(text)
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"{what} {e}") from None
 
 
 MAX_SEEDS = 10_000_000  # samples one invocation may ask for (a typo like 0-99999999999 is refused, not allocated)
@@ -168,14 +168,14 @@ def float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False)
     return check
 
 
-def int_list(lo: int = 1, hi: int = 100_000):
-    """A parse-time type: comma-separated whole numbers, each in [lo, hi] ('10,20,50')."""
+def int_list(lo: int = 1, hi: int = 100_000, allow_empty: bool = False):
+    """A parse-time type: comma-separated whole numbers, each in [lo, hi] ('10,20,50' -> [10, 20, 50])."""
     def check(text: str) -> list:
         try:
             vals = [int(v) for v in str(text).split(",") if v.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated whole numbers, e.g. 10,20,50") from None
-        if not vals:
+        if not vals and not allow_empty:
             raise argparse.ArgumentTypeError(f"{text!r}: give at least one number, e.g. 10,20,50")
         bad = [v for v in vals if not lo <= v <= hi]
         if bad:
