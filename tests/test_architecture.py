@@ -2,7 +2,7 @@
 
 Every import counts, including the lazy ones inside functions (they are still dependencies). Layers, bottom first:
 
-0. base: ``errors``, ``hashing``, ``version``; then ``io`` (file formats), ``distributed`` (the process-group
+0. base: ``errors``, ``hashing``, ``version``, ``progress``; then ``io`` (file formats), ``distributed`` (the process-group
    protocol); then ``store`` (resumable parts and shards). They know nothing about diffusion.
 1. ``core``: schedules, parameterisations, Epsilon Scaling;
 2. ``data``, ``samplers``;
@@ -18,7 +18,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "diffusion_es"
 LAYERS = [
-    {"errors", "hashing", "version"},
+    {"errors", "hashing", "version", "progress"},
     {"io", "distributed"},
     {"store"},
     {"core"},

@@ -22,4 +22,4 @@ def test_demo_json(capsys):
 def test_demo_bad_input(capsys):
     assert main(["demo", "--eps-error", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--eps-error must be finite and > 0" in err[0]
+    assert len(err) == 1 and "argument --eps-error: '-1': give a number > 0" in err[0]

@@ -51,7 +51,7 @@ def test_calibrate_reports_and_writes_only_a_real_gain(tiny_model, tmp_path, cap
     (["calibrate", "--range", "1.1,1.0"], "empty or invalid λ range"),
     (["calibrate", "--range", "x"], "--range"),
     (["calibrate", "--extend", "-1"], "--extend"),
-    (["measure", "--n", "1"], "--n must be at least 2"),
+    (["measure", "--n", "1"], "argument --n: '1': give a whole number from 2"),
     (["measure", "--data", "toy:moons"], "does not match the model's sample shape"),
     (["calibrate", "--data", "toy:moons"], "shape"),
 ])

@@ -138,7 +138,7 @@ def test_malformed_files(tmp_path):
     with pytest.raises(UsageError, match="truncated"):
         load_dataset(f"mnist:{d}")
     (tmp_path / "bad.npz").write_bytes(b"garbage")
-    with pytest.raises(UsageError, match="not a readable"):
+    with pytest.raises(UsageError, match="not an .npz file"):
         load_dataset(f"npz:{tmp_path / 'bad.npz'}")
     np.savez(tmp_path / "f.npz", arr_0=np.zeros((2, 4, 4, 3), np.float32))
     with pytest.raises(UsageError, match="uint8"):

@@ -39,7 +39,7 @@ def test_bad_sample_files_are_clear_errors(tmp_path):
     with pytest.raises(UsageError, match="no such file"):
         load_images(tmp_path / "missing.npz")
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(UsageError, match="not a readable .npz"):
+    with pytest.raises(UsageError, match="not an .npz file"):
         load_images(tmp_path / "bad.npz")
     np.savez(tmp_path / "f.npz", arr_0=np.zeros((2, 4, 4, 3), dtype=np.float32))
     with pytest.raises(UsageError, match="uint8 NHWC"):

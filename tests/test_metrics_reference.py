@@ -58,7 +58,7 @@ def test_foreign_or_damaged_files_refused(tmp_path, ref_file):
         load_reference(tmp_path / "missing.npz")
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
-    with pytest.raises(UsageError, match="not a readable"):
+    with pytest.raises(UsageError, match="not an .npz file"):
         load_reference(junk)
     with np.load(ref_file[0], allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}

@@ -14,6 +14,7 @@ from diffusion_es.samplers import sample_heun
 from diffusion_es.core.scaling import (EpsilonScaled, Linear, PerStep, SigmaKeyed, Uniform, epsilon_scaled,
                                   load_schedule, save_schedule, schedule_from_dict)
 from diffusion_es.core.schedules import VPSchedule, karras_sigmas
+from diffusion_es.errors import UsageError
 
 F64 = torch.float64
 MIX = GaussianMixtureDenoiser([[-1.0, 0.5], [1.0, -1.0]], stds=[0.3, 0.5])
@@ -107,7 +108,7 @@ def test_malformed_schedule_file(tmp_path, text):
 
 
 def test_missing_schedule_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such"):
+    with pytest.raises(UsageError, match="no such"):
         load_schedule(tmp_path / "nope.json")
 
 

@@ -25,12 +25,11 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import UsageError, user_message
 
 __all__ = ["Context", "session", "init", "split", "span", "seed_splitter"]
 
 TIMEOUT_ENV = "DIFFUSION_ES_DIST_TIMEOUT"
-_USAGE_TYPES = (UsageError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 class _PeerFailed(Exception):
@@ -223,7 +222,7 @@ class session:
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             ctx.close()
             return False
-        msg = _one_line(e)
+        msg = user_message(e) or _one_line(e)
         try:
             got = ctx._gather(("error", msg))
         except _Timeout:
@@ -231,7 +230,7 @@ class session:
         ctx.close()
         if got is not None and any(s == "error" and m == msg for s, m in got[:ctx.rank]):
             raise SystemExit(2)  # a lower rank prints the same message
-        if isinstance(e, _USAGE_TYPES):
+        if user_message(e) is not None:
             raise UsageError(f"rank {ctx.rank}: {msg}") from None
         return False  # an unexpected error: its traceback, as in a single-process run
 

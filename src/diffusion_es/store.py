@@ -1,14 +1,18 @@
 """Resumable work: finished parts kept on disk, keyed by everything that determines them.
 
 * :class:`PartStore`: one JSON file per finished part of a long job (``repro``, ``compare``), keyed by a hash of
-  the job's fingerprint and the part's parameters; a rerun with the same settings serves it from disk. A damaged
-  part file (truncated, not JSON, not an object) is recomputed, with a note naming the file.
+  the job's fingerprint and the part's parameters; a rerun with the same settings serves it from disk. Each part
+  carries a hash of its own content: a damaged part file (truncated, not JSON, not an object, edited, or written
+  by a version without the hash) is recomputed, with a note naming the file.
 * :class:`ShardedRun`: ``sample``'s seeds cut into fixed chunks of whole batches (independent of the number of
   processes), each written atomically to ``OUT.parts/`` under a name keyed by the run's identity. Rank 0 merges them
   into the one file a single-process run writes. A killed run restarted with the same arguments (and any number of
-  processes) samples only the missing chunks.
+  processes) samples only the missing chunks. With ``layout="png"`` the output is a folder of PNGs (EDM's
+  ``seed%06d.png``), each written atomically as its chunk finishes; ``OUT.parts/`` then holds one small marker per
+  finished chunk.
 * :func:`output_lock`: one writer per output: a second run on the same output is refused with one line, and the
-  debris of a killed writer (its hidden temporary files) is removed by the next one.
+  debris of a killed writer (its hidden temporary files, beside the output, inside an output folder and in
+  ``OUT.parts/``) is removed by the next one.
 """
 
 from __future__ import annotations
@@ -37,31 +41,55 @@ def output_lock(path, enabled: bool = True):
     """Hold ``.NAME.lock`` beside ``path`` while writing it; refuse (UsageError) if another process holds it.
 
     The lock is an advisory ``flock`` on an open file, released by the kernel when its holder dies, so a killed
-    run never leaves a stale lock. While holding it, leftovers of an earlier killed writer (``.NAME.*.tmp*``) are
-    removed."""
+    run never leaves a stale lock. While holding it, leftovers of an earlier killed writer are removed: hidden
+    temporary files (``.NAME.*.tmp*``) beside ``path``, and ``.*.tmp*`` inside ``path`` (an output folder) and
+    inside its ``path.parts/`` folder of shards."""
     if not enabled:
         yield
         return
     import fcntl
 
     path = Path(path)
+    made = [q for q in [path.parent, *path.parent.parents] if not q.exists()]  # folders to remove if left empty
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    busy = UsageError(f"{path}: another diffusion-es process is writing this output now; wait for it to finish or "
+                      "choose another output")
+    for _ in range(20):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise UsageError(f"{path}: another diffusion-es process is writing this output now; wait for it to "
-                             "finish or choose another output") from None
-        for old in path.parent.glob(f".{path.name}.*.tmp*"):
+            os.close(fd)  # (a refused process never removes the holder's lock file)
+            raise busy from None
+        try:
+            live = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            live = False
+        if live:
+            break
+        os.close(fd)  # a finishing holder removed that file after we opened it: take a fresh one
+    else:  # pragma: no cover - only under a storm of writers
+        raise busy
+    try:
+        debris = list(path.parent.glob(f".{path.name}.*.tmp*"))
+        for folder in (path, path.with_name(path.name + ".parts")):
+            if folder.is_dir():
+                debris += folder.glob(".*.tmp*")
+        for old in debris:
             with contextlib.suppress(OSError):
                 old.unlink()
         yield
     finally:
-        os.close(fd)
         with contextlib.suppress(OSError):
-            lock.unlink()
+            lock.unlink()  # while still holding it: a process that opened it meanwhile sees it is stale
+        os.close(fd)
+        for q in made:  # deepest first: a run that failed before writing anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                q.rmdir()
+
+
+_SHA = "_content_sha256"  # each part's hash of its own content (damage and edits are recomputed, not trusted)
 
 
 class PartStore:
@@ -82,14 +110,21 @@ class PartStore:
         return self.dir / f"{name}-{json_hash({**self.fp, **params}, 12)}.json"
 
     def _read(self, p: Path) -> Optional[dict]:
+        from .io import read_json
+
         if not p.exists():
             return None
         try:
-            res = json.loads(p.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            res = read_json(p, "a part of this job")
+        except UsageError:
             res = None
         if not isinstance(res, dict):
             self.log(f"note: {p} is damaged (not a JSON object); computing that part again")
+            return None
+        sha = res.pop(_SHA, None)
+        if sha != json_hash(res):
+            self.log(f"note: {p} does not match its content hash (edited, damaged or from an older version); "
+                     "computing that part again")
             return None
         return res
 
@@ -104,7 +139,8 @@ class PartStore:
             t0 = time.time()
             res = fn()
             res["compute_s"] = time.time() - t0  # kept with the part, so a resumed run still reports the real cost
-            write_json(p, res)
+            res = json.loads(json.dumps(res, default=float))  # exactly what a rerun reads back
+            write_json(p, {**res, _SHA: json_hash(res)})
         self.served += 1
         self.from_cache += cached
         self.compute_s += float(res.get("compute_s", 0.0) or 0.0)
@@ -126,24 +162,36 @@ class ShardedRun:
     different number of processes still does."""
 
     def __init__(self, ctx, out, identity: dict, seeds: Sequence[int], batch_size: int,
-                 shard_size: int = DEFAULT_SHARD_SIZE):
-        self.ctx, self.out = ctx, Path(out)
+                 shard_size: int = DEFAULT_SHARD_SIZE, layout: str = "npz"):
+        if layout not in ("npz", "png"):
+            raise ValueError(f"layout must be npz or png, got {layout!r}")
+        self.ctx, self.out, self.layout = ctx, Path(out), layout
         self.dir = self.out.with_name(self.out.name + ".parts")
         self.seeds = [int(s) for s in seeds]
         per = shard_seeds_per_chunk(batch_size, shard_size)
         self.chunks = [self.seeds[i:i + per] for i in range(0, len(self.seeds), per)]
         self.base = {"format": 1, **identity, "batch_size": int(batch_size)}
+        if layout == "png":
+            self.base["layout"] = "png"
         self.reused = 0
 
     def shard_path(self, chunk: Sequence[int]) -> Path:
+        """The chunk's shard (``.npz``), or for a PNG folder its marker (``.done``, written after its PNGs)."""
         key = json_hash({**self.base, "seeds": [int(chunk[0]), int(chunk[-1]), len(chunk)],
                          "seeds_hash": json_hash([int(s) for s in chunk])}, 16)
-        return self.dir / f"seeds{chunk[0]}-{chunk[-1]}-{key}.npz"
+        return self.dir / f"seeds{chunk[0]}-{chunk[-1]}-{key}.{'npz' if self.layout == 'npz' else 'done'}"
+
+    def png_path(self, seed: int) -> Path:
+        from .io import png_name
+
+        return self.out / png_name(seed)
 
     def _complete(self, i: int) -> bool:
         p = self.shard_path(self.chunks[i])
         if not p.is_file():
             return False
+        if self.layout == "png":
+            return all(self.png_path(s).is_file() for s in self.chunks[i])
         try:
             with np.load(p, allow_pickle=False) as f:
                 return np.array_equal(f["seeds"], np.asarray(self.chunks[i], dtype=np.int64))
@@ -152,7 +200,8 @@ class ShardedRun:
 
     def execute(self, run_chunk: Callable, progress: Optional[Callable[[int], None]] = None) -> Optional[np.ndarray]:
         """Sample every missing chunk (``run_chunk(seeds, per_batch_progress) -> array``, one row per seed) and
-        return the merged array on rank 0 (``None`` on other ranks). ``progress(n)`` is called on rank 0."""
+        return the merged array on rank 0 (``None`` on other ranks, and for a PNG folder, which is complete once
+        this returns). ``progress(n)`` is called on rank 0."""
         ctx = self.ctx
         pending = ([i for i in range(len(self.chunks)) if not self._complete(i)] if ctx.is_main else None)
         pending = ctx.broadcast(pending)
@@ -181,28 +230,37 @@ class ShardedRun:
         return self._merge() if ctx.is_main else None
 
     def _write(self, chunk, arr) -> None:
-        from .io import atomic_path
+        from .io import atomic_path, save_png, write_json
 
+        if self.layout == "png":
+            for seed, img in zip(chunk, arr):
+                save_png(self.png_path(seed), img)
+            write_json(self.shard_path(chunk), {"seeds": [int(chunk[0]), int(chunk[-1])], "n": len(chunk)})
+            return
         with atomic_path(self.shard_path(chunk), suffix=".npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, arr_0=arr, seeds=np.asarray(chunk, dtype=np.int64))
 
-    def _merge(self) -> np.ndarray:
+    def _merge(self) -> Optional[np.ndarray]:
+        from .io import read_npz
+
         parts = []
         for chunk in self.chunks:
             p = self.shard_path(chunk)
             if not p.is_file():
                 raise UsageError(f"{p}: shard missing after all processes finished; in a multi-machine run put "
                                  "--out on a filesystem that every machine shares")
-            with np.load(p, allow_pickle=False) as f:
-                arr, s = f["arr_0"], f["seeds"]
+            if self.layout == "png":
+                continue
+            f = read_npz(p, required=("arr_0", "seeds"), what="a shard of this run", hint="delete it and rerun")
+            arr, s = f["arr_0"], f["seeds"]
             if not np.array_equal(s, np.asarray(chunk, dtype=np.int64)) or len(arr) != len(chunk):
                 raise UsageError(f"{p}: shard does not hold seeds {chunk[0]}..{chunk[-1]}; delete it and rerun")
             parts.append(arr)
-        return np.concatenate(parts)
+        return np.concatenate(parts) if self.layout == "npz" else None
 
     def cleanup(self) -> None:
-        """Remove this run's shards (rank 0, after the merged file is written) and the folder if empty."""
+        """Remove this run's shards or markers (rank 0, after the output is complete) and the folder if empty."""
         if not self.ctx.is_main:
             return
         for chunk in self.chunks:

@@ -1,8 +1,10 @@
 """The ``diffusion-es`` command line. Thin: each ``cmd_*.py`` module in this package registers one subcommand
 (``register(subparsers)``, which sets ``func`` on its parser), parses options and calls the library.
 
-Bad input raises :class:`diffusion_es.errors.UsageError` (or ValueError / FileNotFoundError from the library):
-it is printed as one line, ``diffusion-es: error: ...``, and the process exits with code 2.
+Bad input raises :class:`diffusion_es.errors.UsageError` (or another error the user can fix, see
+:func:`diffusion_es.errors.user_message`): it is printed as one line, ``diffusion-es: error: ...``, and the process
+exits with code 2. A SIGTERM (``kill``) while a command runs is handled like Ctrl-C, so atomic writers remove their
+temporary files on the way out.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import importlib
 import pkgutil
 import sys
 
-from ..errors import UsageError
+from ..errors import user_message
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -73,6 +75,30 @@ def _apply_threads(threads) -> None:
     torch.set_num_threads(threads)
 
 
+class _TermAsInterrupt:
+    """While a command runs in the main thread, SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so ``finally``
+    blocks (temporary files of atomic writes) run; the previous handler is put back afterwards."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.old = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            def on_term(signum, frame):
+                raise KeyboardInterrupt
+            self.old = signal.signal(signal.SIGTERM, on_term)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -83,14 +109,17 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        _apply_threads(getattr(args, "threads", None))
-        rc = args.func(args)
+        with _TermAsInterrupt():
+            _apply_threads(getattr(args, "threads", None))
+            rc = args.func(args)
     except KeyboardInterrupt:
         print("diffusion-es: interrupted; finished work was kept (rerun with the same arguments to resume where supported)",
               file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # noqa: BLE001 - errors the user can fix are one line; anything else is a bug
+        msg = user_message(e)
+        if msg is None:
+            raise
         print(f"diffusion-es: error: {flag_message(msg, _command_flags(parser, args.command))}", file=sys.stderr)
         return 2
     return int(rc or 0)

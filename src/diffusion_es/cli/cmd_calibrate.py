@@ -7,10 +7,11 @@ noise, it says so and writes no schedule.
 
 from __future__ import annotations
 
-import sys
 
 from ..errors import UsageError
-from .common import add_model_args, add_sampler_args, load_model_arg, print_json, sampler_kwargs, schedule_arg
+from .common import (MAX_SAMPLES, MAX_SEED_OFFSET, add_model_args, add_progress_arg, add_sampler_args, float_pair,
+                     int_in, job_progress, load_model_arg, note, print_json, sampler_kwargs, schedule_arg,
+                     schedule_made_for)
 
 
 def register(sub):
@@ -21,24 +22,28 @@ def register(sub):
                    help="the model's training data (default: the data recorded in the model's config.json, else digits)")
     add_sampler_args(p)
     p.add_argument("--kind", choices=("uniform", "linear"), default="uniform", help="schedule family")
-    p.add_argument("--range", default="0.99,1.03", metavar="LO,HI", help="λ search range (default 0.99,1.03)")
-    p.add_argument("--n", type=int, default=500, help="samples per seed set (default 500)")
-    p.add_argument("--sets", type=int, default=3, help="search seed sets (default 3)")
-    p.add_argument("--val-sets", type=int, default=3, help="fresh seed sets for the gain (default 3)")
-    p.add_argument("--coarse", type=int, default=5, help="coarse grid points (default 5)")
-    p.add_argument("--refine", type=int, default=3, help="refinement rounds (default 3)")
-    p.add_argument("--extend", type=int, default=6, metavar="N",
+    p.add_argument("--range", type=float_pair, default=(0.99, 1.03), metavar="LO,HI",
+                   help="λ search range (default 0.99,1.03)")
+    p.add_argument("--n", type=int_in(2, MAX_SAMPLES), default=500, help="samples per seed set (default 500)")
+    p.add_argument("--sets", type=int_in(1, 1000), default=3, help="search seed sets (default 3)")
+    p.add_argument("--val-sets", type=int_in(2, 1000), default=3, help="fresh seed sets for the gain (default 3)")
+    p.add_argument("--coarse", type=int_in(2, 1000), default=5, help="coarse grid points (default 5)")
+    p.add_argument("--refine", type=int_in(0, 50), default=3, help="refinement rounds (default 3)")
+    p.add_argument("--extend", type=int_in(0, 50), default=6, metavar="N",
                    help="steps (doubling in size) the search may take past an end of --range, or of the slope's "
                         "range, while that end keeps winning (default 6: up to 63 coarse steps; 0: stay inside)")
     p.add_argument("--ref", default="heldout",
                    help="FD reference: heldout (default: data the model never saw), train, all or a reference .npz")
-    p.add_argument("--features", default=None, help="feature network (default: by dataset)")
+    p.add_argument("--features", default=None, choices=("digits", "mnist", "inception"),
+                   help="feature network (default: by dataset)")
     p.add_argument("--inception", default=None, help="Inception TorchScript file for --features inception")
-    p.add_argument("--seed", type=int, default=0, help="seed-set offset (default 0)")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--seed", type=int_in(0, MAX_SEED_OFFSET), default=0, help="seed-set offset (default 0)")
+    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=500, help="samples per batch (default 500)")
     p.add_argument("--out", default=None, metavar="FILE.json",
-                   help="write the schedule here (readable by `sample --es-schedule`), only if it beats λ = 1")
-    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+                   help="write the schedule here, with the sampler and steps it was made for (readable by "
+                        "`sample --es-schedule`), only if it beats λ = 1")
+    add_progress_arg(p)
+    p.add_argument("--json", action="store_true", help="print the full result as JSON (progress stays on stderr)")
     p.set_defaults(func=run)
 
 
@@ -56,10 +61,11 @@ def _run(args, ctx) -> int:
     from ..metrics.quality import build_metric
     from ..core.scaling import save_schedule, schedule_from_dict
 
-    try:
-        lo, hi = (float(v) for v in args.range.split(","))
-    except ValueError:
-        raise UsageError(f"--range {args.range!r}: give two numbers LO,HI, e.g. 0.99,1.03") from None
+    from ..io import check_output
+
+    lo, hi = args.range
+    if args.out:
+        check_output(args.out, "file", (".json",))
     model, den = load_model_arg(args.model)
     from ..experiments.common import model_data
 
@@ -70,23 +76,24 @@ def _run(args, ctx) -> int:
             raise UsageError(f"--n {args.n} is smaller than the {ctx.world_size} processes; give each one a sample")
         metric = ShardedMetric(ctx, metric)
 
-    def progress(ev):
-        lab = "λ = 1" if ev["schedule"] is None else ", ".join(
-            f"{k}={v:.5g}" for k, v in ev["schedule"].items() if k != "kind")
-        print(f"  {lab:32s} {metric.name}: {ev['mean']:.4f}", file=sys.stderr)
+    with job_progress(args, f"calibrate {args.sampler}-{args.steps}", show=ctx.is_main) as bar:
+        def candidate(ev):  # one line per evaluated candidate (not with --json), above the bar
+            lab = "λ = 1" if ev["schedule"] is None else ", ".join(
+                f"{k}={v:.5g}" for k, v in ev["schedule"].items() if k != "kind")
+            note(bar, f"  {lab:32s} {metric.name}: {ev['mean']:.4f}")
 
-    r = calibrate(den, args.sampler, args.steps, model.data_shape, metric, kind=args.kind, lam_range=(lo, hi),
-                  n_samples=args.n, n_sets=args.sets, n_val_sets=args.val_sets, coarse=args.coarse,
-                  refine=args.refine, max_extend=args.extend, seed=args.seed, schedule=schedule_arg(args, model),
-                  batch_size=args.batch_size,
-                  metric_name=metric.name, progress=None if args.json or not ctx.is_main else progress,
-                  shard=seed_splitter(ctx, args.batch_size), spacing=args.spacing, **sampler_kwargs(args))
+        r = calibrate(den, args.sampler, args.steps, model.data_shape, metric, kind=args.kind, lam_range=(lo, hi),
+                      n_samples=args.n, n_sets=args.sets, n_val_sets=args.val_sets, coarse=args.coarse,
+                      refine=args.refine, max_extend=args.extend, seed=args.seed, schedule=schedule_arg(args, model),
+                      batch_size=args.batch_size,
+                      metric_name=metric.name, progress=None if args.json or not ctx.is_main else candidate,
+                      shard=seed_splitter(ctx, args.batch_size), spacing=args.spacing, **sampler_kwargs(args))
     if not ctx.is_main:
         return 0
     d = r.to_dict()
     d["model"] = str(args.model)
     if args.out and r.significant:
-        save_schedule(args.out, schedule_from_dict(r.schedule), calibration=d)
+        save_schedule(args.out, schedule_from_dict(r.schedule), **schedule_made_for(args), calibration=d)
     if args.json:
         print_json(d)
         return 0

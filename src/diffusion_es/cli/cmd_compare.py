@@ -6,14 +6,12 @@ Writes compare.md, compare.html and results_compare.json into --out.
 
 from __future__ import annotations
 
-import sys
-
-from ..errors import UsageError
-from .common import add_threads_arg, parse_int_list, print_json
+from .common import (MAX_SAMPLES, add_device_arg, add_model_args, add_progress_arg, add_threads_arg, int_in, int_list,
+                     job_progress, name_list, note, print_json)
 
 
 def _names(text):
-    return [s.strip() for s in str(text).split(",") if s.strip()]
+    return name_list(text) if isinstance(text, str) else list(text)
 
 
 def register(sub):
@@ -21,7 +19,7 @@ def register(sub):
                        description=__doc__)
     p.add_argument("--quick", action="store_true", help="the small version (fewer cells and samples)")
     p.add_argument("--out", default="compare_out", help="output folder (default compare_out)")
-    p.add_argument("--model", default="default", help="checkpoint folder or 'default' (the shipped digits model)")
+    add_model_args(p)
     p.add_argument("--ip-model", default="auto", metavar="PATH|auto|none",
                    help="the DDPM-IP model (auto: the shipped digits_ip with the default model)")
     p.add_argument("--train-ip", action="store_true",
@@ -29,38 +27,45 @@ def register(sub):
                         "ip_gamma 0.1 (slow on a CPU: as long as the model's own training)")
     p.add_argument("--data", default=None,
                    help="the model's data (default: the data recorded in the model's config.json, else digits)")
-    p.add_argument("--samplers", default="ddpm,ddim", help="VP rows (default ddpm,ddim)")
+    p.add_argument("--samplers", type=name_list, default="ddpm,ddim", help="VP rows (default ddpm,ddim)")
     p.add_argument("--edm-samplers", default="euler,heun", help="EDM rows with churn (default euler,heun; "
                                                                 "'none' to skip)")
-    p.add_argument("--steps", default=None, help="VP step counts (default 10,20,50; quick 10,20)")
-    p.add_argument("--edm-nfe", default=None, help="EDM network evaluations (default 10,20; quick 10)")
-    p.add_argument("--samples", type=int, default=None, help="samples per seed set (default 500; quick 200)")
-    p.add_argument("--seeds", type=int, default=None, metavar="K", help="validation seed sets (default 3)")
+    p.add_argument("--steps", type=int_list(2, 100_000), default=None,
+                   help="VP step counts (default 10,20,50; quick 10,20)")
+    p.add_argument("--edm-nfe", type=int_list(2, 100_000), default=None,
+                   help="EDM network evaluations (default 10,20; quick 10)")
+    p.add_argument("--samples", type=int_in(10, MAX_SAMPLES), default=None,
+                   help="samples per seed set (default 500; quick 200)")
+    p.add_argument("--seeds", type=int_in(2, 1000), default=None, metavar="K",
+                   help="validation seed sets (default 3)")
     p.add_argument("--ts-rule", default="data", choices=("data", "paper"),
                    help="time-shift variance rule: data = ᾱ·Var(x_0) + 1 − ᾱ (default), paper = 1 − ᾱ")
     p.add_argument("--ref", default="heldout",
                    help="FD reference: heldout (default: data the model never saw), train, all or a reference .npz")
-    p.add_argument("--device", default="cpu", help="torch device (cuda for a GPU)")
-    p.add_argument("--batch-size", type=int, default=500)
+    add_device_arg(p)
+    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=500, help="samples per batch (default 500)")
     add_threads_arg(p, default=1)
+    add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..experiments.compare import CompareConfig, run_compare
+    from ..io import check_output
 
+    check_output(args.out, "dir")
     edm = [] if args.edm_samplers.strip().lower() == "none" else _names(args.edm_samplers)
     ip = None if str(args.ip_model).lower() == "none" else args.ip_model
     cfg = CompareConfig(model=args.model, ip_model=ip, train_ip=args.train_ip, data=args.data, out=args.out,
                         quick=args.quick, samplers=_names(args.samplers), edm_samplers=edm,
-                        steps=parse_int_list(args.steps, "--steps") if args.steps else None,
-                        edm_nfe=parse_int_list(args.edm_nfe, "--edm-nfe") if args.edm_nfe else None,
+                        steps=args.steps, edm_nfe=args.edm_nfe,
                         n_samples=args.samples, n_val_sets=args.seeds, ts_rule=args.ts_rule, ref=args.ref,
                         device=args.device, batch_size=args.batch_size)
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    res = run_compare(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    from ..store import output_lock
+
+    with output_lock(args.out), job_progress(args, "compare") as bar:  # one writer per output folder
+        res = run_compare(cfg, log=lambda m: note(bar, m))
     summary = [{"sampler": c["sampler"], "steps": c["steps"], "nfe": c["nfe"],
                 "methods": {k: {"mean": sum(m["val"]) / len(m["val"]), "gain": m["gain"],
                                 "significant": m["significant"], "param": m["param"]}

@@ -14,17 +14,17 @@ import math
 import numpy as np
 import torch
 
-from ..errors import UsageError
-from .common import parse_seeds, print_json
+from .common import MAX_STEPS, add_progress_arg, int_in, job_progress, parse_seeds, positive_float, print_json
 
 
 def register(sub):
     p = sub.add_parser("demo", help="ES on an analytic 2-D model: baseline vs ES, seconds on a CPU",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--eps-error", type=float, default=1.1, metavar="C",
+    p.add_argument("--eps-error", type=positive_float, default=1.1, metavar="C",
                    help="factor by which the model over-predicts ε (default 1.1); ES uses λ = C")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    p.add_argument("--steps", type=int_in(2, MAX_STEPS), default=20, help="sampling steps (default 20)")
     p.add_argument("--seeds", default="0-1999", help="sample seeds (default 0-1999)")
+    add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
 
@@ -46,15 +46,14 @@ def sliced_w2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def run(args) -> int:
     from ..core.param import FnDenoiser
-    from ..samplers import SAMPLERS, sample
     from ..core.scaling import Uniform
+    from ..core.schedules import VPSchedule
+    from ..samplers import SAMPLERS, SamplingPlan, sample
 
     c = args.eps_error
-    if not (math.isfinite(c) and c > 0):
-        raise UsageError(f"--eps-error must be finite and > 0, got {c}")
-    if args.steps < 2:
-        raise UsageError("--steps must be at least 2")
     seeds = parse_seeds(args.seeds)
+    for sampler in SAMPLERS:  # refuse a step count a sampler cannot run before any work
+        SamplingPlan(sampler, args.steps, VPSchedule.linear())
     oracle = _mixture()
 
     def flawed(x, sigma):  # the ideal denoiser with ε scaled by c: D = x - σ c ε*
@@ -63,19 +62,20 @@ def run(args) -> int:
     model = FnDenoiser(flawed)
     truth = oracle.sample(len(seeds), generator=12345)
     rows = []
-    for sampler in SAMPLERS:
-        kw = {"clip": False} if sampler in ("ddpm", "ddim") else {}
-        base = sample(model, sampler, args.steps, (2,), seeds, **kw)
-        same = sample(model, sampler, args.steps, (2,), seeds, es=Uniform(1.0), **kw)
-        es = sample(model, sampler, args.steps, (2,), seeds, es=Uniform(c), **kw)
-        exact = sample(oracle, sampler, args.steps, (2,), seeds, **kw)
-        rows.append({
-            "sampler": sampler, "steps": args.steps,
-            "swd_baseline": sliced_w2(base, truth), "swd_es": sliced_w2(es, truth),
-            "swd_ideal_model": sliced_w2(exact, truth),
-            "lambda": c, "lambda1_bit_identical": bool(torch.equal(base, same)),
-            "es_equals_ideal_model": float((es - exact).abs().max()),
-        })
+    with job_progress(args, "demo"):
+        for sampler in SAMPLERS:
+            kw = {"clip": False} if sampler in ("ddpm", "ddim") else {}
+            base = sample(model, sampler, args.steps, (2,), seeds, **kw)
+            same = sample(model, sampler, args.steps, (2,), seeds, es=Uniform(1.0), **kw)
+            es = sample(model, sampler, args.steps, (2,), seeds, es=Uniform(c), **kw)
+            exact = sample(oracle, sampler, args.steps, (2,), seeds, **kw)
+            rows.append({
+                "sampler": sampler, "steps": args.steps,
+                "swd_baseline": sliced_w2(base, truth), "swd_es": sliced_w2(es, truth),
+                "swd_ideal_model": sliced_w2(exact, truth),
+                "lambda": c, "lambda1_bit_identical": bool(torch.equal(base, same)),
+                "es_equals_ideal_model": float((es - exact).abs().max()),
+            })
     if args.json:
         print_json({"eps_error": c, "n_samples": len(seeds), "results": rows})
         return 0

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .common import add_model_args, print_json
+from .common import add_model_args, add_progress_arg, print_json
 
 
 def register(sub) -> None:
@@ -18,11 +18,15 @@ def register(sub) -> None:
     p.add_argument("--raw-weights", action="store_true", help="export the raw (non-EMA) weights")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing OUT (only once the new one is complete)")
+    add_progress_arg(p)  # (accepted for uniformity: export shows no bar)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ..io import check_output
+
+    check_output(args.out, "dir")
     from ..adapters.diffusers_export import export_diffusers
 
     info = export_diffusers(args.model, args.out, use_ema=not args.raw_weights, overwrite=args.overwrite)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UsageError
-from .common import print_json
+from .common import add_progress_arg, int_in, job_progress, print_json
 
 METRIC_NAME = {"digits": "FD-digits", "mnist": "FD-mnist", "inception": "FID"}
 
@@ -18,7 +18,9 @@ def _add_feature_opts(p, default_help: str) -> None:
                         "TorchScript is code: use a file you trust. Get one with scripts/get_inception.sh")
     p.add_argument("--feature-weights", metavar="PATH", default=None,
                    help="classifier weights (.safetensors) for --features digits/mnist instead of the shipped ones")
-    p.add_argument("--batch-size", type=int, default=0, help="images per feature batch (default: per network)")
+    p.add_argument("--batch-size", type=int_in(0, 1_000_000), default=0,
+                   help="images per feature batch (default 0: the network's own)")
+    add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -29,7 +31,7 @@ def register(subparsers) -> None:
                     "network defaults to the reference's; asking for another one is refused.")
     p.add_argument("samples", metavar="SAMPLES", help="ADM-style .npz (uint8 NHWC under arr_0) or a folder of PNGs")
     p.add_argument("--ref", required=True, metavar="REF", help="reference statistics .npz from `diffusion-es fid-ref`")
-    p.add_argument("--k", type=int, default=3, help="k of the k-NN precision/recall (default 3)")
+    p.add_argument("--k", type=int_in(1, 100_000), default=3, help="k of the k-NN precision/recall (default 3)")
     p.add_argument("--no-pr", action="store_true", help="skip precision/recall")
     p.add_argument("--method", choices=["sqrtm", "eig"], default="sqrtm",
                    help="matrix square root: scipy sqrtm (default, as FID papers) or a symmetric eigendecomposition "
@@ -47,7 +49,7 @@ def register(subparsers) -> None:
                    help="split (default train): digits 1437/360; MNIST train 60k / heldout = the 10k test set; "
                         "a plain image file has only train (= all)")
     q.add_argument("--out", required=True, metavar="REF.npz", help="output reference file (written atomically)")
-    q.add_argument("--keep-features", type=int, default=10000,
+    q.add_argument("--keep-features", type=int_in(0, 10_000_000), default=10000,
                    help="store the features of the first N images for precision/recall (default 10000; 0: none)")
     _add_feature_opts(q, "feature network (default: digits for 8x8 images, mnist for 28x28, else inception)")
     q.set_defaults(func=run_fid_ref)
@@ -57,8 +59,6 @@ def _extractor(args, name):
     from ..metrics.features import get_extractor
 
     ex = get_extractor(name, inception_path=args.inception, weights=args.feature_weights)
-    if args.batch_size < 0:
-        raise UsageError("--batch-size must be positive")
     if args.batch_size:
         ex.batch_size = args.batch_size
     return ex
@@ -102,19 +102,20 @@ def run_fid_ref(args) -> int:
 
 
 def _run_fid_ref(args, ctx) -> int:
+    from ..io import check_output
     from ..metrics.sharded import extract_stats
     from ..metrics.reference import save_reference
 
-    if args.keep_features < 0:
-        raise UsageError("--keep-features must be >= 0")
+    check_output(args.out, "file", (".npz",))
     images, dataset, split = _load_data(args)
     if len(images) < 2:
         raise UsageError(f"{args.data}: need at least 2 images for a covariance, found {len(images)}")
     ex = _extractor(args, args.features or _auto_features(images))
-    stats, kept = extract_stats(ctx, ex, images, keep_features=args.keep_features, desc=f"{ex.name} features")
+    with job_progress(args, f"{ex.name} features", "img", show=ctx.is_main):
+        stats, kept = extract_stats(ctx, ex, images, keep_features=args.keep_features, desc=f"{ex.name} features")
     if not ctx.is_main:
         return 0
-    prov = save_reference(args.out, stats, ex, dataset, split, features=kept)
+    prov = save_reference(args.out, stats, ex, dataset, split, features=kept, image_shape=images.shape[1:])
     if args.json:
         print_json({"out": str(args.out), **prov})
     else:
@@ -135,7 +136,7 @@ def _run_fid(args, ctx) -> int:
     from ..io import load_images
     from ..metrics.frechet import frechet_distance
     from ..metrics.prdc import precision_recall
-    from ..metrics.reference import check_features, load_reference
+    from ..metrics.reference import check_features, check_images, load_reference
 
     ref = load_reference(args.ref)
     if args.features and args.features != ref.feature_name:
@@ -147,9 +148,16 @@ def _run_fid(args, ctx) -> int:
     images = load_images(args.samples)
     if len(images) < 2:
         raise UsageError(f"{args.samples}: need at least 2 images, found {len(images)}")
+    grey = images.shape[-1] == 1 or bool((images[..., 0] == images[..., 1]).all() and
+                                         (images[..., 0] == images[..., 2]).all())
+    check_images(ref, ex, images.shape[1:], what=str(args.samples), grey=grey)
     want_pr = not args.no_pr and ref.features is not None
     keep = len(ref.features) if want_pr else 0
-    stats, kept = extract_stats(ctx, ex, images, keep_features=keep, desc=f"{ex.name} features")
+    if want_pr and min(len(images), keep) <= args.k:
+        raise UsageError(f"precision/recall with --k {args.k} needs more than {args.k} images per set, have "
+                         f"{min(len(images), keep)}; lower --k or pass --no-pr")
+    with job_progress(args, f"{ex.name} features", "img", show=ctx.is_main):
+        stats, kept = extract_stats(ctx, ex, images, keep_features=keep, desc=f"{ex.name} features")
     if not ctx.is_main:
         return 0
     fd = frechet_distance(stats, ref.stats, method=args.method)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from ..errors import UsageError
-from .common import (add_es_args, add_model_args, add_sampler_args, es_from_args, load_model_arg, print_json,
-                     sampler_kwargs, schedule_arg)
+from .common import (MAX_SAMPLES, MAX_SEED_OFFSET, add_es_args, add_model_args, add_progress_arg, add_sampler_args,
+                     es_from_args, int_in, job_progress, load_model_arg, print_json, sampler_kwargs, schedule_arg)
 
 
 def register(sub):
@@ -17,39 +16,43 @@ def register(sub):
                    help="real data the model was trained on (default: the data recorded in its config.json, else digits)")
     add_sampler_args(p)
     add_es_args(p)
-    p.add_argument("--n", type=int, default=500, help="samples per run (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="seed offset (default 0)")
+    p.add_argument("--n", type=int_in(2, MAX_SAMPLES), default=500, help="samples per run (default 500; at least 2)")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED_OFFSET), default=0, help="seed offset (default 0)")
     p.add_argument("--out", default="measure_out", help="output folder (default measure_out)")
+    add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..data import load_dataset
-    from ..io import write_json
     from ..diagnostics.measure import estimate_lambda, measure_exposure, plot_exposure
+    from ..io import check_output, write_json
 
-    if args.n < 2:
-        raise UsageError(f"--n must be at least 2 (per-pixel statistics need several samples), got {args.n}")
+    if args.steps < 2:  # the λ estimate fits a line over the steps
+        raise UsageError(f"--steps must be at least 2 for measure (the λ estimate fits over the steps), got {args.steps}")
+    out = check_output(args.out, "dir")
     model, den = load_model_arg(args.model)
     from ..experiments.common import model_data
 
     ds = load_dataset(model_data(model, args.data))
     es = es_from_args(args)
     kw = sampler_kwargs(args)
-    out = Path(args.out)
     tag = f"{args.sampler}{args.steps}"
     runs = [None] + ([es] if es is not None else [])
     curves = []
-    for sched in runs:
-        c = measure_exposure(den, ds.train, args.sampler, args.steps, schedule=schedule_arg(args, model), es=sched,
-                             n_samples=args.n, seed=args.seed, shape=model.data_shape, spacing=args.spacing, **kw)
-        name = f"exposure_{tag}_{'baseline' if sched is None else 'es'}"
+    with job_progress(args, f"measure {tag}"):
+        for sched in runs:
+            curves.append(measure_exposure(den, ds.train, args.sampler, args.steps, schedule=schedule_arg(args, model),
+                                           es=sched, n_samples=args.n, seed=args.seed, shape=model.data_shape,
+                                           spacing=args.spacing, **kw))
+    est = {k: estimate_lambda(curves[0], k).to_dict() for k in ("uniform", "linear")}
+    # every number is computed before the first file is written: a failure leaves no partial output
+    for c in curves:
+        name = f"exposure_{tag}_{'baseline' if c.es is None else 'es'}"
         write_json(out / f"{name}.json", c.to_dict())
         c.write_csv(out / f"{name}.csv")
-        curves.append(c)
     plot_exposure(curves, out / f"exposure_{tag}.png")
-    est = {k: estimate_lambda(curves[0], k).to_dict() for k in ("uniform", "linear")}
     summary = {"model": str(args.model), "sampler": args.sampler, "steps": args.steps,
                "runs": [c.summary() for c in curves], "metric_free_lambda": est,
                "files": sorted(str(p) for p in out.glob(f"exposure_{tag}*"))}

@@ -6,9 +6,8 @@ Writes report.md, report.html, results.json and PNG figures into --out. Resumabl
 
 from __future__ import annotations
 
-import sys
-
-from .common import add_threads_arg, parse_int_list, print_json
+from .common import (MAX_SAMPLES, add_device_arg, add_model_args, add_progress_arg, add_threads_arg, int_in, int_list,
+                     job_progress, name_list, note, print_json)
 
 
 def register(sub):
@@ -16,36 +15,46 @@ def register(sub):
                        description=__doc__)
     p.add_argument("--quick", action="store_true", help="the small version (about 3 minutes on 2 CPU cores)")
     p.add_argument("--out", default="repro_out", help="output folder (default repro_out)")
-    p.add_argument("--model", default="default", help="checkpoint folder or 'default' (the shipped digits model)")
+    add_model_args(p)
     p.add_argument("--data", default=None,
                    help="the model's data (default: the data recorded in the model's config.json, else digits)")
-    p.add_argument("--seeds", type=int, default=None, metavar="K",
-                   help="validation seed sets per cell, for the spread (default 3)")
-    p.add_argument("--samples", type=int, default=None, help="samples per seed set (default 500; quick 200)")
-    p.add_argument("--nfe", default=None, help="network-evaluation columns (default 10,20,50,100; quick 10,20)")
-    p.add_argument("--samplers", default="ddpm,ddim,euler,heun", help="rows (default ddpm,ddim,euler,heun)")
+    p.add_argument("--seeds", type=int_in(2, 1000), default=None, metavar="K",
+                   help="validation seed sets per cell, for the spread (default: from the power step)")
+    p.add_argument("--samples", type=int_in(10, MAX_SAMPLES), default=None,
+                   help="samples per seed set (default: by dataset profile)")
+    p.add_argument("--nfe", type=int_list(2, 100_000), default=None,
+                   help="network-evaluation columns (default: by dataset profile)")
+    p.add_argument("--samplers", type=name_list, default="ddpm,ddim,euler,heun",
+                   help="rows (default ddpm,ddim,euler,heun)")
     p.add_argument("--ref", default="heldout",
                    help="FD reference: heldout (default: data the model never saw), train, all or a reference .npz")
-    p.add_argument("--features", default=None, help="feature network: digits, mnist or inception")
+    p.add_argument("--features", default=None, choices=("digits", "mnist", "inception"),
+                   help="feature network (default: by dataset)")
     p.add_argument("--inception", default=None, help="Inception TorchScript file (for --features inception)")
     p.add_argument("--compare", action="store_true",
                    help="add the comparison with time-shift sampling, EDM S_noise and input perturbation (issue 9)")
-    p.add_argument("--device", default="cpu", help="torch device (cuda for a GPU)")
+    add_device_arg(p)
     add_threads_arg(p)
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=500, help="samples per batch (default 500)")
+    add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print results.json's summary as JSON")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..experiments.repro import ReproConfig, run_repro
+    from ..io import check_output
 
+    check_output(args.out, "dir")
     cfg = ReproConfig(model=args.model, data=args.data, out=args.out, quick=args.quick,
-                      samplers=[s.strip() for s in args.samplers.split(",") if s.strip()],
-                      nfe=parse_int_list(args.nfe, "--nfe") if args.nfe else None, n_samples=args.samples,
+                      samplers=name_list(args.samplers) if isinstance(args.samplers, str) else args.samplers,
+                      nfe=args.nfe, n_samples=args.samples,
                       n_val_sets=args.seeds, ref=args.ref, features=args.features, inception=args.inception,
                       device=args.device, batch_size=args.batch_size, compare=args.compare)
-    res = run_repro(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    from ..store import output_lock
+
+    with output_lock(args.out), job_progress(args, "repro") as bar:  # one writer per output folder
+        res = run_repro(cfg, log=lambda m: note(bar, m))
     if args.json:
         print_json({"claims": res["claims"], "wall_time_s": res["wall_time_s"], "compute_time_s": res["compute_time_s"],
                     "out": args.out})

@@ -7,47 +7,73 @@ import shlex
 import sys
 
 from ..errors import UsageError
-from .common import add_threads_arg
+from .common import (add_device_arg, add_progress_arg, add_threads_arg, float_in, int_in, int_list, nonneg_float,
+                     positive_float, seed_value)
 
-# (flag, dest, type, default, help): defaults are applied here so that --resume can tell given from default
+_BIG = 10**9  # steps and intervals
+
+
+def _choice(*names):
+    """A parse-time type for a fixed set of names (a choices list that keeps the default None of --resume)."""
+    def check(text: str) -> str:
+        if text not in names:
+            import argparse
+
+            raise argparse.ArgumentTypeError(f"{text!r}: use one of {', '.join(names)}")
+        return text
+
+    check.__name__ = "choice"
+    return check
+
+
+# (flag, dest, type, default, help): defaults are applied here so that --resume can tell given from default.
+# Every type checks its value (finite, range) at parse time; upper bounds refuse typos that would allocate
+# absurd amounts of memory.
 _TRAIN = [
-    ("--steps", "steps", int, 40000, "training steps (with --resume: the new total)"),
-    ("--batch-size", "batch_size", int, 128, "batch size"),
-    ("--lr", "lr", float, 1e-3, "AdamW learning rate (peak)"),
-    ("--lr-schedule", "lr_schedule", str, "constant", "constant | cosine (decays to --lr-final)"),
-    ("--lr-final", "lr_final", float, 0.0, "final learning rate of the cosine schedule"),
-    ("--warmup", "warmup", int, 200, "linear learning-rate warmup steps"),
-    ("--weight-decay", "weight_decay", float, 0.0, "AdamW weight decay"),
-    ("--ema-decay", "ema_decay", float, 0.999, "EMA decay per step"),
-    ("--grad-clip", "grad_clip", float, 1.0, "clip the gradient norm (0: off)"),
-    ("--seed", "seed", int, 0, "seed of initialisation, data order, timesteps and noise"),
-    ("--ip-gamma", "ip_gamma", float, 0.0, "DDPM-IP input perturbation gamma (0: off; the paper's is 0.1)"),
-    ("--vlb-weight", "vlb_weight", float, 0.001, "lambda of ADM's hybrid loss (with --learned-variance)"),
-    ("--ckpt-every", "ckpt_every", int, 2000, "checkpoint interval (steps)"),
-    ("--log-every", "log_every", int, 100, "interval of log.jsonl lines and the progress bar's loss"),
-    ("--eval-every", "eval_every", int, 0, "held-out loss of the EMA weights every N steps (0: at the end)"),
-    ("--keep-every", "keep_every", int, 0, "also keep the EMA weights of every N-th step in OUT/snapshots/ (0: off)"),
-    ("--toy-n", "toy_n", int, 8192, "number of points of a toy:NAME dataset"),
+    ("--steps", "steps", int_in(1, _BIG), 40000, "training steps (with --resume: the new total)"),
+    ("--batch-size", "batch_size", int_in(1, 1_000_000), 128, "batch size"),
+    ("--lr", "lr", positive_float, 1e-3, "AdamW learning rate (peak)"),
+    ("--lr-schedule", "lr_schedule", _choice("constant", "cosine"), "constant",
+     "constant | cosine (decays to --lr-final)"),
+    ("--lr-final", "lr_final", nonneg_float, 0.0, "final learning rate of the cosine schedule"),
+    ("--warmup", "warmup", int_in(0, _BIG), 200, "linear learning-rate warmup steps"),
+    ("--weight-decay", "weight_decay", nonneg_float, 0.0, "AdamW weight decay"),
+    ("--ema-decay", "ema_decay", float_in(0.0, 1.0, hi_open=True), 0.999, "EMA decay per step"),
+    ("--grad-clip", "grad_clip", nonneg_float, 1.0, "clip the gradient norm (0: off)"),
+    ("--seed", "seed", seed_value, 0, "seed of initialisation, data order, timesteps and noise"),
+    ("--ip-gamma", "ip_gamma", nonneg_float, 0.0, "DDPM-IP input perturbation gamma (0: off; the paper's is 0.1)"),
+    ("--vlb-weight", "vlb_weight", nonneg_float, 0.001, "lambda of ADM's hybrid loss (with --learned-variance)"),
+    ("--ckpt-every", "ckpt_every", int_in(1, _BIG), 2000, "checkpoint interval (steps)"),
+    ("--log-every", "log_every", int_in(1, _BIG), 100, "interval of log.jsonl lines and the progress bar's loss"),
+    ("--eval-every", "eval_every", int_in(0, _BIG), 0,
+     "held-out loss of the EMA weights every N steps (0: at the end)"),
+    ("--keep-every", "keep_every", int_in(0, _BIG), 0,
+     "also keep the EMA weights of every N-th step in OUT/snapshots/ (0: off)"),
+    ("--toy-n", "toy_n", int_in(2, 10_000_000), 8192, "number of points of a toy:NAME dataset"),
 ]
 _MODEL = [
-    ("--arch", "arch", str, "mlp", "mlp (residual MLP) | unet"),
-    ("--width", "width", int, 512, "MLP width"),
-    ("--blocks", "blocks", int, 4, "MLP residual blocks"),
-    ("--input-skip", "input_skip", str, "auto", "MLP: a time-gated skip from the input to the output: on | off | "
-                                                "auto (on when --width is below the data dimension)"),
-    ("--channels", "channels", int, 64, "UNet base channels"),
-    ("--channel-mult", "channel_mult", str, "1,2,2", "UNet channel multipliers per level, e.g. 1,2,2"),
-    ("--num-res-blocks", "num_res_blocks", int, 2, "UNet residual blocks per level"),
-    ("--attention-resolutions", "attention_resolutions", str, "", "UNet self-attention resolutions, e.g. 16,8"),
-    ("--time-embed-dim", "time_embed_dim", int, 0, "time embedding width (0: auto)"),
-    ("--dropout", "dropout", float, 0.0, "dropout"),
+    ("--arch", "arch", _choice("mlp", "unet"), "mlp", "mlp (residual MLP) | unet"),
+    ("--width", "width", int_in(1, 65_536), 512, "MLP width"),
+    ("--blocks", "blocks", int_in(1, 1000), 4, "MLP residual blocks"),
+    ("--input-skip", "input_skip", _choice("auto", "on", "off"), "auto",
+     "MLP: a time-gated skip from the input to the output: on | off | auto (on when --width is below the data "
+     "dimension)"),
+    ("--channels", "channels", int_in(1, 8192), 64, "UNet base channels"),
+    ("--channel-mult", "channel_mult", int_list(1, 64), "1,2,2",
+     "UNet channel multipliers per level, e.g. 1,2,2"),
+    ("--num-res-blocks", "num_res_blocks", int_in(1, 100), 2, "UNet residual blocks per level"),
+    ("--attention-resolutions", "attention_resolutions", int_list(1, 65_536, allow_empty=True), "",
+     "UNet self-attention resolutions, e.g. 16,8"),
+    ("--time-embed-dim", "time_embed_dim", int_in(0, 65_536), 0, "time embedding width (0: auto)"),
+    ("--dropout", "dropout", float_in(0.0, 1.0, hi_open=True), 0.0, "dropout"),
 ]
 _DIFF = [
-    ("--T", "T", int, 1000, "diffusion steps of training"),
-    ("--beta-schedule", "beta_schedule", str, "linear", "linear | cosine"),
-    ("--prediction", "prediction", str, "eps", "eps | v | x0 (VP diffusion) | flow (rectified flow: "
-     "x_t = (1-t) x_0 + t eps, velocity target eps - x_0, t ~ U(0,1); --T sets the time scale)"),
-    ("--shift", "shift", float, None, "flow models: the SD3 time shift of their default sampling grid (1: none)"),
+    ("--T", "T", int_in(1, 100_000), 1000, "diffusion steps of training"),
+    ("--beta-schedule", "beta_schedule", _choice("linear", "cosine"), "linear", "linear | cosine"),
+    ("--prediction", "prediction", _choice("eps", "v", "x0", "flow"), "eps", "eps | v | x0 (VP diffusion) | flow "
+     "(rectified flow: x_t = (1-t) x_0 + t eps, velocity target eps - x_0, t ~ U(0,1); --T sets the time scale)"),
+    ("--shift", "shift", float_in(1e-3, 1e3), None,
+     "flow models: the SD3 time shift of their default sampling grid (1: none)"),
 ]
 
 
@@ -58,7 +84,7 @@ def register(sub) -> None:
     # every help text states its default: the parser's defaults are None so --resume can tell set options apart
     p.add_argument("--data", default=None, help="digits | toy:8gaussians|moons|spiral | mnist:PATH | npz:PATH | PATH "
                    "(default digits)")
-    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--out", required=True, help="checkpoint folder (new, or the one to --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     g = p.add_argument_group("training")
     for flag, dest, typ, default, hlp in _TRAIN:
@@ -72,18 +98,11 @@ def register(sub) -> None:
                        help=f"{hlp}" + (f" (default {default})" if default is not None else ""))
     g.add_argument("--learned-variance", dest="learned_variance", action="store_const", const=True, default=None,
                    help="learn the variance (2C outputs, ADM's hybrid loss)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    add_device_arg(p)
     add_threads_arg(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
-
-
-def _ints(text: str, name: str):
-    try:
-        return [int(s) for s in str(text).split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--{name} expects comma-separated integers, got {text!r}") from None
 
 
 def _given(args, table) -> dict:
@@ -96,24 +115,17 @@ def _given(args, table) -> dict:
 
 
 def run(args) -> int:
-    import torch
-
+    from ..io import check_output
     from ..models.checkpoint import diffusion_config, read_config
     from ..models.config import ModelConfig
     from ..training.train import TrainConfig, train
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: CUDA is not available in this torch; use --device cpu")
+    check_output(args.out, "dir")
     tr = _given(args, _TRAIN)
     if args.data is not None:
         tr["data"] = args.data
     mo = _given(args, _MODEL)
-    for key in ("channel_mult", "attention_resolutions"):
-        if key in mo:
-            mo[key] = _ints(mo[key], key.replace("_", "-"))
     skip = mo.pop("input_skip", None)
-    if skip not in (None, "auto", "on", "off"):
-        raise UsageError(f"--input-skip must be on, off or auto, got {skip!r}")
     di = _given(args, _DIFF)
     if di.get("prediction") == "flow" and "beta_schedule" in di:
         raise UsageError("--beta-schedule applies to VP models; a rectified-flow model (--prediction flow) has no betas")
@@ -133,7 +145,7 @@ def run(args) -> int:
     else:
         cfg = TrainConfig(**{"data": "digits", **{d: v for _, d, _, v, _ in _TRAIN}, **tr})
         mdef = {d: v for _, d, _, v, _ in _MODEL if d != "input_skip"}
-        mdef["channel_mult"] = _ints(mdef["channel_mult"], "channel-mult")
+        mdef["channel_mult"] = int_list(1, 64)(mdef["channel_mult"])
         mdef["attention_resolutions"] = []
         if skip in ("on", "off"):
             mo["input_skip"] = skip == "on"
@@ -146,8 +158,11 @@ def run(args) -> int:
         diffusion = diffusion_config(**{**{d: v for _, d, _, v, _ in _DIFF}, **di})
         model = ModelConfig.from_dict({**model.to_dict(), "learned_variance": diffusion["learned_variance"]})
     command = "diffusion-es " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("diffusion-es") else ""
-    summary = train(args.out, cfg, model, diffusion, device=args.device, resume=args.resume,
-                    progress=not args.no_progress, command=command)
+    from ..store import output_lock
+
+    with output_lock(args.out):  # one training run per folder at a time
+        summary = train(args.out, cfg, model, diffusion, device=args.device, resume=args.resume,
+                        progress=not args.no_progress, command=command)
     if args.json:
         from .common import print_json
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_threads_arg, nonneg_int, print_json
+from .common import add_progress_arg, add_threads_arg, int_in, print_json, seed_value
 
 
 def register(sub) -> None:
@@ -13,22 +13,23 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--data", choices=["digits", "mnist"], default="digits", help="data (default digits)")
     p.add_argument("--out", required=True, help="output .safetensors (a .json card is written beside it)")
-    p.add_argument("--epochs", type=nonneg_int, default=0, help="default: 40 for digits, 4 for MNIST")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed (default 0)")
+    p.add_argument("--epochs", type=int_in(0, 100_000), default=0, help="default: 40 for digits, 4 for MNIST")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed (default 0)")
     p.add_argument("--mnist-file", default=None, help="the classic mnist.pkl.gz (scripts/get_mnist.sh)")
     add_threads_arg(p, default=1)
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..errors import UsageError
+    from ..io import check_output
     from ..metrics.classifier import save_classifier
     from ..training.feature_net import train_feature_net
 
-    if not str(args.out).endswith(".safetensors"):
-        raise UsageError(f"--out {args.out!r} must end in .safetensors")
+    check_output(args.out, "file", (".safetensors",))
+    check_output(str(args.out)[: -len(".safetensors")] + ".json", "file", (".json",), "--out (its .json card)")
     model, card = train_feature_net(args.data, epochs=args.epochs, seed=args.seed, mnist_file=args.mnist_file,
-                                    log=lambda s: print(s, file=sys.stderr))
+                                    log=(lambda s: None) if args.no_progress else (lambda s: print(s, file=sys.stderr)))
     cmd = ["diffusion-es train-features", "--data", args.data, "--out", args.out]
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]

@@ -1,10 +1,13 @@
-"""Small helpers shared by the subcommands: JSON output, seed ranges, parsing of lambda options."""
+"""Small helpers shared by the subcommands: JSON output, progress bars, seed ranges, typed option values
+(checked at parse time), the model / device / sampler / λ options."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import re
 import sys
 
 from ..errors import UsageError
@@ -16,11 +19,11 @@ def print_json(obj) -> None:
 
 
 def parse_int_list(text, what: str) -> list:
-    """'10,20,50' -> [10, 20, 50], with a one-line error naming the option."""
+    """'10,20,50' -> [10, 20, 50], with a one-line error naming the option (see :func:`int_list`)."""
     try:
-        return [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"{what} {text!r}: give comma-separated whole numbers, e.g. 10,20,50") from None
+        return int_list(-(2**63), 2**63)(text)
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"{what} {e}") from None
 
 
 MAX_SEEDS = 10_000_000  # samples one invocation may ask for (a typo like 0-99999999999 is refused, not allocated)
@@ -65,13 +68,12 @@ def add_threads_arg(p, default: int = 0) -> None:
 
 
 # ---- options shared by sample / measure / calibrate / repro ------------------------------------------------
-def add_model_args(p) -> None:
-    from ..models.checkpoint import SHIPPED
+def add_model_args(p, flag: str = "--model", default="default", extra: str = "") -> None:
+    from ..models.checkpoint import MODEL_FORMS
 
-    p.add_argument("--model", default="default", metavar="PATH|NAME",
-                   help="checkpoint folder (config.json + model.safetensors), a diffusers UNet folder, or a shipped "
-                        f"model: {', '.join(SHIPPED)} ('default' is the digits model; 'digits-flow' the rectified-flow "
-                        "digits model, sampled with flow_euler / flow_heun)")
+    p.add_argument(flag, default=default, metavar="PATH|NAME",
+                   help=f"{extra}the model: {MODEL_FORMS} (flow models such as digits-flow sample with flow_euler / "
+                        "flow_heun)")
 
 
 def load_model_arg(path):
@@ -142,6 +144,116 @@ def nonneg_int(text: str) -> int:
     return v
 
 
+def int_in(lo: int, hi: int):
+    """A parse-time type: a whole number in [lo, hi] (the upper bound refuses typos that would ask for
+    absurd amounts of memory or time)."""
+    def check(text: str) -> int:
+        v = _int(text)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number from {lo:,} to {hi:,}")
+        return v
+
+    check.__name__ = f"int_in_{lo}_{hi}"
+    return check
+
+
+def float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
+    """A parse-time type: a finite number in the interval (brackets as given by ``*_open``)."""
+    def check(text: str) -> float:
+        v = finite_float(text)
+        if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+            raise argparse.ArgumentTypeError(f"{text!r}: give a number in {'(' if lo_open else '['}{lo:g}, "
+                                             f"{hi:g}{')' if hi_open else ']'}")
+        return v
+
+    check.__name__ = "float_in"
+    return check
+
+
+def int_list(lo: int = 1, hi: int = 100_000, allow_empty: bool = False):
+    """A parse-time type: comma-separated whole numbers, each in [lo, hi] ('10,20,50' -> [10, 20, 50])."""
+    def check(text: str) -> list:
+        try:
+            vals = [int(v) for v in str(text).split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated whole numbers, e.g. 10,20,50") from None
+        if not vals and not allow_empty:
+            raise argparse.ArgumentTypeError(f"{text!r}: give at least one number, e.g. 10,20,50")
+        bad = [v for v in vals if not lo <= v <= hi]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{text!r}: each number must lie in [{lo}, {hi}], got {bad[0]}")
+        return vals
+
+    check.__name__ = "int_list"
+    return check
+
+
+def float_pair(text: str) -> tuple:
+    """A parse-time type: two finite numbers 'A,B'."""
+    parts = str(text).split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give two numbers A,B, e.g. 0.99,1.03")
+    return tuple(finite_float(v.strip()) for v in parts)
+
+
+def name_list(text: str) -> list:
+    """'ddpm, ddim' -> ['ddpm', 'ddim'] (at least one name)."""
+    names = [v.strip() for v in str(text).split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least one name")
+    return names
+
+
+MAX_STEPS = 100_000      # sampling steps of one run
+MAX_SAMPLES = 10_000_000  # samples per seed set / run (= MAX_SEEDS)
+MAX_SEED_OFFSET = 10**9   # --seed of measure / calibrate: derived seed sets stay below 2^63
+
+
+def seed_value(text: str) -> int:
+    """A seed for torch.Generator: a whole number in [0, 2^63 − 1]."""
+    from ..samplers.common import MAX_SEED
+
+    v = _int(text)
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a seed from 0 to {MAX_SEED} (2^63 - 1)")
+    return v
+
+
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(?::(\d+))?")
+
+
+def device_arg(text: str) -> str:
+    """A parse-time type: a torch device this machine has (cpu, cuda, cuda:N, mps, xpu)."""
+    t = str(text).strip()
+    m = _DEVICE.fullmatch(t)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device: use cpu, cuda, cuda:N or mps")
+    kind, index = m.group(1), m.group(2)
+    if kind == "cpu":
+        if index not in (None, "0"):
+            raise argparse.ArgumentTypeError(f"{text!r}: there is one cpu device; use cpu")
+        return t
+    import torch
+
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available in this torch; use --device cpu")
+        if index is not None and int(index) >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif kind == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available here; use --device cpu")
+    elif not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise argparse.ArgumentTypeError(f"{text!r}: XPU is not available here; use --device cpu")
+    return t
+
+
+def add_device_arg(p, default: str = "cpu") -> None:
+    p.add_argument("--device", type=device_arg, default=default,
+                   help=f"torch device: cpu, cuda, cuda:N or mps (default {default}; under torchrun, cuda means "
+                        "each process's own GPU)")
+
+
 # ---- samplers: options read from the registry ------------------------------------------------------------
 # how each registry option is typed on the command line (its flag comes from the registry)
 _OPTION_TYPES = {"eta": nonneg_float, "S_churn": nonneg_float, "S_tmin": nonneg_float, "S_tmax": nonneg_or_inf,
@@ -156,7 +268,7 @@ def add_sampler_args(p, steps_default: int = 20, sampler_default: str = "ddim") 
     p.add_argument("--sampler", choices=list(SAMPLERS), default=sampler_default,
                    help=f"sampler (default {sampler_default}): " + "; ".join(
                        f"{n}: {s.title}" for n, s in SAMPLERS.items()))
-    p.add_argument("--steps", type=positive_int, default=steps_default,
+    p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=steps_default,
                    help=f"sampling steps (default {steps_default}; Heun: 2N-1 network evaluations)")
     p.add_argument("--spacing", choices=SPACINGS, default="adm",
                    help="timestep respacing for ddpm/ddim (default adm)")
@@ -214,34 +326,121 @@ def sampler_kwargs(args) -> dict:
 
 
 def add_es_args(p) -> None:
+    from ..core.scaling import ADAPT_MODES
+
     g = p.add_mutually_exclusive_group()
     g.add_argument("--es", type=positive_float, metavar="B", help="Epsilon Scaling with uniform λ = B")
-    g.add_argument("--es-linear", metavar="K,B", help="Epsilon Scaling with λ_t = K·t + B (t = 0 is the last step)")
+    g.add_argument("--es-linear", type=float_pair, metavar="K,B",
+                   help="Epsilon Scaling with λ_t = K·t + B (t = 0 is the last step)")
     g.add_argument("--es-schedule", metavar="FILE.json", help="Epsilon Scaling schedule from a JSON file "
                                                              "(e.g. written by `diffusion-es calibrate`)")
+    p.add_argument("--es-adapt", choices=ADAPT_MODES, default=None,
+                   help="use an --es-schedule made for another sampler or step count: stretch (the same λ curve "
+                        "from the first to the last step) or index (the same λ per step index t, t = 0 the last "
+                        "step); without it such a schedule is refused")
+
+
+def schedule_made_for(args) -> dict:
+    """The sampling setting of ``args`` as a λ schedule records it (spacing only for the VP samplers)."""
+    from ..samplers import get_sampler
+
+    d = {"sampler": args.sampler, "steps": int(args.steps)}
+    if get_sampler(args.sampler).grid == "vp":
+        d["spacing"] = args.spacing
+    return d
 
 
 def es_from_args(args):
-    """The λ schedule the ES options ask for, or None."""
-    from ..core.scaling import Linear, Uniform, load_schedule
+    """The λ schedule the ES options ask for, or None; checked against the run's sampler and steps (when the
+    command has them) before any work: a schedule file made for another setting is refused unless --es-adapt
+    says how to adapt it, and every λ of the run must be finite and > 0."""
+    from ..core.scaling import Linear, Uniform, adapt_schedule, read_schedule, schedule_mismatch
 
+    adapt = getattr(args, "es_adapt", None)
+    has_run = getattr(args, "sampler", None) is not None and getattr(args, "steps", None) is not None
+    es = None
     try:
         if getattr(args, "es", None) is not None:
-            return Uniform(args.es)
-        if getattr(args, "es_linear", None):
-            try:
-                k, b = (float(v) for v in args.es_linear.split(","))
-            except ValueError:
-                raise UsageError(f"--es-linear {args.es_linear!r}: give two numbers K,B, e.g. 0.0025,1.0") from None
-            return Linear(k, b)
-        if getattr(args, "es_schedule", None):
-            return load_schedule(args.es_schedule)
+            es = Uniform(args.es)
+        elif getattr(args, "es_linear", None):
+            k, b = args.es_linear if isinstance(args.es_linear, tuple) else float_pair(args.es_linear)
+            es = Linear(k, b)
+        elif getattr(args, "es_schedule", None):
+            es, made_for = read_schedule(args.es_schedule)
+            if has_run:
+                run = schedule_made_for(args)
+                diff = schedule_mismatch(made_for, run["sampler"], run["steps"], run.get("spacing"))
+                if diff and adapt is None:
+                    raise UsageError(
+                        f"--es-schedule {args.es_schedule}: made for {made_for['sampler']} with {made_for['steps']} "
+                        f"steps ({diff}); calibrate for this setting, or pass --es-adapt stretch (the same λ curve "
+                        "over the run) or --es-adapt index (the same λ per step index)")
+                if diff:
+                    es = adapt_schedule(es, made_for["steps"], run["steps"], adapt)
+        if adapt is not None and not getattr(args, "es_schedule", None):
+            raise UsageError("--es-adapt applies to --es-schedule only")
+        if es is not None and has_run:
+            es.values(int(args.steps))  # every λ of this run finite and > 0, one per step
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"--es-linear: {e}") from None
     except ValueError as e:
-        raise UsageError(str(e)) from None
-    return None
+        if isinstance(e, UsageError):
+            raise
+        raise UsageError(f"{_es_flag(args)}: {e}") from None
+    return es
 
 
-def progress_bar(total: int, desc: str, unit: str = "sample"):
+def _es_flag(args) -> str:
+    for flag in ("es", "es_linear", "es_schedule"):
+        if getattr(args, flag, None) is not None:
+            return "--" + flag.replace("_", "-")
+    return "--es"
+
+
+# ---- progress ------------------------------------------------------------------------------------------------
+PROGRESS_DELAY = 1.0  # seconds before a bar appears: quick commands (and errors found up front) print no bar
+
+
+def add_progress_arg(p) -> None:
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (the bar, with its ETA, goes to stderr, never into --json output)")
+
+
+def progress_bar(total, desc: str, unit: str = "sample", disable: bool = False):
+    """A tqdm bar on stderr with rate and ETA, shown after PROGRESS_DELAY seconds, cleared when done."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, disable=disable,
+                delay=PROGRESS_DELAY, dynamic_ncols=True)
+
+
+@contextlib.contextmanager
+def job_progress(args, desc: str, unit: str = "sample", show: bool = True):
+    """One bar for a whole command, fed by what the library reports (:mod:`diffusion_es.progress`): its total is
+    the work announced so far (e.g. a calibration's search), so the ETA holds inside every long part.
+    ``--no-progress`` (or ``show=False``, e.g. on ranks other than 0) turns it off."""
+    from ..progress import Meter, tracking
+
+    bar = progress_bar(None, desc, unit, disable=bool(getattr(args, "no_progress", False)) or not show)
+
+    def changed(done: int, total: int) -> None:
+        if bar.disable:
+            return
+        if total != bar.total:
+            bar.total = total
+            bar.refresh()
+        bar.update(done - bar.n)
+
+    try:
+        with tracking(Meter(changed)):
+            yield bar
+    finally:
+        bar.close()
+
+
+def note(bar, msg: str) -> None:
+    """A line on stderr that does not break the progress bar."""
+    if bar is not None and not bar.disable:
+        bar.write(msg, file=sys.stderr)
+    else:
+        print(msg, file=sys.stderr)

@@ -34,8 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -57,7 +56,11 @@ __all__ = [
     "as_numpy_1d",
     "schedule_from_dict",
     "load_schedule",
+    "read_schedule",
     "save_schedule",
+    "schedule_mismatch",
+    "adapt_schedule",
+    "ADAPT_MODES",
 ]
 
 
@@ -386,27 +389,107 @@ def schedule_from_dict(d: dict) -> LambdaSchedule:
         raise ValueError(f"λ schedule of kind {kind!r} is missing or has a malformed field: {e}") from None
 
 
-def load_schedule(path) -> LambdaSchedule:
-    """Read a schedule JSON file (as written by :func:`save_schedule` or ``diffusion-es calibrate``).
+SCHEDULE_HINT = "write one with `diffusion-es calibrate --out FILE.json` (or diffusion_es.save_schedule)"
 
-    The file may hold the schedule itself or an object with a ``"schedule"`` field.
-    """
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such λ schedule file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+def _check_made_for(made_for, path) -> Optional[dict]:
+    if made_for is None:
+        return None
+    ok = (isinstance(made_for, dict) and isinstance(made_for.get("sampler"), str)
+          and isinstance(made_for.get("steps"), int) and not isinstance(made_for.get("steps"), bool)
+          and made_for["steps"] >= 1 and isinstance(made_for.get("spacing", ""), str))
+    if not ok:
+        raise ValueError(f"{path}: 'made_for' must be {{\"sampler\": NAME, \"steps\": N[, \"spacing\": NAME]}}, "
+                         f"got {json.dumps(made_for)[:80]}")
+    return dict(made_for)
+
+
+def read_schedule(path):
+    """``(schedule, made_for)`` from a schedule JSON file (as written by :func:`save_schedule` or
+    ``diffusion-es calibrate``). The file holds the schedule itself or an object with a ``"schedule"`` field;
+    ``made_for`` (``{"sampler", "steps"[, "spacing"]}``, or None where the file does not say) is the sampling
+    setting it was made for: see :func:`schedule_mismatch` and :func:`adapt_schedule`."""
+    from ..io import read_json
+
+    d = read_json(path, "a λ schedule (JSON)", SCHEDULE_HINT)
+    made_for = None
     if isinstance(d, dict) and "schedule" in d:
+        made_for = _check_made_for(d.get("made_for"), path)
         d = d["schedule"]
     try:
-        return schedule_from_dict(d)
+        return schedule_from_dict(d), made_for
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 
 
-def save_schedule(path, schedule: LambdaSchedule, **meta) -> None:
+def load_schedule(path) -> LambdaSchedule:
+    """The schedule of a schedule JSON file (see :func:`read_schedule`, which also returns what it was made for)."""
+    return read_schedule(path)[0]
+
+
+def save_schedule(path, schedule: LambdaSchedule, sampler: Optional[str] = None, steps: Optional[int] = None,
+                  spacing: Optional[str] = None, **meta) -> None:
+    """Write ``schedule`` as JSON (atomically). ``sampler`` with ``steps`` (and the VP ``spacing``) record the
+    sampling setting it was made for (``made_for``); ``diffusion-es sample --es-schedule`` then refuses it for
+    another setting unless told how to adapt it. ``meta``: more JSON-able fields stored beside it (e.g. the
+    calibration result; ``steps`` without ``sampler`` is kept as such a plain field, as before)."""
     from ..io import write_json
 
-    write_json(path, {"schedule": schedule.to_dict(), **meta} if meta else schedule.to_dict())
+    made_for = None
+    if sampler is not None:
+        if steps is None or isinstance(steps, bool) or int(steps) != steps or int(steps) < 1:
+            raise ValueError(f"save_schedule: with sampler, give steps >= 1 (what it was made for), got {steps!r}")
+        made_for = {"sampler": str(sampler), "steps": int(steps), **({"spacing": str(spacing)} if spacing else {})}
+    elif steps is not None:
+        meta = {"steps": steps, **meta}
+    if made_for is None and not meta:
+        write_json(path, schedule.to_dict())
+        return
+    write_json(path, {"schedule": schedule.to_dict(), **({"made_for": made_for} if made_for else {}), **meta})
+
+
+ADAPT_MODES = ("stretch", "index")
+
+
+def schedule_mismatch(made_for: Optional[dict], sampler: str, steps: int, spacing: Optional[str] = None) -> str:
+    """How the setting ``made_for`` differs from (sampler, steps, spacing): '' when it does not (or is unknown).
+    Spacing is compared only where both sides name one."""
+    if not made_for:
+        return ""
+    diffs = []
+    if made_for["sampler"] != sampler:
+        diffs.append(f"sampler {made_for['sampler']}, not {sampler}")
+    if made_for["steps"] != int(steps):
+        diffs.append(f"{made_for['steps']} steps, not {int(steps)}")
+    if made_for.get("spacing") and spacing and made_for["spacing"] != spacing:
+        diffs.append(f"spacing {made_for['spacing']}, not {spacing}")
+    return "; ".join(diffs)
+
+
+def adapt_schedule(schedule: LambdaSchedule, steps_from: int, steps_to: int, how: str) -> LambdaSchedule:
+    """A schedule made for ``steps_from`` sampling steps, for a run of ``steps_to`` steps.
+
+    * ``stretch``: the same λ curve over the run's progress (first step to last): a uniform λ stays, a linear one
+      keeps its values at the first and the last step (k scaled by (n_from − 1)/(n_to − 1)), per-step values are
+      interpolated linearly;
+    * ``index``: the same λ per step index t (t = 0 the last step): a linear schedule is extended or cut; a
+      per-step schedule cannot be (refused)."""
+    if how not in ADAPT_MODES:
+        raise ValueError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {how!r}")
+    n0, n1 = int(steps_from), int(steps_to)
+    if isinstance(schedule, Uniform) or n0 == n1:
+        return schedule
+    if how == "index":
+        if isinstance(schedule, PerStep):
+            raise ValueError(f"a per-step schedule of {n0} values cannot be used for {n1} steps by index; "
+                             "stretch it instead")
+        return schedule
+    if isinstance(schedule, Linear):
+        if n1 == 1 or n0 == 1:  # one step: only λ at t = 0 (= b) is defined
+            return Uniform(schedule.b)
+        return Linear(schedule.k * (n0 - 1) / (n1 - 1), schedule.b)
+    if isinstance(schedule, PerStep):
+        v = schedule.values(n0)
+        return PerStep(np.interp(np.linspace(0.0, 1.0, n1), np.linspace(0.0, 1.0, n0), v).tolist() if n0 > 1
+                       else np.full(n1, v[0]).tolist())
+    raise ValueError(f"cannot adapt a {type(schedule).__name__} schedule")

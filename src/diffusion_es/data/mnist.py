@@ -63,9 +63,13 @@ def _to_uint8_nhwc(x: np.ndarray, path: Path) -> np.ndarray:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise UsageError(f"{path}: expected MNIST images (N, 784), (N, 28, 28) or NHWC, got shape {x.shape}")
+    if x.shape[0] == 0 or 0 in x.shape[1:3]:
+        raise UsageError(f"{path}: holds no images (shape {x.shape})")
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
     if np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():
+            raise UsageError(f"{path}: pixels hold NaN or inf")
         if x.min() < -1e-6 or x.max() > 1 + 1e-6:
             raise UsageError(f"{path}: float pixels must lie in [0, 1], found [{x.min():.3g}, {x.max():.3g}]")
         k = x.astype(np.float64) * 256.0
@@ -178,20 +182,15 @@ def load_mnist(path: str):
     if "idx3-ubyte" in name:
         return _to_uint8_nhwc(read_idx(p), p), None, p
     if name.endswith(".npz"):
-        try:
-            with np.load(p, allow_pickle=False) as f:
-                keys = f.files
-                if "x_train" in keys:
-                    tr = f["x_train"]
-                    te = f["x_test"] if "x_test" in keys else None
-                elif "arr_0" in keys:
-                    tr, te = f["arr_0"], None
-                else:
-                    raise UsageError(f"{p}: no x_train or arr_0 array (found {keys}); {_HINT}")
-        except UsageError:
-            raise
-        except (OSError, ValueError, EOFError) as e:
-            raise UsageError(f"{p}: not a readable .npz ({e.__class__.__name__}); {_HINT}") from None
+        from ..io import read_npz
+
+        f = read_npz(p, what="MNIST images (x_train / x_test, or arr_0)", hint=_HINT)
+        if "x_train" in f:
+            tr, te = f["x_train"], f.get("x_test")
+        elif "arr_0" in f:
+            tr, te = f["arr_0"], None
+        else:
+            raise UsageError(f"{p}: no x_train or arr_0 array (found {sorted(f)[:6]}); {_HINT}")
         return _to_uint8_nhwc(tr, p), (None if te is None else _to_uint8_nhwc(te, p)), p
     tr, te = _load_pickle(p)
     return tr, te, p

@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from ..progress import task as _task
 from ..errors import UsageError
 from ..samplers import SamplingPlan, default_schedule, sample
 from ..core.scaling import LambdaSchedule, Linear, Uniform
@@ -194,42 +195,48 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
     def mean_uniform(b):
         return float(np.mean(search(None if b == 1.0 else Uniform(b))))
 
-    found = search_1d(mean_uniform, lo, hi, coarse, refine, floor=0.0, max_extend=max_extend)
-    b_best, vals, searched = found.best, found.vals, [found.lo, found.hi]
-    edges = [("λ", found)] if found.at_edge else []
-    # each search set's own best b: the spread says how well the optimum is determined
-    per_set = np.array([search(None if b == 1.0 else Uniform(b)) for b in sorted(vals)])
-    lam_spread = float(np.std(np.asarray(sorted(vals))[per_set.argmin(axis=0)], ddof=1)) if n_sets > 1 else float("nan")
-    best: LambdaSchedule = Uniform(b_best)
-    if kind == "linear":
-        n = steps
-        span = max(abs(b_best - 1.0), (hi - lo) / 4)
-        k_hi = 4 * span / max(n - 1, 1)
+    # announced work (samples this process draws) for progress bars: the search without extensions, then
+    # baseline and choice on the validation sets; the bar settles to what was really drawn
+    n_search = sum(len(search.shard(s)) for s in sets[:n_sets])
+    n_val = sum(len(val.shard(s)) for s in sets[n_sets:])
+    candidates = (coarse + 2 * refine) * (3 if kind == "linear" else 1)
+    with _task(candidates * n_search + 2 * n_val):
+        found = search_1d(mean_uniform, lo, hi, coarse, refine, floor=0.0, max_extend=max_extend)
+        b_best, vals, searched = found.best, found.vals, [found.lo, found.hi]
+        edges = [("λ", found)] if found.at_edge else []
+        # each search set's own best b: the spread says how well the optimum is determined
+        per_set = np.array([search(None if b == 1.0 else Uniform(b)) for b in sorted(vals)])
+        lam_spread = float(np.std(np.asarray(sorted(vals))[per_set.argmin(axis=0)], ddof=1)) if n_sets > 1 else float("nan")
+        best: LambdaSchedule = Uniform(b_best)
+        if kind == "linear":
+            n = steps
+            span = max(abs(b_best - 1.0), (hi - lo) / 4)
+            k_hi = 4 * span / max(n - 1, 1)
 
-        def linear_at(k, mean):
-            return Linear(k, mean - k * (n - 1) / 2)
+            def linear_at(k, mean):
+                return Linear(k, mean - k * (n - 1) / 2)
 
-        def score_k(k, mean=b_best):
-            try:
-                return float(np.mean(search(linear_at(k, mean))))
-            except ValueError:  # λ would leave (0, inf) somewhere on the grid
-                return float("inf")
+            def score_k(k, mean=b_best):
+                try:
+                    return float(np.mean(search(linear_at(k, mean))))
+                except ValueError:  # λ would leave (0, inf) somewhere on the grid
+                    return float("inf")
 
-        # k ≥ 0: λ largest at the noisiest step
-        k_found = search_1d(score_k, 0.0, k_hi, coarse, refine, floor=-1e-12, max_extend=max_extend)
-        mean_found = search_1d(lambda m: score_k(k_found.best, m), lo, hi, coarse, refine, floor=0.0,
-                                max_extend=max_extend)
-        cand = linear_at(k_found.best, mean_found.best)
-        if np.mean(search(cand)) <= np.mean(search(best)):
-            best = cand
-            edges = [(name, f) for name, f in (("the slope k", k_found), ("the mean λ", mean_found)) if f.at_edge]
-            searched = [min(searched[0], mean_found.lo), max(searched[1], mean_found.hi)]
+            # k ≥ 0: λ largest at the noisiest step
+            k_found = search_1d(score_k, 0.0, k_hi, coarse, refine, floor=-1e-12, max_extend=max_extend)
+            mean_found = search_1d(lambda m: score_k(k_found.best, m), lo, hi, coarse, refine, floor=0.0,
+                                    max_extend=max_extend)
+            cand = linear_at(k_found.best, mean_found.best)
+            if np.mean(search(cand)) <= np.mean(search(best)):
+                best = cand
+                edges = [(name, f) for name, f in (("the slope k", k_found), ("the mean λ", mean_found)) if f.at_edge]
+                searched = [min(searched[0], mean_found.lo), max(searched[1], mean_found.hi)]
 
-    best_key = None if best.is_identity(steps) else best
-    base_v, best_v = val(None), val(best_key)
-    extra_val = {name: {"baseline": val.extra["baseline"][name],
-                        "best": val.extra["baseline" if best_key is None else best.to_json()][name]}
-                 for name in (extra_metrics or {})}
+        best_key = None if best.is_identity(steps) else best
+        base_v, best_v = val(None), val(best_key)
+        extra_val = {name: {"baseline": val.extra["baseline"][name],
+                            "best": val.extra["baseline" if best_key is None else best.to_json()][name]}
+                     for name in (extra_metrics or {})}
     per, g, ci = paired_gain(base_v, best_v)
     significant = ci[1] < 0
     if significant:

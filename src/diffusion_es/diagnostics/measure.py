@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..progress import advance as _advance, task as _task
 from ..errors import UsageError
 from ..core.param import as_denoiser, implied_eps, noised, process_coefficients, sigma_to_flow_space, sigma_to_vp_space
 from ..samplers import SamplingPlan, SeedNoise, default_schedule
@@ -173,7 +174,7 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
         sig_eval[info.i] = info.sigma
         xs[info.i].append(info.x_state.cpu())
 
-    with torch.no_grad():
+    with torch.no_grad(), _task(2 * n_samples):  # a free run and a δ_t run per seed
         for b in range(0, n_samples, batch_size):
             batch = seeds[b:b + batch_size]
             noise = SeedNoise(batch, shape, device)
@@ -193,6 +194,7 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
 
             plan.run_from(den, noised(x0, z, float(plan.sigmas[start])), noise, callback=record_delta, start=start,
                           **sampler_kwargs)
+            _advance(2 * len(batch))
     train_norms, var_train = training_eps_norms(denoiser, _pick(data, n_samples, seed + 2).to(device), sig_eval,
                                                 seed=seed + 3, process=plan.process)
     sigma_hat = [float(torch.cat(d).std(dim=0).mean()) for d in dev_steps]
@@ -233,6 +235,8 @@ def estimate_lambda(curves: ExposureCurves, kind: str = "uniform", skip_first: i
     if kind == "uniform":
         return Uniform(float(rr.mean()))
     if kind == "linear":
+        if len(rr) < 2:
+            raise UsageError(f"a linear λ estimate needs at least 2 sampling steps, the run has {len(r)}")
         n = len(r)
         t = np.arange(n - 1, -1, -1, dtype=np.float64)[len(r) - len(rr):]
         k, b = np.polyfit(t, rr, 1)

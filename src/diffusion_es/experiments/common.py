@@ -110,5 +110,8 @@ def search_lambda(ev: Paired, draw_lam: Callable, prefix: str, lo: float, hi: fl
         evals.append({"lam": lam, "mean": m})
         return m
 
-    best, _ = search_1d(score, lo, hi, max(coarse, 2), refine, floor=0.0)
+    from ..progress import task
+
+    with task((max(coarse, 2) + 2 * refine) * sum(len(s) for s in ev.sets["search"])):  # for the ETA
+        best, _ = search_1d(score, lo, hi, max(coarse, 2), refine, floor=0.0)
     return float(best), evals

@@ -89,18 +89,30 @@ def save_classifier(model: DigitCNN, path, card: dict) -> dict:
 
 
 def load_classifier(path) -> DigitCNN:
-    """Load weights written by :func:`save_classifier` (safetensors only: no code is executed)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """Load weights written by :func:`save_classifier` (safetensors only: no code is executed); anything else
+    is refused with a one-line UsageError naming the file."""
+    from ..errors import UsageError
+    from ..io import read_safetensors
 
     path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "config" not in meta:
-        raise ValueError(f"{path}: no config in the safetensors metadata; not a diffusion-es classifier file")
-    cfg = json.loads(meta["config"])
-    if cfg.get("arch") != ARCH:
-        raise ValueError(f"{path}: architecture {cfg.get('arch')!r} is not {ARCH!r}")
-    model = DigitCNN(cfg["in_size"], cfg["num_classes"], cfg["feat_dim"])
-    model.load_state_dict(load_file(str(path)))
+    hint = "give a classifier file written by `diffusion-es train-features`"
+    tensors, meta = read_safetensors(path, "feature classifier weights (.safetensors)", hint)
+    try:
+        cfg = json.loads(meta["config"])
+        if cfg.get("arch") != ARCH:
+            raise UsageError(f"{path}: architecture {cfg.get('arch')!r} is not {ARCH!r}; {hint}")
+        sizes = int(cfg["in_size"]), int(cfg["num_classes"]), int(cfg["feat_dim"])
+        if not (8 <= sizes[0] <= 512 and 1 <= sizes[1] <= 100_000 and 1 <= sizes[2] <= 65_536):
+            raise ValueError
+        model = DigitCNN(*sizes)
+    except UsageError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError):
+        raise UsageError(f"{path}: no valid diffusion-es classifier config in the safetensors metadata; {hint}") from None
+    want = model.state_dict()
+    if set(tensors) != set(want) or any(tuple(tensors[k].shape) != tuple(v.shape) for k, v in want.items()):
+        raise UsageError(f"{path}: weights do not match the classifier its config describes; {hint}")
+    if not all(torch.isfinite(t.float()).all() for t in tensors.values()):
+        raise UsageError(f"{path}: weights hold NaN or inf; {hint}")
+    model.load_state_dict({k: t.float() for k, t in tensors.items()})
     return model.eval()

@@ -43,6 +43,8 @@ def _to_grey_float(images_u8: np.ndarray) -> torch.Tensor:
     u = np.asarray(images_u8)
     if u.ndim != 4 or u.dtype != np.uint8:
         raise UsageError(f"expected uint8 images (N, H, W, C), got {u.dtype} {u.shape}")
+    if u.shape[-1] == 3 and (u[..., :1] == u[..., 1:]).all():
+        u = np.ascontiguousarray(u[..., 0]).reshape(*u.shape[:3], 1)  # grey stored as RGB: the grey image, exactly
     x = torch.from_numpy(np.ascontiguousarray(u.transpose(0, 3, 1, 2))).float() / 127.5 - 1.0
     if x.shape[1] == 3:
         x = x.mean(dim=1, keepdim=True)
@@ -70,6 +72,7 @@ class ClassifierExtractor:
         self.path = Path(weights_path)
         self.model = load_classifier(self.path)
         self.in_size = self.model.in_size
+        self.native_shape = (self.in_size, self.in_size, 1)  # (H, W, C) the network was trained on
         self.dim = self.model.fc.out_features
         self.weights_hash = weights_hash(self.model.state_dict())
         self.preprocess = (f"uint8/127.5-1; RGB->mean grey; integer-multiple sizes avg-pooled, others antialiased "
@@ -108,30 +111,28 @@ def iter_batches(images: np.ndarray, batch_size: int) -> Iterable[np.ndarray]:
         yield images[i:i + batch_size]
 
 
-def _progress(total, desc, progress):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=None if progress else True, leave=False)
-
-
 def extract_stats(extractor, batches, total=None, keep_features: int = 0, progress: bool = True, desc="features"):
     """Stream uint8 batches (an array, or an iterable of arrays) through ``extractor``.
 
     Returns ``(FeatureStats, kept)`` where ``kept`` holds the features of the first ``keep_features`` images
-    (float32, for precision/recall) or ``None``. Memory is O(batch + dim² + keep_features · dim)."""
+    (float32, for precision/recall) or ``None``. Memory is O(batch + dim² + keep_features · dim). Images done are
+    reported to :mod:`diffusion_es.progress` (unless ``progress=False``); ``desc`` is kept for compatibility."""
     if isinstance(batches, np.ndarray):
         total = len(batches)
         batches = iter_batches(batches, extractor.batch_size)
+    from ..progress import advance, task
+
     stats = FeatureStats(extractor.dim)
     kept, nkept = [], 0
-    with _progress(total, desc, progress) as bar:
+    with task(total or 0):
         for b in batches:
             f = extractor(b)
             stats.update(f)
             if nkept < keep_features:
                 kept.append(f[: keep_features - nkept].astype(np.float32))
                 nkept += len(kept[-1])
-            bar.update(len(b))
+            if progress:
+                advance(len(b))
     return stats, (np.concatenate(kept) if kept else None)
 
 

@@ -85,11 +85,14 @@ def build_metric(data: str = "digits", ref: str = "train", features: Optional[st
 
     if str(ref).endswith(".npz"):
         from . import get_extractor
-        from .reference import check_features, load_reference
+        from .reference import check_features, check_images, load_reference
 
         r = load_reference(ref)
         ext = get_extractor(features or r.feature_name, inception_path=inception)
         check_features(r, ext)
+        if shape is not None and len(shape) == 3:  # the model's samples (C, H, W) must be what the reference holds
+            c, h, w = shape
+            check_images(r, ext, (h, w, c), what="the model's samples")
         return FDMetric(ext, r.stats, f"FD-{ext.name} vs {Path(ref).name}")
     ds = load_dataset(data)
     if shape is not None and tuple(shape) != ds.shape:

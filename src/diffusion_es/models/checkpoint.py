@@ -27,15 +27,15 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..io import atomic_path
+from ..io import atomic_path, read_json, read_safetensors
 from ..core.schedules import FlowSchedule, VPSchedule
 from .config import ModelConfig
 
 __all__ = [
     "SHIPPED",
-    "MODEL_FORMS",
     "shipped_path",
     "FORMAT",
+    "MODEL_FORMS",
     "PREDICTIONS",
     "BETA_SCHEDULES",
     "build_model",
@@ -48,6 +48,7 @@ __all__ = [
     "load_model",
 ]
 
+# every form --model takes, for help texts and errors (load_model accepts exactly these)
 FORMAT = "diffusion-es/checkpoint"
 FORMAT_VERSION = 1
 PREDICTIONS = ("eps", "v", "x0", "flow")
@@ -151,15 +152,15 @@ def read_config(ckpt_dir) -> dict:
     d = Path(ckpt_dir)
     f = d / "config.json"
     if not f.exists():
-        raise UsageError(f"{d}: no config.json; not a diffusion-es checkpoint folder (expected config.json + model.safetensors)")
-    try:
-        cfg = json.loads(f.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{f}: corrupt config.json ({e.__class__.__name__}); retrain or restore the checkpoint") from None
+        raise UsageError(f"{d}: not a model folder (no config.json); give {MODEL_FORMS}")
+    cfg = read_json(f, "a checkpoint's config.json", "retrain or restore the checkpoint")
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise UsageError(f"{f}: not a diffusion-es checkpoint (no \"format\": \"{FORMAT}\"); "
                          "foreign checkpoints need an adapter (diffusion_es.adapters)")
-    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+    version = cfg.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UsageError(f"{f}: format_version must be a whole number, got {version!r}; retrain or restore the checkpoint")
+    if version > FORMAT_VERSION:
         raise UsageError(f"{f}: checkpoint format version {cfg.get('format_version')} is newer than this diffusion-es "
                          f"understands ({FORMAT_VERSION}); upgrade diffusion-es")
     for key in ("model", "diffusion"):
@@ -173,14 +174,7 @@ def read_weights(ckpt_dir) -> dict:
     d = Path(ckpt_dir)
     st, pt = d / "model.safetensors", d / "model.pt"
     if st.exists():
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(st))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise UsageError(f"{st}: corrupt or not a safetensors file ({str(e).splitlines()[0][:80]}); "
-                             "retrain or restore the checkpoint") from None
+        return read_safetensors(st, "a checkpoint's weights", "retrain or restore the checkpoint")[0]
     if pt.exists():
         import pickle
 
@@ -273,8 +267,8 @@ def load_model(path="default", use_ema: bool = True, device="cpu") -> LoadedMode
     where = f"{d}/config.json"
     try:
         mcfg = ModelConfig.from_dict(cfg["model"])
-    except UsageError as e:
-        raise UsageError(f"{where}: {e}") from None
+    except (UsageError, TypeError, ValueError) as e:
+        raise UsageError(f"{where}: bad model section ({e})") from None
     dcfg = cfg["diffusion"]
     try:
         dif = diffusion_config(dcfg.get("T", 1000), dcfg.get("beta_schedule", "linear"), dcfg.get("prediction", "eps"),

@@ -83,6 +83,10 @@ def sample(denoiser, sampler: str, steps: int, shape: Sequence[int], seeds: Sequ
     plan = SamplingPlan(sampler, steps, schedule, spacing=spacing, rho=rho, shift=shift)
     plan.spec.resolve(opts)  # refuse bad options before any work
     den = epsilon_scaled(as_denoiser(denoiser), as_schedule(es), plan.sigmas)
-    return over_seed_batches(check_seeds(seeds), shape, batch_size, device,
-                             lambda noise, cb: plan.run(den, noise.initial(), noise, callback=cb, **opts),
-                             callback, progress)
+    x = over_seed_batches(check_seeds(seeds), shape, batch_size, device,
+                          lambda noise, cb: plan.run(den, noise.initial(), noise, callback=cb, **opts),
+                          callback, progress)
+    if not torch.isfinite(x).all():  # never a silent wrong answer: NaN/inf would be written as plausible pixels
+        raise ValueError(f"sampling produced NaN or inf values ({sampler}, {plan.steps} steps); check the model, the "
+                         "λ schedule and the sampler options")
+    return x

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..progress import advance as _advance, task as _task
 from ..core.param import sigma_to_flow_space, sigma_to_vp_space
 
 __all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches", "check_seeds", "MAX_SEED"]
@@ -110,7 +111,8 @@ class SeedNoise:
 def over_seed_batches(seeds, shape, batch_size: int, device, run, callback=None, progress=None) -> torch.Tensor:
     """Run ``run(noise, cb) -> samples`` on batches of seeds with per-seed noise; float64 results on the CPU.
 
-    ``callback(info, seeds_of_batch)`` is handed to ``run`` as ``cb(info)``; ``progress(n_done)`` after each batch.
+    ``callback(info, seeds_of_batch)`` is handed to ``run`` as ``cb(info)``; ``progress(n_done)`` after each batch,
+    which is also reported to :mod:`diffusion_es.progress`.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -118,12 +120,14 @@ def over_seed_batches(seeds, shape, batch_size: int, device, run, callback=None,
     if not seeds:
         raise ValueError("no seeds given: sample at least one")
     out = []
-    for start in range(0, len(seeds), batch_size):
-        batch = seeds[start:start + batch_size]
-        noise = SeedNoise(batch, shape, device)
-        cb = None if callback is None else (lambda info, b=batch: callback(info, b))
-        with torch.no_grad():
-            out.append(run(noise, cb).cpu())
-        if progress is not None:
-            progress(len(batch))
+    with _task(len(seeds)):  # (shown where a caller tracks it: diffusion_es.progress)
+        for start in range(0, len(seeds), batch_size):
+            batch = seeds[start:start + batch_size]
+            noise = SeedNoise(batch, shape, device)
+            cb = None if callback is None else (lambda info, b=batch: callback(info, b))
+            with torch.no_grad():
+                out.append(run(noise, cb).cpu())
+            if progress is not None:
+                progress(len(batch))
+            _advance(len(batch))
     return torch.cat(out)

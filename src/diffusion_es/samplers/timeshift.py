@@ -5,7 +5,7 @@ Idea: a sample produced by the model's own earlier steps is not distributed like
 timestep; its noise level usually fits a *neighbouring* timestep better. TS keeps the sampler and only changes the
 timestep at which the network is asked, and from which the next update starts.
 
-The rule implemented here (per sample, so a sample depends only on its own seed, never on its batch):
+The rule implemented here (per sample: a sample's choice never uses the other samples of its batch):
 
 1. The chain walks the nominal (respaced) timesteps ``t_{N-1} > … > t_0``. The current state ``x`` is believed to
    be at timestep ``s_k`` (``s_{N-1} = t_{N-1}``): the network is evaluated at ``σ(s_k)`` and the update goes from
@@ -34,7 +34,7 @@ rules, noise protocol and ES keying are theirs.
 Callback: one :class:`StepInfo` per step. ``sigma`` and ``t`` are the nominal ones at steps where the rule is off
 (window 1, the first step, below the cutoff); otherwise ``t`` is a float64 tensor (B,) of the timesteps actually
 used and ``sigma`` the nominal σ, with ``x`` chosen so that ``info.x_vp`` is the exact VP state; ``denoised`` and
-``eps`` are exact. The variance is taken per sample (not over the batch), so a sample depends only on its seed.
+``eps`` are exact. The variance is taken per sample (not over the batch), so no sample's timestep depends on the others.
 """
 
 from __future__ import annotations

@@ -1,0 +1,175 @@
+"""The Python API refuses what the CLI refuses and keeps λ in half precision (issue 14); λ schedule files record
+the sampling setting they were made for, and a mismatch is refused unless told how to adapt (issue 14)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from diffusion_es.core.analytic import GaussianDenoiser
+from diffusion_es.core.param import FnDenoiser
+from diffusion_es.core.scaling import (Linear, PerStep, Uniform, adapt_schedule, load_schedule, read_schedule,
+                                       save_schedule, schedule_mismatch)
+from diffusion_es.samplers import check_seeds, sample
+
+DEN = GaussianDenoiser((2,), std=0.5)
+
+
+# ---- seeds -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seeds, msg", [
+    ([1.5], "whole numbers"), ([np.float64(2.0)], "whole numbers"), (["3"], "whole numbers"), ([True], "whole"),
+    ([1, 1], "distinct"), ([-1], "lie in"), ([2**63], "lie in"), ([], "no seeds"),
+])
+def test_check_seeds_refuses_what_the_cli_refuses(seeds, msg):
+    with pytest.raises(ValueError, match=msg):
+        check_seeds(seeds)
+    with pytest.raises(ValueError, match=msg):  # and so does sample(), before any work
+        sample(DEN, "ddim", 2, (2,), seeds)
+
+
+def test_check_seeds_accepts_whole_numbers_of_any_integer_type():
+    assert check_seeds([np.int64(3), 0, 2**63 - 1, np.uint8(7)]) == [3, 0, 2**63 - 1, 7]
+    assert check_seeds(range(3)) == [0, 1, 2]
+
+
+# ---- es as a number, non-finite samples ------------------------------------------------------------------------------
+def test_sample_takes_a_number_for_uniform_es():
+    base = sample(DEN, "ddim", 4, (2,), range(8))
+    a = sample(DEN, "ddim", 4, (2,), range(8), es=1.01)
+    b = sample(DEN, "ddim", 4, (2,), range(8), es=Uniform(1.01))
+    assert torch.equal(a, b) and not torch.equal(a, base)
+    assert torch.equal(sample(DEN, "ddim", 4, (2,), range(8), es=1), base)  # λ = 1 is the baseline bit for bit
+    for bad in (0.0, float("nan"), -1.0):
+        with pytest.raises(ValueError, match="finite and > 0"):
+            sample(DEN, "ddim", 4, (2,), range(8), es=bad)
+
+
+@pytest.mark.parametrize("opts, msg", [({"S_noise": float("nan")}, "S_noise"), ({"S_tmax": float("nan")}, "S_tmax"),
+                                       ({"S_churn": float("inf")}, "S_churn"), ({"S_tmin": 2.0, "S_tmax": 1.0}, "S_tmax")])
+def test_sampler_options_are_checked_before_any_work(opts, msg):
+    with pytest.raises(ValueError, match=msg):
+        sample(DEN, "euler", 3, (2,), range(4), **opts)
+
+
+def test_sample_refuses_non_finite_results():
+    broken = FnDenoiser(lambda x, sigma: x * float("nan"))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        sample(broken, "euler", 3, (2,), range(4))
+
+
+# ---- half precision: λ is never rounded to the network's dtype ------------------------------------------------------
+class _HalfNet(nn.Module):
+    """An EDM-style denoiser computing in a half dtype (as a bf16/fp16 network does)."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x, sigma):
+        return (x.to(self.dtype) * 0.6 + 0.25).to(self.dtype)
+
+
+@pytest.mark.parametrize("dtype, lam", [(torch.bfloat16, 1.003), (torch.float16, 1.0005)])
+def test_kdiffusion_wrapper_keeps_lambda_in_half_precision(dtype, lam):
+    from diffusion_es.adapters.kdiffusion import EpsilonScaledDenoiser
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(256, 3, 4, 4, generator=g) * 8).to(dtype)
+    sigma = torch.full((256,), 2.0, dtype=dtype)
+    net = _HalfNet(dtype)
+    D = net(x, sigma)
+    out = EpsilonScaledDenoiser(net, Uniform(lam))(x, sigma)
+    assert out.dtype == dtype
+    # λ and the division in float32, only the result rounded to the network's dtype
+    expected = (x.float() - (x.float() - D.float()) / lam).to(dtype)
+    assert torch.equal(out, expected)
+    # what casting λ to the dtype would give: bf16(1.003) = 1.0 (ES silently off), fp16(1.0005) = 1.00098
+    lam_rounded = float(torch.tensor(lam, dtype=dtype))
+    assert lam_rounded != lam
+    rounded = (x.float() - (x.float() - D.float()) / lam_rounded).to(dtype)
+    assert not torch.equal(out, rounded)
+    if dtype == torch.bfloat16:
+        assert not torch.equal(out, D)  # ES is on (with λ rounded to bf16 it would be the model's own output)
+
+
+# ---- schedule files: what they were made for ----------------------------------------------------------------------
+def test_schedule_file_records_its_setting(tmp_path):
+    p = tmp_path / "lam.json"
+    save_schedule(p, Linear(0.01, 1.0), sampler="ddim", steps=20, spacing="adm", calibration={"gain": -0.1})
+    raw = json.loads(p.read_text())
+    assert raw["made_for"] == {"sampler": "ddim", "steps": 20, "spacing": "adm"} and raw["calibration"]["gain"] == -0.1
+    sched, made_for = read_schedule(p)
+    assert sched == Linear(0.01, 1.0) and made_for == raw["made_for"] and load_schedule(p) == sched
+    save_schedule(p, Uniform(1.01))  # a bare schedule: made for nothing in particular
+    assert read_schedule(p) == (Uniform(1.01), None)
+    with pytest.raises(ValueError, match="steps >= 1"):
+        save_schedule(p, Uniform(1.01), sampler="ddim")
+
+
+def test_schedule_mismatch():
+    made = {"sampler": "ddim", "steps": 20, "spacing": "adm"}
+    assert schedule_mismatch(made, "ddim", 20, "adm") == ""
+    assert schedule_mismatch(None, "ddpm", 100) == ""
+    assert schedule_mismatch(made, "ddpm", 100, "adm") == "sampler ddim, not ddpm; 20 steps, not 100"
+    assert schedule_mismatch(made, "ddim", 20, "linspace") == "spacing adm, not linspace"
+    assert schedule_mismatch(made, "ddim", 20, None) == ""  # an EDM sampler has no spacing
+
+
+def test_adapt_schedule():
+    lin = Linear(0.01, 1.0)  # λ from 1.19 (first of 20 steps) to 1.0 (last)
+    s = adapt_schedule(lin, 20, 100, "stretch")
+    np.testing.assert_allclose(s.values(100)[[0, -1]], lin.values(20)[[0, -1]], rtol=1e-14)
+    np.testing.assert_allclose(np.diff(s.values(100)), -0.01 * 19 / 99, rtol=1e-12)
+    assert adapt_schedule(lin, 20, 100, "index") == lin  # λ_t = k t + b for t = 99 .. 0
+    assert adapt_schedule(lin, 20, 1, "stretch") == Uniform(1.0)
+    assert adapt_schedule(Uniform(1.02), 20, 5, "stretch") == Uniform(1.02)
+    ps = PerStep([1.1, 1.05, 1.0])
+    np.testing.assert_allclose(adapt_schedule(ps, 3, 5, "stretch").values(5), [1.1, 1.075, 1.05, 1.025, 1.0])
+    with pytest.raises(ValueError, match="stretch it instead"):
+        adapt_schedule(ps, 3, 5, "index")
+    with pytest.raises(ValueError, match="adapt must be one of"):
+        adapt_schedule(lin, 20, 10, "squeeze")
+
+
+def test_cli_refuses_a_schedule_made_for_another_setting_unless_told(tmp_path, capsys):
+    from diffusion_es.cli import main
+
+    lam = tmp_path / "lam.json"
+    save_schedule(lam, Linear(0.01, 1.0), sampler="ddim", steps=4, spacing="adm")
+    run = ["sample", "--model", "default", "--sampler", "ddim", "--seeds", "0-3", "--no-progress"]
+    assert main([*run, "--steps", "8", "--es-schedule", str(lam), "--out", str(tmp_path / "a.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "made for ddim with 4 steps (4 steps, not 8)" in err[0] and "--es-adapt" in err[0]
+    assert not any(tmp_path.glob("a.npz*"))
+    assert main([*run, "--steps", "8", "--es-schedule", str(lam), "--es-adapt", "stretch",
+                 "--out", str(tmp_path / "a.npz")]) == 0
+    k = 0.01 * 3 / 7  # the stretched slope: same λ at the first and the last step
+    assert main([*run, "--steps", "8", "--es-linear", f"{k!r},1.0", "--out", str(tmp_path / "b.npz")]) == 0
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
+    assert main([*run, "--steps", "4", "--es-schedule", str(lam), "--out", str(tmp_path / "c.npz")]) == 0
+
+
+def test_calibrate_writes_what_the_schedule_was_made_for(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    from diffusion_es.cli import main
+
+    cal = importlib.import_module("diffusion_es.diagnostics.calibrate")  # (the package re-exports the function)
+
+    def fake(den, sampler, steps, shape, metric, **kw):  # a significant result without the search
+        return cal.CalibrationResult(kind="uniform", sampler=sampler, steps=steps, metric="m",
+                                     schedule=Uniform(1.01).to_dict(), candidate=Uniform(1.01).to_dict(),
+                                     significant=True, gain=-0.1, gain_ci=(-0.2, -0.05), gain_per_set=[-0.1],
+                                     baseline_val=[1.0], best_val=[0.9], lam_spread=0.0, message="ok")
+
+    monkeypatch.setattr(cal, "calibrate", fake)
+    lam = tmp_path / "lam.json"
+    assert main(["calibrate", "--model", "default", "--sampler", "heun", "--steps", "7", "--out", str(lam),
+                 "--no-progress"]) == 0
+    assert json.loads(lam.read_text())["made_for"] == {"sampler": "heun", "steps": 7}  # EDM: no spacing
+    assert main(["calibrate", "--model", "default", "--sampler", "ddpm", "--steps", "7", "--spacing", "linspace",
+                 "--out", str(lam), "--no-progress"]) == 0
+    assert json.loads(lam.read_text())["made_for"] == {"sampler": "ddpm", "steps": 7, "spacing": "linspace"}

@@ -1,0 +1,157 @@
+"""`sample`'s outputs (issue 17 item 1, issue 14 concurrency): a folder of PNGs (one per seed, EDM's
+``seed%06d.png``) holding exactly the images of the ``.npz``; ``--rgb``; `fid` / `fid-ref` read both forms alike;
+a killed run resumes to the same files; one writer per output; no hidden temporary files left behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffusion_es.cli import main
+from diffusion_es.io import load_images, read_png
+
+COMMON = ["sample", "--model", "default", "--sampler", "ddim", "--steps", "3", "--seeds", "0-9", "--batch-size", "4",
+          "--shard-size", "4", "--no-progress"]
+
+
+def _hidden(d: Path) -> list:
+    return sorted(str(p) for p in d.rglob(".*") if not p.name.endswith(".lock"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("outs")
+    assert main([*COMMON, "--out", str(d / "s.npz")]) == 0
+    assert main([*COMMON, "--out", str(d / "pngs") + "/"]) == 0
+    assert main([*COMMON, "--out", str(d / "rgb"), "--rgb", "--grid", str(d / "g.png")]) == 0
+    assert main([*COMMON, "--out", str(d / "rgb.npz"), "--rgb"]) == 0
+    return d
+
+
+def test_png_folder_layout(runs):
+    names = sorted(p.name for p in (runs / "pngs").iterdir())
+    assert names == [f"seed{s:06d}.png" for s in range(10)]  # one file per seed, EDM's names, nothing else
+    assert not (runs / "pngs.parts").exists() and not (runs / "s.npz.parts").exists()  # markers/shards removed
+    assert _hidden(runs) == []
+    with np.load(runs / "s.npz") as f:
+        arr, seeds = f["arr_0"], f["seeds"]
+    np.testing.assert_array_equal(seeds, np.arange(10))
+    for s in range(10):  # the PNG of a seed is that seed's row of the .npz, byte for byte
+        np.testing.assert_array_equal(read_png(runs / "pngs" / f"seed{s:06d}.png"), arr[s])
+    np.testing.assert_array_equal(load_images(runs / "pngs"), arr)
+
+
+def test_rgb_output_repeats_the_grey_channel(runs):
+    grey = load_images(runs / "s.npz")
+    for name in ("rgb", "rgb.npz"):
+        rgb = load_images(runs / name)
+        assert rgb.shape == (10, 8, 8, 3)
+        np.testing.assert_array_equal(rgb, np.repeat(grey, 3, axis=-1))
+    assert (runs / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fid_and_fid_ref_read_both_forms_alike(runs, tmp_path, capsys):
+    import json
+
+    ref = tmp_path / "held.npz"
+    assert main(["fid-ref", "--data", "digits", "--split", "heldout", "--out", str(ref), "--no-progress"]) == 0
+    capsys.readouterr()
+    fds = []
+    for samples in ("s.npz", "pngs", "rgb", "rgb.npz"):  # grey stored as RGB is the same image
+        assert main(["fid", str(runs / samples), "--ref", str(ref), "--json", "--no-progress"]) == 0
+        fds.append(json.loads(capsys.readouterr().out)["fd"])
+    assert fds[0] == fds[1] == fds[2] == fds[3], fds
+    for i, data in enumerate(("s.npz", "pngs")):
+        assert main(["fid-ref", "--data", str(runs / data), "--out", str(tmp_path / f"r{i}.npz"), "--json",
+                     "--no-progress"]) == 0
+        assert json.loads(capsys.readouterr().out)["image_shape"] == [8, 8, 1]
+    with np.load(tmp_path / "r0.npz") as a, np.load(tmp_path / "r1.npz") as b:
+        np.testing.assert_array_equal(a["mu"], b["mu"])
+        np.testing.assert_array_equal(a["sigma"], b["sigma"])
+
+
+def test_killed_png_run_resumes_to_the_same_files(runs, tmp_path, monkeypatch):
+    import diffusion_es.samplers as samplers
+
+    real = samplers.sample
+    calls = []
+
+    def dies_on_the_second_chunk(*a, **kw):
+        calls.append(list(a[4]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(samplers, "sample", dies_on_the_second_chunk)
+    out = tmp_path / "p"
+    assert main([*COMMON, "--out", str(out)]) == 130
+    assert sorted(p.name for p in out.iterdir()) == [f"seed{s:06d}.png" for s in range(4)]  # the first chunk
+    assert _hidden(tmp_path) == []
+    calls.clear()
+
+    def counts(*a, **kw):
+        calls.append(list(a[4]))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(samplers, "sample", counts)
+    assert main([*COMMON, "--out", str(out)]) == 0
+    assert calls == [[4, 5, 6, 7], [8, 9]]  # only what was missing
+    for s in range(10):
+        assert (out / f"seed{s:06d}.png").read_bytes() == (runs / "pngs" / f"seed{s:06d}.png").read_bytes()
+    assert not (tmp_path / "p.parts").exists()
+
+
+def test_png_folder_with_other_files_is_refused(tmp_path, capsys):
+    out = tmp_path / "p"
+    out.mkdir()
+    (out / "seed999999.png").write_bytes(b"an older run's sample")
+    assert main([*COMMON, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not this run's samples (seed999999.png" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["seed999999.png"] and not (tmp_path / "p.parts").exists()
+
+
+def test_second_writer_is_refused_and_debris_of_a_killed_writer_is_removed(tmp_path, capsys):
+    from diffusion_es.store import output_lock
+
+    out = tmp_path / "s.npz"
+    with output_lock(out):  # another process writing this output (flock: also held against this process)
+        assert main([*COMMON, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another diffusion-es process is writing this output now" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before any shard or lock file stays
+    # leftovers of a writer killed by SIGKILL inside its atomic writes
+    (tmp_path / ".s.npz.abc123.tmp.npz").write_bytes(b"half")
+    (tmp_path / "s.npz.parts").mkdir()
+    (tmp_path / "s.npz.parts" / ".seeds0-3-x.npz.def.tmp.npz").write_bytes(b"half")
+    assert main([*COMMON, "--out", str(out)]) == 0
+    assert _hidden(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_leaves_no_temporary_files(tmp_path):
+    """`kill PID` while shards are being written: the command ends like Ctrl-C (exit 130), its atomic writers
+    remove their temporary files, and the finished shards stay for the resume."""
+    import diffusion_es
+
+    env = {**os.environ, "PYTHONPATH": str(Path(diffusion_es.__file__).resolve().parents[1])}
+    out = tmp_path / "s.npz"
+    p = subprocess.Popen([sys.executable, "-m", "diffusion_es", "sample", "--model", "default", "--sampler", "ddpm",
+                          "--steps", "20", "--seeds", "0-99999", "--batch-size", "8", "--shard-size", "8",
+                          "--threads", "1", "--no-progress", "--out", str(out)],
+                         env=env, stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / "s.npz.parts"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (parts.is_dir() and any(parts.glob("seeds*.npz"))):
+        time.sleep(0.2)
+    assert p.poll() is None, p.stderr.read()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert _hidden(tmp_path) == [] and any(parts.glob("seeds*.npz")) and not out.exists()
