@@ -64,20 +64,34 @@ def check_seeds(seeds) -> list:
 class SeedNoise:
     """Noise that depends only on each sample's seed, never on the batch it is drawn in.
 
-    One ``torch.Generator`` per seed. Its first draw is the initial noise ``z`` (shape ``shape``); every later draw
-    is step noise, drawn per seed in blocks of ``NOISE_BLOCK`` steps. Baseline and ES runs with the same seeds
-    therefore see identical noise. Draws are float32 (the field's convention) returned as float64.
+    One ``torch.Generator`` (CPU) per seed. Its first draw is the initial noise ``z`` (shape ``shape``); every later
+    draw is step noise, drawn per seed in blocks of ``NOISE_BLOCK`` steps (one draw of shape
+    ``(NOISE_BLOCK, *shape)`` per seed and block). Baseline and ES runs with the same seeds therefore see identical
+    noise. Draws are float32 (the field's convention) returned as float64 on ``device``, a fresh tensor per call.
+
+    That protocol defines every stochastic sample; *how* the draws are made is free as long as no byte changes
+    (``tests/test_seed_noise.py`` checks this against the protocol written out literally). Each seed's row is
+    filled in place with ``Tensor.normal_`` on its own generator, which is what ``torch.randn(..., generator=g)``
+    runs inside, without its per-call argument handling (the fixed cost that dominated small draws). On CUDA a
+    block is drawn into pinned memory and copied to the device once, in float32 and asynchronously; each step is
+    then gathered and cast to float64 on the device.
     """
 
     def __init__(self, seeds: Sequence[int], shape: Sequence[int], device="cpu"):
         self.seeds = [int(s) for s in seeds]
         self.shape = tuple(int(d) for d in shape)
         self.device = torch.device(device)
+        self._pin = self.device.type == "cuda" and torch.cuda.is_available()
         self._gens = [torch.Generator().manual_seed(s) for s in self.seeds]
-        self._z = torch.empty((len(self.seeds), *self.shape))
-        for k, g in enumerate(self._gens):
-            torch.randn(self.shape, generator=g, out=self._z[k])
+        self._z = self._draw(self.shape)
         self._block_start, self._block = None, None
+
+    def _draw(self, shape) -> torch.Tensor:
+        """One float32 draw of ``shape`` per seed, stacked ``(B, *shape)``; row k comes from seed k's generator."""
+        out = torch.empty((len(self.seeds), *shape), pin_memory=self._pin)
+        for row, g in zip(out.unbind(0), self._gens):
+            row.normal_(generator=g)  # = torch.randn(shape, generator=g, out=row): rows are contiguous
+        return out
 
     def initial(self) -> torch.Tensor:
         return self._z.to(self.device, torch.float64)
@@ -90,11 +104,10 @@ class SeedNoise:
                 raise RuntimeError("step noise must be requested in increasing step order")
             while self._block_start is None or self._block_start < start:
                 # draw (and, if steps were skipped, discard) blocks so the stream position depends only on i
-                if self._block is None:
-                    self._block = torch.empty((len(self.seeds), NOISE_BLOCK, *self.shape))
-                for k, g in enumerate(self._gens):
-                    torch.randn((NOISE_BLOCK, *self.shape), generator=g, out=self._block[k])
+                self._block = self._draw((NOISE_BLOCK, *self.shape))
                 self._block_start = 0 if self._block_start is None else self._block_start + NOISE_BLOCK
+            if self._pin:  # one float32 copy per block, asynchronous from pinned memory
+                self._block = self._block.to(self.device, non_blocking=True)
         return self._block[:, i - start].to(self.device, torch.float64)
 
 
