@@ -44,8 +44,9 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_initial_and_step_noise_are_the_protocols_bytes(shape):
-    ours, ref = SeedNoise(SEEDS, shape), _ProtocolNoise(SEEDS, shape)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_initial_and_step_noise_are_the_protocols_bytes(shape, workers):
+    ours, ref = SeedNoise(SEEDS, shape, workers=workers), _ProtocolNoise(SEEDS, shape)
     assert ours.initial().dtype == torch.float64
     assert _same(ours.initial(), ref.initial())
     for i in range(3 * NOISE_BLOCK + 2):
@@ -53,8 +54,10 @@ def test_initial_and_step_noise_are_the_protocols_bytes(shape):
 
 
 @pytest.mark.parametrize("steps", [[0, 1, 7, 8, 20], [5], [9, 10, 40], [0, 0, 3, 3, 31, 32]], ids=str)
-def test_skipped_and_repeated_steps_keep_the_stream_aligned(steps):
-    ours, ref = SeedNoise(SEEDS, (2, 3)), _ProtocolNoise(SEEDS, (2, 3))
+@pytest.mark.parametrize("workers", [0, 1, 3, 16])
+def test_skipped_and_repeated_steps_keep_the_stream_aligned(steps, workers):
+    """With threads drawing ahead (more threads than seeds too), skipping whole blocks still draws them in order."""
+    ours, ref = SeedNoise(SEEDS, (2, 3), workers=workers), _ProtocolNoise(SEEDS, (2, 3))
     for i in steps:
         assert _same(ours(i), ref(i)), i
 
@@ -69,6 +72,18 @@ def test_step_noise_is_a_fresh_tensor():
     z = n.initial()
     z.zero_()
     assert _same(n.initial(), _ProtocolNoise([3, 4], (5,)).initial())
+
+
+def test_workers_default_and_close():
+    assert common.default_noise_workers("cpu") == 0 and common.default_noise_workers("meta") >= 1
+    with pytest.raises(ValueError):
+        SeedNoise([1], (2,), workers=-1)
+    n, ref = SeedNoise(SEEDS, (3,), workers=2), _ProtocolNoise(SEEDS, (3,))
+    assert _same(n(9), ref(9))           # block 8..15 in use, block 16..23 being drawn ahead
+    n.close()                            # drops the block drawn ahead
+    assert _same(n(12), ref(12))         # the current block stays available
+    with pytest.raises(RuntimeError, match="closed"):
+        n(16)
 
 
 SCH = VPSchedule.linear()
@@ -88,8 +103,11 @@ class _Eps(torch.nn.Module):
                                         ("heun", dict(S_churn=5.0, S_noise=1.003))])
 def test_samples_are_unchanged_through_the_samplers(sampler, kw, monkeypatch):
     den = VPDenoiser(_Eps(), SCH)
-    args = (den, sampler, 11, (4,), [5, 9, 2**40, 77])
+    args = (den, sampler, 19, (4,), [5, 9, 2**40, 77])
     ours = sample(*args, schedule=SCH, batch_size=3, **kw)
+    monkeypatch.setattr(common, "default_noise_workers", lambda device: 2)  # the accelerator path, on the CPU
+    threaded = sample(*args, schedule=SCH, batch_size=3, **kw)
     monkeypatch.setattr(common, "SeedNoise", _ProtocolNoise)
+    monkeypatch.setattr(_ProtocolNoise, "close", lambda self: None, raising=False)
     ref = sample(*args, schedule=SCH, batch_size=3, **kw)
-    assert _same(ours, ref)
+    assert _same(ours, ref) and _same(threaded, ref)
