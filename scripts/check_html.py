@@ -7,10 +7,10 @@ Static checks (always, no browser): every ``<img>`` carries an inlined ``data:im
 to a PNG with a non-zero size; every ``<table>`` sits in its scrolling box (``<div class='table-wrap'>``); the page
 declares a viewport.
 
-Browser checks (when Chromium is installed: ``chromium``, ``chromium-browser``, ``google-chrome`` or ``$CHROMIUM``;
-``--static`` skips them): the page is loaded headless at each ``--width`` (default 1400 and 800 px) with a small
-script added to a temporary copy, which reports from the DOM after the load event (read back via
-``--dump-dom``): every image loaded with a non-zero natural size and is no wider than the page; no table is wider
+Browser checks (when Chromium is installed: ``chromium``, ``chromium-browser``, ``chromium-headless-shell``,
+``google-chrome`` or ``$CHROMIUM``; ``--static`` skips them): the page is loaded headless at each ``--width``
+(default 1400 and 800 px) with a small script added to a temporary copy, which reports from the DOM after the load
+event (read back via ``--dump-dom``): every image loaded with a non-zero natural size and is no wider than the page; no table is wider
 than the viewport (so none needs its sideways scroll at these widths); the page itself never scrolls sideways; no
 text is set below 12 px. ``--screenshots DIR`` also writes full-page PNGs (``<name>_<width>.png``) to look at.
 
@@ -64,7 +64,8 @@ window.addEventListener('load', () => {
 
 
 def find_chromium():
-    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "chromium-headless-shell",
+                 "google-chrome"):
         if name and shutil.which(name):
             return shutil.which(name)
     return None

@@ -1,7 +1,8 @@
 """The HTML reports as pages people open: figures inlined and decodable, tables in their scrolling box, a viewport,
-anchors and a contents list; and, when Chromium is installed, the same page rendered headless (``scripts/check_html.py``):
-every image loaded with a non-zero natural size, no table wider than the viewport, no sideways scroll, no tiny text.
-Without Chromium the static half still runs on the committed reports and on freshly rendered blocks."""
+anchors and a contents list; and, when Chromium is installed, the same page rendered headless
+(``scripts/check_html.py``): every image loaded with a non-zero natural size, no table wider than the viewport, no
+sideways scroll, no tiny text. Without Chromium the static half still runs on the committed reports and on freshly
+rendered blocks."""
 
 import importlib.util
 import re
@@ -18,6 +19,8 @@ _spec = importlib.util.spec_from_file_location("check_html", ROOT / "scripts" / 
 check_html = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check_html)
 CHROMIUM = check_html.find_chromium()
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium): "
+                                                             "browser checks skipped, static checks still run")
 
 
 def _png(path: Path, w=320, h=120) -> None:
@@ -34,8 +37,8 @@ def _png(path: Path, w=320, h=120) -> None:
 
 def _blocks(wide_cols=12):
     wide = [[f"column {j} with a long header" for j in range(wide_cols)]]
-    wide += [[f"{1000 * i + j:.3f} → {1000 * i + j + 0.5:.3f} (λ 1.0{j}, +1.2 % [-3.4, +5.6])" for j in range(wide_cols)]
-             for i in range(3)]
+    wide += [[f"{1000 * i + j:.3f} → {1000 * i + j + 0.5:.3f} (λ 1.0{j}, +1.2 % [-3.4, +5.6])"
+              for j in range(wide_cols)] for i in range(3)]
     return [("h1", "A report"), ("p", "Lead paragraph with `code` and **bold**."),
             ("h2", "First section"), ("p", "text"), ("table", [["a", "b"], [1, 2]]),
             ("h3", "A sub-section"), ("img", "fig.png", "a figure"),
@@ -97,7 +100,7 @@ def test_cli_static_mode_and_bad_usage(page, capsys):
     assert check_html.main([str(page.parent / "missing.html")]) == 2
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium): browser checks skipped")
+@needs_chromium
 def test_page_in_a_headless_browser(page):
     """Rendered for real: the figure loads, the 12-column table scrolls inside its box at 800 px (so the page does
     not), and the same table without its box is caught spilling past the viewport."""
@@ -115,7 +118,7 @@ def test_page_in_a_headless_browser(page):
     assert any("scrolls sideways" in p for p in r2["problems"])
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium): browser checks skipped")
+@needs_chromium
 def test_committed_compare_report_in_a_headless_browser():
     r = check_html.check(DOCS_PAGES[1], widths=(1400,))
     assert r["problems"] == [], r["problems"]

@@ -77,7 +77,8 @@ def _noise_pool(workers: int) -> ThreadPoolExecutor:
         if _POOL is None or _POOL_SIZE < workers:
             if _POOL is not None:
                 _POOL.shutdown(wait=False)  # its queued work still runs; new work goes to the larger pool
-            _POOL, _POOL_SIZE = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="diffusion-es-noise"), workers
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="diffusion-es-noise")
+            _POOL_SIZE = workers
         return _POOL
 
 
