@@ -1,16 +1,31 @@
-"""How much do the sampling loop and Epsilon Scaling cost on top of the network?
+"""How much do the sampling loop, its per-seed noise and Epsilon Scaling cost on top of the network?
 
 Prints, in one run on the same inputs (a fixed residual MLP ε-network, dim 64, batch 256, float32 network,
-float64 loop, CPU):
+float64 loop, CPU), for ddpm, ddim, euler and heun:
 
-(a) sampling wall time with ES ÷ without (target ≤ 1.01);
-(b) sampler wall time ÷ (NFE × time of one network evaluation)  (target ≤ 1.05),
+(a) sampling time with ES ÷ without                                   (target ≤ 1.01);
+(b) sampler time ÷ (NFE × time of one network evaluation)              (target ≤ 1.05),
 
-for ddpm, ddim, euler and heun, as medians over repeats (runs interleaved so drift hits both sides alike).
-``--breakdown`` also times the pieces of the loop that are not the network (per-seed noise, the σ → t map and
-dtype casts of VPDenoiser, the ES wrapper), so a missed target points at its cause.
+and, as fractions of NFE × network, where the rest goes:
+
+(b′) the same run ÷ the time its own network calls took, timed inside the run (the network wrapped in a stopwatch):
+     network and the rest then see the same load and cache state, so on a busy box this is the stabler split;
+(c) the loop with a free network (everything but the network: per-seed noise, σ → t, casts, the update);
+(d) the per-seed noise alone (SeedNoise: generators, initial noise, and the step noise that sampler draws).
+
+Timing protocol (the box is shared; see docs/benchmarks.md): every round times, per sampler and in a rotating order,
+the network alone called NFE times on a fixed input, the sampler without ES and with ES, the sampler with a free
+network and the noise alone, so they see the same load; a ratio is taken within each round and the median over
+``--repeats`` rounds is printed (medians of the raw times too). Every contender is timed twice: wall clock and the
+process's CPU time (``--clock``). On a box shared with other jobs, wall time also counts the time the process waits
+for a core, which does not cancel in a ratio when the load changes within a round; with one torch thread the CPU
+time is the work itself, so ``--clock cpu`` (the default) is the number to compare between runs and commits,
+while ``--clock wall`` is what a user waits on a quiet machine. ``--breakdown`` also times VPDenoiser's own work
+and the ES wrapper.
 
     python benchmarks/bench_sampling.py [--threads 1] [--steps 20] [--repeats 7] [--breakdown] [--json]
+
+Measured results are recorded in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ import torch
 from torch import nn
 
 from diffusion_es.core.param import VPDenoiser
+from diffusion_es.samplers import SAMPLERS as REGISTRY
 from diffusion_es.samplers import SamplingPlan, SeedNoise, sample
 from diffusion_es.core.scaling import Uniform, epsilon_scaled
 from diffusion_es.core.schedules import VPSchedule
@@ -53,13 +69,55 @@ class ResMLP(nn.Module):
         return self.out(h)
 
 
-def _median_time(fn, repeats):
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+class TimedNet(nn.Module):
+    """The network with a stopwatch: adds up the time spent in its own calls (wall and process CPU), so a sampling
+    run can be split into network and everything else *within the run* (same load, same cache state)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.spent = net, [0.0, 0.0]
+
+    def forward(self, x_t, t):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = self.net(x_t, t)
+        self.spent[0] += time.perf_counter() - t0
+        self.spent[1] += time.process_time() - c0
+        return out
+
+
+class FreeNet(nn.Module):
+    """A network that costs nothing (returns its input as ε): what is left of a sampling run is the loop's own
+    work. One float32 parameter so VPDenoiser casts exactly as it does for the real network."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_t, t):
+        return x_t
+
+
+def _time(fn):
+    """(wall seconds, process CPU seconds) of one call."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _median_time(fn, repeats, clock=0):
+    return statistics.median(_time(fn)[clock] for _ in range(repeats))
+
+
+def _noise_run(seeds, shape, steps, stochastic):
+    """The noise work of one run: generators and initial noise, plus one step-noise request per step if the
+    sampler draws step noise in this configuration."""
+    def run():
+        n = SeedNoise(seeds, shape)
+        n.initial()
+        if stochastic:
+            for i in range(steps):
+                n(i)
+    return run
 
 
 def main(argv=None):
@@ -68,10 +126,12 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=7, help="rounds (each times every contender once)")
     ap.add_argument("--lam", type=float, default=1.01)
     ap.add_argument("--samplers", default=",".join(SAMPLERS))
-    ap.add_argument("--breakdown", action="store_true", help="also time the non-network pieces of the loop")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="which time the ratios use: process CPU time (default; robust to a shared box) or wall")
+    ap.add_argument("--breakdown", action="store_true", help="also time VPDenoiser's work and the ES wrapper")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -79,89 +139,122 @@ def main(argv=None):
     torch.manual_seed(0)
     net = ResMLP(args.dim).eval()
     sch = VPSchedule.linear()
-    den = VPDenoiser(net, sch)
+    timed = TimedNet(net)
+    den, free = VPDenoiser(timed, sch), VPDenoiser(FreeNet(), sch)
     seeds = list(range(args.batch))
     shape = (args.dim,)
     es = Uniform(args.lam)
-
-    # one network evaluation, on a realistic input, no_grad as in the sampler
     x_t = torch.randn(args.batch, args.dim)
     t = torch.full((args.batch,), 500.0)
-    with torch.no_grad():
-        for _ in range(5):
-            net(x_t, t)
-        t_net = statistics.median(_median_time(lambda: net(x_t, t), 20) for _ in range(5))
+    names = args.samplers.split(",")
 
-    results = {"threads": args.threads, "batch": args.batch, "dim": args.dim, "steps": args.steps,
-               "lambda": args.lam, "t_net_ms": 1e3 * t_net, "samplers": {}}
-    for name in args.samplers.split(","):
+    contenders = {}  # (sampler, what) -> fn
+    nfes = {}
+    for name in names:
         kw = {"clip": False} if name in ("ddpm", "ddim") else {}
-        nfe = SamplingPlan(name, args.steps, sch).nfe
-        run_base = lambda: sample(den, name, args.steps, shape, seeds, schedule=sch, batch_size=args.batch, **kw)  # noqa
-        run_es = lambda: sample(den, name, args.steps, shape, seeds, schedule=sch, es=es,  # noqa: E731
-                                batch_size=args.batch, **kw)
-        run_base(), run_es()  # warm up
-        tb, te = [], []
-        for _ in range(args.repeats):  # interleaved
-            tb.append(_median_time(run_base, 1))
-            te.append(_median_time(run_es, 1))
-        base, with_es = statistics.median(tb), statistics.median(te)
-        r = {"nfe": nfe, "base_ms": 1e3 * base, "es_ms": 1e3 * with_es, "es_ratio": with_es / base,
-             "loop_ratio": base / (nfe * t_net), "loop_ratio_es": with_es / (nfe * t_net),
-             "overhead_ms_per_nfe": 1e3 * (base - nfe * t_net) / nfe}
+        nfe = nfes[name] = SamplingPlan(name, args.steps, sch).nfe
+        run = (lambda d, e=None, name=name, kw=kw:  # noqa: E731
+               sample(d, name, args.steps, shape, seeds, schedule=sch, es=e, batch_size=args.batch, **kw))
+        contenders[name, "net"] = lambda nfe=nfe: [net(x_t, t) for _ in range(nfe)]
+        contenders[name, "base"] = lambda run=run: run(den)
+        contenders[name, "base"].inside = True  # also split into network / rest from inside the run
+        contenders[name, "es"] = lambda run=run: run(den, es)
+        contenders[name, "free"] = lambda run=run: run(free)
+        contenders[name, "noise"] = _noise_run(seeds, shape, args.steps, REGISTRY[name].stochastic(kw))
+
+    both = {k: [] for k in contenders}
+    inside = {k: [] for k in contenders}  # (network time within the run, run time), per round
+    keys = list(contenders)
+    load_before = _loadavg()
+    with torch.no_grad():
+        for fn in contenders.values():  # warm-up
+            fn()
+        for r in range(args.repeats):
+            for k in keys[r % len(keys):] + keys[:r % len(keys)]:  # rotate: no contender always runs first
+                timed.spent = [0.0, 0.0]
+                both[k].append(_time(contenders[k]))
+                if getattr(contenders[k], "inside", False):
+                    inside[k].append(tuple(timed.spent))
+    clock = 1 if args.clock == "cpu" else 0
+    times = {k: [v[clock] for v in vs] for k, vs in both.items()}
+    other = {k: [v[1 - clock] for v in vs] for k, vs in both.items()}
+
+    med = statistics.median
+    t_net = med(v / nfes[n] for n in names for v in times[n, "net"])
+    results = {"threads": args.threads, "batch": args.batch, "dim": args.dim, "steps": args.steps,
+               "lambda": args.lam, "repeats": args.repeats, "clock": args.clock, "t_net_ms": 1e3 * t_net,
+               "load_average": f"{load_before} -> {_loadavg()}", "samplers": {}}
+    for name in names:
+        nfe = nfes[name]
+        net_r, base, with_es = times[name, "net"], times[name, "base"], times[name, "es"]
+        r = {"nfe": nfe, "net_x_nfe_ms": 1e3 * med(net_r), "base_ms": 1e3 * med(base), "es_ms": 1e3 * med(with_es),
+             "free_ms": 1e3 * med(times[name, "free"]), "noise_ms": 1e3 * med(times[name, "noise"]),
+             # ratios within a round (the same load), then the median over rounds
+             "es_ratio": med(e / b for e, b in zip(with_es, base)),
+             "loop_ratio": med(b / n for b, n in zip(base, net_r)),
+             # (b') the run over the time its own network calls took (timed inside the run)
+             "loop_ratio_inside": med(b[clock] / s[clock]
+                                      for b, s in zip(both[name, "base"], inside[name, "base"])),
+             "loop_ratio_es": med(e / n for e, n in zip(with_es, net_r)),
+             # fastest over fastest: the least disturbed runs of each (a check on the median on a busy box)
+             "loop_ratio_min": min(base) / min(net_r),
+             # the same ratio on the other clock, for reference
+             ("loop_ratio_wall" if clock else "loop_ratio_cpu"): med(
+                 b / n for b, n in zip(other[name, "base"], other[name, "net"]))}
+        r["overhead_ms_per_nfe"] = (r["base_ms"] - r["net_x_nfe_ms"]) / nfe
+        r["free_fraction"] = r["free_ms"] / r["net_x_nfe_ms"]
+        r["noise_fraction"] = r["noise_ms"] / r["net_x_nfe_ms"]
         if args.breakdown:
-            r["breakdown_ms"] = _breakdown(den, net, sch, name, args, seeds, shape, es)
+            r["breakdown_ms"] = _breakdown(net, sch, name, args, es)
         results["samplers"][name] = r
 
     if args.json:
         print(json.dumps(results, indent=2))
         return results
-    print(f"network: ResMLP(dim={args.dim}, 4x512) float32, batch {args.batch}, {args.threads} thread(s); "
-          f"one evaluation = {1e3 * t_net:.3f} ms (median)")
-    print(f"{'sampler':8} {'NFE':>4} {'base ms':>9} {'ES ms':>9} {'(a) ES/base':>12} {'(b) loop/NFE·net':>17} "
-          f"{'overhead/NFE':>13}")
+    print(f"network: ResMLP(dim={args.dim}, 4x512) float32, batch {args.batch}, {args.threads} thread(s), "
+          f"{args.steps} steps; one evaluation = {1e3 * t_net:.2f} ms ({args.clock} time, median); load average "
+          f"{results['load_average']}; medians over {args.repeats} interleaved rounds, {args.clock} time")
+    print(f"{'sampler':8} {'NFE':>4} {'NFE·net ms':>11} {'base ms':>9} {'ES ms':>9} {'(a) ES/base':>12} "
+          f"{'(b) loop/NFE·net':>17} {'(b′) inside':>11} {'(c) free loop':>14} {'(d) noise':>10}")
     for name, r in results["samplers"].items():
         flag_a = "ok" if r["es_ratio"] <= 1.01 else "MISS"
         flag_b = "ok" if r["loop_ratio"] <= 1.05 else "MISS"
-        print(f"{name:8} {r['nfe']:>4} {r['base_ms']:>9.2f} {r['es_ms']:>9.2f} {r['es_ratio']:>8.4f} {flag_a:>3} "
-              f"{r['loop_ratio']:>13.4f} {flag_b:>3} {r['overhead_ms_per_nfe']:>10.3f} ms")
+        print(f"{name:8} {r['nfe']:>4} {r['net_x_nfe_ms']:>11.1f} {r['base_ms']:>9.1f} {r['es_ms']:>9.1f} "
+              f"{r['es_ratio']:>8.4f} {flag_a:>3} {r['loop_ratio']:>13.4f} {flag_b:>3} "
+              f"{r['loop_ratio_inside']:>11.4f} "
+              f"{100 * r['free_fraction']:>12.2f} % {100 * r['noise_fraction']:>8.2f} %")
         if "breakdown_ms" in r:
             print("         non-network pieces (ms per run): " +
                   ", ".join(f"{k} {v:.3f}" for k, v in r["breakdown_ms"].items()))
-    print("targets: (a) <= 1.01, (b) <= 1.05")
+    oc = "wall" if clock else "cpu"
+    print("(b) from the fastest runs: " + ", ".join(f"{n} {r['loop_ratio_min']:.4f}"
+                                                   for n, r in results["samplers"].items()))
+    print(f"(b) on the {oc} clock: " + ", ".join(f"{n} {r[f'loop_ratio_{oc}']:.4f}"
+                                                  for n, r in results["samplers"].items()))
+    print("targets: (a) <= 1.01, (b) <= 1.05; (c), (d): ms per run as % of NFE x network")
     return results
 
 
-def _breakdown(den, net, sch, name, args, seeds, shape, es):
-    """Time the non-network work of one sampling run, piece by piece (ms per run)."""
+def _loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def _breakdown(net, sch, name, args, es):
+    """Time VPDenoiser's own work (σ → t, casts, D) and the ES wrapper on a free network (ms per run)."""
     plan = SamplingPlan(name, args.steps, sch)
     reps = max(3, args.repeats)
     out = {}
-    out["SeedNoise init (per-seed generators + z)"] = 1e3 * _median_time(lambda: SeedNoise(seeds, shape), reps)
-
-    def draws():
-        n = SeedNoise(seeds, shape)
-        for i in range(args.steps):
-            n(i)
-    if name in ("ddpm",):  # samplers that draw step noise in this configuration
-        out["step noise draws"] = 1e3 * _median_time(draws, reps) - out["SeedNoise init (per-seed generators + z)"]
-
-    x = torch.randn(args.batch, *shape, dtype=torch.float64)
+    x = torch.randn(args.batch, args.dim, dtype=torch.float64)
     sig = float(plan.sigmas[len(plan.sigmas) // 2])
-
-    class Null(nn.Module):  # VPDenoiser's own work with a free network
-        def __init__(self):
-            super().__init__()
-            self.p = nn.Parameter(torch.zeros(()))
-
-        def forward(self, x_t, t):
-            return x_t
-
-    vp_null = VPDenoiser(Null(), sch)
+    vp_free = VPDenoiser(FreeNet(), sch)
     with torch.no_grad():
-        t_vp = _median_time(lambda: [vp_null(x, sig) for _ in range(plan.nfe)], reps)
+        t_vp = _median_time(lambda: [vp_free(x, sig) for _ in range(plan.nfe)], reps)
         out["VPDenoiser wrap (σ→t, casts, D)"] = 1e3 * t_vp
-        wrapped = epsilon_scaled(vp_null, es, plan.sigmas)
+        wrapped = epsilon_scaled(vp_free, es, plan.sigmas)
         t_es = _median_time(lambda: [wrapped(x, sig) for _ in range(plan.nfe)], reps)
         out["ES wrapper extra"] = 1e3 * (t_es - t_vp)
     return out

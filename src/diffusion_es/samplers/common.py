@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -10,7 +13,8 @@ import torch
 from ..progress import advance as _advance, task as _task
 from ..core.param import sigma_to_flow_space, sigma_to_vp_space
 
-__all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches", "check_seeds", "MAX_SEED"]
+__all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches", "check_seeds", "MAX_SEED",
+           "default_noise_workers"]
 
 # Step noise is drawn per seed in blocks of this many steps. It is part of the noise protocol (changing it
 # changes every stochastic sample), so it is a constant, never derived from memory or batch size.
@@ -71,23 +75,89 @@ def check_seeds(seeds) -> list:
     return out
 
 
+_POOL: Optional[ThreadPoolExecutor] = None
+_POOL_SIZE = 0
+_POOL_LOCK = threading.Lock()
+
+
+def _noise_pool(workers: int) -> ThreadPoolExecutor:
+    """The shared threads that draw noise for SeedNoise(workers > 0) (created on first use, grown on demand)."""
+    global _POOL, _POOL_SIZE
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_SIZE < workers:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)  # its queued work still runs; new work goes to the larger pool
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="diffusion-es-noise")
+            _POOL_SIZE = workers
+        return _POOL
+
+
+def _fill(rows, gens) -> None:
+    for row, g in zip(rows, gens):
+        row.normal_(generator=g)  # = torch.randn(row.shape, generator=g, out=row): rows are contiguous
+
+
+def default_noise_workers(device) -> int:
+    """Threads drawing step noise ahead of the sampler: none on the CPU (the draws would compete with the network
+    for its cores), up to 4 when the network runs on an accelerator and the CPU would otherwise wait."""
+    if torch.device(device).type == "cpu":
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
 class SeedNoise:
     """Noise that depends only on each sample's seed, never on the batch it is drawn in.
 
-    One ``torch.Generator`` per seed. Its first draw is the initial noise ``z`` (shape ``shape``); every later draw
-    is step noise, drawn per seed in blocks of ``NOISE_BLOCK`` steps. Baseline and ES runs with the same seeds
-    therefore see identical noise. Draws are float32 (the field's convention) returned as float64.
+    One ``torch.Generator`` (CPU) per seed. Its first draw is the initial noise ``z`` (shape ``shape``); every later
+    draw is step noise, drawn per seed in blocks of ``NOISE_BLOCK`` steps (one draw of shape
+    ``(NOISE_BLOCK, *shape)`` per seed and block). Baseline and ES runs with the same seeds therefore see identical
+    noise. Draws are float32 (the field's convention) returned as float64 on ``device``, a fresh tensor per call.
+
+    That protocol defines every stochastic sample; *how* the draws are made is free as long as no byte changes
+    (``tests/test_seed_noise.py`` checks this against the protocol written out literally):
+
+    * each seed's row is filled in place with ``Tensor.normal_`` on its own generator, which is what
+      ``torch.randn(..., generator=g)`` runs inside, without its per-call argument handling (the fixed cost that
+      dominated small draws);
+    * with ``workers`` > 0 (default on an accelerator, see :func:`default_noise_workers`) the rows of a block are
+      split among that many threads, and the next block is drawn in the background as soon as the current one is
+      first used, so the CPU draws while the device computes. A generator is only ever used by one thread at a
+      time and its draws stay in order, so the bytes do not depend on ``workers``;
+    * on CUDA a block is drawn into pinned memory and copied to the device once, in float32 and asynchronously;
+      each step is then gathered and cast to float64 on the device.
     """
 
-    def __init__(self, seeds: Sequence[int], shape: Sequence[int], device="cpu"):
+    def __init__(self, seeds: Sequence[int], shape: Sequence[int], device="cpu", workers: Optional[int] = None):
         self.seeds = [int(s) for s in seeds]
         self.shape = tuple(int(d) for d in shape)
         self.device = torch.device(device)
+        self.workers = default_noise_workers(self.device) if workers is None else int(workers)
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        self._pin = self.device.type == "cuda" and torch.cuda.is_available()
         self._gens = [torch.Generator().manual_seed(s) for s in self.seeds]
-        self._z = torch.empty((len(self.seeds), *self.shape))
-        for k, g in enumerate(self._gens):
-            torch.randn(self.shape, generator=g, out=self._z[k])
-        self._block_start, self._block = None, None
+        self._z = self._wait(self._start(self.shape))
+        self._block_start, self._block, self._next, self._closed = None, None, None, False
+
+    def _start(self, shape):
+        """Begin one float32 draw of ``shape`` per seed into ``(B, *shape)`` (row k from seed k's generator)."""
+        out = torch.empty((len(self.seeds), *shape), pin_memory=self._pin)
+        rows = out.unbind(0)
+        if self.workers == 0 or not rows:
+            _fill(rows, self._gens)
+            return out, []
+        n = len(rows)
+        w = min(self.workers, n)
+        cuts = [n * k // w for k in range(w + 1)]  # contiguous runs of seeds, one per thread
+        pool = _noise_pool(w)
+        return out, [pool.submit(_fill, rows[a:b], self._gens[a:b]) for a, b in zip(cuts, cuts[1:])]
+
+    @staticmethod
+    def _wait(draw) -> torch.Tensor:
+        out, futures = draw
+        for f in futures:
+            f.result()
+        return out
 
     def initial(self) -> torch.Tensor:
         return self._z.to(self.device, torch.float64)
@@ -96,16 +166,31 @@ class SeedNoise:
         """Step noise for sampling step ``i`` (steps must be requested in increasing order)."""
         start = (i // NOISE_BLOCK) * NOISE_BLOCK
         if self._block_start != start:
+            if self._closed:
+                raise RuntimeError("this SeedNoise was closed: make a new one")
             if self._block_start is not None and start < self._block_start:
                 raise RuntimeError("step noise must be requested in increasing step order")
+            block_shape = (NOISE_BLOCK, *self.shape)
             while self._block_start is None or self._block_start < start:
                 # draw (and, if steps were skipped, discard) blocks so the stream position depends only on i
-                if self._block is None:
-                    self._block = torch.empty((len(self.seeds), NOISE_BLOCK, *self.shape))
-                for k, g in enumerate(self._gens):
-                    torch.randn((NOISE_BLOCK, *self.shape), generator=g, out=self._block[k])
+                draw, self._next = self._next or self._start(block_shape), None
+                block = self._wait(draw)
                 self._block_start = 0 if self._block_start is None else self._block_start + NOISE_BLOCK
+            # one float32 copy per block (asynchronous from pinned memory); then draw the next one ahead
+            self._block = block.to(self.device, non_blocking=self._pin)
+            if self.workers:
+                self._next = self._start(block_shape)
         return self._block[:, i - start].to(self.device, torch.float64)
+
+    def close(self) -> None:
+        """Stop drawing ahead: a block being drawn for a step nobody asked for is dropped (its threads that have not
+        started are cancelled), so the next batch's draws do not queue behind it. Steps of the current block stay
+        available; a later block cannot be drawn any more (the generators may be part-way through one)."""
+        self._closed = True
+        if self._next is not None:
+            for f in self._next[1]:
+                f.cancel()
+            self._next = None
 
 
 def over_seed_batches(seeds, shape, batch_size: int, device, run, callback=None, progress=None) -> torch.Tensor:
@@ -125,8 +210,11 @@ def over_seed_batches(seeds, shape, batch_size: int, device, run, callback=None,
             batch = seeds[start:start + batch_size]
             noise = SeedNoise(batch, shape, device)
             cb = None if callback is None else (lambda info, b=batch: callback(info, b))
-            with torch.no_grad():
-                out.append(run(noise, cb).cpu())
+            try:
+                with torch.no_grad():
+                    out.append(run(noise, cb).cpu())
+            finally:
+                noise.close()
             if progress is not None:
                 progress(len(batch))
             _advance(len(batch))
