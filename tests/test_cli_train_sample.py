@@ -97,7 +97,7 @@ def _err(capsys):
 def test_bad_input_is_one_line_exit_2(ckpt, tmp_path, capsys):
     out = ["--out", str(tmp_path / "x.npz"), "--no-progress"]
     assert main(["sample", "--model", str(tmp_path / "missing"), *out]) == 2
-    assert "no such model; give 'default'" in _err(capsys)
+    assert "no such checkpoint; --model takes" in _err(capsys)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text((ckpt / "config.json").read_text())
