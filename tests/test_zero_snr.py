@@ -45,10 +45,10 @@ DEN = VPDenoiser(GaussV(ZS), ZS, prediction="v")
 def _sqrt_ab_bound(raw_betas, ours):
     """Per step, |sqrt(ᾱ) of diffusers' float32 rescaling − ours (float64)|. diffusers: s = sqrt(cumprod(1 − β))
     (relative e_k = cumprod_rtol(β_0..k)/2 + eps: the product's bound halved by the root, plus the root's own
-    rounding), s' = (s − s_T)·c with c = s_0/(s_0 − s_T) (absolute c·(e_k s_k + e_T s_T) from s_k and s_T, relative
-    2e_0 from c's s_0 and 3 eps from the subtraction, the quotient and the product), then ᾱ' = s'², β' = 1 − ᾱ'_k/ᾱ'_{k−1}
-    and the scheduler's own cumprod(1 − β') whose errors telescope: relative cumprod_rtol(β'_0..k) on ᾱ, halved on
-    the root, 2 eps more for the square and the ratio. The last β' (= 1) makes ᾱ_T = 0 exactly on both sides."""
+    rounding), s' = (s − s_T)·c with c = s_0/(s_0 − s_T) (absolute c·(e_k s_k + e_T s_T) from s_k and s_T,
+    relative 2e_0 from c's s_0 and 3 eps from the subtraction, the quotient and the product), then ᾱ' = s'²,
+    β' = 1 − ᾱ'_k/ᾱ'_{k−1} and the scheduler's own cumprod(1 − β') whose errors telescope: relative
+    cumprod_rtol(β'_0..k) on ᾱ, halved on the root, 2 eps more for the square and the ratio. The last β' (= 1) makes ᾱ_T = 0 exactly on both sides."""
     b = np.asarray(raw_betas, np.float64)
     s = np.sqrt(np.cumprod(1 - b))
     c = s[0] / (s[0] - s[-1])
