@@ -1,8 +1,16 @@
 """Epsilon Scaling in diffusers beyond ε/v VP models: flow matching (FlowMatchEuler / FlowMatchHeun, DPM-Solver and
 UniPC with flow sigmas, tiny SD3 and Flux pipelines with CFG), zero terminal SNR (v-prediction, λ = 1 at σ = ∞),
-EDM schedulers and KDPM2 — each against a hand-written loop, and the refusals."""
+EDM schedulers and KDPM2 — each against a hand-written loop, and the refusals.
 
+How ES is compared with the hand-written rewrite: at every network evaluation, on the same float32 prediction and
+state (a spy beneath the patched ``step`` sees the library's rewrite, :func:`spied_es`), to the rounding of the two
+formulas (:func:`rewrite_tol`); the whole run must then equal the plain ES run bit for bit. Whole runs of the two
+formulas are not compared: their float32 rounding differences pass through the float32 network at every later
+step (kernels and summation orders vary with the CPU and the thread count: no useful bound, see tests/_tol.py)."""
+
+import inspect
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -24,21 +32,53 @@ from diffusion_es.adapters.diffusers import apply_epsilon_scaling, scale_model_o
 from diffusion_es.core.scaling import Linear, Uniform  # noqa: E402
 
 from _tiny_diffusers import tiny_flux, tiny_sd3, tiny_unet  # noqa: E402
+from _tol import F32, F64, mag, tol  # noqa: E402
 
 diffusers.utils.logging.set_verbosity_error()
 N = 4
 LIN = Linear(0.02, 1.0)  # 1.06, 1.04, 1.02, 1.00 over 4 steps (the σ = ∞ step, where present, gets 1)
-F32 = 2.0**-24  # float32 unit round-off
 
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-def tol(ref, ops=8):
-    """Float32 agreement of two computations of ``ref`` that round differently: ``ops`` roundings per step, N
-    steps, relative to the magnitude of the result."""
-    return ops * N * F32 * max(1.0, float(np.abs(np.asarray(ref)).max()))
+def rewrite_tol(lib, hand, out, x, cond):
+    """|library rewrite − hand rewrite| of one prediction ``out`` at the same state ``x``: both work in float64 from
+    the same float32 values, with keys (σ, t, ᾱ) read from the same float32 scheduler tables, and round to the
+    output dtype once (n = 2 at the result's size); their float64 operations (≤ 16 per side, the keys' roots and
+    quotients included) act on terms up to cond·max(|out|, |x|) (n = 32). (A hand rewrite in float32, ε/λ, rounds
+    once: inside the n = 2.)"""
+    return tol(lib.dtype, mag(lib, hand), 2) + tol(F64, cond * mag(out, x), 32)
+
+
+def check_rewrite(lib, hand, out, x, cond):
+    """The library's rewrite ``lib`` of ``out`` against the hand-written one; untouched where the hand leaves it."""
+    if hand is out:
+        assert torch.equal(lib, out)
+        return
+    atol = rewrite_tol(lib, hand, out, x, cond)
+    torch.testing.assert_close(lib, hand, rtol=0, atol=atol)
+    assert (hand - out).abs().max() > 1e3 * atol or torch.equal(hand, out)  # the check is not vacuous
+
+
+@contextmanager
+def spied_es(sched, es):
+    """Apply ES to ``sched`` over a spy: ``seen`` collects every model_output the patched step passes on (the
+    library's rewrite, or the prediction itself where λ = 1). Yields (handle, seen)."""
+    seen, plain = [], sched.step
+
+    def spy(*args, **kwargs):
+        seen.append(args[0] if args else kwargs["model_output"])
+        return plain(*args, **kwargs)
+
+    spy.__signature__ = inspect.signature(plain)
+    sched.step = spy
+    try:
+        with apply_epsilon_scaling(sched, es, record=True) as h:
+            yield h, seen
+    finally:
+        del sched.step
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +95,11 @@ def flow_v(v, x_t, t, lam):
     return (((x + (1 - t) * vv) / lam - x) / (1 - t)).to(v.dtype)
 
 
+def flow_cond(t, lam):
+    """Terms of flow_v: x + (1 − t)v, its quotient by λ and the difference with x, over 1 − t."""
+    return 2 * (1 + 1 / lam) / max(1 - t, 1e-12)
+
+
 def vp_rewrite(out, x_t, ab, lam, kind):
     """ε → ε/λ for an ε / v output at x_t = sqrt(ᾱ)x_0 + sqrt(1−ᾱ)ε; untouched at ᾱ = 0 or λ = 1."""
     if lam == 1.0 or ab == 0:
@@ -67,6 +112,11 @@ def vp_rewrite(out, x_t, ab, lam, kind):
     eps2 = eps / lam
     x02 = (x - b * eps2) / a
     return (a * eps2 - b * x02).to(out.dtype)
+
+
+def vp_cond(ab, lam):
+    """Terms of vp_rewrite (v): a·o + b·x ≤ 2M, over λ, x − b·ε/λ over a, and a·ε/λ − b·x̂_0."""
+    return 2 * (1 + 2 / lam) / math.sqrt(ab) if 0 < ab and lam != 1.0 else 1.0
 
 
 def lam_at(grid, sigma, lams, inf_from=math.inf):
@@ -93,8 +143,9 @@ class TinyFlowNet(torch.nn.Module):
 FNET = TinyFlowNet().eval()
 
 
-def flow_loop(sched, net=FNET, lams=None):
-    """A bare flow loop; ``lams``: the rewrite by hand, λ of the step whose t the call is at (1 at t = 1)."""
+def flow_loop(sched, net=FNET, lams=None, seen=None):
+    """A bare flow loop. With ``lams`` and ``seen`` (``sched`` under :func:`spied_es`): every call's velocity
+    rewritten by hand (λ of the step whose t the call is at, 1 at t = 1) against the library's rewrite of it."""
     x = randn_tensor((2, 3, 8, 8), generator=gen())
     sched.set_timesteps(N)
     ts = [t for t in np.unique(sched.sigmas.double().numpy())[::-1] if t > 0]  # the distinct step times
@@ -104,8 +155,12 @@ def flow_loop(sched, net=FNET, lams=None):
             if lams is not None:
                 idx = sched.step_index if sched.step_index is not None else sched.index_for_timestep(t)
                 tt = float(sched.sigmas[idx])
-                v = flow_v(v, x, tt, float(lams[ts.index(tt)]))
-            x = sched.step(v, t, x).prev_sample
+                lam = float(lams[ts.index(tt)])
+                hand = flow_v(v, x, tt, lam)
+            x_next = sched.step(v, t, x).prev_sample
+            if lams is not None:
+                check_rewrite(seen[-1], hand, v, x, flow_cond(tt, lam))
+            x = x_next
     return x
 
 
@@ -133,9 +188,11 @@ def test_flow_schedulers_against_hand_loop(name):
         with apply_epsilon_scaling(s, es, record=True) as h:
             torch.manual_seed(0)
             got = flow_loop(s)
-        torch.manual_seed(0)
-        want = flow_loop(make(), lams=es.values(N))
-        torch.testing.assert_close(got, want, rtol=0, atol=tol(want))
+        s2 = make()
+        with spied_es(s2, es) as (_, seen):  # the same ES run, checked at every call against the hand rewrite
+            torch.manual_seed(0)
+            want = flow_loop(s2, lams=es.values(N), seen=seen)
+        assert torch.equal(got, want)
         assert (got - base).abs().max() > 1e-4
         if name in ("fm_euler", "fm_heun", "unipc_flow"):  # grids from t = 1 (or UniPC's 1 − 1e-6): λ = 1 there
             assert h.records[0].sigma == math.inf and h.records[0].lam == 1.0
@@ -174,6 +231,85 @@ def run_latents(pipe, **kw):
     return pipe(generator=gen(), output_type="latent", **kw).images
 
 
+def _index(sched, t):
+    if sched.step_index is not None:
+        return sched.step_index
+    return sched.begin_index if sched.begin_index is not None else sched.index_for_timestep(t)
+
+
+@contextmanager
+def checked_step_es(sched, es, lams):
+    """Scheduler-side ES inside a pipeline, checked at every step: a spy over the patch rewrites the guided
+    velocity by hand (flow_v at the step's t with λ = lams[i]) and compares the library's rewrite of it."""
+    with spied_es(sched, es) as (h, seen):
+        es_step = sched.step
+
+        def outer(v, t, x, *args, **kwargs):
+            i = _index(sched, t)
+            tt, lam = float(sched.sigmas[i]), float(lams[i])
+            hand = flow_v(v, x, tt, lam)
+            res = es_step(v, t, x, *args, **kwargs)
+            check_rewrite(seen[-1], hand, v, x, flow_cond(tt, lam))
+            return res
+
+        sched.step = outer
+        try:
+            yield h
+        finally:
+            sched.step = es_step
+
+
+def guided_tol(v, hand, A, B, g, x, t, lam, w):
+    """|model-side ES, then guidance| − |guidance, then flow_v by hand| for one step, from the same raw branch
+    outputs A, B (guided g = A + w(B − A)) at the same state: exactly equal (flow_v is affine with weights
+    summing to 1, and so is guidance), apart from rounding. Model side: each branch rewritten and rounded
+    (|1 − w|·|A'| + w·|B'|), then B' − A', w·(B' − A') and the sum (|B' − A'| = |B − A|/λ, (1 + w) of it, and |v|).
+    Hand: the pipeline's float32 guidance of the raw branches ((1 + w)|B − A| + |g|, through flow_v's 1/λ) and
+    one final rounding (|hand|). Each counted once at eps = 2u (n = 1); float64 work as in rewrite_tol."""
+    Ap, Bp = flow_v(A, x, t, lam), flow_v(B, x, t, lam)
+    d = mag(B - A)
+    scale = (abs(1 - w) * mag(Ap) + w * mag(Bp) + 2 * (1 + w) * d / lam + mag(v) + mag(g) / lam + mag(hand))
+    return tol(F32, scale, 1) + tol(F64, (1 + 2 * w) * flow_cond(t, lam) * mag(A, B, x), 32)
+
+
+@contextmanager
+def checked_model_es(pipe, es, lams, w, branches):
+    """Model-side ES (scale_model_output) inside a pipeline, checked at every step at the network's input: a spy
+    beneath the patched forward keeps the raw outputs, one on the scheduler's step compares the prediction it
+    gets (guidance of the rewritten branches) with flow_v of the guidance of the raw ones (guidance is linear).
+    ``branches(raw)``: (A, B) of this step's guidance A + w(B − A) from the raw outputs since the last step."""
+    model, sched = pipe.transformer, pipe.scheduler
+    raw, plain_fwd, plain_step = [], model.forward, sched.step
+
+    def fwd(*args, **kwargs):
+        out = plain_fwd(*args, **kwargs)
+        raw.append(out[0] if isinstance(out, tuple) else out.sample)
+        return out
+
+    def step(v, t, x, *args, **kwargs):
+        i = _index(sched, t)
+        tt, lam = float(sched.sigmas[i]), float(lams[i])
+        A, B = branches(raw)
+        g = A + w * (B - A)  # the pipeline's guidance, on the raw outputs
+        hand = flow_v(g, x, tt, lam)
+        if hand is g:
+            assert torch.equal(v, g)
+        else:
+            atol = guided_tol(v, hand, A, B, g, x, tt, lam, w)
+            torch.testing.assert_close(v, hand, rtol=0, atol=atol)
+            assert (hand - g).abs().max() > 1e3 * atol
+        raw.clear()
+        return plain_step(v, t, x, *args, **kwargs)
+
+    fwd.__signature__, step.__signature__ = inspect.signature(plain_fwd), inspect.signature(plain_step)
+    model.forward, sched.step = fwd, step
+    try:
+        with scale_model_output(model, pipe, es) as h:
+            yield h
+    finally:
+        del model.forward, sched.step
+
+
 @torch.no_grad()
 def ref_sd3(pipe, lams, w=5.0):
     """StableDiffusion3Pipeline written out by hand: CFG on the velocity, then v' = (ε̂/λ − x)/(1 − t)."""
@@ -199,13 +335,16 @@ def test_sd3_pipeline(sd3):
         assert torch.equal(run_latents(sd3, **SD3_KW), base)
     with apply_epsilon_scaling(sd3, LIN):
         post = run_latents(sd3, **SD3_KW)
-    want = ref_sd3(sd3, LIN.values(N))
-    torch.testing.assert_close(post, want, rtol=0, atol=tol(want))
+    with checked_step_es(sd3.scheduler, LIN, LIN.values(N)):  # the hand formula at every step, same run
+        assert torch.equal(run_latents(sd3, **SD3_KW), post)
     assert (post - base).abs().max() > 1e-4
-    # model side (both CFG branches, before guidance) equals scheduler side (guidance is linear)
+    # model side (both CFG branches, before guidance) equals the formula on the guided velocity (guidance is
+    # linear), at every step; the checked run is the plain model-side run
     with scale_model_output(sd3.transformer, sd3, LIN):
         pre = run_latents(sd3, **SD3_KW)
-    torch.testing.assert_close(pre, post, rtol=0, atol=tol(post))
+    with checked_model_es(sd3, LIN, LIN.values(N), SD3_KW["guidance_scale"], lambda raw: raw[-1].chunk(2)):
+        assert torch.equal(run_latents(sd3, **SD3_KW), pre)
+    assert (pre - base).abs().max() > 1e-4
     assert torch.equal(run_latents(sd3, **SD3_KW), base)
     # and the whole pipeline, decoder included, runs and stays finite with ES
     with apply_epsilon_scaling(sd3, Uniform(1.05)):
@@ -246,24 +385,15 @@ def test_flux_pipeline(flux):
     with apply_epsilon_scaling(flux, LIN, record=True) as h:
         post = run_latents(flux, **kw)
     assert [r.lam for r in h.records] == [1.0, *LIN.values(N)[1:]] and h.records[0].sigma == math.inf
-    s = flux.scheduler
-    orig = s.step
-    lams = LIN.values(N)
-
-    def step(v, t, x, **k):  # the hand-written rewrite of the guided velocity
-        i = s.step_index if s.step_index is not None else s.begin_index
-        return orig(flow_v(v, x, float(s.sigmas[i]), float(lams[i])), t, x, **k)
-
-    s.step = step
-    try:
-        want = run_latents(flux, **kw)
-    finally:
-        del s.step
-    torch.testing.assert_close(post, want, rtol=0, atol=tol(want))
+    with checked_step_es(flux.scheduler, LIN, LIN.values(N)):  # the hand formula on the guided velocity
+        assert torch.equal(run_latents(flux, **kw), post)
     assert (post - base).abs().max() > 1e-4
     with scale_model_output(flux.transformer, flux, LIN):  # Flux calls the transformer with t/1000
         pre = run_latents(flux, **kw)
-    torch.testing.assert_close(pre, post, rtol=0, atol=tol(post))
+    # true CFG: neg + s·(pos − neg), the positive branch evaluated first
+    with checked_model_es(flux, LIN, LIN.values(N), kw["true_cfg_scale"], lambda raw: (raw[-1], raw[-2])):
+        assert torch.equal(run_latents(flux, **kw), pre)
+    assert (pre - base).abs().max() > 1e-4
     assert torch.equal(run_latents(flux, **kw), base)
 
 
@@ -272,8 +402,9 @@ ZSNR = dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timeste
 
 
 @torch.no_grad()
-def vp_latents(unet, sched, lams=None, inf_from=math.inf, first_only=False):
-    """A latents loop (no decoder); ``lams``: rewrite by hand with λ keyed on each call's σ (1 at σ = ∞)."""
+def vp_latents(unet, sched, lams=None, inf_from=math.inf, first_only=False, seen=None):
+    """A latents loop (no decoder). With ``lams`` and ``seen`` (``sched`` under :func:`spied_es`): every call's
+    prediction rewritten by hand (λ keyed on the call's σ, 1 at σ = ∞) against the library's rewrite of it."""
     sched.set_timesteps(N)  # first: Euler's init_noise_sigma depends on the grid
     x = randn_tensor((2, 3, 8, 8), generator=gen()) * sched.init_noise_sigma
     vp_table = isinstance(sched, (DDIMScheduler, DDPMScheduler))
@@ -291,10 +422,14 @@ def vp_latents(unet, sched, lams=None, inf_from=math.inf, first_only=False):
             else:
                 idx = sched.step_index if sched.step_index is not None else sched.index_for_timestep(t)
                 sig = float(sched.sigmas[idx].double())
-                x_t = x / math.sqrt(1 + sig**2) if isinstance(sched, EulerDiscreteScheduler) else x
+                x_t = x.double() / math.sqrt(1 + sig**2) if isinstance(sched, EulerDiscreteScheduler) else x
                 ab = 0.0 if sig >= inf_from * (1 - 1e-6) else 1 / (1 + sig**2)
-            out = vp_rewrite(out, x_t, ab, lam_at(grid, sig, lams, inf_from), "v")
-        x = sched.step(out, t, x).prev_sample
+            lam = lam_at(grid, sig, lams, inf_from)
+            hand = vp_rewrite(out, x_t, ab, lam, "v")
+        x_next = sched.step(out, t, x).prev_sample
+        if lams is not None:
+            check_rewrite(seen[-1], hand, out, x_t, vp_cond(ab, lam))
+        x = x_next
         if first_only:
             return x
     return x
@@ -329,9 +464,11 @@ def test_zero_snr_v_prediction(name, unet_lat):
         assert h.records[0].sigma == math.inf and h.records[0].lam == 1.0  # the σ = ∞ step (ᾱ = 0 or 2^-24)
         torch.manual_seed(0)
         assert torch.equal(first, vp_latents(unet_lat, make(), first_only=True))  # first step: the baseline's
-        torch.manual_seed(0)
-        want = vp_latents(unet_lat, make(), lams=es.values(N), inf_from=inf_from)
-        torch.testing.assert_close(got, want, rtol=0, atol=tol(want, ops=16))
+        s2 = make()
+        with spied_es(s2, es) as (_, seen):  # the same ES run, checked at every call against the hand rewrite
+            torch.manual_seed(0)
+            want = vp_latents(unet_lat, s2, lams=es.values(N), inf_from=inf_from, seen=seen)
+        assert torch.equal(got, want)
         assert (got - base).abs().max() > 1e-5
 
 
@@ -354,14 +491,22 @@ def edm_rewrite(F, x, sigma, lam, sd=0.5, kind="epsilon"):
         return F
     c_skip = sd**2 / (sigma**2 + sd**2)
     c_out = (1 if kind == "epsilon" else -1) * sigma * sd / math.sqrt(sigma**2 + sd**2)
-    x64, F64 = x.double(), F.double()
-    D = c_skip * x64 + c_out * F64
+    x64, f64 = x.double(), F.double()
+    D = c_skip * x64 + c_out * f64
     D2 = x64 - (x64 - D) / lam
     return ((D2 - c_skip * x64) / c_out).to(F.dtype)
 
 
+def edm_cond(sigma, lam, sd=0.5):
+    """Terms of edm_rewrite: D = c_skip·x + c_out·F, x − D and D' over λ, D' − c_skip·x, over c_out."""
+    c_skip, c_out = sd**2 / (sigma**2 + sd**2), sigma * sd / math.sqrt(sigma**2 + sd**2)
+    return 2 * (1 + c_skip + c_out) * (1 + 1 / lam) / c_out
+
+
 @torch.no_grad()
-def sigma_loop(unet, sched, lams=None, rewrite="eps"):
+def sigma_loop(unet, sched, lams=None, rewrite="eps", seen=None):
+    """A sigma-space loop. With ``lams`` and ``seen`` (``sched`` under :func:`spied_es`): every call's prediction
+    rewritten by hand (EDM preconditioning or ε/λ, λ keyed on the call's σ) against the library's rewrite."""
     sched.set_timesteps(N)  # first: Euler's init_noise_sigma depends on the grid
     x = randn_tensor((2, 3, 8, 8), generator=gen()) * sched.init_noise_sigma
     grid = sched.sigmas.double().numpy()[: len(sched.timesteps)]
@@ -377,8 +522,15 @@ def sigma_loop(unet, sched, lams=None, rewrite="eps"):
             else:
                 sig = float(sched.sigmas[i].double())
             lam = lam_at(grid, sig, lams)
-            out = edm_rewrite(out, x, sig, lam, sched.config.sigma_data) if rewrite == "edm" else out / lam
-        x = sched.step(out, t, x).prev_sample
+            if rewrite == "edm":
+                sd = sched.config.sigma_data
+                hand, cond = edm_rewrite(out, x, sig, lam, sd), edm_cond(sig, lam, sd)
+            else:
+                hand, cond = (out if lam == 1.0 else out / lam), 1 / lam
+        x_next = sched.step(out, t, x).prev_sample
+        if lams is not None:
+            check_rewrite(seen[-1], hand, out, x, cond)
+        x = x_next
     return x
 
 
@@ -403,9 +555,11 @@ def test_edm_and_kdpm2_against_hand_loop(name, unet_lat):
         with apply_epsilon_scaling(s, es, record=True) as h:
             torch.manual_seed(0)
             got = sigma_loop(unet_lat, s)
-        torch.manual_seed(0)
-        want = sigma_loop(unet_lat, make(), lams=es.values(N), rewrite=rewrite)
-        torch.testing.assert_close(got, want, rtol=0, atol=tol(want, ops=16))
+        s2 = make()
+        with spied_es(s2, es) as (_, seen):  # the same ES run, checked at every call against the hand rewrite
+            torch.manual_seed(0)
+            want = sigma_loop(unet_lat, s2, lams=es.values(N), rewrite=rewrite, seen=seen)
+        assert torch.equal(got, want)
         assert (got - base).abs().max() > 1e-4 * float(base.abs().max())
     if name.startswith("kdpm2"):  # 2N − 1 evaluations; the midpoint of step i gets λ_{i+1}
         assert len(h.records) == 2 * N - 1
