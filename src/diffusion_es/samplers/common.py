@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..core.param import sigma_to_flow_space, sigma_to_vp_space
+from ..core.pfgm import check_D, seed_scales
 
 __all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches", "check_seeds", "MAX_SEED"]
 
@@ -76,10 +77,15 @@ class SeedNoise:
     One ``torch.Generator`` per seed. Its first draw is the initial noise ``z`` (shape ``shape``); every later draw
     is step noise, drawn per seed in blocks of ``NOISE_BLOCK`` steps. Baseline and ES runs with the same seeds
     therefore see identical noise. Draws are float32 (the field's convention) returned as float64.
+
+    ``pfgm_D`` (a PFGM++ model's D; ∞, the default, is the Gaussian): the initial noise is the PFGM++ kernel's draw
+    at unit σ, ``z·√w`` with the seed's own mixing variable w (:func:`~diffusion_es.core.pfgm.seed_scales`); for
+    D = ∞ it is ``z`` itself, the same bytes as without the option. Step noise stays Gaussian.
     """
 
-    def __init__(self, seeds: Sequence[int], shape: Sequence[int], device="cpu"):
+    def __init__(self, seeds: Sequence[int], shape: Sequence[int], device="cpu", pfgm_D=None):
         self.seeds = [int(s) for s in seeds]
+        self.pfgm_D = check_D(pfgm_D)
         self.shape = tuple(int(d) for d in shape)
         self.device = torch.device(device)
         self._gens = [torch.Generator().manual_seed(s) for s in self.seeds]
@@ -89,7 +95,11 @@ class SeedNoise:
         self._block_start, self._block = None, None
 
     def initial(self) -> torch.Tensor:
-        return self._z.to(self.device, torch.float64)
+        z = self._z.to(self.device, torch.float64)
+        if self.pfgm_D == float("inf"):
+            return z
+        scale = torch.from_numpy(seed_scales(self.seeds, self.pfgm_D)).to(self.device)
+        return z * scale.reshape(-1, *([1] * (z.ndim - 1)))
 
     def __call__(self, i: int) -> torch.Tensor:
         """Step noise for sampling step ``i`` (steps must be requested in increasing order)."""
@@ -107,8 +117,10 @@ class SeedNoise:
         return self._block[:, i - start].to(self.device, torch.float64)
 
 
-def over_seed_batches(seeds, shape, batch_size: int, device, run, callback=None, progress=None) -> torch.Tensor:
+def over_seed_batches(seeds, shape, batch_size: int, device, run, callback=None, progress=None,
+                      pfgm_D=None) -> torch.Tensor:
     """Run ``run(noise, cb) -> samples`` on batches of seeds with per-seed noise; float64 results on the CPU.
+    ``pfgm_D``: the initial noise of a PFGM++ model (:class:`SeedNoise`).
 
     ``callback(info, seeds_of_batch)`` is handed to ``run`` as ``cb(info)``; ``progress(n_done)`` after each batch.
     """
@@ -120,7 +132,7 @@ def over_seed_batches(seeds, shape, batch_size: int, device, run, callback=None,
     out = []
     for start in range(0, len(seeds), batch_size):
         batch = seeds[start:start + batch_size]
-        noise = SeedNoise(batch, shape, device)
+        noise = SeedNoise(batch, shape, device, pfgm_D)
         cb = None if callback is None else (lambda info, b=batch: callback(info, b))
         with torch.no_grad():
             out.append(run(noise, cb).cpu())
