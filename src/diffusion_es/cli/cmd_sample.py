@@ -78,6 +78,8 @@ def _run(args, ctx) -> int:
                 "device": torch.device(args.device).type, **kwargs}
     if getattr(schedule, "shift", None) is not None:  # a flow model: its grid's time shift decides the samples
         identity["shift"] = schedule.shift
+    if hasattr(schedule, "pfgm_D"):  # an EDM / PFGM++ model: its prior and σ range decide the samples
+        identity["edm"] = schedule.to_dict()
     shards = ShardedRun(ctx, args.out, identity, seeds, args.batch_size, args.shard_size)
 
     def run_chunk(chunk, progress):  # images are quantised per chunk, exactly as the whole set would be

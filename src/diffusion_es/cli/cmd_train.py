@@ -46,8 +46,12 @@ _DIFF = [
     ("--T", "T", int, 1000, "diffusion steps of training"),
     ("--beta-schedule", "beta_schedule", str, "linear", "linear | cosine"),
     ("--prediction", "prediction", str, "eps", "eps | v | x0 (VP diffusion) | flow (rectified flow: "
-     "x_t = (1-t) x_0 + t eps, velocity target eps - x_0, t ~ U(0,1); --T sets the time scale)"),
+     "x_t = (1-t) x_0 + t eps, velocity target eps - x_0, t ~ U(0,1); --T sets the time scale) | edm (EDM "
+     "preconditioning, log-normal sigma, Gaussian kernel: PFGM++ with D = inf)"),
     ("--shift", "shift", float, None, "flow models: the SD3 time shift of their default sampling grid (1: none)"),
+    ("--pfgm-D", "pfgm_D", str, None, "PFGM++: train with the PFGM++ perturbation kernel of D augmented dimensions "
+     "(r = sigma sqrt(D)) and EDM's preconditioned denoiser loss; 'inf' is EDM's Gaussian kernel, the same as "
+     "--prediction edm"),
 ]
 
 
@@ -119,6 +123,20 @@ def run(args) -> int:
         raise UsageError("--beta-schedule applies to VP models; a rectified-flow model (--prediction flow) has no betas")
     if args.learned_variance:
         di["learned_variance"] = True
+    if "pfgm_D" in di:
+        from ..core.pfgm import check_D
+
+        try:
+            D = check_D(di.pop("pfgm_D"))
+        except ValueError as e:
+            raise UsageError(f"--pfgm-D: {e}") from None
+        if di.get("prediction", "edm") not in ("edm",):
+            raise UsageError(f"--pfgm-D trains an EDM-preconditioned denoiser; drop --prediction {di['prediction']}")
+        di["prediction"] = "edm"
+        if math.isfinite(D):
+            di["pfgm_D"] = D
+    if di.get("prediction") == "edm" and ("beta_schedule" in di or "shift" in di):
+        raise UsageError("--beta-schedule and --shift do not apply to an EDM / PFGM++ model (--prediction edm, --pfgm-D)")
     if args.resume:
         from pathlib import Path
 

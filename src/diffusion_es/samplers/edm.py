@@ -38,7 +38,7 @@ def check_pfgm_churn(S_churn: float, pfgm_D) -> None:
     if pfgm_D is not None and math.isfinite(float(pfgm_D)) and float(S_churn) > 0:
         D = float(pfgm_D)
         raise ValueError(f"S_churn > 0 adds Gaussian noise, the wrong perturbation kernel for this PFGM++ model "
-                         f"(D = {int(D) if D == int(D) else D}): use S_churn = 0 (deterministic Euler/Heun)")
+                         f"(D = {int(D) if D == int(D) else D}): sample it deterministically (no churn)")
 
 
 def _edm(denoiser, x: torch.Tensor, sigmas: Sequence[float], heun: bool, noise, callback, S_churn, S_tmin, S_tmax,
