@@ -374,3 +374,17 @@ def test_pfgm_training_resumes_exactly(tmp_path):
     assert main(["train", "--out", str(b), "--steps", "30", "--resume", "--no-progress"]) == 0
     sa, sb = load_file(str(a / "train_state.safetensors")), load_file(str(b / "train_state.safetensors"))
     assert all(np.array_equal(sa[k].numpy(), sb[k].numpy()) for k in sa)
+
+
+def test_shipped_pair_loads_and_samples():
+    """digits-pfgm (D = 128) and digits-edm (D = ∞): same network, EDM denoisers, finite samples from their priors."""
+    from diffusion_es.models import load_model
+
+    shapes = []
+    for name, D in (("digits-pfgm", 128.0), ("digits-edm", math.inf)):
+        m = load_model(name)
+        assert m.schedule.pfgm_D == D and isinstance(m.denoiser(), EDMDenoiser)
+        shapes.append({k: tuple(v.shape) for k, v in m.net.state_dict().items()})
+        x = sample(m.denoiser(), "heun", 3, m.data_shape, [0, 1], schedule=m.schedule)
+        assert torch.isfinite(x).all()
+    assert shapes[0] == shapes[1]
