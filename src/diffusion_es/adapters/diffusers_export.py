@@ -296,6 +296,9 @@ def export_diffusers(model="default", out_dir=None, use_ema: bool = True, overwr
     if loaded.process == "flow":
         raise UsageError(f"{loaded.path} is a rectified-flow model; export writes a DDPMPipeline (a VP β table), "
                          "which would sample it wrongly: use it with diffusion-es's flow_euler / flow_heun")
+    if loaded.process == "edm":
+        raise UsageError(f"{loaded.path} is an EDM-preconditioned / PFGM++ model; export writes a DDPMPipeline (a VP "
+                         "β table, Gaussian prior), which would sample it wrongly: use it with diffusion-es's euler / heun")
     if not isinstance(loaded.net, UNet):
         arch = loaded.config.get("model", {}).get("arch", type(loaded.net).__name__) if loaded.config else "?"
         if "diffusers" in (loaded.config or {}):

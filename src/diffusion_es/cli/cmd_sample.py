@@ -112,6 +112,8 @@ def _run(args, ctx) -> int:
                 "device": torch.device(args.device).type, **kwargs, **({"rgb": True} if args.rgb else {})}
     if getattr(schedule, "shift", None) is not None:  # a flow model: its grid's time shift decides the samples
         identity["shift"] = schedule.shift
+    if hasattr(schedule, "pfgm_D"):  # an EDM / PFGM++ model: its prior and σ range decide the samples
+        identity["edm"] = schedule.to_dict()
 
     def run_chunk(chunk, progress):  # images are quantised per chunk, exactly as the whole set would be
         x = sample(m.denoiser(), args.sampler, args.steps, m.data_shape, chunk, schedule=schedule, es=es,

@@ -26,6 +26,19 @@ def _choice(*names):
     return check
 
 
+def _pfgm_D(text: str) -> str:
+    """A parse-time type for --pfgm-D: a positive number or inf (kept as text; the config stores a float or none)."""
+    import argparse
+
+    from ..core.pfgm import check_D
+
+    try:
+        check_D(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 # (flag, dest, type, default, help): defaults are applied here so that --resume can tell given from default.
 # Every type checks its value (finite, range) at parse time; upper bounds refuse typos that would allocate
 # absurd amounts of memory.
@@ -70,10 +83,14 @@ _MODEL = [
 _DIFF = [
     ("--T", "T", int_in(1, 100_000), 1000, "diffusion steps of training"),
     ("--beta-schedule", "beta_schedule", _choice("linear", "cosine"), "linear", "linear | cosine"),
-    ("--prediction", "prediction", _choice("eps", "v", "x0", "flow"), "eps", "eps | v | x0 (VP diffusion) | flow "
-     "(rectified flow: x_t = (1-t) x_0 + t eps, velocity target eps - x_0, t ~ U(0,1); --T sets the time scale)"),
+    ("--prediction", "prediction", _choice("eps", "v", "x0", "flow", "edm"), "eps", "eps | v | x0 (VP diffusion) | "
+     "flow (rectified flow: x_t = (1-t) x_0 + t eps, velocity target eps - x_0, t ~ U(0,1); --T sets the time "
+     "scale) | edm (EDM preconditioning, log-normal sigma, Gaussian kernel: PFGM++ with D = inf)"),
     ("--shift", "shift", float_in(1e-3, 1e3), None,
      "flow models: the SD3 time shift of their default sampling grid (1: none)"),
+    ("--pfgm-D", "pfgm_D", _pfgm_D, None, "PFGM++: train with the PFGM++ perturbation kernel of D augmented dimensions "
+     "(r = sigma sqrt(D)) and EDM's preconditioned denoiser loss; 'inf' is EDM's Gaussian kernel, the same as "
+     "--prediction edm"),
 ]
 
 
@@ -131,6 +148,20 @@ def run(args) -> int:
         raise UsageError("--beta-schedule applies to VP models; a rectified-flow model (--prediction flow) has no betas")
     if args.learned_variance:
         di["learned_variance"] = True
+    if "pfgm_D" in di:
+        from ..core.pfgm import check_D
+
+        try:
+            D = check_D(di.pop("pfgm_D"))
+        except ValueError as e:
+            raise UsageError(f"--pfgm-D: {e}") from None
+        if di.get("prediction", "edm") not in ("edm",):
+            raise UsageError(f"--pfgm-D trains an EDM-preconditioned denoiser; drop --prediction {di['prediction']}")
+        di["prediction"] = "edm"
+        if math.isfinite(D):
+            di["pfgm_D"] = D
+    if di.get("prediction") == "edm" and ("beta_schedule" in di or "shift" in di):
+        raise UsageError("--beta-schedule and --shift do not apply to an EDM / PFGM++ model (--prediction edm, --pfgm-D)")
     if args.resume:
         from pathlib import Path
 

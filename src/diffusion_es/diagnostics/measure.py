@@ -121,9 +121,12 @@ def _to_state(x, sigma: float, process: str):
 
 
 def training_eps_norms(denoiser, x0: torch.Tensor, sigmas: Sequence[float], seed: int = 0,
-                       batch_size: int = 512, process: str = "vp"):
+                       batch_size: int = 512, process: str = "vp", pfgm_D=None):
     """Mean ‖ε_θ(x_0 + σ ε, σ)‖ and mean per-pixel Var(x_t) (of the ``process``'s state, VP or flow) on
-    training-style inputs, for each σ (σ = ∞: the input is the noise itself)."""
+    training-style inputs, for each σ (σ = ∞: the input is the noise itself). ``pfgm_D``: a PFGM++ model's D;
+    its training-style inputs are the PFGM++ kernel's ``x_0 + σ·√w·ε`` (:mod:`diffusion_es.core.pfgm`)."""
+    from ..core.pfgm import generator_scales
+
     den = as_denoiser(denoiser)
     g = torch.Generator().manual_seed(seed)
     norms, varis = [], []
@@ -132,7 +135,11 @@ def training_eps_norms(denoiser, x0: torch.Tensor, sigmas: Sequence[float], seed
             tot, xt_all = 0.0, []
             for b in range(0, x0.shape[0], batch_size):
                 xb = x0[b:b + batch_size]
-                x = noised(xb, torch.randn(xb.shape, generator=g, dtype=torch.float64).to(xb.device), float(s))
+                z = torch.randn(xb.shape, generator=g, dtype=torch.float64).to(xb.device)
+                scale = generator_scales(g, len(xb), pfgm_D)
+                if scale is not None:
+                    z = z * scale.to(z.device).reshape(-1, *([1] * (z.ndim - 1)))
+                x = noised(xb, z, float(s))
                 eps = implied_eps(x, den(x, float(s)), float(s))
                 tot += float(_flat_norm(eps).sum())
                 xt_all.append(_to_state(x, float(s), process))
@@ -177,11 +184,11 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
     with torch.no_grad(), _task(2 * n_samples):  # a free run and a δ_t run per seed
         for b in range(0, n_samples, batch_size):
             batch = seeds[b:b + batch_size]
-            noise = SeedNoise(batch, shape, device)
+            noise = SeedNoise(batch, shape, device, plan.pfgm_D)
             plan.run(den, noise.initial(), noise, callback=record_free, **sampler_kwargs)
             # δ_t protocol: real x_0 diffused to the first (finite) step with the same seeds' noise, then sampled
             x0 = _pick(data, n_samples, seed + 1)[b:b + len(batch)].to(device)
-            noise = SeedNoise(batch, shape, device)
+            noise = SeedNoise(batch, shape, device, plan.pfgm_D)
             z = noise.initial()
             start = 1 if (np.isinf(plan.sigmas[0]) and n > 1) else 0
             if start:  # step 0 at σ = ∞: the input is the noise itself, x_t − 0·x_0 = z
@@ -196,9 +203,12 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
                           **sampler_kwargs)
             _advance(2 * len(batch))
     train_norms, var_train = training_eps_norms(denoiser, _pick(data, n_samples, seed + 2).to(device), sig_eval,
-                                                seed=seed + 3, process=plan.process)
+                                                seed=seed + 3, process=plan.process, pfgm_D=plan.pfgm_D)
     sigma_hat = [float(torch.cat(d).std(dim=0).mean()) for d in dev_steps]
-    sigma_true = [float(process_coefficients(plan.process, float(s))[1]) for s in sig_eval]
+    # PFGM++: the kernel's per-coordinate sd is σ·sqrt(E w) = σ·sqrt(D/(D − 2)) (D > 2)
+    kernel_sd = 1.0 if not np.isfinite(plan.pfgm_D) else (
+        float(np.sqrt(plan.pfgm_D / (plan.pfgm_D - 2))) if plan.pfgm_D > 2 else float("nan"))
+    sigma_true = [kernel_sd * float(process_coefficients(plan.process, float(s))[1]) for s in sig_eval]
     if plan.chain is not None:
         t_list = plan.chain.timesteps[::-1].astype(float).tolist()
     elif plan.process == "flow":

@@ -5,7 +5,10 @@
   ``{"T", "beta_schedule", "prediction", "learned_variance"}``; of a rectified-flow model
   ``{"process": "flow", "T", "prediction": "flow", "shift", "learned_variance": false}`` (the network sees the time
   as ``T·t``; ``shift`` is the SD3 time shift its sampling grid uses by default). A section without ``"process"``
-  is a VP model (every checkpoint written before flow models existed).
+  is a VP model (every checkpoint written before flow models existed). An EDM-preconditioned model (PFGM++ for a
+  finite ``pfgm_D``, EDM's Gaussian kernel for ``pfgm_D`` null) has ``{"process": "edm", "prediction": "edm",
+  "learned_variance": false, "pfgm_D", "sigma_min", "sigma_max", "sigma_data", "time_scale", "P_mean", "P_std"}``
+  (:class:`~diffusion_es.core.pfgm.EDMSchedule`).
 * ``model.safetensors``: the EMA weights under ``ema.<name>`` and (optionally) the raw weights under
   ``model.<name>``.
 * ``train_state.safetensors`` (written by :mod:`diffusion_es.training.train`): everything needed to resume exactly.
@@ -28,6 +31,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..io import atomic_path, read_json, read_safetensors
+from ..core.pfgm import EDMSchedule
 from ..core.schedules import FlowSchedule, VPSchedule
 from .config import ModelConfig
 
@@ -51,7 +55,8 @@ __all__ = [
 # every form --model takes, for help texts and errors (load_model accepts exactly these)
 FORMAT = "diffusion-es/checkpoint"
 FORMAT_VERSION = 1
-PREDICTIONS = ("eps", "v", "x0", "flow")
+PREDICTIONS = ("eps", "v", "x0", "flow", "edm")
+EDM_KEYS = ("pfgm_D", "sigma_min", "sigma_max", "sigma_data", "time_scale", "P_mean", "P_std")
 BETA_SCHEDULES = ("linear", "cosine")
 
 
@@ -66,14 +71,39 @@ def build_model(config: ModelConfig) -> nn.Module:
     return UNet(config)
 
 
+def _edm_config(learned_variance, shift, **edm) -> dict:
+    if learned_variance:
+        raise UsageError("an EDM-preconditioned / PFGM++ model has no learned variance; drop --learned-variance")
+    if shift is not None:
+        raise UsageError("shift is the time shift of rectified-flow models; an EDM / PFGM++ model has none")
+    try:
+        sched = EDMSchedule(**{k: v for k, v in edm.items() if v is not None})
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+    return {"process": "edm", "prediction": "edm", "learned_variance": False, **sched.to_dict()}
+
+
 def diffusion_config(T: int = 1000, beta_schedule: str = "linear", prediction: str = "eps",
                      learned_variance: bool = False, shift: Optional[float] = None,
-                     process: Optional[str] = None) -> dict:
-    """The diffusion half of ``config.json``, validated (``prediction="flow"``: a rectified-flow model)."""
+                     process: Optional[str] = None, **edm) -> dict:
+    """The diffusion half of ``config.json``, validated (``prediction="flow"``: a rectified-flow model;
+    ``prediction="edm"`` or ``process="edm"``: an EDM-preconditioned model, PFGM++ with a finite ``pfgm_D``; its
+    other keyword options are :class:`~diffusion_es.core.pfgm.EDMSchedule`'s)."""
+    unknown = sorted(set(edm) - set(EDM_KEYS))
+    if unknown:
+        raise UsageError(f"unknown diffusion option {unknown[0]!r}")
+    if prediction == "edm" or process == "edm" or edm.get("pfgm_D") is not None:
+        if prediction not in ("edm", "eps") or process not in (None, "edm"):
+            raise UsageError(f"an EDM-preconditioned / PFGM++ model has prediction 'edm' and process 'edm' (got "
+                             f"prediction {prediction!r}, process {process!r})")
+        return _edm_config(learned_variance, shift, **edm)
+    if any(v is not None for v in edm.values()):
+        raise UsageError(f"{sorted(k for k, v in edm.items() if v is not None)[0]} applies to EDM / PFGM++ models "
+                         "(--prediction edm or --pfgm-D)")
     if int(T) < 1:
         raise UsageError(f"T must be >= 1, got {T}")
     if process not in (None, "vp", "flow"):
-        raise UsageError(f"unknown process {process!r}: use vp or flow")
+        raise UsageError(f"unknown process {process!r}: use vp, flow or edm")
     if prediction == "flow" or process == "flow":
         if prediction != "flow" or process not in (None, "flow"):
             raise UsageError(f"a rectified-flow model predicts the velocity: prediction must be 'flow' with "
@@ -119,7 +149,7 @@ def save_checkpoint(out_dir, config: dict, ema: nn.Module, net: Optional[nn.Modu
 
 # the models shipped in diffusion_es/assets, by the names --model takes
 SHIPPED = {"default": "digits_default", "digits": "digits_default", "digits-ip": "digits_ip", "mnist": "mnist_default",
-           "digits-flow": "digits_flow"}
+           "digits-flow": "digits_flow", "digits-pfgm": "digits_pfgm", "digits-edm": "digits_edm"}
 MODEL_FORMS = ("a folder written by 'diffusion-es train', a diffusers UNet2DModel or pipeline folder "
                f"(save_pretrained), or a shipped model: {', '.join(SHIPPED)}")
 
@@ -194,7 +224,7 @@ class LoadedModel:
     """A network ready for sampling, with the diffusion process it was trained for."""
 
     net: nn.Module
-    schedule: object  # VPSchedule, or FlowSchedule for a rectified-flow model
+    schedule: object  # VPSchedule, FlowSchedule (rectified flow) or EDMSchedule (EDM / PFGM++)
     prediction: str
     learned_variance: bool
     data_shape: Tuple[int, ...]
@@ -213,13 +243,19 @@ class LoadedModel:
 
     @property
     def process(self) -> str:
+        if isinstance(self.schedule, EDMSchedule):
+            return "edm"
         return "flow" if isinstance(self.schedule, FlowSchedule) else "vp"
 
     def denoiser(self):
         """The network as a sigma-space denoiser (:class:`~diffusion_es.core.param.VPDenoiser`, or
-        :class:`~diffusion_es.core.param.FlowDenoiser` for a rectified-flow model)."""
+        :class:`~diffusion_es.core.param.FlowDenoiser` for a rectified-flow model,
+        :class:`~diffusion_es.core.pfgm.EDMDenoiser` for an EDM / PFGM++ model)."""
         from ..core.param import FlowDenoiser, VPDenoiser
+        from ..core.pfgm import EDMDenoiser
 
+        if self.process == "edm":
+            return EDMDenoiser(self.net, self.schedule)
         if self.process == "flow":
             return FlowDenoiser(self.net, self.schedule, time_scale=float(self.schedule.T))
         return VPDenoiser(self.net, self.schedule, prediction=self.prediction, learned_variance=self.learned_variance)
@@ -271,8 +307,9 @@ def load_model(path="default", use_ema: bool = True, device="cpu") -> LoadedMode
         raise UsageError(f"{where}: bad model section ({e})") from None
     dcfg = cfg["diffusion"]
     try:
+        edm = {k: dcfg.get(k) for k in EDM_KEYS} if dcfg.get("process") == "edm" else {}
         dif = diffusion_config(dcfg.get("T", 1000), dcfg.get("beta_schedule", "linear"), dcfg.get("prediction", "eps"),
-                               dcfg.get("learned_variance", False), dcfg.get("shift"), dcfg.get("process"))
+                               dcfg.get("learned_variance", False), dcfg.get("shift"), dcfg.get("process"), **edm)
     except (UsageError, TypeError, ValueError) as e:
         raise UsageError(f"{where}: {e}") from None
     if dif["learned_variance"] != mcfg.learned_variance:
@@ -301,7 +338,11 @@ def load_model(path="default", use_ema: bool = True, device="cpu") -> LoadedMode
     net = net.to(device=device, dtype=torch.float32).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    schedule = (FlowSchedule(dif["T"], dif["shift"]) if dif.get("process") == "flow"
-                else VPSchedule.from_name(dif["beta_schedule"], dif["T"]))
+    if dif.get("process") == "edm":
+        schedule = EDMSchedule(**{k: dif[k] for k in EDM_KEYS})
+    elif dif.get("process") == "flow":
+        schedule = FlowSchedule(dif["T"], dif["shift"])
+    else:
+        schedule = VPSchedule.from_name(dif["beta_schedule"], dif["T"])
     return LoadedModel(net=net, schedule=schedule, prediction=dif["prediction"],
                        learned_variance=dif["learned_variance"], data_shape=mcfg.data_shape, config=cfg, path=d)

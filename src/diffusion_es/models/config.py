@@ -80,7 +80,7 @@ class ModelConfig:
         An ε- or v-target contains the noise itself, a full-dimensional function of the input at low noise; a
         residual MLP narrower than the data, without a skip from input to output, cannot carry it through its
         trunk (its ε-MSE cannot fall below about 1 − width/dim at low noise)."""
-        if self.arch != "mlp" or self.input_skip or prediction not in ("eps", "v", "flow"):
+        if self.arch != "mlp" or self.input_skip or prediction not in ("eps", "v", "flow", "edm"):
             return None
         if self.width < self.data_dim:
             return (f"an MLP of width {self.width} cannot represent the {self.data_dim}-dimensional {prediction} target "

@@ -77,15 +77,17 @@ def sample(denoiser, sampler: str, steps: int, shape: Sequence[int], seeds: Sequ
     time_shift; euler/heun: S_churn, S_tmin, S_tmax, S_noise; flow_euler/flow_heun: dtype). ``shift``: the SD3
     time shift of a rectified-flow model's grid (default: its :class:`~diffusion_es.core.schedules.FlowSchedule`'s).
     ``callback(info, seeds_of_batch)`` is called at every network evaluation; ``progress(n_done)`` per batch.
+    A PFGM++ model's schedule (:class:`~diffusion_es.core.pfgm.EDMSchedule` with finite ``pfgm_D``) starts from
+    the PFGM++ prior, each seed's mixing variable from its own stream.
     """
     if schedule is None:
         schedule = default_schedule(denoiser)
     plan = SamplingPlan(sampler, steps, schedule, spacing=spacing, rho=rho, shift=shift)
-    plan.spec.resolve(opts)  # refuse bad options before any work
+    plan.resolve(opts)  # refuse bad options before any work
     den = epsilon_scaled(as_denoiser(denoiser), as_schedule(es), plan.sigmas)
     x = over_seed_batches(check_seeds(seeds), shape, batch_size, device,
                           lambda noise, cb: plan.run(den, noise.initial(), noise, callback=cb, **opts),
-                          callback, progress)
+                          callback, progress, pfgm_D=plan.pfgm_D)
     if not torch.isfinite(x).all():  # never a silent wrong answer: NaN/inf would be written as plausible pixels
         raise ValueError(f"sampling produced NaN or inf values ({sampler}, {plan.steps} steps); check the model, the "
                          "λ schedule and the sampler options")

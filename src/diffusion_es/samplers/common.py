@@ -12,6 +12,7 @@ import torch
 
 from ..progress import advance as _advance, task as _task
 from ..core.param import sigma_to_flow_space, sigma_to_vp_space
+from ..core.pfgm import check_D, seed_scales
 
 __all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches", "check_seeds", "MAX_SEED",
            "default_noise_workers"]
@@ -125,10 +126,16 @@ class SeedNoise:
       time and its draws stay in order, so the bytes do not depend on ``workers``;
     * on CUDA a block is drawn into pinned memory and copied to the device once, in float32 and asynchronously;
       each step is then gathered and cast to float64 on the device.
+
+    ``pfgm_D`` (a PFGM++ model's D; ∞, the default, is the Gaussian): the initial noise is the PFGM++ kernel's draw
+    at unit σ, ``z·√w`` with the seed's own mixing variable w (:func:`~diffusion_es.core.pfgm.seed_scales`); for
+    D = ∞ it is ``z`` itself, the same bytes as without the option. Step noise stays Gaussian.
     """
 
-    def __init__(self, seeds: Sequence[int], shape: Sequence[int], device="cpu", workers: Optional[int] = None):
+    def __init__(self, seeds: Sequence[int], shape: Sequence[int], device="cpu", workers: Optional[int] = None,
+                 pfgm_D=None):
         self.seeds = [int(s) for s in seeds]
+        self.pfgm_D = check_D(pfgm_D)
         self.shape = tuple(int(d) for d in shape)
         self.device = torch.device(device)
         self.workers = default_noise_workers(self.device) if workers is None else int(workers)
@@ -160,7 +167,11 @@ class SeedNoise:
         return out
 
     def initial(self) -> torch.Tensor:
-        return self._z.to(self.device, torch.float64)
+        z = self._z.to(self.device, torch.float64)
+        if self.pfgm_D == float("inf"):
+            return z
+        scale = torch.from_numpy(seed_scales(self.seeds, self.pfgm_D)).to(self.device)
+        return z * scale.reshape(-1, *([1] * (z.ndim - 1)))
 
     def __call__(self, i: int) -> torch.Tensor:
         """Step noise for sampling step ``i`` (steps must be requested in increasing order)."""
@@ -193,8 +204,10 @@ class SeedNoise:
             self._next = None
 
 
-def over_seed_batches(seeds, shape, batch_size: int, device, run, callback=None, progress=None) -> torch.Tensor:
+def over_seed_batches(seeds, shape, batch_size: int, device, run, callback=None, progress=None,
+                      pfgm_D=None) -> torch.Tensor:
     """Run ``run(noise, cb) -> samples`` on batches of seeds with per-seed noise; float64 results on the CPU.
+    ``pfgm_D``: the initial noise of a PFGM++ model (:class:`SeedNoise`).
 
     ``callback(info, seeds_of_batch)`` is handed to ``run`` as ``cb(info)``; ``progress(n_done)`` after each batch,
     which is also reported to :mod:`diffusion_es.progress`.
@@ -208,7 +221,7 @@ def over_seed_batches(seeds, shape, batch_size: int, device, run, callback=None,
     with _task(len(seeds)):  # (shown where a caller tracks it: diffusion_es.progress)
         for start in range(0, len(seeds), batch_size):
             batch = seeds[start:start + batch_size]
-            noise = SeedNoise(batch, shape, device)
+            noise = SeedNoise(batch, shape, device, pfgm_D=pfgm_D)
             cb = None if callback is None else (lambda info, b=batch: callback(info, b))
             try:
                 with torch.no_grad():

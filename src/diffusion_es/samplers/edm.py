@@ -2,6 +2,10 @@
 
 The state ``x = x_0 + σ ε`` is float64; the ODE derivative is ``d = (x - D(x, σ)) / σ``. With Epsilon Scaling
 the wrapped denoiser is used at every evaluation, Heun's correction included; churn noise is unchanged.
+
+PFGM++ models (a denoiser with a finite ``pfgm_D``, :mod:`diffusion_es.core.pfgm`) use the same ODE from their own
+prior; churn would add Gaussian noise, the wrong kernel for finite D, so it is refused for them
+(:func:`check_pfgm_churn`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import torch
 from ..core.param import as_denoiser
 from .common import StepInfo
 
-__all__ = ["sample_euler", "sample_heun", "check_churn"]
+__all__ = ["sample_euler", "sample_heun", "check_churn", "check_pfgm_churn"]
 
 
 def check_churn(S_churn: float, S_tmin: float, S_tmax: float, S_noise: float) -> None:
@@ -29,6 +33,14 @@ def check_churn(S_churn: float, S_tmin: float, S_tmax: float, S_noise: float) ->
         raise ValueError(f"S_tmax must be >= S_tmin (inf allowed), got {S_tmax}")
 
 
+def check_pfgm_churn(S_churn: float, pfgm_D) -> None:
+    """Refuse EDM's churn (Gaussian noise) for a PFGM++ model with finite D."""
+    if pfgm_D is not None and math.isfinite(float(pfgm_D)) and float(S_churn) > 0:
+        D = float(pfgm_D)
+        raise ValueError(f"S_churn > 0 adds Gaussian noise, the wrong perturbation kernel for this PFGM++ model "
+                         f"(D = {int(D) if D == int(D) else D}): sample it deterministically (no churn)")
+
+
 def _edm(denoiser, x: torch.Tensor, sigmas: Sequence[float], heun: bool, noise, callback, S_churn, S_tmin, S_tmax,
          S_noise) -> torch.Tensor:
     sig = [float(s) for s in sigmas]
@@ -36,6 +48,7 @@ def _edm(denoiser, x: torch.Tensor, sigmas: Sequence[float], heun: bool, noise, 
     if n < 1 or any(not (b < a) for a, b in zip(sig, sig[1:])) or not sig[-1] >= 0:
         raise ValueError("sigmas must be a decreasing grid of at least 2 values ending at >= 0")
     check_churn(S_churn, S_tmin, S_tmax, S_noise)
+    check_pfgm_churn(S_churn, getattr(denoiser, "pfgm_D", None))
     stochastic = S_churn > 0
     if stochastic and noise is None:
         raise ValueError("a stochastic EDM sampler (S_churn > 0) needs a noise source (noise=...)")

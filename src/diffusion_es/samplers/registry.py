@@ -17,8 +17,9 @@ from typing import Callable, Optional
 import torch
 
 from ..core.param import flow_t_to_sigma, sigma_to_flow_space, sigma_to_vp_space
+from ..core.pfgm import EDMSchedule, check_D
 from ..core.schedules import FlowSchedule, karras_sigmas, respace
-from .edm import check_churn, sample_euler, sample_heun
+from .edm import check_churn, check_pfgm_churn, sample_euler, sample_heun
 from .flow import FLOW_DTYPES, sample_flow_euler, sample_flow_heun
 from .timeshift import TimeShift
 from .vp import VARIANCES, sample_ddim, sample_ddpm
@@ -148,6 +149,10 @@ class SamplingPlan:
     ``sigmas`` are the sigmas of the sampling steps in order (noisiest first), the grid a λ schedule is bound to
     (it starts at σ = ∞ for a flow grid from t = 1 and for a zero-terminal-SNR chain that includes its last
     timestep); ``nfe`` the network evaluations of one run; ``process`` the sampler's state (``vp`` or ``flow``).
+
+    An EDM-preconditioned model (:class:`~diffusion_es.core.pfgm.EDMSchedule`) runs euler or heun only;
+    ``pfgm_D`` is its PFGM++ D (∞ for every other model): the initial noise must then be the PFGM++ kernel's
+    (:class:`~diffusion_es.samplers.common.SeedNoise` with ``pfgm_D``), and :meth:`resolve` refuses churn.
     """
 
     def __init__(self, sampler: str, steps: int, schedule, spacing: str = "adm", rho: float = 7.0,
@@ -158,6 +163,11 @@ class SamplingPlan:
         self.sampler, self.steps = sampler, int(steps)
         grid = self.spec.grid
         flow_model = isinstance(schedule, FlowSchedule)
+        edm_model = isinstance(schedule, EDMSchedule)
+        self.pfgm_D = check_D(getattr(schedule, "pfgm_D", None))
+        if edm_model and grid != "sigma":
+            raise ValueError(f"sampler {sampler!r} needs a {'VP' if grid == 'vp' else 'rectified-flow'} model; this "
+                             f"is an EDM-preconditioned model ({schedule.describe()}): use euler or heun")
         if grid == "flow" and not flow_model:
             raise ValueError(f"sampler {sampler!r} needs a rectified-flow model (a FlowSchedule); this model has a VP "
                              f"schedule: use ddpm, ddim, euler or heun")
@@ -190,9 +200,18 @@ class SamplingPlan:
             self.sigmas = self.grid[:-1]
         self.nfe = self.spec.nfe(self.steps)
 
+    def resolve(self, opts: dict) -> dict:
+        """The sampler's options with defaults, checked (:meth:`SamplerSpec.resolve`), and churn refused for a
+        PFGM++ model with finite D."""
+        full = self.spec.resolve(opts)
+        if "S_churn" in full:
+            check_pfgm_churn(float(full["S_churn"]), self.pfgm_D)
+        return full
+
     def initial(self, z: torch.Tensor) -> torch.Tensor:
         """Initial state from unit noise: VP prior x_T = z for ddpm/ddim, the flow state x_1 = z for flow samplers
-        (t_0 = 1), x = σ_0 z for EDM samplers."""
+        (t_0 = 1), x = σ_0 z for EDM samplers (for a PFGM++ model ``z`` is the kernel's unit-σ draw, so this is its
+        prior at σ_max, :func:`~diffusion_es.core.pfgm.prior`)."""
         if self.spec.grid == "flow":
             return z if self.grid[0] == 1 else z * float(self.grid[0])
         return z if self.chain is not None else z * float(self.grid[0])
@@ -206,7 +225,7 @@ class SamplingPlan:
         """Sample from a given sigma-space state at step ``start`` (``x = x_0 + σ_start ε``, the σ = ∞ convention at
         σ = ∞), e.g. real data diffused to that step with q (the paper's δ_t protocol). Steps before ``start`` are
         skipped; a callback then sees the indices of the shortened run (step ``start`` is its 0)."""
-        opts = self.spec.resolve(opts)
+        opts = self.resolve(opts)
         if _z is not None:
             return self.spec.fn(denoiser, self.initial(_z), self.grid, noise=noise, callback=callback, **opts)
         if not 0 <= int(start) < self.steps:

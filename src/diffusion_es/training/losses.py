@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from ..core.param import FLOW, get_prediction, vp_coefficients
+from ..core.pfgm import edm_scalings, perturb
 from ..core.schedules import VPSchedule
 
-__all__ = ["normal_kl", "discretized_gaussian_log_likelihood", "diffusion_tables", "diffusion_loss", "flow_loss"]
+__all__ = ["normal_kl", "discretized_gaussian_log_likelihood", "diffusion_tables", "diffusion_loss", "flow_loss",
+           "edm_loss"]
 
 
 # ---- the variational bound, from the formulas ---------------------------------------------------------------
@@ -112,4 +114,18 @@ def flow_loss(net, x0, t, eps, time_scale: float = 1000.0, xi=None, ip_gamma=0.0
     x_t = a * x0 + b * noise_in
     out = net(x_t, t * time_scale)
     mse = ((out - FLOW.target(x0, eps, a, b)) ** 2).mean()
+    return mse, {"mse": mse.detach()}
+
+
+def edm_loss(net, x0, sigma, z, scale, schedule):
+    """The EDM / PFGM++ loss for one batch: ``sigma`` (B,) noise levels, ``z`` unit Gaussian like x0, ``scale`` the
+    PFGM++ √w per example (None: D = ∞, EDM's Gaussian kernel), ``schedule`` an
+    :class:`~diffusion_es.core.pfgm.EDMSchedule`. Returns (loss, {"mse"}); the network's input is
+    ``c_in·(x0 + σ√w z)`` and its time ``time_scale·ln(σ)/4``."""
+    s = _bc(sigma, x0)
+    x = perturb(x0, s.reshape(-1), z, scale)
+    c_skip, c_out, c_in, c_noise = edm_scalings(s, schedule.sigma_data)
+    out = net(c_in * x, (schedule.time_scale * c_noise).reshape(-1))
+    target = (x0 - c_skip * x) / c_out  # PreconditionedPrediction's target: F with c_skip·x + c_out·F = x0
+    mse = ((out - target) ** 2).mean()
     return mse, {"mse": mse.detach()}

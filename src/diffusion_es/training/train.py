@@ -7,7 +7,9 @@ dropout) which is forked, seeded and restored around the run. A checkpoint store
 the position in the current permutation, so ``resume`` continues bit for bit where a killed run stopped.
 
 The objective is in :mod:`.losses`: VP diffusion (ε / x0 / v, learned variance) or, with
-``diffusion["process"] == "flow"`` (``--prediction flow``), rectified flow with t ~ U(0, 1).
+``diffusion["process"] == "flow"`` (``--prediction flow``), rectified flow with t ~ U(0, 1); with
+``diffusion["process"] == "edm"`` (``--pfgm-D D`` / ``--prediction edm``) EDM's preconditioned denoiser loss with
+log-normal σ and the PFGM++ perturbation kernel for D (D = ∞: EDM's Gaussian).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from ..errors import UsageError
 from ..io import atomic_path
 from ..models.checkpoint import FORMAT, build_model, diffusion_config, read_config, save_checkpoint
 from ..models.config import ModelConfig
+from ..core.pfgm import EDMSchedule, generator_scales
 from ..core.schedules import VPSchedule
-from .losses import diffusion_loss, diffusion_tables, flow_loss
+from .losses import diffusion_loss, diffusion_tables, edm_loss, flow_loss
 
 __all__ = ["TrainConfig", "train", "lr_at", "STATE_FILE"]
 
@@ -163,6 +166,21 @@ def _load_state(path: Path, net, ema, opt, gens: dict, device):
 
 
 # ---- the loop ---------------------------------------------------------------------------------------------
+def edm_schedule(diffusion: dict) -> EDMSchedule:
+    """The :class:`EDMSchedule` of an EDM / PFGM++ diffusion section."""
+    return EDMSchedule(**{k: diffusion[k] for k in ("pfgm_D", "sigma_min", "sigma_max", "sigma_data", "time_scale",
+                                                   "P_mean", "P_std")})
+
+
+def _edm_batch(g: torch.Generator, x0: torch.Tensor, sched: EDMSchedule):
+    """(σ, z, √w) of one EDM / PFGM++ training batch, all from the generator ``g`` (CPU), in this order."""
+    B = x0.shape[0]
+    sigma = (sched.P_mean + sched.P_std * torch.randn((B,), generator=g)).exp()
+    z = torch.randn(x0.shape, generator=g)
+    scale = generator_scales(g, B, sched.pfgm_D)
+    return sigma, z, None if scale is None else scale.to(torch.float32)
+
+
 def _eval_heldout(ema, data, tables, diffusion, levels, device, max_n=1024, reps=4):
     """Mean simple loss of the EMA weights on held-out data, fixed noise (its own generator)."""
     g = torch.Generator().manual_seed(1234)
@@ -172,6 +190,14 @@ def _eval_heldout(ema, data, tables, diffusion, levels, device, max_n=1024, reps
         for _ in range(reps):
             for i in range(0, len(x), 512):
                 xb = x[i:i + 512].to(device)
+                if diffusion.get("process") == "edm":
+                    sched = edm_schedule(diffusion)
+                    sigma, z, scale = _edm_batch(g, xb, sched)
+                    scale = None if scale is None else scale.to(device)
+                    _, terms = edm_loss(ema, xb, sigma.to(device), z.to(device), scale, sched)
+                    tot += float(terms["mse"]) * len(xb)
+                    n += len(xb)
+                    continue
                 if tables is None:  # rectified flow
                     t = torch.rand((len(xb),), generator=g).to(device)
                     eps = torch.randn(xb.shape, generator=g).to(device)
@@ -197,7 +223,7 @@ class _Run:
     model: ModelConfig
     diffusion: dict
     ds: object
-    tables: Optional[dict]  # None for rectified flow
+    tables: Optional[dict]  # None for rectified flow and EDM / PFGM++
     net: nn.Module
     ema: nn.Module
     opt: torch.optim.Optimizer
@@ -243,6 +269,14 @@ class _Run:
         for group in self.opt.param_groups:
             group["lr"] = lr
         x0 = self.data[self.next_indices()]
+        if self.diffusion.get("process") == "edm":
+            sched = edm_schedule(self.diffusion)
+            sigma, z, scale = _edm_batch(g, x0, sched)
+            if self.device.type != "cpu":
+                sigma, z = sigma.to(self.device), z.to(self.device)
+                scale = None if scale is None else scale.to(self.device)
+            loss, terms = edm_loss(self.net, x0, sigma, z, scale, sched)
+            return self._update(loss, terms)
         flow = self.tables is None
         t = (torch.rand((cfg.batch_size,), generator=g) if flow
              else torch.randint(0, self.diffusion["T"], (cfg.batch_size,), generator=g))
@@ -257,6 +291,11 @@ class _Run:
             loss, terms = diffusion_loss(self.net, x0, t, eps, self.tables, self.diffusion["prediction"],
                                          self.diffusion["learned_variance"], cfg.vlb_weight, self.ds.levels, xi,
                                          cfg.ip_gamma)
+        return self._update(loss, terms)
+
+    def _update(self, loss, terms):
+        """Backward, clip, optimiser step, EMA update; returns (loss, terms)."""
+        cfg = self.cfg
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -355,7 +394,9 @@ def train(out_dir, cfg: TrainConfig = None, model: Optional[ModelConfig] = None,
     problem = model.representation_problem(diffusion["prediction"])
     if problem and not resume:
         raise UsageError(problem)
-    if diffusion.get("process") == "flow":
+    if diffusion.get("process") in ("flow", "edm"):
+        if diffusion.get("process") == "edm" and cfg.ip_gamma > 0:
+            raise UsageError("--ip-gamma (DDPM-IP) is defined for VP and flow training; an EDM / PFGM++ model has none")
         tables = None
     else:
         tables = diffusion_tables(VPSchedule.from_name(diffusion["beta_schedule"], diffusion["T"]), device)
