@@ -19,7 +19,7 @@ class _ProtocolNoise:
     """The noise protocol, literally (the pre-optimisation implementation): the reference for every byte."""
 
     def __init__(self, seeds, shape, device="cpu", pfgm_D=None):
-        assert pfgm_D is None  # the Gaussian protocol (a PFGM++ prior is tested in test_pfgm.py)
+        assert pfgm_D is None or pfgm_D == float("inf")  # the Gaussian protocol (a PFGM++ prior is tested in test_pfgm.py)
         self.shape = tuple(shape)
         self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.z = torch.stack([torch.randn(self.shape, generator=g) for g in self.gens])
