@@ -1,0 +1,57 @@
+"""The shipped MNIST model (``--model mnist``): what the package holds, that it loads without executing code and
+samples, and that repro / compare evaluate it on MNIST's test split with the MNIST profiles."""
+
+import json
+
+import torch
+from safetensors import safe_open
+
+from diffusion_es.cli import main
+from diffusion_es.experiments.common import model_data
+from diffusion_es.experiments.repro import PROFILES, ReproConfig
+from diffusion_es.models import load_model
+from diffusion_es.models.checkpoint import shipped_path
+from diffusion_es.samplers import sample
+
+
+def test_the_package_holds_the_model_its_card_and_ema_weights_only():
+    d = shipped_path("mnist")
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["data"]["spec"] == "mnist" and "path" not in cfg["data"]  # no path of the machine that trained it
+    assert cfg["model"]["arch"] == "unet" and cfg["model"]["data_shape"] == [1, 28, 28]
+    assert cfg["diffusion"]["prediction"] == "eps" and cfg["training"]["commands"]
+    card = (d / "MODEL_CARD.md").read_text()
+    for needle in ("## Command", "FD vs test", "FD vs train", "recall", "nearest training image", "per 1,000 samples",
+                   "held-out loss", "CPU"):
+        assert needle in card, needle
+    with safe_open(str(d / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("ema.") for k in keys)
+
+
+def test_loads_and_samples():
+    m = load_model("mnist")
+    assert tuple(m.data_shape) == (1, 28, 28) and model_data(m, None) == "mnist"
+    assert sum(p.numel() for p in m.net.parameters()) == json.loads(
+        (shipped_path("mnist") / "config.json").read_text())["training"]["params"]
+    x = sample(m.denoiser(), "ddim", 3, m.data_shape, [0, 1], schedule=m.schedule)
+    assert x.shape == (2, 1, 28, 28) and torch.isfinite(x).all()
+
+
+def test_repro_and_compare_take_the_mnist_profiles():
+    for quick in (True, False):
+        c = ReproConfig(model="mnist", quick=quick).resolved("mnist")
+        prof = PROFILES["mnist"]["quick" if quick else "full"]
+        assert (c.n_samples, c.samplers, c.nfe) == (prof["n_samples"], prof["samplers"], prof["nfe"])
+        assert c.ref == "heldout"
+
+
+def test_sample_by_name(tmp_path):
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--model", "mnist", "--sampler", "ddim", "--steps", "2", "--seeds", "0-1", "--out",
+                 str(out), "--no-progress"]) == 0
+    import numpy as np
+
+    with np.load(out) as z:
+        arr = z[z.files[0]]
+    assert arr.dtype == np.uint8 and arr.shape in ((2, 28, 28, 1), (2, 1, 28, 28), (2, 28, 28))
