@@ -184,11 +184,11 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
     with torch.no_grad(), _task(2 * n_samples):  # a free run and a δ_t run per seed
         for b in range(0, n_samples, batch_size):
             batch = seeds[b:b + batch_size]
-            noise = SeedNoise(batch, shape, device, plan.pfgm_D)
+            noise = SeedNoise(batch, shape, device, pfgm_D=plan.pfgm_D)
             plan.run(den, noise.initial(), noise, callback=record_free, **sampler_kwargs)
             # δ_t protocol: real x_0 diffused to the first (finite) step with the same seeds' noise, then sampled
             x0 = _pick(data, n_samples, seed + 1)[b:b + len(batch)].to(device)
-            noise = SeedNoise(batch, shape, device, plan.pfgm_D)
+            noise = SeedNoise(batch, shape, device, pfgm_D=plan.pfgm_D)
             z = noise.initial()
             start = 1 if (np.isinf(plan.sigmas[0]) and n > 1) else 0
             if start:  # step 0 at σ = ∞: the input is the noise itself, x_t − 0·x_0 = z

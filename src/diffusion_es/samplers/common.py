@@ -132,7 +132,7 @@ class SeedNoise:
     D = ∞ it is ``z`` itself, the same bytes as without the option. Step noise stays Gaussian.
     """
 
-    def __init__(self, seeds: Sequence[int], shape: Sequence[int], device="cpu", workers: Optional[int] = None,
+    def __init__(self, seeds: Sequence[int], shape: Sequence[int], device="cpu", *, workers: Optional[int] = None,
                  pfgm_D=None):
         self.seeds = [int(s) for s in seeds]
         self.pfgm_D = check_D(pfgm_D)
