@@ -358,7 +358,7 @@ JOBS = {
 }
 
 if __name__ == "__main__":
-    parts = sys.argv[1:] or ["measure", "calibrate", "repro", "compare", "flow"]
+    parts = sys.argv[1:] or ["measure", "calibrate", "repro", "compare", "flow", "pfgm"]
     bad = [p for p in parts if p not in JOBS]
     if bad:
         raise SystemExit(f"unknown part(s) {bad}: choose from {', '.join(JOBS)}")
