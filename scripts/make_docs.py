@@ -129,31 +129,40 @@ def _sched_label(d, steps):
     return f"k = {d['k']:.4g}, b = {d['b']:.4f} (λ {d['k'] * (steps - 2) + d['b']:.3f} → {d['b']:.3f})"
 
 
-def flow_docs() -> None:
-    from diffusion_es.data import load_dataset
+def _uniform_and_linear(m, ds, sampler, steps, cal, stem) -> dict:
+    """Calibrate a uniform and a linear λ schedule for one (sampler, steps) of a digits model on held-out FD, with the
+    extra measures; each result is written to ``{stem}_{kind}.json``. Both are validated on the same fresh seed sets,
+    so they share one baseline."""
     from diffusion_es.diagnostics.calibrate import calibrate
     from diffusion_es.experiments.measures import build_measures
+    from diffusion_es.io import write_json
+
+    res = {}
+    for kind in ("uniform", "linear"):
+        metric, extra = build_measures("digits", ds, "heldout", None, None, m.data_shape, n_real_pr=360)
+        r = calibrate(m.denoiser(), sampler, steps, m.data_shape, metric, kind=kind, schedule=m.schedule,
+                      metric_name=metric.name, extra_metrics=extra, **cal).to_dict()
+        write_json(Path(f"{stem}_{kind}.json"), r)
+        res[kind] = r
+    assert res["uniform"]["baseline_val"] == res["linear"]["baseline_val"]
+    return res
+
+
+def flow_docs() -> None:
+    from diffusion_es.data import load_dataset
     from diffusion_es.io import write_json
     from diffusion_es.models import load_model
 
     out = DOCS / "flow"
     m = load_model("digits-flow")
-    den = m.denoiser()
     tr = m.config["training"]
     ds = load_dataset("digits")
     t_all = time.time()
     rows_c, rows_q, rows_m, results = [], [], [], {}
     for sampler, steps in FLOW_SETTINGS:
         t0 = time.time()
-        res = {}
-        for kind in ("uniform", "linear"):
-            metric, extra = build_measures("digits", ds, "heldout", None, None, m.data_shape, n_real_pr=360)
-            r = calibrate(den, sampler, steps, m.data_shape, metric, kind=kind, schedule=m.schedule,
-                          metric_name=metric.name, extra_metrics=extra, **FLOW_CAL).to_dict()
-            write_json(out / f"calibration_{sampler}{steps}_{kind}.json", r)
-            res[kind] = r
+        res = _uniform_and_linear(m, ds, sampler, steps, FLOW_CAL, out / f"calibration_{sampler}{steps}")
         u, lin = res["uniform"], res["linear"]
-        assert u["baseline_val"] == lin["baseline_val"]  # the same fresh seed sets, so one baseline
         rows_c.append(f"| {sampler} | {steps} | {_mean_ci(u['baseline_val'])} | {_sched_label(u['candidate'], steps)} | "
                       f"{_mean_ci(u['best_val'])} | {_pct_ci(u)} | {'yes' if u['significant'] else 'no'} | "
                       f"{_sched_label(lin['candidate'], steps)} | {_mean_ci(lin['best_val'])} | {_pct_ci(lin)} | "
@@ -239,8 +248,6 @@ def pfgm_docs(models=None, settings=None, cal=None, n_measure=500, out=None) -> 
     """docs/pfgm: for each model and setting, ε-norm curves (measure), baseline vs uniform ES vs a calibrated linear
     schedule on held-out FD over fresh seed sets, precision / recall (the flow docs' protocol)."""
     from diffusion_es.data import load_dataset
-    from diffusion_es.diagnostics.calibrate import calibrate
-    from diffusion_es.experiments.measures import build_measures
     from diffusion_es.io import write_json
     from diffusion_es.models import load_model
 
@@ -251,21 +258,13 @@ def pfgm_docs(models=None, settings=None, cal=None, n_measure=500, out=None) -> 
     rows_c, rows_q, rows_m, rows_models, results = [], [], [], [], {}
     for name, label in models:
         m = load_model(name)
-        den = m.denoiser()
         tr = m.config["training"]
         rows_models.append(f"| `--model {name}` | {label} | {tr['params']:,} | {tr['step']:,} | "
                            f"{tr['train_seconds'] / 60:.0f} min | {tr['heldout_loss_ema']:.4f} |")
         for sampler, steps in settings:
             t0 = time.time()
-            res = {}
-            for kind in ("uniform", "linear"):
-                metric, extra = build_measures("digits", ds, "heldout", None, None, m.data_shape, n_real_pr=360)
-                r = calibrate(den, sampler, steps, m.data_shape, metric, kind=kind, schedule=m.schedule,
-                              metric_name=metric.name, extra_metrics=extra, **cal).to_dict()
-                write_json(out / f"calibration_{name}_{sampler}{steps}_{kind}.json", r)
-                res[kind] = r
+            res = _uniform_and_linear(m, ds, sampler, steps, cal, out / f"calibration_{name}_{sampler}{steps}")
             u, lin = res["uniform"], res["linear"]
-            assert u["baseline_val"] == lin["baseline_val"]  # the same fresh seed sets, so one baseline
             nfe = 2 * steps - 1 if sampler == "heun" else steps
             rows_c.append(f"| {label} | {sampler} | {steps} ({nfe} NFE) | {_mean_ci(u['baseline_val'])} | "
                           f"{_edm_sched_label(u['candidate'], steps)} | {_mean_ci(u['best_val'])} | {_pct_ci(u)} | "

@@ -1,0 +1,34 @@
+"""The docs generator runs end to end on tiny settings (the committed docs/ come from it; see scripts/make_docs.py)."""
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def make_docs():
+    return runpy.run_path(str(ROOT / "scripts" / "make_docs.py"))
+
+
+def test_pfgm_docs_on_tiny_settings(make_docs, tmp_path):
+    cal = dict(lam_range=(0.95, 1.10), n_samples=40, n_sets=1, n_val_sets=2, coarse=2, refine=1, batch_size=40)
+    make_docs["pfgm_docs"](models=[("digits-edm", "EDM-style")], settings=[("euler", 4)], cal=cal, n_measure=40,
+                           out=tmp_path)
+    for kind in ("uniform", "linear"):
+        r = json.loads((tmp_path / f"calibration_digits-edm_euler4_{kind}.json").read_text())
+        assert len(r["baseline_val"]) == len(r["best_val"]) == 2
+    text = (tmp_path / "README.md").read_text()
+    assert "| EDM-style | euler | 4" in text and (tmp_path / "results.json").is_file()
+
+
+def test_unknown_part_is_refused():
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_docs.py"), "nonsense"], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode != 0 and "unknown part(s) ['nonsense']" in p.stderr
