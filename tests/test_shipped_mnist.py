@@ -55,3 +55,33 @@ def test_sample_by_name(tmp_path):
     with np.load(out) as z:
         arr = z[z.files[0]]
     assert arr.dtype == np.uint8 and arr.shape in ((2, 28, 28, 1), (2, 1, 28, 28), (2, 28, 28))
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("diffusion-es: error:"), err
+    return err[0]
+
+
+def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "r"
+    assert main(["repro", "--quick", "--model", "nonesuch", "--out", str(out), "--no-progress"]) == 2
+    assert "no such checkpoint" in _one_line(capsys) and not out.exists()
+    monkeypatch.setenv("DIFFUSION_ES_MNIST", str(tmp_path / "missing.pkl.gz"))
+    for cmd in ("repro", "compare"):
+        assert main([cmd, "--quick", "--model", "mnist", "--out", str(out), "--no-progress"]) == 2
+        assert "DIFFUSION_ES_MNIST" in _one_line(capsys) and not out.exists()
+
+
+def test_features_of_another_image_size_are_refused(tmp_path, capsys):
+    """digit features (an 8x8 classifier) of resized 28x28 samples would give a number that means nothing."""
+    import numpy as np
+
+    from diffusion_es.io import save_npz
+
+    x = (np.arange(6 * 28 * 28) % 256).astype(np.uint8).reshape(6, 28, 28, 1)
+    save_npz(tmp_path / "d.npz", x)
+    out = tmp_path / "r"
+    assert main(["repro", "--quick", "--model", "mnist", "--data", f"npz:{tmp_path / 'd.npz'}", "--features", "digits", "--ref", "train",
+                 "--out", str(out), "--no-progress"]) == 2
+    assert "--features digits is a classifier of 8x8 images" in _one_line(capsys) and not out.exists()

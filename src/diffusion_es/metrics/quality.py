@@ -107,4 +107,11 @@ def build_metric(data: str = "digits", ref: str = "train", features: Optional[st
     from . import get_extractor
 
     ext = get_extractor(features, inception_path=inception)
+    native = getattr(ext, "native_shape", None)  # a classifier's own input (H, W, C); Inception takes any size
+    if native is not None and tuple(ds.shape[1:]) != tuple(native[:2]):
+        h, w = ds.shape[1:]
+        raise UsageError(f"--features {ext.name} is a classifier of {native[0]}x{native[1]} images but --data {data!r} "
+                         f"has {h}x{w} images: its features of resized images mean nothing; use "
+                         f"{'--features mnist' if (h, w) == (28, 28) else '--features digits' if (h, w) == (8, 8) else ''}"
+                         f"{' or ' if (h, w) in ((28, 28), (8, 8)) else ''}--features inception")
     return FDMetric(ext, reference_stats(ext, real), f"FD-{ext.name} vs {ref}")
