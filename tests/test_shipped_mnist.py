@@ -85,3 +85,17 @@ def test_features_of_another_image_size_are_refused(tmp_path, capsys):
     assert main(["repro", "--quick", "--model", "mnist", "--data", f"npz:{tmp_path / 'd.npz'}", "--features", "digits", "--ref", "train",
                  "--out", str(out), "--no-progress"]) == 2
     assert "--features digits is a classifier of 8x8 images" in _one_line(capsys) and not out.exists()
+
+
+def test_repro_on_mnist_end_to_end_small(tmp_path):
+    """The quick MNIST reproduction's every stage (power pilot, calibration, validation, exposure curves, report) on
+    tiny sizes: MNIST's test split as the reference and the MNIST classifier's features."""
+    from diffusion_es.experiments.repro import run_repro
+
+    cfg = ReproConfig(model="mnist", quick=True, samplers=["ddim"], nfe=[4], n_samples=20, n_measure=12,
+                      out=str(tmp_path / "r"), batch_size=20)
+    res = run_repro(cfg, log=lambda m: None)
+    assert res["data"] == "mnist" and res["metric"] == "FD-mnist vs heldout"
+    assert [(c["sampler"], c["nfe_cell"]) for c in res["table"]] == [("ddim", 4)]
+    assert res["power"]["n_samples"] == 20 and res["power"]["sets_needed"] >= 2
+    assert (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / "exposure_ddim.png").is_file()

@@ -39,8 +39,8 @@ PROFILES = {
                      samplers=["ddpm", "ddim", "euler", "heun"]),
     },
     "mnist": {
-        "quick": dict(nfe=[10, 20], n_samples=250, n_sets=1, n_val_sets=3, max_val_sets=3, coarse=3, refine=1,
-                      n_measure=200, linear_samplers=[], samplers=["ddpm", "ddim"]),
+        "quick": dict(nfe=[10, 20], n_samples=200, n_sets=1, n_val_sets=3, max_val_sets=3, coarse=3, refine=1,
+                      n_measure=100, linear_samplers=[], samplers=["ddpm", "ddim"]),
         # sized for about an hour of one CPU core (the committed docs/repro_mnist); on a GPU widen it with
         # --nfe 10,20,50,100 --samplers ddpm,ddim,euler,heun --samples 1000
         "full": dict(nfe=[10, 20], n_samples=500, n_sets=1, n_val_sets=3, max_val_sets=4, coarse=3, refine=1,
