@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs"
+DOCS = Path("docs")  # relative: the commands and paths recorded in the docs name no machine's folders (run from ROOT)
 
 
 def cli(*argv) -> dict:
@@ -357,6 +357,9 @@ JOBS = {
 }
 
 if __name__ == "__main__":
+    import os
+
+    os.chdir(ROOT)
     parts = sys.argv[1:] or ["measure", "calibrate", "repro", "compare", "flow", "pfgm"]
     bad = [p for p in parts if p not in JOBS]
     if bad:
