@@ -113,3 +113,13 @@ def test_repro_on_mnist_end_to_end_small(tmp_path, monkeypatch):
     assert [(c["sampler"], c["nfe_cell"]) for c in res["table"]] == [("ddim", 4)]
     assert res["power"]["n_samples"] == 20 and res["power"]["sets_needed"] >= 2
     assert (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / "exposure_ddim.png").is_file()
+
+
+def test_repro_cli_leaves_rows_columns_and_sizes_to_the_profile():
+    """A default on the command line would override the dataset's profile (MNIST ran the digits rows once)."""
+    from diffusion_es.cli import build_parser
+
+    a = build_parser().parse_args(["repro", "--model", "mnist"])
+    assert (a.samplers, a.nfe, a.samples, a.seeds) == (None, None, None, None)
+    c = ReproConfig(model="mnist", samplers=a.samplers, nfe=a.nfe, n_samples=a.samples).resolved("mnist")
+    assert c.samplers == PROFILES["mnist"]["full"]["samplers"]

@@ -24,8 +24,8 @@ def register(sub):
                    help="samples per seed set (default: by dataset profile)")
     p.add_argument("--nfe", type=int_list(2, 100_000), default=None,
                    help="network-evaluation columns (default: by dataset profile)")
-    p.add_argument("--samplers", type=name_list, default="ddpm,ddim,euler,heun",
-                   help="rows (default ddpm,ddim,euler,heun)")
+    p.add_argument("--samplers", type=name_list, default=None,
+                   help="rows (default: by dataset profile; digits ddpm,ddim,euler,heun, mnist ddpm,ddim)")
     p.add_argument("--ref", default="heldout",
                    help="FD reference: heldout (default: data the model never saw), train, all or a reference .npz")
     p.add_argument("--features", default=None, choices=("digits", "mnist", "inception"),
@@ -47,7 +47,7 @@ def run(args) -> int:
 
     check_output(args.out, "dir")
     cfg = ReproConfig(model=args.model, data=args.data, out=args.out, quick=args.quick,
-                      samplers=name_list(args.samplers) if isinstance(args.samplers, str) else args.samplers,
+                      samplers=args.samplers,
                       nfe=args.nfe, n_samples=args.samples,
                       n_val_sets=args.seeds, ref=args.ref, features=args.features, inception=args.inception,
                       device=args.device, batch_size=args.batch_size, compare=args.compare)
