@@ -148,6 +148,19 @@ def _uniform_and_linear(m, ds, sampler, steps, cal, stem) -> dict:
     return res
 
 
+def _quality_rows(prefix: str, u: dict, lin: dict) -> list:
+    """Table rows (baseline, uniform ES, calibrated linear) of the validation sets' held-out FD, FD vs train,
+    precision, recall and nearest-training distance, each as mean ± 95 % t-interval; ``prefix`` the first cells."""
+    rows = []
+    for label, key, r in (("baseline", "baseline", u), ("uniform ES", "best", u), ("calibrated linear", "best", lin)):
+        vals = r["baseline_val"] if key == "baseline" else r["best_val"]
+        ex = {name: v[key] for name, v in r["extra_val"].items()}
+        rows.append(f"| {prefix} | {label} | {_mean_ci(vals)} | {_mean_ci(ex['fd_train'])} | "
+                    f"{_mean_ci(ex['precision'], '{:.3f}')} | {_mean_ci(ex['recall'], '{:.3f}')} | "
+                    f"{_mean_ci(ex['nn_dist_train'], '{:.3f}')} |")
+    return rows
+
+
 def flow_docs() -> None:
     from diffusion_es.data import load_dataset
     from diffusion_es.io import write_json
@@ -167,12 +180,7 @@ def flow_docs() -> None:
                       f"{_mean_ci(u['best_val'])} | {_pct_ci(u)} | {'yes' if u['significant'] else 'no'} | "
                       f"{_sched_label(lin['candidate'], steps)} | {_mean_ci(lin['best_val'])} | {_pct_ci(lin)} | "
                       f"{'yes' if lin['significant'] else 'no'} | {time.time() - t0:.0f} s |")
-        for label, key, r in (("baseline", "baseline", u), ("uniform ES", "best", u), ("calibrated linear", "best", lin)):
-            vals = r["baseline_val"] if key == "baseline" else r["best_val"]
-            ex = {name: v[key] for name, v in r["extra_val"].items()}
-            rows_q.append(f"| {sampler} | {steps} | {label} | {_mean_ci(vals)} | {_mean_ci(ex['fd_train'])} | "
-                          f"{_mean_ci(ex['precision'], '{:.3f}')} | {_mean_ci(ex['recall'], '{:.3f}')} | "
-                          f"{_mean_ci(ex['nn_dist_train'], '{:.3f}')} |")
+        rows_q += _quality_rows(f"{sampler} | {steps}", u, lin)
         # the exposure-bias curves, baseline and with the calibrated linear schedule
         k, b = lin["candidate"]["k"], lin["candidate"]["b"]
         s = cli("measure", "--model", "digits-flow", "--sampler", sampler, "--steps", str(steps), "--n", "500",
@@ -271,12 +279,7 @@ def pfgm_docs(models=None, settings=None, cal=None, n_measure=500, out=None) -> 
                           f"{'yes' if u['significant'] else 'no'} | {_edm_sched_label(lin['candidate'], steps)} | "
                           f"{_mean_ci(lin['best_val'])} | {_pct_ci(lin)} | {'yes' if lin['significant'] else 'no'} | "
                           f"{time.time() - t0:.0f} s |")
-            for lab, key, r in (("baseline", "baseline", u), ("uniform ES", "best", u), ("calibrated linear", "best", lin)):
-                vals = r["baseline_val"] if key == "baseline" else r["best_val"]
-                ex = {k: v[key] for k, v in r["extra_val"].items()}
-                rows_q.append(f"| {label} | {sampler} | {steps} | {lab} | {_mean_ci(vals)} | {_mean_ci(ex['fd_train'])} | "
-                              f"{_mean_ci(ex['precision'], '{:.3f}')} | {_mean_ci(ex['recall'], '{:.3f}')} | "
-                              f"{_mean_ci(ex['nn_dist_train'], '{:.3f}')} |")
+            rows_q += _quality_rows(f"{label} | {sampler} | {steps}", u, lin)
             k, b = lin["candidate"]["k"], lin["candidate"]["b"]
             mdir = out / "measure" / name
             s = cli("measure", "--model", name, "--sampler", sampler, "--steps", str(steps), "--n", str(n_measure),

@@ -23,6 +23,7 @@ def test_pfgm_docs_on_tiny_settings(make_docs, tmp_path):
         assert len(r["baseline_val"]) == len(r["best_val"]) == 2
     text = (tmp_path / "README.md").read_text()
     assert "| EDM-style | euler | 4" in text and (tmp_path / "results.json").is_file()
+    assert "| EDM-style | euler | 4 | calibrated linear | " in text  # the fidelity / diversity rows
 
 
 def test_unknown_part_is_refused():
