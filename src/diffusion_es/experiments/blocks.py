@@ -57,9 +57,13 @@ def cost_line(r: dict) -> str:
 
 def power_text(p: dict) -> str:
     """The power statement of a repro run."""
+    pairing = ("; pairing cancels most of the seed-set noise" if p["sd_paired"] < p["sd_metric_rel"] / 2 else
+               "; pairing does not help here: the λ change moves the samples more than the seeds do"
+               if p["sd_paired"] >= p["sd_metric_rel"] else "")
     txt = (f"Power: at {p['steps']} steps ({SAMPLER_NAMES[p['sampler']]}), {p['n_samples']} samples per set, the "
-           f"metric varied by {100 * p['sd_metric_rel']:.1f} % (sd over {len(p['baseline'])} seed sets) but its "
-           f"*paired* change (λ = {p['lam_probe']} vs 1 on the same seeds) only by {100 * p['sd_paired']:.2f} % (sd). "
+           f"metric varied by {100 * p['sd_metric_rel']:.1f} % (sd over {len(p['baseline'])} seed sets) and its "
+           f"*paired* change (λ = {p['lam_probe']} vs 1 on the same seeds) by {100 * p['sd_paired']:.2f} % "
+           f"(sd{pairing}). "
            f"A paired t-test then needs {p['sets_needed']} seed sets to detect a {100 * p['effect']:.0f} % change "
            f"with 80 % power at α = 0.05 (planned with an 80 % upper bound on that sd); this run uses "
            f"**{p['n_val_sets']} validation sets**, so its 95 % intervals are about ±{100 * p['resolvable']:.1f} % "

@@ -41,7 +41,11 @@ def check_claims(results: dict) -> list:
         claim(f"(b) Uniform ES improves the held-out metric ({SAMPLER_NAMES[s]})", ok,
               "; ".join(f"{c['nfe_per_sample']} NFE: {100 * c['gain']:+.1f} % [{100 * c['gain_ci'][0]:+.1f}, "
                         f"{100 * c['gain_ci'][1]:+.1f}] at λ {c['candidate']['b']:.4f}" for c in cs)
-              + (f"; no interval reaches a {100 * effect:.0f} % gain" if ok is False and excluded else ""))
+              + (f"; no interval reaches a {100 * effect:.0f} % gain" if ok is False and excluded else "")
+              + ("; note: the winning λ is below 1 in " + ", ".join(f"{c['nfe_per_sample']} NFE" for c in better
+                                                                   if c['candidate']['b'] < 1)
+                 + ": that enlarges the predicted noise, the opposite of the paper's ES"
+                 if any(c['candidate']['b'] < 1 for c in better) else ""))
     claim("ES improves sample quality in most cells (all samplers together)", len(sig) > len(table) / 2,
           f"{len(sig)} of {len(table)} cells significantly better; mean change "
           f"{100 * np.mean([c['gain'] for c in table]):+.1f} %")
