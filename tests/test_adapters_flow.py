@@ -108,7 +108,7 @@ def vp_rewrite(out, x_t, ab, lam, kind):
     o, x = out.double(), x_t.double()
     if kind == "eps":
         return (o / lam).to(out.dtype)
-    eps, x0 = a * o + b * x, a * x - b * o  # v = a·ε − b·x_0
+    eps = a * o + b * x  # v = a·ε − b·x_0, so ε = a·v + b·x_t
     eps2 = eps / lam
     x02 = (x - b * eps2) / a
     return (a * eps2 - b * x02).to(out.dtype)
