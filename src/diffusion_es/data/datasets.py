@@ -70,6 +70,9 @@ def load_dataset(spec: str, toy_n: int = 8192, toy_seed: int = 0) -> Dataset:
                 "n_heldout": len(h), "range": [-1.0, 1.0], "levels": 17,
                 "split": "fixed permutation numpy default_rng(0), first 1437 train"}
         return Dataset(x, h, 17, desc)
+    if spec == "mnist:":  # an empty path is a slip (a shell variable that was not set), not "the default places"
+        raise UsageError("--data mnist: has no path after the colon: give mnist:PATH, or --data mnist for the "
+                         "default places (scripts/get_mnist.sh, $DIFFUSION_ES_MNIST)")
     if spec == "mnist":
         spec = "mnist:"
     kind, sep, rest = spec.partition(":")
