@@ -34,3 +34,16 @@ def _torch_threads():
     yield
     if torch.get_num_threads() != THREADS:
         torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """One BLAS thread for a module of many tiny float64 eigendecompositions / matrix products: a second thread only
+    adds contention on a 2-core machine (use with ``pytestmark = pytest.mark.usefixtures("one_blas_thread")``)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with threadpool_limits(1):
+        yield

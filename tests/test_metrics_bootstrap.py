@@ -26,16 +26,7 @@ EPS = np.finfo(np.float64).eps
 R, B = 150, 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """Stacks of tiny eigendecompositions: a second BLAS thread only adds contention on the shared 2-core machine."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def _pops(d=8, seed=0, shift=1.0):

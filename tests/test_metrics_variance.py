@@ -32,15 +32,7 @@ SHIFT = np.zeros(D)
 SHIFT[0] = 3.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def _samples(seeds):
