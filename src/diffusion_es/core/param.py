@@ -479,11 +479,21 @@ class VPDenoiser(Denoiser):
                     return b.dtype
         return torch.float64
 
+    def _t_of(self, s: float) -> float:
+        """``schedule.sigma_to_t(s)`` for one σ, remembered: a sampler asks for the same few σ in every batch."""
+        memo = self.__dict__.get("_t_memo")
+        if memo is None or memo[0] is not self.schedule or len(memo[1]) > 4096:
+            memo = self.__dict__["_t_memo"] = (self.schedule, {})
+        t = memo[1].get(s)
+        if t is None:
+            t = memo[1][s] = float(self.schedule.sigma_to_t(s))
+        return t
+
     def forward_full(self, x, sigma, step_sigma=None, **kwargs):
         dtype = self._net_dtype()
         if isinstance(sigma, (float, int)):  # one noise level for the batch: scalar arithmetic, one lookup
             s = float(sigma)
-            t = torch.full((x.shape[0],), float(self.schedule.sigma_to_t(s)), dtype=dtype, device=x.device)
+            t = torch.full((x.shape[0],), self._t_of(s), dtype=dtype, device=x.device)
             ab = sigma_to_alpha_bar(s)
             x_t = sigma_to_vp_space(x, s)
         else:

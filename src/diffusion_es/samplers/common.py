@@ -145,11 +145,21 @@ class SeedNoise:
         self._gens = [torch.Generator().manual_seed(s) for s in self.seeds]
         self._z = self._wait(self._start(self.shape))
         self._block_start, self._block, self._next, self._closed = None, None, None, False
+        # drawn in place, one block at a time, on the CPU: every block reuses one buffer (and its row views), as
+        # each step is handed out as a float64 copy; drawing ahead needs a fresh buffer per block
+        self._reuse = self.workers == 0 and self.device.type == "cpu"
+        self._buffer = None
 
-    def _start(self, shape):
-        """Begin one float32 draw of ``shape`` per seed into ``(B, *shape)`` (row k from seed k's generator)."""
-        out = torch.empty((len(self.seeds), *shape), pin_memory=self._pin)
-        rows = out.unbind(0)
+    def _start(self, shape, reuse: bool = False):
+        """Begin one float32 draw of ``shape`` per seed into ``(B, *shape)`` (row k from seed k's generator).
+        ``reuse``: draw into the buffer of the previous such call (its contents are overwritten)."""
+        if reuse and self._buffer is not None:
+            out, rows = self._buffer
+        else:
+            out = torch.empty((len(self.seeds), *shape), pin_memory=self._pin)
+            rows = out.unbind(0)
+            if reuse:
+                self._buffer = out, rows
         if self.workers == 0 or not rows:
             _fill(rows, self._gens)
             return out, []
@@ -184,7 +194,7 @@ class SeedNoise:
             block_shape = (NOISE_BLOCK, *self.shape)
             while self._block_start is None or self._block_start < start:
                 # draw (and, if steps were skipped, discard) blocks so the stream position depends only on i
-                draw, self._next = self._next or self._start(block_shape), None
+                draw, self._next = self._next or self._start(block_shape, reuse=self._reuse), None
                 block = self._wait(draw)
                 self._block_start = 0 if self._block_start is None else self._block_start + NOISE_BLOCK
             # one float32 copy per block (asynchronous from pinned memory); then draw the next one ahead

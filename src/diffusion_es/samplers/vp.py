@@ -123,16 +123,18 @@ def _vp_loop(denoiser, x_T, chain: RespacedChain, update: Callable, noise, callb
         if s is None:
             x_sig = vp_to_sigma_space(x, tr.ab)
             D, extras = den.forward_full(x_sig, chain.sigmas[i], step_sigma=chain.sigmas[i])
-            eps_used = implied_eps(x_sig, D, float(chain.sigmas[i]))  # σ = ∞ (ᾱ = 0): the state x_t itself
-            x_rep, t_rep = x_sig, tr.t
         else:  # network asked at each sample's own noise level; λ stays keyed on the nominal step
             x_sig = vp_to_sigma_space(x, _bc(tr.ab, x))
             D, extras = den.forward_full(x_sig, torch.from_numpy(tr.sigma).to(x.device), step_sigma=nominal)
-            eps_used = implied_eps(x_sig, D, _bc(tr.sigma, x))
-            x_rep, t_rep = vp_to_sigma_space(x, sigma_to_alpha_bar(nominal)), torch.from_numpy(tr.t)
         if want_var and "var_values" not in extras:
             raise ValueError("variance='learned' needs a learned-variance model (2C output channels)")
-        if callback is not None:
+        if callback is not None:  # the ε the step used; σ = ∞ (ᾱ = 0): the state x_t itself
+            if s is None:
+                eps_used = implied_eps(x_sig, D, float(chain.sigmas[i]))
+                x_rep, t_rep = x_sig, tr.t
+            else:
+                eps_used = implied_eps(x_sig, D, _bc(tr.sigma, x))
+                x_rep, t_rep = vp_to_sigma_space(x, sigma_to_alpha_bar(nominal)), torch.from_numpy(tr.t)
             callback(StepInfo(step, n, nominal, x_rep, D, eps_used, t=t_rep))
         x0 = D.clamp(-1, 1) if clip else D
         x = update(x, x0, tr, extras, step, i == 0)
