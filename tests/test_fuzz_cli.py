@@ -12,12 +12,15 @@ of them fail before any work; none samples more than a few steps of a tiny model
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -476,11 +479,46 @@ def test_the_suite_is_large_enough():
     assert 150 <= len(CASES) <= 340, len(CASES)
 
 
+CASE_LIMIT_S = 120  # every case should fail in well under a second; one that starts real work would hang CI
+
+
+class CaseTooSlow(BaseException):  # not an Exception: the CLI's own handlers must not swallow it
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int):
+    """Fail a case that runs longer than ``seconds`` (SIGALRM; no limit where the platform has none)."""
+    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def fire(signum, frame):
+        raise CaseTooSlow(f"the case ran past {seconds} s: it started real work instead of refusing its input")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_time_limit_fires():
+    import time
+
+    with pytest.raises(CaseTooSlow) if hasattr(signal, "SIGALRM") else contextlib.nullcontext():
+        with _time_limit(1):
+            time.sleep(3)
+
+
 @pytest.mark.parametrize("argv", CASES)
 def test_bad_input(fx, argv, capsys, monkeypatch):
     monkeypatch.chdir(fx)
     before = _tree(fx)
-    rc = main(list(argv))  # an exception here is a traceback for the user
+    with _time_limit(CASE_LIMIT_S):
+        rc = main(list(argv))  # an exception here is a traceback for the user
     out, err = capsys.readouterr()
     lines = err.splitlines()
     assert rc == 2, (rc, err)
