@@ -75,6 +75,19 @@ def test_step_noise_is_a_fresh_tensor():
     assert _same(n.initial(), _ProtocolNoise([3, 4], (5,)).initial())
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kept_steps_survive_later_blocks(workers):
+    """On the CPU later blocks are drawn into the same buffer: what a caller kept from an earlier block (and the
+    initial noise) must not change when they are drawn."""
+    n, ref = SeedNoise(SEEDS, (4, 4), workers=workers), _ProtocolNoise(SEEDS, (4, 4))
+    z, kept = n.initial(), {i: n(i) for i in (0, NOISE_BLOCK - 1)}
+    for i in (NOISE_BLOCK, 2 * NOISE_BLOCK + 3, 5 * NOISE_BLOCK):
+        assert _same(n(i), ref(i)), i
+    fresh = _ProtocolNoise(SEEDS, (4, 4))
+    ref_z, ref_kept = fresh.initial(), {i: fresh(i) for i in kept}
+    assert _same(z, ref_z) and all(_same(kept[i], ref_kept[i]) for i in kept)
+
+
 def test_workers_default_and_close():
     assert common.default_noise_workers("cpu") == 0 and common.default_noise_workers("meta") >= 1
     with pytest.raises(ValueError):

@@ -41,10 +41,10 @@ PROFILES = {
     "mnist": {
         "quick": dict(nfe=[10, 20], n_samples=200, n_sets=1, n_val_sets=3, max_val_sets=3, coarse=3, refine=1,
                       n_measure=100, linear_samplers=[], samplers=["ddpm", "ddim"]),
-        # sized for about an hour of one CPU core (the committed docs/repro_mnist); on a GPU widen it with
-        # --nfe 10,20,50,100 --samplers ddpm,ddim,euler,heun --samples 1000
+        # sized for about two hours of one CPU core (the committed docs/repro_mnist); on a GPU widen it with
+        # --nfe 10,20,50,100 --samples 1000
         "full": dict(nfe=[10, 20], n_samples=500, n_sets=1, n_val_sets=3, max_val_sets=4, coarse=3, refine=1,
-                     n_measure=500, linear_samplers=["ddpm"], samplers=["ddpm", "ddim"]),
+                     n_measure=500, linear_samplers=["ddpm"], samplers=["ddpm", "ddim", "euler", "heun"]),
     },
 }
 POWER_EFFECT = 0.03   # the relative change of the metric at 20 steps the design must resolve (80 % power, α 0.05)
