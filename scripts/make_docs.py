@@ -8,7 +8,8 @@
 * ``docs/calibrate/``: ``diffusion-es calibrate`` for DDPM and DDIM at 10, 20 and 50 steps (λ, gain with its
   95 % interval, cost in network evaluations) next to the metric-free estimate from the ε-norm curves.
 * ``docs/repro/``: the full ``diffusion-es repro`` report (digits); ``docs/compare/``: ``diffusion-es compare``.
-* ``docs/repro_mnist/``, ``docs/compare_mnist/``: the same on the shipped MNIST model (``--model mnist``).
+* ``docs/repro_mnist/``, ``docs/compare_mnist/``: the same on the shipped MNIST model (``--model mnist``); the
+  comparison with its ``--quick`` profile (the full one is sized for a GPU: about 1,000 samples × 4 sets per cell).
 * ``docs/flow/``: the shipped rectified-flow digits model (``--model digits-flow``): exposure-bias curves along
   flow sampling (``measure``) and baseline vs uniform ES vs a calibrated linear schedule on held-out FD with
   intervals over fresh seed sets (``calibrate --ref heldout``).
@@ -356,7 +357,7 @@ JOBS = {
     "repro_mnist": lambda: _job("repro", "--model", "mnist", "--out", str(DOCS / "repro_mnist")),
     "flow": flow_docs,
     "pfgm": pfgm_docs,
-    "compare_mnist": lambda: _job("compare", "--model", "mnist", "--out", str(DOCS / "compare_mnist")),
+    "compare_mnist": lambda: _job("compare", "--model", "mnist", "--quick", "--out", str(DOCS / "compare_mnist")),
 }
 
 if __name__ == "__main__":
