@@ -31,13 +31,13 @@ def register(sub):
     p.add_argument("--edm-samplers", default="euler,heun", help="EDM rows with churn (default euler,heun; "
                                                                 "'none' to skip)")
     p.add_argument("--steps", type=int_list(2, 100_000), default=None,
-                   help="VP step counts (default 10,20,50; quick 10,20)")
+                   help="VP step counts (default: by dataset profile; digits 10,20,50, mnist 10,20; quick 10,20)")
     p.add_argument("--edm-nfe", type=int_list(2, 100_000), default=None,
                    help="EDM network evaluations (default 10,20; quick 10)")
     p.add_argument("--samples", type=int_in(10, MAX_SAMPLES), default=None,
-                   help="samples per seed set (default 500; quick 200)")
+                   help="samples per seed set (default: by dataset profile; digits 500, quick 200; mnist 1000, quick 250)")
     p.add_argument("--seeds", type=int_in(2, 1000), default=None, metavar="K",
-                   help="validation seed sets (default 3)")
+                   help="validation seed sets (default: by dataset profile; digits 3, mnist 4, quick 3)")
     p.add_argument("--ts-rule", default="data", choices=("data", "paper"),
                    help="time-shift variance rule: data = ᾱ·Var(x_0) + 1 − ᾱ (default), paper = 1 − ᾱ")
     p.add_argument("--ref", default="heldout",

@@ -13,7 +13,7 @@ from .common import (MAX_SAMPLES, add_device_arg, add_model_args, add_progress_a
 def register(sub):
     p = sub.add_parser("repro", help="reproduce the paper's findings on our model: tables, figures, claims",
                        description=__doc__)
-    p.add_argument("--quick", action="store_true", help="the small version (about 3 minutes on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="the small version (digits about 2-3 min, --model mnist about 10 min, on one CPU core)")
     p.add_argument("--out", default="repro_out", help="output folder (default repro_out)")
     add_model_args(p)
     p.add_argument("--data", default=None,
@@ -25,7 +25,7 @@ def register(sub):
     p.add_argument("--nfe", type=int_list(2, 100_000), default=None,
                    help="network-evaluation columns (default: by dataset profile)")
     p.add_argument("--samplers", type=name_list, default=None,
-                   help="rows (default: by dataset profile; digits ddpm,ddim,euler,heun, mnist ddpm,ddim)")
+                   help="rows (default: by dataset profile; ddpm,ddim,euler,heun; mnist --quick ddpm,ddim)")
     p.add_argument("--ref", default="heldout",
                    help="FD reference: heldout (default: data the model never saw), train, all or a reference .npz")
     p.add_argument("--features", default=None, choices=("digits", "mnist", "inception"),
