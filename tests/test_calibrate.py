@@ -105,6 +105,22 @@ def test_linear_search_returns_a_valid_schedule():
     assert np.all(s.values(50) > 0)
 
 
+@pytest.mark.parametrize("kind", ["uniform", "linear"])
+def test_min_lambda_keeps_every_candidate_at_or_above_it(kind):
+    """The model wants λ = 0.95 (the test above finds it); with min_lambda = 1 no candidate may go below 1 at any
+    step, however the search extends, and the best it can do is stay at (or just above) 1."""
+    r = calibrate(over_predicting(0.95), "euler", 50, (D,), gaussian_fd, kind=kind, lam_range=(0.9, 1.02),
+                  n_samples=100, coarse=3, refine=1, min_lambda=1.0)
+    assert r.min_lambda == 1.0 and r.lam_range_searched[0] >= 1.0
+    lams = [np.ones(50) if e["schedule"] is None else schedule_from_dict(e["schedule"]).values(50)
+            for e in r.evaluations]
+    assert len(lams) >= 3 and all(np.all(v >= 1.0) for v in lams)
+    assert np.all(schedule_from_dict(r.candidate).values(50) >= 1.0)
+    free = calibrate(over_predicting(0.95), "euler", 50, (D,), gaussian_fd, kind=kind, lam_range=(0.9, 1.02),
+                     n_samples=100, coarse=3, refine=1)
+    assert free.min_lambda is None and np.min(schedule_from_dict(free.candidate).values(50)) < 0.99
+
+
 def test_bad_input_is_a_clear_error():
     den = over_predicting(1.0)
     with pytest.raises(UsageError, match="empty or invalid λ range"):
@@ -115,6 +131,10 @@ def test_bad_input_is_a_clear_error():
         calibrate(den, "ddim", 5, (D,), gaussian_fd, n_val_sets=1)
     with pytest.raises(UsageError, match="unknown calibration kind"):
         calibrate(den, "ddim", 5, (D,), gaussian_fd, kind="cubic")
+    with pytest.raises(UsageError, match="is not below the top of the λ range"):
+        calibrate(den, "ddim", 5, (D,), gaussian_fd, lam_range=(0.9, 0.99), min_lambda=1.0)
+    with pytest.raises(UsageError, match="min_lambda must be"):
+        calibrate(den, "ddim", 5, (D,), gaussian_fd, min_lambda=float("nan"))
 
 
 def test_paired_gain_matches_hand_computation():

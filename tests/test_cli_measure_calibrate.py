@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from diffusion_es.core.scaling import schedule_from_dict
+
 from diffusion_es.cli import main
 
 
@@ -47,8 +49,21 @@ def test_calibrate_reports_and_writes_only_a_real_gain(tiny_model, tmp_path, cap
         assert r["schedule"] is None and not lam.exists()
 
 
+def test_calibrate_min_lambda_searches_the_papers_es_only(tiny_model, capsys):
+    assert main(["calibrate", "--model", str(tiny_model), "--sampler", "ddim", "--steps", "4", "--n", "30",
+                 "--sets", "1", "--val-sets", "2", "--coarse", "3", "--refine", "1", "--kind", "linear",
+                 "--range", "0.9,1.03", "--min-lambda", "1", "--json", "--no-progress"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["min_lambda"] == 1.0 and r["lam_range_searched"][0] >= 1.0
+    for e in r["evaluations"]:
+        if e["schedule"] is not None:
+            assert min(schedule_from_dict(e["schedule"]).values(4)) >= 1.0, e
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["calibrate", "--range", "1.1,1.0"], "empty or invalid λ range"),
+    (["calibrate", "--min-lambda", "0"], "--min-lambda"),
+    (["calibrate", "--range", "0.9,0.99", "--min-lambda", "1"], "--min-lambda 1 is not below the top of the λ range"),
     (["calibrate", "--range", "x"], "--range"),
     (["calibrate", "--extend", "-1"], "--extend"),
     (["measure", "--n", "1"], "argument --n: '1': give a whole number from 2"),

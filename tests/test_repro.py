@@ -70,6 +70,26 @@ def test_rerun_resumes_from_finished_parts(quick_run, capsys):
     assert r["parts_from_cache"] == r["parts"] == len(parts) and r["compute_time_s"] > 0
 
 
+def test_min_lambda_keeps_the_papers_es_and_its_own_parts(tmp_path, capsys):
+    """``--min-lambda 1``: every calibrated λ is at least 1, the report says so, and the parts of a run without the
+    floor are not taken for it (nor the other way round)."""
+    out = tmp_path / "r"
+    tiny = ["--quick", "--samplers", "ddim", "--nfe", "4", "--samples", "20", "--seeds", "2", "--out", str(out),
+            "--no-progress"]
+    assert main(["repro", *tiny, "--min-lambda", "1"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["config"]["min_lambda"] == 1.0
+    assert all(c["candidate"]["b"] >= 1.0 for c in r["table"]) and r["table"]
+    assert all(e["schedule"] is None or e["schedule"]["b"] >= 1.0 for c in r["table"] for e in c["evaluations"])
+    md = (out / "report.md").read_text()
+    assert "--min-lambda 1" in md and "λ_t ≥ 1 at every step" in md
+    capsys.readouterr()
+    assert main(["repro", *tiny]) == 0
+    cell_line = [ln for ln in capsys.readouterr().err.splitlines() if "ddim 4 steps" in ln]
+    assert len(cell_line) == 1 and "(cached)" not in cell_line[0], cell_line
+    assert len(list((out / "parts").glob("cell_ddim_4-*.json"))) == 2
+
+
 def test_repro_bad_input(capsys):
     assert main(["repro", "--quick", "--nfe", "ten"]) == 2
     assert main(["repro", "--quick", "--samplers", "ddpm,foo"]) == 2

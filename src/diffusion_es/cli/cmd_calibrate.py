@@ -9,9 +9,9 @@ from __future__ import annotations
 
 
 from ..errors import UsageError
-from .common import (MAX_SAMPLES, MAX_SEED_OFFSET, add_model_args, add_progress_arg, add_sampler_args, float_pair,
-                     int_in, job_progress, load_model_arg, note, print_json, sampler_kwargs, schedule_arg,
-                     schedule_made_for)
+from .common import (MAX_SAMPLES, MAX_SEED_OFFSET, add_min_lambda_arg, add_model_args, add_progress_arg,
+                     add_sampler_args, float_pair, int_in, job_progress, load_model_arg, note, print_json,
+                     sampler_kwargs, schedule_arg, schedule_made_for)
 
 
 def register(sub):
@@ -32,6 +32,7 @@ def register(sub):
     p.add_argument("--extend", type=int_in(0, 50), default=6, metavar="N",
                    help="steps (doubling in size) the search may take past an end of --range, or of the slope's "
                         "range, while that end keeps winning (default 6: up to 63 coarse steps; 0: stay inside)")
+    add_min_lambda_arg(p)
     p.add_argument("--ref", default="heldout",
                    help="FD reference: heldout (default: data the model never saw), train, all or a reference .npz")
     p.add_argument("--features", default=None, choices=("digits", "mnist", "inception"),
@@ -85,6 +86,7 @@ def _run(args, ctx) -> int:
         r = calibrate(den, args.sampler, args.steps, model.data_shape, metric, kind=args.kind, lam_range=(lo, hi),
                       n_samples=args.n, n_sets=args.sets, n_val_sets=args.val_sets, coarse=args.coarse,
                       refine=args.refine, max_extend=args.extend, seed=args.seed, schedule=schedule_arg(args, model),
+                      min_lambda=args.min_lambda,
                       batch_size=args.batch_size,
                       metric_name=metric.name, progress=None if args.json or not ctx.is_main else candidate,
                       shard=seed_splitter(ctx, args.batch_size), spacing=args.spacing, **sampler_kwargs(args))

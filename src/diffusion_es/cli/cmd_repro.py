@@ -6,8 +6,8 @@ Writes report.md, report.html, results.json and PNG figures into --out. Resumabl
 
 from __future__ import annotations
 
-from .common import (MAX_SAMPLES, add_device_arg, add_model_args, add_progress_arg, add_threads_arg, int_in, int_list,
-                     job_progress, name_list, note, print_json)
+from .common import (MAX_SAMPLES, add_device_arg, add_min_lambda_arg, add_model_args, add_progress_arg,
+                     add_threads_arg, int_in, int_list, job_progress, name_list, note, print_json)
 
 
 def register(sub):
@@ -33,6 +33,7 @@ def register(sub):
     p.add_argument("--inception", default=None, help="Inception TorchScript file (for --features inception)")
     p.add_argument("--compare", action="store_true",
                    help="add the comparison with time-shift sampling, EDM S_noise and input perturbation (issue 9)")
+    add_min_lambda_arg(p)
     add_device_arg(p)
     add_threads_arg(p)
     p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=500, help="samples per batch (default 500)")
@@ -50,7 +51,8 @@ def run(args) -> int:
                       samplers=args.samplers,
                       nfe=args.nfe, n_samples=args.samples,
                       n_val_sets=args.seeds, ref=args.ref, features=args.features, inception=args.inception,
-                      device=args.device, batch_size=args.batch_size, compare=args.compare)
+                      device=args.device, batch_size=args.batch_size, compare=args.compare,
+                      min_lambda=args.min_lambda)
     from ..store import output_lock
 
     with output_lock(args.out), job_progress(args, "repro") as bar:  # one writer per output folder

@@ -401,6 +401,12 @@ def _es_flag(args) -> str:
 PROGRESS_DELAY = 1.0  # seconds before a bar appears: quick commands (and errors found up front) print no bar
 
 
+def add_min_lambda_arg(p) -> None:
+    p.add_argument("--min-lambda", type=positive_float, default=None, metavar="L",
+                   help="no λ_t below L at any step (1: Epsilon Scaling in the paper's sense only, which shrinks the "
+                        "predicted noise; the search then never picks the λ < 1 that trades recall for precision)")
+
+
 def add_progress_arg(p) -> None:
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (the bar, with its ETA, goes to stderr, never into --json output)")

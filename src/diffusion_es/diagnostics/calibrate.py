@@ -54,6 +54,7 @@ class CalibrationResult:
     message: str = ""
     lam_range_searched: list = field(default_factory=list)  # [lo, hi] after extending past a range end that won
     at_range_edge: bool = False       # the choice is still an end of the searched range: the optimum may lie beyond
+    min_lambda: Optional[float] = None  # the floor every λ_t of a candidate kept to (1: the paper's ES only)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -163,15 +164,28 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
               schedule: Optional[VPSchedule] = None,
               batch_size: int = 500, metric_name: str = "metric", progress: Optional[Callable] = None,
               extra_metrics: Optional[dict] = None, device="cpu", shard: Optional[Callable] = None,
-              spacing: str = "adm", **sampler_kwargs) -> CalibrationResult:
+              spacing: str = "adm", min_lambda: Optional[float] = None, **sampler_kwargs) -> CalibrationResult:
     """Find the λ schedule (``kind`` = uniform or linear) that minimises ``metric(samples)`` for one sampler
     setting. ``metric`` takes a float64 tensor (N, *shape) and returns a float, lower is better.
     ``extra_metrics`` (name -> callable) are only reported, on the validation sets, for λ = 1 and the choice.
     ``shard(seeds) -> seeds``: in a distributed run, the part of each seed set this process samples; ``metric``
-    (and ``extra_metrics``) then get only that part and must combine the parts (distributed.ShardedMetric)."""
+    (and ``extra_metrics``) then get only that part and must combine the parts (distributed.ShardedMetric).
+    ``min_lambda``: no candidate may have λ_t below it at any step (1: only Epsilon Scaling in the paper's sense,
+    which shrinks the predicted noise; never the enlarging λ < 1 that trades recall for precision). The range and
+    its extensions are cut there."""
     lo, hi = (float(v) for v in lam_range)
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi <= lo:
         raise UsageError(f"empty or invalid λ range [{lo}, {hi}]: give two finite values 0 < low < high")
+    floor = 0.0
+    if min_lambda is not None:
+        min_lambda = float(min_lambda)
+        if not (math.isfinite(min_lambda) and min_lambda > 0):
+            raise UsageError(f"min_lambda must be a finite number > 0, got {min_lambda}")
+        if hi <= min_lambda:
+            raise UsageError(f"min_lambda {min_lambda:g} is not below the top of the λ range [{lo:g}, {hi:g}]: lower "
+                             f"it or raise the range's upper end")
+        lo = max(lo, min_lambda)
+        floor = min_lambda * (1 - 1e-12)  # the search may reach min_lambda itself, never below it
     if kind not in ("uniform", "linear"):
         raise UsageError(f"unknown calibration kind {kind!r}: use uniform or linear")
     if n_samples < 2 or n_sets < 1 or n_val_sets < 2:
@@ -192,7 +206,11 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
     val = _Scorer(denoiser, plan_kw, shape, metric, sets[n_sets:], batch_size, sampler_kwargs, progress,
                   extra_metrics, device, shard=shard)
 
+    def at_least_min(b):  # a grid point a rounding error below the floor is the floor itself
+        return b if min_lambda is None else max(b, min_lambda)
+
     def mean_uniform(b):
+        b = at_least_min(b)
         return float(np.mean(search(None if b == 1.0 else Uniform(b))))
 
     # announced work (samples this process draws) for progress bars: the search without extensions, then
@@ -201,12 +219,13 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
     n_val = sum(len(val.shard(s)) for s in sets[n_sets:])
     candidates = (coarse + 2 * refine) * (3 if kind == "linear" else 1)
     with _task(candidates * n_search + 2 * n_val):
-        found = search_1d(mean_uniform, lo, hi, coarse, refine, floor=0.0, max_extend=max_extend)
-        b_best, vals, searched = found.best, found.vals, [found.lo, found.hi]
+        found = search_1d(mean_uniform, lo, hi, coarse, refine, floor=floor, max_extend=max_extend)
+        b_best, vals, searched = at_least_min(found.best), found.vals, [found.lo, found.hi]
         edges = [("λ", found)] if found.at_edge else []
         # each search set's own best b: the spread says how well the optimum is determined
-        per_set = np.array([search(None if b == 1.0 else Uniform(b)) for b in sorted(vals)])
-        lam_spread = float(np.std(np.asarray(sorted(vals))[per_set.argmin(axis=0)], ddof=1)) if n_sets > 1 else float("nan")
+        grid = [at_least_min(b) for b in sorted(vals)]
+        per_set = np.array([search(None if b == 1.0 else Uniform(b)) for b in grid])
+        lam_spread = float(np.std(np.asarray(grid)[per_set.argmin(axis=0)], ddof=1)) if n_sets > 1 else float("nan")
         best: LambdaSchedule = Uniform(b_best)
         if kind == "linear":
             n = steps
@@ -217,14 +236,17 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
                 return Linear(k, mean - k * (n - 1) / 2)
 
             def score_k(k, mean=b_best):
+                sched = linear_at(k, mean)
+                if min_lambda is not None and sched.b < min_lambda:  # k ≥ 0: λ is smallest at the last step, b
+                    return float("inf")
                 try:
-                    return float(np.mean(search(linear_at(k, mean))))
+                    return float(np.mean(search(sched)))
                 except ValueError:  # λ would leave (0, inf) somewhere on the grid
                     return float("inf")
 
             # k ≥ 0: λ largest at the noisiest step
             k_found = search_1d(score_k, 0.0, k_hi, coarse, refine, floor=-1e-12, max_extend=max_extend)
-            mean_found = search_1d(lambda m: score_k(k_found.best, m), lo, hi, coarse, refine, floor=0.0,
+            mean_found = search_1d(lambda m: score_k(k_found.best, m), lo, hi, coarse, refine, floor=floor,
                                     max_extend=max_extend)
             cand = linear_at(k_found.best, mean_found.best)
             if np.mean(search(cand)) <= np.mean(search(best)):
@@ -254,5 +276,5 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
         schedule=best.to_dict() if significant else None, candidate=best.to_dict(), significant=significant,
         gain=g, gain_ci=ci, gain_per_set=per, baseline_val=base_v, best_val=best_v, lam_spread=lam_spread,
         evaluations=search.order, extra_val=extra_val, nfe=search.nfe + val.nfe, n_samples=n_samples, message=msg,
-        lam_range_searched=searched, at_range_edge=bool(edges),
+        lam_range_searched=searched, at_range_edge=bool(edges), min_lambda=min_lambda,
     )

@@ -81,6 +81,7 @@ class ReproConfig:
     seed: int = 0
     compare: bool = False   # add the comparison with the other fixes (diffusion_es.experiments.compare) as a section
     power: bool = True      # choose the validation seed sets from measured noise (when n_val_sets is not given)
+    min_lambda: Optional[float] = None  # no λ_t below it in any search (1: the paper's ES only, no λ < 1)
 
     def resolved(self, data_name: str) -> "ReproConfig":
         prof = profile_for(data_name, self.quick)
@@ -176,14 +177,18 @@ class _Repro:
     def search_key(self) -> dict:
         """What, besides sampler and steps, determines a calibration part (its cache key)."""
         c = self.common()
-        return {**{k: c[k] for k in ("n_samples", "n_sets", "n_val_sets", "coarse", "refine")},
-                "extra": sorted(self.extra)}
+        key = {**{k: c[k] for k in ("n_samples", "n_sets", "n_val_sets", "coarse", "refine")},
+               "extra": sorted(self.extra)}
+        if self.cfg.min_lambda is not None:  # (absent otherwise: the parts of earlier runs keep their keys)
+            key["min_lambda"] = self.cfg.min_lambda
+        return key
 
     def calibrate(self, sampler: str, steps: int, kind: str):
         from ..diagnostics.calibrate import calibrate
 
         return calibrate(self.den, sampler, steps, self.model.data_shape, self.metric, kind=kind,
-                         lam_range=RANGES[sampler], extra_metrics=self.extra, **self.common())
+                         lam_range=RANGES[sampler], extra_metrics=self.extra, min_lambda=self.cfg.min_lambda,
+                         **self.common())
 
     def cell(self, sampler: str, nfe: int) -> dict:
         """The main table's cell: uniform λ calibrated, gain on fresh sets, and the λ = 1 invariant."""
