@@ -35,7 +35,8 @@ def register(sub):
     p.add_argument("--edm-nfe", type=int_list(2, 100_000), default=None,
                    help="EDM network evaluations (default 10,20; quick 10)")
     p.add_argument("--samples", type=int_in(10, MAX_SAMPLES), default=None,
-                   help="samples per seed set (default: by dataset profile; digits 500, quick 200; mnist 1000, quick 250)")
+                   help="samples per seed set (default: by dataset profile; digits 500, quick 200; mnist 1000, "
+                        "quick 250)")
     p.add_argument("--seeds", type=int_in(2, 1000), default=None, metavar="K",
                    help="validation seed sets (default: by dataset profile; digits 3, mnist 4, quick 3)")
     p.add_argument("--ts-rule", default="data", choices=("data", "paper"),

@@ -13,7 +13,8 @@ from .common import (MAX_SAMPLES, add_device_arg, add_min_lambda_arg, add_model_
 def register(sub):
     p = sub.add_parser("repro", help="reproduce the paper's findings on our model: tables, figures, claims",
                        description=__doc__)
-    p.add_argument("--quick", action="store_true", help="the small version (digits about 2-3 min, --model mnist about 10 min, on one CPU core)")
+    p.add_argument("--quick", action="store_true",
+                   help="the small version (digits about 2-3 min, --model mnist about 10 min, on one CPU core)")
     p.add_argument("--out", default="repro_out", help="output folder (default repro_out)")
     add_model_args(p)
     p.add_argument("--data", default=None,
