@@ -33,3 +33,17 @@ def test_unknown_part_is_refused():
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_docs.py"), "nonsense"], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode != 0 and "unknown part(s) ['nonsense']" in p.stderr
+
+
+def test_mnist_es1_docs_on_tiny_settings(make_docs, tmp_path):
+    """The λ ≥ 1 calibration on the MNIST model, tiny: every candidate at or above 1, the table beside the free one."""
+    free = {"table": [{"sampler": "ddim", "steps": 3, "baseline_val": [90.0, 95.0], "candidate": {"b": 0.93},
+                       "gain": -0.1, "gain_ci": [-0.2, 0.0]}]}
+    args = ["--n", "12", "--sets", "1", "--val-sets", "2", "--coarse", "2", "--refine", "0", "--extend", "1",
+            "--batch-size", "12", "--min-lambda", "1"]
+    make_docs["mnist_es1_docs"](samplers=["ddim"], steps=3, args=args, out=tmp_path, free=free)
+    r = json.loads((tmp_path / "calibration_ddim3_min1.json").read_text())
+    assert r["min_lambda"] == 1.0 and r["candidate"]["b"] >= 1.0
+    assert all(e["schedule"] is None or e["schedule"]["b"] >= 1.0 for e in r["evaluations"])
+    text = (tmp_path / "README.md").read_text()
+    assert "| ddim | 3 | 92.5 ± " in text and "| λ = 0.9300 |" in text and "--min-lambda 1" in text
