@@ -83,6 +83,7 @@ def test_min_lambda_keeps_the_papers_es_and_its_own_parts(tmp_path, capsys):
     assert all(e["schedule"] is None or e["schedule"]["b"] >= 1.0 for c in r["table"] for e in c["evaluations"])
     md = (out / "report.md").read_text()
     assert "--min-lambda 1" in md and "λ_t ≥ 1 at every step" in md
+    assert r["hardware"].startswith("CPU ") and f"on {r['hardware']}" in md  # what the compute time was spent on
     capsys.readouterr()
     assert main(["repro", *tiny]) == 0
     cell_line = [ln for ln in capsys.readouterr().err.splitlines() if "ddim 4 steps" in ln]

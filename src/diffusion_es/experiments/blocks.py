@@ -50,9 +50,10 @@ def _pr_text(c) -> str:
 
 def cost_line(r: dict) -> str:
     """What the results cost: the compute time of all their parts (cached ones included) and this invocation's."""
+    on = f" on {r['hardware']}" if r.get("hardware") else ""
     return (f"Compute time of all parts {r.get('compute_time_s', 0) / 60:.1f} min (this invocation "
-            f"{r['wall_time_s'] / 60:.1f} min, {r.get('parts_from_cache', 0)} of {r.get('parts', 0)} parts from an "
-            "earlier run)")
+            f"{r['wall_time_s'] / 60:.1f} min{on}, {r.get('parts_from_cache', 0)} of {r.get('parts', 0)} parts "
+            "from an earlier run)")
 
 
 def power_text(p: dict) -> str:

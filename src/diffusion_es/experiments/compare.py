@@ -338,6 +338,8 @@ class _Comparison:
                 "churn_search": churn_evals, "sn_search": sn_evals, "lam_search": lam_evals}
 
     def results(self, cells: list) -> dict:
+        from ..training.train import hardware
+
         cfg, ip = self.cfg, self.ip
         return {
             "config": asdict(cfg), "metric": self.metric.name, "model": str(cfg.model),
@@ -347,7 +349,8 @@ class _Comparison:
                                                      "heldout_loss_ema")},
             "ts_rule": cfg.ts_rule, "ts_data_var": self.data_var,
             "seed_sets": {"search": cfg.n_sets, "val": cfg.n_val_sets, "n_samples": cfg.n_samples},
-            "cells": cells, "wall_time_s": self.tick.elapsed(), **self.store.accounting(),
+            "cells": cells, "wall_time_s": self.tick.elapsed(), "hardware": hardware(cfg.device),
+            **self.store.accounting(),
         }
 
 

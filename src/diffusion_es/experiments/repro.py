@@ -292,6 +292,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
     from .blocks import repro_blocks
     from .claims import check_claims
     from .report import write_document
+    from ..training.train import hardware
 
     run = _Repro(cfg, log)
     cfg = run.cfg
@@ -312,7 +313,7 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
         "exposure_linear": {s: {"baseline": r["baseline"]["summary"], "es": r["es"]["summary"], "curves": r}
                             for s, r in exposure_linear.items()},
         "figures": run.figures(table, exposure, exposure_linear), "wall_time_s": run.tick.elapsed(),
-        **run.store.accounting(),
+        "hardware": hardware(cfg.device), **run.store.accounting(),
     }
     results["claims"] = check_claims(results)
     if cfg.compare:

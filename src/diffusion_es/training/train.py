@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -106,10 +107,13 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 # ---- state I/O --------------------------------------------------------------------------------------------
-def _hardware(device: torch.device) -> str:
+def hardware(device) -> str:
+    """What a job ran on, for its records: the GPU's name, or the CPU with its core and torch thread counts."""
+    device = torch.device(device)
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    return (f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores), "
+            f"{torch.get_num_threads()} torch threads (torch {torch.__version__})")
 
 
 def _save_state(path: Path, net, ema, opt, gens: dict, perm, pos, step, seconds, device) -> None:
@@ -319,7 +323,7 @@ class _Run:
                 "data": self.ds.description,
                 "training": {"options": self.cfg.to_dict(), "step": self.step, "final_loss": self.last_loss,
                              "heldout_loss_ema": self.heldout, "train_seconds": round(self.elapsed(), 2),
-                             "hardware": _hardware(self.device), "commands": self.history,
+                             "hardware": hardware(self.device), "commands": self.history,
                              "params": sum(p.numel() for p in self.params)}}
 
     def checkpoint(self) -> None:
