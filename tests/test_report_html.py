@@ -13,7 +13,8 @@ import pytest
 from diffusion_es.experiments.report import TOC_MIN_HEADINGS, render_html
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS_PAGES = [ROOT / "docs" / "repro" / "report.html", ROOT / "docs" / "compare" / "compare.html"]
+DOCS_PAGES = [ROOT / "docs" / "repro" / "report.html", ROOT / "docs" / "compare" / "compare.html",
+              ROOT / "docs" / "repro_mnist" / "report.html", ROOT / "docs" / "compare_mnist" / "compare.html"]
 
 _spec = importlib.util.spec_from_file_location("check_html", ROOT / "scripts" / "check_html.py")
 check_html = importlib.util.module_from_spec(_spec)
