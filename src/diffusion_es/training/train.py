@@ -112,8 +112,9 @@ def hardware(device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    n = torch.get_num_threads()
     return (f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores), "
-            f"{torch.get_num_threads()} torch threads (torch {torch.__version__})")
+            f"{n} torch thread{'' if n == 1 else 's'} (torch {torch.__version__})")
 
 
 def _save_state(path: Path, net, ema, opt, gens: dict, perm, pos, step, seconds, device) -> None:
