@@ -96,6 +96,24 @@ def test_real_mnist():
     assert d.train.min() == -1 and d.train.max() == 1
 
 
+def test_mnist_default_places_and_empty_path(tmp_path, monkeypatch):
+    """``mnist`` (no path) finds the file through $DIFFUSION_ES_MNIST; ``mnist:`` with an empty path is refused, not
+    read as the default places (a shell variable that was not set would train on whatever MNIST is lying around)."""
+    from diffusion_es.data.mnist import MNIST_ENV, load_mnist
+
+    imgs = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "m.npz", x_train=imgs, y_train=np.zeros(6), x_test=imgs[:2], y_test=np.zeros(2))
+    monkeypatch.setenv(MNIST_ENV, str(tmp_path / "m.npz"))
+    d = load_dataset("mnist")
+    assert d.description["spec"] == "mnist" and d.train.shape == (6, 1, 28, 28)
+    for bad in ("mnist:", "mnist:  "):
+        with pytest.raises(UsageError, match="empty MNIST path"):
+            load_dataset(bad)
+    with pytest.raises(UsageError, match="empty MNIST path"):
+        load_mnist("")
+    assert load_mnist(None)[2] == tmp_path / "m.npz"
+
+
 def test_image_sets(tmp_path):
     from PIL import Image
 

@@ -70,11 +70,6 @@ def load_dataset(spec: str, toy_n: int = 8192, toy_seed: int = 0) -> Dataset:
                 "n_heldout": len(h), "range": [-1.0, 1.0], "levels": 17,
                 "split": "fixed permutation numpy default_rng(0), first 1437 train"}
         return Dataset(x, h, 17, desc)
-    if spec == "mnist:":  # an empty path is a slip (a shell variable that was not set), not "the default places"
-        raise UsageError("--data mnist: has no path after the colon: give mnist:PATH, or --data mnist for the "
-                         "default places (scripts/get_mnist.sh, $DIFFUSION_ES_MNIST)")
-    if spec == "mnist":
-        spec = "mnist:"
     kind, sep, rest = spec.partition(":")
     if sep and kind == "toy":
         from .toys import make_toy
@@ -84,11 +79,11 @@ def load_dataset(spec: str, toy_n: int = 8192, toy_seed: int = 0) -> Dataset:
         desc = {"spec": spec, "name": f"toy-{rest}", "shape": [2], "n_train": toy_n, "n_heldout": len(h),
                 "seed": toy_seed, "levels": 0}
         return Dataset(x, h, 0, desc)
-    if sep and kind == "mnist":
+    if spec == "mnist" or (sep and kind == "mnist"):  # "mnist": the default places; "mnist:" (no path) is refused
         from .mnist import load_mnist
 
-        tr, te, src = load_mnist(rest)
-        return _image_dataset("mnist" if not rest else spec, "mnist", tr, src, te)
+        tr, te, src = load_mnist(rest if sep else None)
+        return _image_dataset(spec, "mnist", tr, src, te)
     if sep and kind in ("npz", "images", "png"):
         from ..io import load_images
 

@@ -15,6 +15,7 @@ import io
 import pickle
 import struct
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -167,9 +168,13 @@ def default_mnist_path() -> Path:
                      f"~/.cache/diffusion_es); run scripts/get_mnist.sh, set {MNIST_ENV}, or give --data mnist:PATH")
 
 
-def load_mnist(path: str):
-    """(train uint8 NHWC, test uint8 NHWC or None, resolved path)."""
-    p = Path(path).expanduser() if str(path) else default_mnist_path()
+def load_mnist(path: Optional[str] = None):
+    """(train uint8 NHWC, test uint8 NHWC or None, resolved path). ``path`` None: the default places
+    (:func:`default_mnist_path`); an empty path is refused (a shell variable that was not set, say), never read as
+    "the default places"."""
+    if path is not None and not str(path).strip():
+        raise UsageError("empty MNIST path: give a file or folder, or no path for the default places; " + _HINT)
+    p = default_mnist_path() if path is None else Path(path).expanduser()
     if not p.exists():
         raise UsageError(f"{p}: no such file or folder; {_HINT}")
     if p.is_dir():
