@@ -185,7 +185,7 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
             raise UsageError(f"min_lambda {min_lambda:g} is not below the top of the λ range [{lo:g}, {hi:g}]: lower "
                              f"it or raise the range's upper end")
         lo = max(lo, min_lambda)
-        floor = min_lambda * (1 - 1e-12)  # the search may reach min_lambda itself, never below it
+        floor = min_lambda  # extensions stop above it; the range itself starts at it (lo below)
     if kind not in ("uniform", "linear"):
         raise UsageError(f"unknown calibration kind {kind!r}: use uniform or linear")
     if n_samples < 2 or n_sets < 1 or n_val_sets < 2:

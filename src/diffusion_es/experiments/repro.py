@@ -43,7 +43,7 @@ PROFILES = {
         # paired, so the changes still compare)
         "quick": dict(nfe=[10, 20], n_samples=100, n_sets=1, n_val_sets=2, max_val_sets=2, coarse=3, refine=1,
                       n_measure=100, linear_samplers=[], samplers=["ddpm", "ddim"]),
-        # sized for about two hours of one CPU core (the committed docs/repro_mnist); on a GPU widen it with
+        # about three hours of one shared CPU core (172 min for the committed docs/repro_mnist); on a GPU widen it with
         # --nfe 10,20,50,100 --samples 1000
         "full": dict(nfe=[10, 20], n_samples=500, n_sets=1, n_val_sets=3, max_val_sets=4, coarse=3, refine=1,
                      n_measure=500, linear_samplers=["ddpm"], samplers=["ddpm", "ddim", "euler", "heun"]),
