@@ -104,6 +104,16 @@ def _time(fn):
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def _minor_faults():
+    """Minor page faults of this process so far (pages the kernel had to map, zeroed, on first touch); None where
+    the ``resource`` module is missing."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _median_time(fn, repeats, clock=0):
     return statistics.median(_time(fn)[clock] for _ in range(repeats))
 
@@ -164,6 +174,7 @@ def main(argv=None):
 
     both = {k: [] for k in contenders}
     inside = {k: [] for k in contenders}  # (network time within the run, run time), per round
+    faults = {k: [] for k in contenders}  # minor page faults per call, per round
     keys = list(contenders)
     load_before = _loadavg()
     with torch.no_grad():
@@ -172,7 +183,10 @@ def main(argv=None):
         for r in range(args.repeats):
             for k in keys[r % len(keys):] + keys[:r % len(keys)]:  # rotate: no contender always runs first
                 timed.spent = [0.0, 0.0]
+                f0 = _minor_faults()
                 both[k].append(_time(contenders[k]))
+                if f0 is not None:
+                    faults[k].append(_minor_faults() - f0)
                 if getattr(contenders[k], "inside", False):
                     inside[k].append(tuple(timed.spent))
     clock = 1 if args.clock == "cpu" else 0
@@ -201,6 +215,8 @@ def main(argv=None):
              # the same ratio on the other clock, for reference
              ("loop_ratio_wall" if clock else "loop_ratio_cpu"): med(
                  b / n for b, n in zip(other[name, "base"], other[name, "net"]))}
+        if faults[name, "base"]:
+            r["minor_faults"] = {w: med(faults[name, w]) for w in ("net", "base", "free")}
         r["overhead_ms_per_nfe"] = (r["base_ms"] - r["net_x_nfe_ms"]) / nfe
         r["free_fraction"] = r["free_ms"] / r["net_x_nfe_ms"]
         r["noise_fraction"] = r["noise_ms"] / r["net_x_nfe_ms"]
@@ -231,6 +247,10 @@ def main(argv=None):
                                                    for n, r in results["samplers"].items()))
     print(f"(b) on the {oc} clock: " + ", ".join(f"{n} {r[f'loop_ratio_{oc}']:.4f}"
                                                   for n, r in results["samplers"].items()))
+    if all("minor_faults" in r for r in results["samplers"].values()):
+        print("minor page faults per call (median; network alone / sampler / free loop): " + ", ".join(
+            f"{n} {r['minor_faults']['net']:.0f}/{r['minor_faults']['base']:.0f}/{r['minor_faults']['free']:.0f}"
+            for n, r in results["samplers"].items()))
     print("targets: (a) <= 1.01, (b) <= 1.05; (c), (d): ms per run as % of NFE x network")
     return results
 
