@@ -244,3 +244,29 @@ def test_mixture_oracle_is_the_posterior_mean():
     assert float((x0[:, 0] < -0.5).double().mean()) == pytest.approx(float(m.cdf(-0.5)), abs=0.005)
     with pytest.raises(ValueError):
         GaussianMixtureDenoiser([0.0, 1.0], weights=[1.0])
+
+
+def _module_trees():
+    """Module trees whose first parameter / first floating buffer is not simply the root's."""
+    shared = nn.Linear(2, 2).double()
+    nested = nn.Sequential(nn.Identity(), nn.Sequential(nn.ReLU(), nn.Linear(3, 3).half()), nn.Linear(3, 3))
+    with_none = nn.Module()
+    with_none.skip = None
+    with_none.register_parameter("gone", None)
+    with_none.body = nn.Sequential(nn.Identity(), shared, shared)
+    buffers_only = nn.Module()
+    buffers_only.register_buffer("index", torch.arange(3))  # not floating: skipped
+    buffers_only.child = nn.Module()
+    buffers_only.child.register_buffer("scale", torch.ones(2, dtype=torch.bfloat16))
+    return [nested, with_none, buffers_only, nn.Sequential(nn.ReLU()), nn.BatchNorm1d(4).half()]
+
+
+@pytest.mark.parametrize("tree", _module_trees())
+def test_net_dtype_walk_matches_torchs_generators(tree):
+    from diffusion_es.core.param import _first_tensor
+    params = list(tree.parameters())
+    floats = [b for b in tree.buffers() if b.is_floating_point()]
+    assert _first_tensor(tree, "_parameters") is (params[0] if params else None)
+    assert _first_tensor(tree, "_buffers", torch.is_floating_point) is (floats[0] if floats else None)
+    expected = params[0].dtype if params else floats[0].dtype if floats else torch.float64
+    assert VPDenoiser(tree, VPSchedule.linear())._net_dtype() == expected

@@ -444,6 +444,20 @@ def as_denoiser(model) -> Denoiser:
     return model if isinstance(model, Denoiser) else FnDenoiser(model)
 
 
+def _first_tensor(module: nn.Module, kind: str, keep=None):
+    """The first tensor of ``module.parameters()`` (``kind="_parameters"``) or ``module.buffers()`` (``"_buffers"``)
+    that ``keep`` accepts, in their order (modules depth first, each module's own tensors first), found by walking
+    the modules by hand: asked at every network call, torch's generic generators cost about four times as much."""
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        for t in getattr(m, kind).values():
+            if t is not None and (keep is None or keep(t)):
+                return t
+        stack.extend(c for c in reversed(m._modules.values()) if c is not None)
+    return None
+
+
 class VPDenoiser(Denoiser):
     """A VP network ``net(x_t, t, **kw)`` (ε-, x0- or v-prediction; optionally 2C channels with learned variance)
     seen as a sigma-space denoiser.
@@ -472,11 +486,10 @@ class VPDenoiser(Denoiser):
         if isinstance(dt, torch.dtype):
             return dt
         if isinstance(self.net, nn.Module):
-            for p in self.net.parameters():
-                return p.dtype
-            for b in self.net.buffers():
-                if b.is_floating_point():
-                    return b.dtype
+            for kind, keep in (("_parameters", None), ("_buffers", torch.is_floating_point)):
+                t = _first_tensor(self.net, kind, keep)
+                if t is not None:
+                    return t.dtype
         return torch.float64
 
     def _t_of(self, s: float) -> float:
