@@ -12,6 +12,8 @@ and, as fractions of NFE × network, where the rest goes:
      network and the rest then see the same load and cache state, so on a busy box this is the stabler split;
 (c) the loop with a free network (everything but the network: per-seed noise, σ → t, casts, the update);
 (d) the per-seed noise alone (SeedNoise: generators, initial noise, and the step noise that sampler draws).
+(e) for ddpm, the same sampler written out by hand (``_hand_ddpm``: the same noise and float64 arithmetic, samples
+    checked equal): the floor for a loop that keeps the noise protocol and the float64 state.
 
 Timing protocol (the box is shared; see docs/benchmarks.md): every round times, per sampler and in a rotating order,
 the network alone called NFE times on a fixed input, the sampler without ES and with ES, the sampler with a free
@@ -130,6 +132,32 @@ def _noise_run(seeds, shape, steps, stochastic):
     return run
 
 
+def _hand_ddpm(net, sch, steps, seeds, shape):
+    """DDPM (fixed-small variance, no clipping) written out by hand: the same chain, the same per-seed noise and the
+    same float64 arithmetic as ``sample(..., "ddpm", clip=False)``, and nothing else (no denoiser object, no
+    registry, no ES hook). Its time is the floor for any loop that keeps the noise protocol and the float64 state;
+    ``main`` checks that its samples equal the library's, byte for byte."""
+    chain = SamplingPlan("ddpm", steps, sch).chain
+    t_of = VPDenoiser(net, sch)._t_of
+    rows = [(float(chain.sigmas[i]), float(chain.alphas_cumprod[i]), float(chain.posterior_mean_coef1[i]),
+             float(chain.posterior_mean_coef2[i]), math.exp(0.5 * float(chain.posterior_log_variance_clipped[i])))
+            for i in range(len(chain))]
+
+    def run():
+        noise = SeedNoise(seeds, shape)
+        x = noise.initial()
+        for step, i in enumerate(range(len(chain) - 1, -1, -1)):
+            s, ab, c1, c2, std = rows[i]
+            x_sig = x / math.sqrt(ab)  # the network sees x_t rebuilt from σ-space, as VPDenoiser does
+            t = torch.full((x.shape[0],), t_of(s), dtype=torch.float32)
+            eps = net(x_sig.mul(math.sqrt(1.0 / (1.0 + s * s))).to(torch.float32), t).to(torch.float64)
+            mean = c1 * (x_sig - s * eps) + c2 * x
+            z = noise(step)
+            x = mean if i == 0 else mean + std * z
+        return x
+    return run
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (fixed for the whole run)")
@@ -171,6 +199,12 @@ def main(argv=None):
         contenders[name, "es"] = lambda run=run: run(den, es)
         contenders[name, "free"] = lambda run=run: run(free)
         contenders[name, "noise"] = _noise_run(seeds, shape, args.steps, REGISTRY[name].stochastic(kw))
+        if name == "ddpm":
+            hand = contenders[name, "hand"] = _hand_ddpm(net, sch, args.steps, seeds, shape)
+            with torch.no_grad():
+                if not torch.equal(hand(), run(den)):
+                    raise SystemExit("the hand-written DDPM reference no longer gives the library's samples: "
+                                     "update _hand_ddpm to the library's arithmetic")
 
     both = {k: [] for k in contenders}
     inside = {k: [] for k in contenders}  # (network time within the run, run time), per round
@@ -215,6 +249,10 @@ def main(argv=None):
              # the same ratio on the other clock, for reference
              ("loop_ratio_wall" if clock else "loop_ratio_cpu"): med(
                  b / n for b, n in zip(other[name, "base"], other[name, "net"]))}
+        if (name, "hand") in times:  # the floor: the same noise and arithmetic written out by hand
+            r["hand_ms"] = 1e3 * med(times[name, "hand"])
+            r["hand_ratio"] = med(h / n for h, n in zip(times[name, "hand"], net_r))
+            r["base_over_hand"] = med(b / h for b, h in zip(base, times[name, "hand"]))
         if faults[name, "base"]:
             r["minor_faults"] = {w: med(faults[name, w]) for w in ("net", "base", "free")}
         r["overhead_ms_per_nfe"] = (r["base_ms"] - r["net_x_nfe_ms"]) / nfe
@@ -247,6 +285,11 @@ def main(argv=None):
                                                    for n, r in results["samplers"].items()))
     print(f"(b) on the {oc} clock: " + ", ".join(f"{n} {r[f'loop_ratio_{oc}']:.4f}"
                                                   for n, r in results["samplers"].items()))
+    for n, r in results["samplers"].items():
+        if "hand_ratio" in r:
+            print(f"{n} written out by hand (same noise, same float64 arithmetic, same samples): "
+                  f"{r['hand_ratio']:.4f} of NFE x network; the library's loop / the hand-written one: "
+                  f"{r['base_over_hand']:.4f}")
     if all("minor_faults" in r for r in results["samplers"].values()):
         print("minor page faults per call (median; network alone / sampler / free loop): " + ", ".join(
             f"{n} {r['minor_faults']['net']:.0f}/{r['minor_faults']['base']:.0f}/{r['minor_faults']['free']:.0f}"

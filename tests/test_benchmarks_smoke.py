@@ -3,7 +3,8 @@ in benchmarks/, not in timed tests); what is checked is that they run and that t
 
 * bench_gpu.py builds the UNet, runs every contender (diffusers' pipeline plain / with per-seed generators / with
   ES, our sample() and its attribution runs) and asserts that its attribution loop is byte for byte sample()'s;
-* bench_noise.py asserts that SeedNoise (inline and threaded) gives the literal protocol's bytes.
+* bench_noise.py asserts that SeedNoise (inline and threaded) gives the literal protocol's bytes;
+* bench_sampling.py asserts that its hand-written DDPM reference gives sample()'s bytes.
 """
 
 import importlib.util
@@ -41,3 +42,15 @@ def test_bench_gpu_runs_on_cpu(sampler, capsys):
     for v in list(r["ratios"].values()) + list(r["share_of_ours"].values()):
         assert math.isfinite(v)
     assert all(v > 0 for v in r["seconds_median"].values())
+
+
+def test_bench_sampling_runs_and_its_hand_written_ddpm_keeps_the_bytes():
+    r = _bench("bench_sampling").main(["--steps", "3", "--repeats", "1", "--batch", "4", "--dim", "8",
+                                       "--samplers", "ddpm,euler", "--json"])
+    assert set(r["samplers"]) == {"ddpm", "euler"}
+    ddpm = r["samplers"]["ddpm"]
+    assert "hand_ratio" in ddpm and "hand_ratio" not in r["samplers"]["euler"]  # the reference is DDPM's only
+    for v in (ddpm["loop_ratio"], ddpm["hand_ratio"], ddpm["base_over_hand"], ddpm["es_ratio"]):
+        assert math.isfinite(v) and v > 0
+    if "minor_faults" in ddpm:  # where the resource module exists
+        assert set(ddpm["minor_faults"]) == {"net", "base", "free"}
