@@ -125,3 +125,22 @@ def test_samples_are_unchanged_through_the_samplers(sampler, kw, monkeypatch):
     monkeypatch.setattr(_ProtocolNoise, "close", lambda self: None, raising=False)
     ref = sample(*args, schedule=SCH, batch_size=3, **kw)
     assert _same(ours, ref) and _same(threaded, ref)
+
+
+@pytest.mark.parametrize("sampler,kw", [("ddpm", {}), ("ddim", dict(eta=1.0))])
+def test_the_last_vp_step_draws_no_noise(sampler, kw):
+    """The last DDPM/DDIM step adds no noise, so it asks for none: at 9 steps only the first block of 8 is drawn
+    (the samples are those of the protocol, checked above through every sampler)."""
+    from diffusion_es.samplers import SamplingPlan
+    asked = []
+
+    class Recording(SeedNoise):
+        def __call__(self, i):
+            asked.append(i)
+            return super().__call__(i)
+
+    noise = Recording([3, 1, 4], (4,))
+    plan = SamplingPlan(sampler, NOISE_BLOCK + 1, SCH)
+    with torch.no_grad():
+        plan.run(VPDenoiser(_Eps(), SCH), noise.initial(), noise, **kw)
+    assert asked == list(range(NOISE_BLOCK)) and noise._block_start == 0

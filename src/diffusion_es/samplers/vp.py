@@ -152,7 +152,8 @@ def sample_ddpm(denoiser, x: torch.Tensor, chain: RespacedChain, *, noise: Optio
     ``learned`` = ADM's interpolation ``exp(f·log β + (1-f)·log β̃)`` with ``f = (v + 1) / 2`` from the model;
     None (default): the model's own, i.e. ``learned`` when the network predicts a variance, else ``small``.
     clip: clip the x_0 estimate to [-1, 1] (ADM's default). time_shift: a next-timestep policy (TS-DDPM).
-    Step noise ``noise(step)`` is drawn at every step, so its stream position depends only on the step.
+    Step noise ``noise(step)`` is drawn at every step but the last (which adds none), so its stream position
+    depends only on the step.
     """
     if variance is not None and variance not in VARIANCES:
         raise ValueError(f"unknown DDPM variance {variance!r}: use one of {', '.join(VARIANCES)}")
@@ -163,7 +164,7 @@ def sample_ddpm(denoiser, x: torch.Tensor, chain: RespacedChain, *, noise: Optio
     def update(x, x0, tr, extras, step, last):
         if chosen[0] is None:
             chosen[0] = "learned" if "var_values" in extras else "small"
-        return ddpm_update(x, x0, tr, noise(step), chosen[0], extras, last)
+        return ddpm_update(x, x0, tr, None if last else noise(step), chosen[0], extras, last)
 
     return _vp_loop(denoiser, x, chain, update, noise, callback, clip, time_shift, want_var=variance == "learned")
 
@@ -179,6 +180,6 @@ def sample_ddim(denoiser, x: torch.Tensor, chain: RespacedChain, *, noise: Optio
         raise ValueError("DDIM with eta > 0 needs a noise source (noise=...)")
 
     def update(x, x0, tr, extras, step, last):
-        return ddim_update(x, x0, tr, eta, noise(step) if eta > 0 else None, last)
+        return ddim_update(x, x0, tr, eta, noise(step) if eta > 0 and not last else None, last)
 
     return _vp_loop(denoiser, x, chain, update, noise, callback, clip, time_shift)
