@@ -270,3 +270,39 @@ def test_net_dtype_walk_matches_torchs_generators(tree):
     assert _first_tensor(tree, "_buffers", torch.is_floating_point) is (floats[0] if floats else None)
     expected = params[0].dtype if params else floats[0].dtype if floats else torch.float64
     assert VPDenoiser(tree, VPSchedule.linear())._net_dtype() == expected
+
+
+def _dtype_holders():
+    class ClassAttr(nn.Linear):
+        dtype = torch.float16
+
+    class Prop(nn.Linear):  # like diffusers' ModelMixin.dtype
+        @property
+        def dtype(self):
+            return torch.bfloat16
+
+    inst = nn.Linear(2, 2)
+    inst.dtype = torch.float64  # an instance attribute
+
+    def fn(x_t, t):
+        return x_t
+    fn.dtype = torch.float16
+    return [(ClassAttr(2, 2), torch.float16), (Prop(2, 2), torch.bfloat16), (inst, torch.float64),
+            (fn, torch.float16), (lambda x_t, t: x_t, torch.float64), (nn.Linear(2, 2).half(), torch.float16)]
+
+
+@pytest.mark.parametrize("net,expected", _dtype_holders())
+def test_net_dtype_reads_a_dtype_attribute_first(net, expected):
+    assert VPDenoiser(net, VPSchedule.linear())._net_dtype() == expected
+
+
+@pytest.mark.parametrize("v", [0.0, 1e-300, 0.0123, 0.5, 0.999999, 1.0, 3.7, math.inf])
+def test_float_fast_paths_equal_the_tensor_paths(v):
+    """vp_to_sigma_space / sigma_to_vp_space take a shortcut for one float level; the bytes are the general path's
+    (a 0-d float64 tensor level), including the σ = ∞ / ᾱ = 0 pass-through."""
+    from diffusion_es.core.param import sigma_to_vp_space
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 7
+    t = torch.tensor(v, dtype=torch.float64)
+    if v != math.inf:
+        assert torch.equal(vp_to_sigma_space(x, v), vp_to_sigma_space(x, t))
+    assert torch.equal(sigma_to_vp_space(x, v), sigma_to_vp_space(x, t))

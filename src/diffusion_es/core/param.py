@@ -117,6 +117,8 @@ def _pass_at(mask, x, y):
 
 def vp_to_sigma_space(x_t, alpha_bar):
     """x = x_t / sqrt(ᾱ); ᾱ = 0 (σ = ∞) passes x_t through (module docstring)."""
+    if isinstance(alpha_bar, float):  # one level for the whole batch (every step of a plain sampler)
+        return x_t if alpha_bar == 0 else x_t / math.sqrt(alpha_bar)
     zero = alpha_bar == 0
     if isinstance(zero, (bool, np.bool_)) and zero:
         return x_t
@@ -126,6 +128,8 @@ def vp_to_sigma_space(x_t, alpha_bar):
 
 def sigma_to_vp_space(x, sigma):
     """x_t = x / sqrt(1 + σ²) = sqrt(ᾱ) x; σ = ∞ passes x through."""
+    if isinstance(sigma, float):  # one level for the whole batch
+        return x if math.isinf(sigma) else x * math.sqrt(sigma_to_alpha_bar(sigma))
     inf = _is_inf(sigma)
     if isinstance(inf, (bool, np.bool_)) and inf:
         return x
@@ -482,12 +486,20 @@ class VPDenoiser(Denoiser):
 
     def _net_dtype(self):
         """The network's own dtype: a ``dtype`` attribute, else its first parameter's or buffer's, else float64."""
-        dt = getattr(self.net, "dtype", None)
+        net = self.net
+        if isinstance(net, nn.Module):  # an instance or class attribute, or a property (diffusers' ModelMixin)
+            # (not getattr(net, "dtype", None): a Module without one raises and formats an AttributeError inside
+            # nn.Module.__getattr__, which costs as much as the rest of this lookup, at every network call)
+            dt = net.__dict__.get("dtype")
+            if dt is None and hasattr(type(net), "dtype"):
+                dt = net.dtype
+        else:
+            dt = getattr(net, "dtype", None)
         if isinstance(dt, torch.dtype):
             return dt
-        if isinstance(self.net, nn.Module):
+        if isinstance(net, nn.Module):
             for kind, keep in (("_parameters", None), ("_buffers", torch.is_floating_point)):
-                t = _first_tensor(self.net, kind, keep)
+                t = _first_tensor(net, kind, keep)
                 if t is not None:
                     return t.dtype
         return torch.float64
