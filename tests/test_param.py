@@ -281,6 +281,11 @@ def _dtype_holders():
         def dtype(self):
             return torch.bfloat16
 
+    class Raising(nn.Linear):  # a property that fails: as if there were none (the first parameter's dtype)
+        @property
+        def dtype(self):
+            raise AttributeError("no dtype here")
+
     inst = nn.Linear(2, 2)
     inst.dtype = torch.float64  # an instance attribute
 
@@ -288,7 +293,8 @@ def _dtype_holders():
         return x_t
     fn.dtype = torch.float16
     return [(ClassAttr(2, 2), torch.float16), (Prop(2, 2), torch.bfloat16), (inst, torch.float64),
-            (fn, torch.float16), (lambda x_t, t: x_t, torch.float64), (nn.Linear(2, 2).half(), torch.float16)]
+            (fn, torch.float16), (lambda x_t, t: x_t, torch.float64), (nn.Linear(2, 2).half(), torch.float16),
+            (Raising(2, 2).half(), torch.float16)]
 
 
 @pytest.mark.parametrize("net,expected", _dtype_holders())

@@ -492,7 +492,7 @@ class VPDenoiser(Denoiser):
             # nn.Module.__getattr__, which costs as much as the rest of this lookup, at every network call)
             dt = net.__dict__.get("dtype")
             if dt is None and hasattr(type(net), "dtype"):
-                dt = net.dtype
+                dt = getattr(net, "dtype", None)  # a property may raise AttributeError: then as if absent
         else:
             dt = getattr(net, "dtype", None)
         if isinstance(dt, torch.dtype):
