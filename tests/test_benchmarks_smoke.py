@@ -4,11 +4,17 @@ in benchmarks/, not in timed tests); what is checked is that they run and that t
 * bench_gpu.py builds the UNet, runs every contender (diffusers' pipeline plain / with per-seed generators / with
   ES, our sample() and its attribution runs) and asserts that its attribution loop is byte for byte sample()'s;
 * bench_noise.py asserts that SeedNoise (inline and threaded) gives the literal protocol's bytes;
-* bench_sampling.py asserts that its hand-written DDPM reference gives sample()'s bytes.
+* bench_sampling.py asserts that its hand-written DDPM reference gives sample()'s bytes;
+* bench_calibrate.py, bench_diffusers.py, bench_features.py, bench_train.py and bench_distributed.py run at tiny
+  sizes and print what they promise (bench_distributed checks that its one- and two-process files are identical).
 """
 
 import importlib.util
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +60,43 @@ def test_bench_sampling_runs_and_its_hand_written_ddpm_keeps_the_bytes():
         assert math.isfinite(v) and v > 0
     if "minor_faults" in ddpm:  # where the resource module exists
         assert set(ddpm["minor_faults"]) == {"net", "base", "free"}
+
+
+def test_bench_calibrate_runs(capsys):
+    _bench("bench_calibrate").main(["--grid", "3", "--n", "8", "--sets", "1", "--steps", "3", "--threads", "1",
+                                    "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert {"dense_grid_optimum", "calibrated", "nfe_ratio_search_vs_dense", "calibrated_gain_ci"} <= set(r)
+    assert 0 < r["calibrated"] < 2 and 0 < r["dense_grid_optimum"] < 2 and r["nfe_ratio_search_vs_dense"] > 0
+
+
+def test_bench_diffusers_runs_on_cpu():
+    pytest.importorskip("diffusers")
+    r = _bench("bench_diffusers").main(["--batch", "2", "--steps", "2", "--size", "8", "--width", "8",
+                                        "--repeats", "1", "--threads", "1", "--device", "cpu", "--json"])
+    assert r["es_overhead_attributable"] > 0 and math.isfinite(r["es_overhead_attributable"])
+
+
+def test_bench_features_runs(capsys):
+    assert _bench("bench_features").main(["64"]) == 0
+    row = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["64"]]
+    assert row and float(row[0][2]) > 0  # features per second
+
+
+def test_bench_train_runs(capsys):
+    assert _bench("bench_train").main(["--steps", "3", "--warmup", "1", "--batch", "8", "--repeats", "1",
+                                       "--samples", "16", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["ours_steps_per_s"] > 0 and r["bare_steps_per_s"] > 0 and math.isfinite(r["ratio"])
+    assert set(r["samples_per_s"]) == {"ddpm20", "ddpm100", "ddim20", "ddim100"}
+    assert all(v > 0 for v in r["samples_per_s"].values())
+
+
+@pytest.mark.slow
+def test_bench_distributed_runs_and_its_files_agree():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_distributed.py"), "--seeds", "0-7",
+                          "--steps", "2", "--batch-size", "4", "--threads", "2", "--nproc", "2"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "files identical: True" in out.stdout
