@@ -487,21 +487,20 @@ class VPDenoiser(Denoiser):
     def _net_dtype(self):
         """The network's own dtype: a ``dtype`` attribute, else its first parameter's or buffer's, else float64."""
         net = self.net
-        if isinstance(net, nn.Module):  # an instance or class attribute, or a property (diffusers' ModelMixin)
-            # (not getattr(net, "dtype", None): a Module without one raises and formats an AttributeError inside
-            # nn.Module.__getattr__, which costs as much as the rest of this lookup, at every network call)
-            dt = net.__dict__.get("dtype")
-            if dt is None and hasattr(type(net), "dtype"):
-                dt = getattr(net, "dtype", None)  # a property may raise AttributeError: then as if absent
-        else:
+        if not isinstance(net, nn.Module):
             dt = getattr(net, "dtype", None)
+            return dt if isinstance(dt, torch.dtype) else torch.float64
+        # an instance or class attribute, or a property (diffusers' ModelMixin); not getattr(net, "dtype", None)
+        # first: a Module without one formats an AttributeError in nn.Module.__getattr__ at every network call
+        dt = net.__dict__.get("dtype")
+        if dt is None and hasattr(type(net), "dtype"):
+            dt = getattr(net, "dtype", None)  # a property that raises AttributeError counts as absent
         if isinstance(dt, torch.dtype):
             return dt
-        if isinstance(net, nn.Module):
-            for kind, keep in (("_parameters", None), ("_buffers", torch.is_floating_point)):
-                t = _first_tensor(net, kind, keep)
-                if t is not None:
-                    return t.dtype
+        for kind, keep in (("_parameters", None), ("_buffers", torch.is_floating_point)):
+            t = _first_tensor(net, kind, keep)
+            if t is not None:
+                return t.dtype
         return torch.float64
 
     def _t_of(self, s: float) -> float:
