@@ -38,6 +38,11 @@ import math
 import statistics
 import time
 
+try:
+    import resource
+except ImportError:  # Windows has none
+    resource = None
+
 import torch
 from torch import nn
 
@@ -108,12 +113,8 @@ def _time(fn):
 
 def _minor_faults():
     """Minor page faults of this process so far (pages the kernel had to map, zeroed, on first touch); None where
-    the ``resource`` module is missing."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    the ``resource`` module is missing (Windows)."""
+    return None if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _median_time(fn, repeats, clock=0):
