@@ -2,8 +2,9 @@
 
 Every import counts, including the lazy ones inside functions (they are still dependencies). Layers, bottom first:
 
-0. base: ``errors``, ``hashing``, ``version``, ``progress``; then ``io`` (file formats), ``distributed`` (the process-group
-   protocol); then ``store`` (resumable parts and shards). They know nothing about diffusion.
+0. base: ``errors``, ``hashing``, ``version``, ``progress``, ``heap`` (the process heap); then ``io`` (file formats),
+   ``distributed`` (the process-group protocol); then ``store`` (resumable parts and shards). They know nothing
+   about diffusion.
 1. ``core``: schedules, parameterisations, Epsilon Scaling;
 2. ``data``, ``samplers``;
 3. ``diagnostics``, ``metrics``;
@@ -18,7 +19,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "diffusion_es"
 LAYERS = [
-    {"errors", "hashing", "version", "progress"},
+    {"errors", "hashing", "version", "progress", "heap"},
     {"io", "distributed"},
     {"store"},
     {"core"},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,12 +10,13 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..heap import settle_heap
 from ..progress import advance as _advance, task as _task
 from ..core.param import sigma_to_flow_space, sigma_to_vp_space
 from ..core.pfgm import check_D, seed_scales
 
 __all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches", "check_seeds", "MAX_SEED",
-           "default_noise_workers", "settle_heap"]
+           "default_noise_workers"]
 
 # Step noise is drawn per seed in blocks of this many steps. It is part of the noise protocol (changing it
 # changes every stochastic sample), so it is a constant, never derived from memory or batch size.
@@ -213,37 +213,6 @@ class SeedNoise:
             for f in self._next[1]:
                 f.cancel()
             self._next = None
-
-
-# glibc's malloc serves a block below its *mmap threshold* from the heap and hands the heap's free top back to the
-# system once it exceeds the *trim threshold*. Both start low (128 KiB and 128 KiB) and rise only when a block that
-# was mmapped is freed (to its size, and twice its size). A network whose activations add up to a few MiB then often
-# has them trimmed after a forward pass and page-faulted in again, zeroed, at the next one, depending on how the
-# sampler's own tensors sit on the heap in between: 7–9 thousand minor faults per 20-step run of the benchmark's
-# network (2–4 % of its time, benchmarks/bench_sampling.py), none for the same network called in a tight loop.
-# Freeing one untouched mmapped block just under glibc's ceiling for that rule (32 MiB on 64-bit systems) raises
-# both thresholds as the first large tensor freed in any PyTorch program would; nothing is written and no sample
-# changes. Thresholds a user set (mallopt, MALLOC_*_, GLIBC_TUNABLES) switch the rule off, so theirs are kept.
-_GLIBC_DYNAMIC_MMAP_MAX = 32 << 20
-_HEAP_SETTLED = False
-
-
-def settle_heap() -> bool:
-    """Once per process, on 64-bit Linux with glibc: let freed memory up to ~62 MiB stay on the heap between network
-    calls (see the comment above). Returns whether it did so now. Called by every sampling run."""
-    global _HEAP_SETTLED
-    if _HEAP_SETTLED:
-        return False
-    _HEAP_SETTLED = True
-    try:
-        is_glibc = sys.platform.startswith("linux") and sys.maxsize > 2**32 and bool(
-            os.confstr("CS_GNU_LIBC_VERSION"))
-    except (ValueError, OSError, AttributeError):
-        is_glibc = False
-    if not is_glibc:
-        return False
-    torch.empty(_GLIBC_DYNAMIC_MMAP_MAX - (1 << 20), dtype=torch.uint8)  # mmapped, never touched, freed at once
-    return True
 
 
 def over_seed_batches(seeds, shape, batch_size: int, device, run, callback=None, progress=None,
