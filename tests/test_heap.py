@@ -18,10 +18,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from diffusion_es import heap
-from diffusion_es.heap import BATCH_BYTES
-from diffusion_es.metrics.features import get_extractor, largest_activation_bytes
+from diffusion_es.heap import BATCH_BYTES, batch_for, item_bytes
+from diffusion_es.metrics.features import get_extractor
 
 SCRIPT = r"""
 import resource, sys
@@ -120,9 +121,12 @@ def test_feature_extraction_stops_page_faulting():
 
 def test_classifier_batches_keep_the_largest_activation_below_the_budget():
     mnist, digits = get_extractor("mnist"), get_extractor("digits")
-    # the largest tensor of one image is the first conv's output: 32 channels at full size, float32
-    assert largest_activation_bytes(mnist.model) == 32 * 28 * 28 * 4
-    assert largest_activation_bytes(digits.model) == 64 * 8 * 8 * 4  # 8x8 is not pooled before the second conv
+    # the largest tensor of one image is the first conv's output: 32 channels at full size, float32 (the fc
+    # weight's transpose, made at every call, is larger but does not grow with the batch)
+    per = {e.name: item_bytes(lambda n, e=e: e.model.features(torch.zeros(n, 1, e.in_size, e.in_size)))
+           for e in (mnist, digits)}
+    assert per["mnist"] == 32 * 28 * 28 * 4
+    assert per["digits"] == 64 * 8 * 8 * 4  # 8x8 is not pooled before the second conv
     assert mnist.batch_size == BATCH_BYTES // (32 * 28 * 28 * 4) == 167
     assert digits.batch_size == 1000  # the cap: 2048 would fit
 
@@ -132,3 +136,44 @@ def test_settle_heap_runs_once(monkeypatch):
     first = heap.settle_heap()
     assert first == _glibc()
     assert heap.settle_heap() is False  # once per process
+
+
+def test_item_bytes_counts_what_grows_with_the_batch():
+    w = torch.ones(1000, 1000)  # a weight: its transpose (4 MB) is made at every call but does not grow with n
+
+    def run(n):
+        x = torch.zeros(n, 3, 10)
+        y = torch.cat([x, torch.zeros(n, 5, 10)], dim=1)  # made inside the call, not a module output: 8·10 floats
+        w.t().contiguous()
+        return y.sum()
+
+    assert item_bytes(run) == 8 * 10 * 4
+
+    def branching(n):  # another sequence of operations for n = 2: the largest tensor of one item, weights and all
+        torch.zeros(n, 7)
+        if n > 1:
+            torch.zeros(3)
+        w.t().contiguous()
+
+    assert item_bytes(branching) == 1000 * 1000 * 4
+
+
+def test_batch_for():
+    assert batch_for(BATCH_BYTES // 10, cap=500) == 10
+    assert batch_for(BATCH_BYTES // 10 + 1, cap=500) == 9
+    assert batch_for(1, cap=500) == 500 and batch_for(0, cap=7) == 7
+    assert batch_for(BATCH_BYTES + 1, cap=500) == 1  # even one item is over: the smallest batch
+
+
+def test_auto_batch_size_of_the_mnist_model():
+    from diffusion_es.models import load_model
+    from diffusion_es.samplers import DEFAULT_BATCH, auto_batch_size
+
+    m = load_model("mnist")
+    den = m.denoiser()
+    per = item_bytes(lambda n: den(torch.zeros((n, *m.data_shape), dtype=torch.float64), 1.0))
+    auto = auto_batch_size(den, m.data_shape)
+    assert auto == BATCH_BYTES // per and 1 <= auto < DEFAULT_BATCH
+    assert DEFAULT_BATCH * per > 32 << 20  # the old default's largest tensor was above glibc's mmap ceiling
+    assert auto_batch_size(den, m.data_shape, device="cuda") == DEFAULT_BATCH  # off the CPU: the old default
+    assert auto_batch_size(load_model("default").denoiser(), (1, 8, 8)) == DEFAULT_BATCH  # 8x8 digits: the cap

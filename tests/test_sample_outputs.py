@@ -155,3 +155,21 @@ def test_sigterm_leaves_no_temporary_files(tmp_path):
     assert p.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert _hidden(tmp_path) == [] and any(parts.glob("seeds*.npz")) and not out.exists()
+
+
+def test_batch_size_defaults_to_the_models_auto_batch(tmp_path, capsys):
+    import json
+
+    from diffusion_es.models import load_model
+    from diffusion_es.samplers import auto_batch_size
+
+    m = load_model("mnist")
+    auto = auto_batch_size(m.denoiser(), m.data_shape)
+    args = ["sample", "--model", "mnist", "--sampler", "ddim", "--steps", "2", "--seeds", "0-2", "--no-progress",
+            "--json"]
+    assert main([*args, "--out", str(tmp_path / "a.npz")]) == 0
+    assert json.loads(capsys.readouterr().out)["batch_size"] == auto < 500  # the MNIST UNet: below the old 500
+    assert main([*args, "--out", str(tmp_path / "b.npz"), "--batch-size", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch_size"] == 3
+    # the 3 seeds make one batch of 3 either way: the same bytes
+    np.testing.assert_array_equal(load_images(tmp_path / "a.npz"), load_images(tmp_path / "b.npz"))

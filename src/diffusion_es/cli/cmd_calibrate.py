@@ -9,9 +9,9 @@ from __future__ import annotations
 
 
 from ..errors import UsageError
-from .common import (MAX_SAMPLES, MAX_SEED_OFFSET, add_min_lambda_arg, add_model_args, add_progress_arg,
-                     add_sampler_args, float_pair, int_in, job_progress, load_model_arg, note, print_json,
-                     sampler_kwargs, schedule_arg, schedule_made_for)
+from .common import (BATCH_HELP, MAX_SAMPLES, MAX_SEED_OFFSET, add_min_lambda_arg, add_model_args,
+                     add_progress_arg, add_sampler_args, float_pair, int_in, job_progress, load_model_arg, note,
+                     print_json, sampler_kwargs, schedule_arg, schedule_made_for)
 
 
 def register(sub):
@@ -39,7 +39,7 @@ def register(sub):
                    help="feature network (default: by dataset)")
     p.add_argument("--inception", default=None, help="Inception TorchScript file for --features inception")
     p.add_argument("--seed", type=int_in(0, MAX_SEED_OFFSET), default=0, help="seed-set offset (default 0)")
-    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=500, help="samples per batch (default 500)")
+    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=None, help=BATCH_HELP)
     p.add_argument("--out", default=None, metavar="FILE.json",
                    help="write the schedule here, with the sampler and steps it was made for (readable by "
                         "`sample --es-schedule`), only if it beats λ = 1")
@@ -68,6 +68,10 @@ def _run(args, ctx) -> int:
     if args.out:
         check_output(args.out, "file", (".json",))
     model, den = load_model_arg(args.model)
+    if args.batch_size is None:
+        from ..samplers import auto_batch_size
+
+        args.batch_size = auto_batch_size(den, model.data_shape)  # calibrate runs on the CPU
     from ..experiments.common import model_data
 
     metric = build_metric(model_data(model, args.data), args.ref, args.features, args.inception,

@@ -6,8 +6,8 @@ Writes compare.md, compare.html and results_compare.json into --out.
 
 from __future__ import annotations
 
-from .common import (MAX_SAMPLES, add_device_arg, add_model_args, add_progress_arg, add_threads_arg, int_in, int_list,
-                     job_progress, name_list, note, print_json)
+from .common import (BATCH_HELP, MAX_SAMPLES, add_device_arg, add_model_args, add_progress_arg, add_threads_arg, int_in,
+                     int_list, job_progress, name_list, note, print_json)
 
 
 def _names(text):
@@ -44,7 +44,7 @@ def register(sub):
     p.add_argument("--ref", default="heldout",
                    help="FD reference: heldout (default: data the model never saw), train, all or a reference .npz")
     add_device_arg(p)
-    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=500, help="samples per batch (default 500)")
+    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=None, help=BATCH_HELP)
     add_threads_arg(p, default=1)
     add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -6,7 +6,7 @@ Writes report.md, report.html, results.json and PNG figures into --out. Resumabl
 
 from __future__ import annotations
 
-from .common import (MAX_SAMPLES, add_device_arg, add_min_lambda_arg, add_model_args, add_progress_arg,
+from .common import (BATCH_HELP, MAX_SAMPLES, add_device_arg, add_min_lambda_arg, add_model_args, add_progress_arg,
                      add_threads_arg, int_in, int_list, job_progress, name_list, note, print_json)
 
 
@@ -37,7 +37,7 @@ def register(sub):
     add_min_lambda_arg(p)
     add_device_arg(p)
     add_threads_arg(p)
-    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=500, help="samples per batch (default 500)")
+    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=None, help=BATCH_HELP)
     add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print results.json's summary as JSON")
     p.set_defaults(func=run)

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 from ..errors import UsageError
-from .common import (MAX_SEEDS, add_device_arg, add_es_args, add_model_args, add_progress_arg, add_sampler_args,
-                     add_threads_arg, es_from_args, int_in, progress_bar, sampler_kwargs, schedule_arg)
+from .common import (BATCH_HELP, MAX_SEEDS, add_device_arg, add_es_args, add_model_args, add_progress_arg,
+                     add_sampler_args, add_threads_arg, es_from_args, int_in, progress_bar, sampler_kwargs,
+                     schedule_arg)
 
 DETERMINISM = ("Each sample has its own noise, drawn from its seed, so runs with and without ES on the same seeds "
                "share their noise. The same seeds with the same --batch-size give the same bytes, on any number of "
@@ -35,8 +36,8 @@ def register(sub) -> None:
     p.add_argument("--grid", default=None, metavar="PNG", help="also write a PNG grid of the first --grid-n samples")
     p.add_argument("--grid-n", type=int_in(1, 1_000_000), default=100,
                    help="number of samples in the grid (default 100)")
-    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=500,
-                   help="samples per batch (default 500; the bytes of a sample can depend on it, see above)")
+    p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=None,
+                   help=BATCH_HELP[:-1] + "; the bytes of a sample can depend on it, see above)")
     p.add_argument("--shard-size", type=int_in(1, MAX_SEEDS), default=256,
                    help="seeds per resumable shard in OUT.parts/ (default 256), rounded up to whole batches: a killed "
                         "run restarted with the same arguments samples only what is missing (see docs/distributed.md)")
@@ -72,7 +73,7 @@ def _run(args, ctx) -> int:
     from ..hashing import model_fingerprint
     from ..io import check_output, read_png, save_grid, save_npz, to_rgb, to_uint8
     from ..models import load_model
-    from ..samplers import SamplingPlan, get_sampler, sample
+    from ..samplers import SamplingPlan, auto_batch_size, get_sampler, sample
     from ..store import ShardedRun, output_lock
     from .common import parse_seeds, print_json
 
@@ -105,6 +106,9 @@ def _run(args, ctx) -> int:
                          "without --rgb")
     if args.rgb and m.data_shape[0] not in (1, 3):
         raise UsageError(f"--rgb needs 1- or 3-channel images, the model makes {m.data_shape[0]} channels")
+
+    if args.batch_size is None:  # from the network and the shape only: every rank and every resume agrees
+        args.batch_size = auto_batch_size(m.denoiser(), m.data_shape, args.device)
 
     # everything that determines the samples keys the resumable shards (OUT.parts/)
     identity = {"model": model_fingerprint(m.net), "shape": list(m.data_shape), "sampler": args.sampler,
@@ -157,7 +161,8 @@ def _run(args, ctx) -> int:
         "model": str(m.path), "sampler": args.sampler, "steps": args.steps,
         "nfe": get_sampler(args.sampler).nfe(args.steps),
         "es": None if es is None else es.to_dict(), "n": len(seeds), "seeds": args.seeds,
-        "shape": list(m.data_shape), "seconds": round(seconds, 3), "samples_per_s": round(n_new / seconds, 2),
+        "shape": list(m.data_shape), "batch_size": args.batch_size, "seconds": round(seconds, 3),
+        "samples_per_s": round(n_new / seconds, 2),
         "out": str(args.out), "layout": layout, "rgb": bool(args.rgb), "grid": args.grid,
         **{k: v for k, v in kwargs.items()},
     }

@@ -76,6 +76,10 @@ def add_model_args(p, flag: str = "--model", default="default", extra: str = "")
                         "flow_heun)")
 
 
+BATCH_HELP = ("samples per batch (default: auto, i.e. on the CPU as many as keep the network's largest tensor within "
+              "16 MiB, at most 500: bigger CPU batches run slower, see docs/benchmarks.md; 500 on other devices)")
+
+
 def load_model_arg(path):
     """The model behind ``--model``, as (LoadedModel-like object with .schedule/.data_shape, denoiser)."""
     from ..models import load_model

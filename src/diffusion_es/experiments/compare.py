@@ -70,7 +70,7 @@ class CompareConfig:
     ts_rule: str = "data"              # data: v(τ) = ᾱ_τ Var(x_0) + 1 − ᾱ_τ; paper: v(τ) = 1 − ᾱ_τ
     ref: str = "heldout"               # the metric's reference: data the model never saw
     device: str = "cpu"
-    batch_size: int = 500
+    batch_size: Optional[int] = None  # None: samplers.auto_batch_size of the model (on the CPU, fewer page faults)
     seed: int = 0
 
     def resolved(self, data_name: str = "digits") -> "CompareConfig":
@@ -169,6 +169,10 @@ class _Comparison:
         self.model, self.den, ds = load_model_and_data(cfg.model, cfg.data, cfg.device)
         cfg = cfg.resolved(ds.description.get("name", ""))
         cfg.data = ds.description["spec"]
+        if cfg.batch_size is None:
+            from ..samplers import auto_batch_size
+
+            cfg.batch_size = auto_batch_size(self.den, self.model.data_shape, cfg.device)
         self.cfg, self.log = cfg, log
         out = Path(cfg.out)
         self.metric = build_metric(cfg.data, cfg.ref, shape=self.model.data_shape)

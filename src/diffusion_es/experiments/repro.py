@@ -77,7 +77,7 @@ class ReproConfig:
     features: Optional[str] = None
     inception: Optional[str] = None
     device: str = "cpu"
-    batch_size: int = 500
+    batch_size: Optional[int] = None  # None: samplers.auto_batch_size of the model (on the CPU, fewer page faults)
     seed: int = 0
     compare: bool = False   # add the comparison with the other fixes (diffusion_es.experiments.compare) as a section
     power: bool = True      # choose the validation seed sets from measured noise (when n_val_sets is not given)
@@ -117,6 +117,10 @@ class _Repro:
         data = self.ds.description["spec"]
         cfg = cfg.resolved(self.ds.description.get("name", ""))
         cfg.data = data
+        if cfg.batch_size is None:
+            from ..samplers import auto_batch_size
+
+            cfg.batch_size = auto_batch_size(self.den, self.model.data_shape, cfg.device)
         self.cfg, self.log, self.out = cfg, log, Path(cfg.out)
         self.metric, self.extra = build_measures(data, self.ds, cfg.ref, cfg.features, cfg.inception,
                                                  self.model.data_shape, n_real_pr=cfg.n_samples, seed=cfg.seed)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..hashing import weights_hash
-from ..heap import BATCH_BYTES, settle_heap
+from ..heap import batch_for, item_bytes, settle_heap
 from .frechet import FeatureStats
 
 __all__ = ["FEATURES", "get_extractor", "weights_hash", "ClassifierExtractor", "iter_batches", "extract",
@@ -78,30 +78,15 @@ class ClassifierExtractor:
         self.weights_hash = weights_hash(self.model.state_dict())
         self.preprocess = (f"uint8/127.5-1; RGB->mean grey; integer-multiple sizes avg-pooled, others antialiased "
                            f"bilinear; to {self.in_size}x{self.in_size}")
-        # as many images as keep the largest activation on the heap (diffusion_es.heap): a batch of 1000 MNIST
-        # images made 100 MB activations, mapped and zeroed afresh by every layer, which doubled the time taken
-        self.batch_size = max(1, min(1000, BATCH_BYTES // largest_activation_bytes(self.model)))
+        # as many images as keep the largest tensor on the heap (diffusion_es.heap): a batch of 1000 MNIST images
+        # made 100 MB activations, mapped and zeroed afresh by every layer, which doubled the time taken
+        per_image = item_bytes(lambda n: self.model.features(torch.zeros(n, 1, self.in_size, self.in_size)))
+        self.batch_size = batch_for(per_image, cap=1000)
 
     @torch.no_grad()
     def __call__(self, images_u8: np.ndarray) -> np.ndarray:
         x = _resize_to(_to_grey_float(images_u8), self.in_size)
         return self.model.features(x).double().numpy()
-
-
-def largest_activation_bytes(model) -> int:
-    """Bytes of the largest tensor one image makes on its way to the features (input included), measured by a dry
-    run of ``model.features`` with a hook on every submodule."""
-    x = torch.zeros(1, 1, model.in_size, model.in_size)
-    sizes = [x.numel() * x.element_size()]
-    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() * out.element_size()))
-             for m in model.modules() if m is not model]
-    try:
-        with torch.no_grad():
-            model.features(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return max(sizes)
 
 
 def _classifier_weights(name: str, weights=None) -> Path:
