@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from _tol import loop_tol
+from diffusion_es.core.schedules import VPSchedule
 from diffusion_es.errors import UsageError
 from diffusion_es.diagnostics.measure import estimate_lambda, measure_exposure, plot_exposure, training_eps_norms
 from diffusion_es.core.param import FnDenoiser
@@ -29,7 +31,10 @@ def data():
 
 
 def test_exact_model_has_no_eps_norm_gap(data):
-    cur = measure_exposure(scaled_eps_denoiser(1.0), data, "ddim", 100, n_samples=400)
+    # 1600 samples: over 10 re-seedings (data and samples) the largest |ratio − 1| over the steps was 0.023–0.035
+    # (DDIM's discretisation and the 3000 training points set that floor; 400 samples reached 0.052) and the largest
+    # relative variance gap 0.046–0.071: the bounds sit about 4 spreads above what was seen
+    cur = measure_exposure(scaled_eps_denoiser(1.0), data, "ddim", 100, n_samples=1600)
     r = cur.ratio_raw
     assert np.all(np.abs(r[:-5] - 1) < 0.05), r
     # Var(x_t) along sampling equals the training value
@@ -40,15 +45,23 @@ def test_exact_model_has_no_eps_norm_gap(data):
 
 def test_underpredicting_model_shows_the_gap_and_es_reports_raw_and_used(data):
     # ε predicted too small: too little noise removed, sampling inputs are more spread than training inputs
+    # Compared with the exact model on the same seeds and data (paired: the sampling noise cancels), the ratio of
+    # sampling to training ε-norm is higher at every step after the first (by 0.0032 at the least and 0.075–0.077 on
+    # average over 8 re-seedings) and so is Var(x_t) (by 0.098–0.102); unpaired, "ratio > 1 at 80 % of the steps"
+    # failed about 4 times in 10.
     den = scaled_eps_denoiser(0.9)
+    exact = measure_exposure(scaled_eps_denoiser(1.0), data, "ddpm", 20, n_samples=400)
     base = measure_exposure(den, data, "ddpm", 20, n_samples=400)
-    assert (base.ratio_raw[1:] > 1).mean() > 0.8
-    assert np.mean(base.var_sample[1:]) > np.mean(base.var_train[1:])
+    gap = base.ratio_raw[1:] - exact.ratio_raw[1:]
+    assert np.all(gap > 0) and gap.mean() > 0.05, gap
+    assert np.mean(base.var_sample[1:]) - np.mean(exact.var_sample[1:]) > 0.05
     es = measure_exposure(den, data, "ddpm", 20, n_samples=400, es=Uniform(0.9))
     # used ε = raw ε / λ at every step
     assert np.allclose(np.array(es.eps_norm_sample_used) * 0.9, es.eps_norm_sample_raw, rtol=1e-12)
-    # λ = c makes the model exact: the gap closes
-    assert abs(es.ratio_raw[1:].mean() - 1) < abs(base.ratio_raw[1:].mean() - 1)
+    # λ = c makes the model exact: the ES run takes the exact model's path, so its raw ratio (c·ε on both sides) is
+    # the exact model's up to the rounding of the two paths (measured: 6e-16 to 9e-15 over 8 re-seedings)
+    cond = 1 / math.sqrt(float(np.min(VPSchedule.linear().alphas_cumprod)))  # x0 from x_t at the noisiest step
+    np.testing.assert_allclose(es.ratio_raw, exact.ratio_raw, rtol=loop_tol(torch.float64, 1.0, 20, cond=cond), atol=0)
     assert es.es == {"kind": "uniform", "b": 0.9} and es.lam == [0.9] * 20
 
 

@@ -41,14 +41,18 @@ def test_default_sizes():
     assert default_sizes(500, 128)[0] == 250  # 2D = 256 > N/2: capped at N/2
 
 
-def test_fd_inf_is_closer_to_the_true_fd_than_fd_at_the_largest_n():
-    """D = 16, N = 400 samples against the exact reference (μ_r, Σ_r), R = 40 independent sample sets.
+def test_fd_inf_removes_the_bias_of_fd_at_the_largest_n():
+    """D = 16, N = 400 samples against the exact reference (μ_r, Σ_r), R = 80 independent sample sets.
 
-    Measured with these seeds: FD_N − FD = +0.31 ± 0.03 (mean ± SE), FD∞ − FD = +0.00 ± 0.04. Asserted:
-    (1) FD_N is biased upward: mean error > 4 SE; (2) FD∞ has no detectable bias: |mean error| < 4 SE
-    (P(|z| > 4) ≈ 6e-5 for an unbiased estimator); (3) the paired reduction of the absolute error
-    |FD_N − FD| − |FD∞ − FD| is positive by more than 3 of its own SEs (the margin is the measured spread)."""
-    d, n, reps = 16, 400, 40
+    Over 80 re-seedings of this test (R = 40 each), FD_N − FD had mean ≈ +0.31 (its mean over sets sat at 7.5 ± 1.3
+    of its SEs) and FD∞ − FD mean ≈ −0.023 ± 0.005: FD∞ removes about 93 % of the bias. Asserted, each with a
+    false-failure probability below 1e-6 for a correct FD∞ at R = 80 (SEs shrink by √2 from R = 40):
+    (1) FD_N is biased upward: its mean error > 4 SE (11.0 SE with these seeds);
+    (2) FD∞ removes most of it: |mean error of FD∞| < 0.2 × mean error of FD_N + 4 SE of FD∞'s errors (0.05
+    against an allowance of 0.18 with these seeds; FD∞'s own bias, −0.023, is 0.75 of its SE at R = 80).
+    Not asserted: that FD∞ is closer to the truth set by set. It is less biased but noisier (an extrapolation),
+    and its paired gain in absolute error was only 2.0 ± 1.2 SEs at R = 40 (below 3 in 65 of 80 re-seedings)."""
+    d, n, reps = 16, 400, 80
     mu_r, s_r, mu_s, s_s = _gaussians(d)
     truth = _true_fd(mu_s, s_s, mu_r, s_r)
     chol = np.linalg.cholesky(s_s)
@@ -63,9 +67,7 @@ def test_fd_inf_is_closer_to_the_true_fd_than_fd_at_the_largest_n():
     e_n, e_inf = np.array(e_n), np.array(e_inf)
     se = lambda v: v.std(ddof=1) / math.sqrt(len(v))  # noqa: E731
     assert e_n.mean() > 4 * se(e_n), (e_n.mean(), se(e_n))
-    assert abs(e_inf.mean()) < 4 * se(e_inf), (e_inf.mean(), se(e_inf))
-    gain = np.abs(e_n) - np.abs(e_inf)
-    assert gain.mean() > 3 * se(gain), (gain.mean(), se(gain))
+    assert abs(e_inf.mean()) < 0.2 * e_n.mean() + 4 * se(e_inf), (e_inf.mean(), e_n.mean(), se(e_inf))
 
 
 def test_deterministic_and_validated():

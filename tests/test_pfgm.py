@@ -22,6 +22,10 @@ from diffusion_es.samplers import SamplingPlan, SeedNoise, sample, sample_euler,
 F64 = torch.float64
 SHAPE = (2, 2, 2)  # N = 8
 N = 8
+# A KS p-value is uniform when the law is right, so a check "p > P_NULL" fails a correct implementation with
+# probability P_NULL under another random stream (a change of noise protocol or torch version): 1e-4 for each of the
+# 7 such checks below. The wrong laws they guard against give p < 1e-100 at these sample sizes.
+P_NULL = 1e-4
 SEEDS = list(range(4000))
 
 
@@ -32,13 +36,18 @@ def _radius2(x):
 # ---- (a) the kernel's draws ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("D", [4.0, 128.0])
 def test_seed_draws_radius_is_beta_prime(D):
-    """R²/r² = ‖x − y‖²/(σ² D) ~ Beta'(N/2, D/2) for the per-seed prior draws at unit σ (KS, fixed seeds); the
-    Gaussian draws of the same seeds fail the same test, so it can fail."""
+    """R²/r² = ‖x − y‖²/(σ² D) ~ Beta'(N/2, D/2) for the per-seed prior draws at unit σ (KS, fixed seeds). At D = 4
+    the Gaussian draws of the same seeds fail the same test, so it can fail; at D = 128 the two laws are too close
+    for 4000 draws to tell apart (a Gaussian passes about 90 % of the time), so there the draws are only checked to
+    differ from the Gaussian ones."""
     x = SeedNoise(SEEDS, SHAPE, pfgm_D=D).initial()
     p = stats.kstest(_radius2(x) / D, stats.betaprime(N / 2, D / 2).cdf).pvalue
-    assert p > 0.01
+    assert p > P_NULL
     gauss = SeedNoise(SEEDS, SHAPE).initial()
-    assert stats.kstest(_radius2(gauss) / D, stats.betaprime(N / 2, D / 2).cdf).pvalue < (1e-6 if D == 4 else 0.01)
+    if D == 4:
+        assert stats.kstest(_radius2(gauss) / D, stats.betaprime(N / 2, D / 2).cdf).pvalue < 1e-6
+    else:
+        assert not torch.equal(x, gauss)
 
 
 def test_training_draws_radius_is_beta_prime():
@@ -46,10 +55,10 @@ def test_training_draws_radius_is_beta_prime():
     D, g = 16.0, torch.Generator().manual_seed(5)
     z = torch.randn((4000, *SHAPE), generator=g, dtype=F64)
     x = perturb(torch.zeros_like(z), 1.0, z, generator_scales(g, 4000, D))
-    assert stats.kstest(_radius2(x) / D, stats.betaprime(N / 2, D / 2).cdf).pvalue > 0.01
+    assert stats.kstest(_radius2(x) / D, stats.betaprime(N / 2, D / 2).cdf).pvalue > P_NULL
     # its radius also matches the paper's construction R = r sqrt(b/(1 − b)), b ~ Beta(N/2, D/2) (two-sample KS)
     b = np.random.default_rng(1).beta(N / 2, D / 2, size=4000)
-    assert stats.ks_2samp(_radius2(x), D * b / (1 - b)).pvalue > 0.01
+    assert stats.ks_2samp(_radius2(x), D * b / (1 - b)).pvalue > P_NULL
 
 
 @pytest.mark.parametrize("D", [4.0, 128.0])
@@ -80,7 +89,7 @@ def test_draws_depend_only_on_the_seed():
 def test_large_D_is_gaussian_in_distribution():
     """D = 1e8: ‖x‖² ~ χ²_N (KS) and every scale √w within 6 sd (sqrt(1/(2D))) of 1; D = 4 fails the χ² test."""
     x = SeedNoise(SEEDS, SHAPE, pfgm_D=1e8).initial()
-    assert stats.kstest(_radius2(x), stats.chi2(N).cdf).pvalue > 0.01
+    assert stats.kstest(_radius2(x), stats.chi2(N).cdf).pvalue > P_NULL
     s = seed_scales(SEEDS[:500], 1e8)
     assert np.all(np.abs(s - 1) < 6 * math.sqrt(1 / (2 * 1e8)))
     assert stats.kstest(_radius2(SeedNoise(SEEDS, SHAPE, pfgm_D=4).initial()), stats.chi2(N).cdf).pvalue < 1e-6
@@ -148,7 +157,7 @@ def test_oracle_is_the_posterior_mean_of_the_kernel(D):
 
     assert max(tstats(o)) < 4.5
     if D == 4.0:
-        assert max(tstats(GaussianDenoiser(SHAPE, MU, S))) > 10
+        assert max(tstats(GaussianDenoiser(SHAPE, MU, S))) > 5  # about 31 here; heavy-tailed: 1 of 40 reseeds gave 9.8
 
 
 def _heun_from_prior(den, D, steps, seeds, es=None):
@@ -246,8 +255,8 @@ def test_training_perturbation_is_the_kernel():
     assert torch.allclose(s, sigma.to(F64), rtol=1e-5, atol=0)  # float32 time input: rounding of ln σ
     x = seen["x"].to(F64) / edm_scalings(sigma.to(F64), sched.sigma_data)[2].reshape(-1, 1, 1, 1)
     ratio = _radius2(x - x0.to(F64)) / (sigma.to(F64).numpy() ** 2 * D)
-    assert stats.kstest(ratio, stats.betaprime(N / 2, D / 2).cdf).pvalue > 0.01
-    assert stats.kstest(np.log(sigma.numpy()), stats.norm(sched.P_mean, sched.P_std).cdf).pvalue > 0.01
+    assert stats.kstest(ratio, stats.betaprime(N / 2, D / 2).cdf).pvalue > P_NULL
+    assert stats.kstest(np.log(sigma.numpy()), stats.norm(sched.P_mean, sched.P_std).cdf).pvalue > P_NULL
     # D = ∞: Gaussian, and the generator is not consumed for the mixing variable
     _, _, none = _edm_batch(torch.Generator().manual_seed(3), x0, EDMSchedule())
     assert none is None
