@@ -30,24 +30,31 @@ def gaussian_fd(x):
     return float(mu @ mu + np.trace(cov) + D * S**2 - 2 * S * np.trace(scipy.linalg.sqrtm(cov).real))
 
 
+# Over 25 re-seedings each (search seeds), the chosen λ scattered by about ±2 steps of the final search grid
+# (0.003–0.004) around the injected factor, so the bounds below are 0.013, about 4 grid steps; with 3 validation sets
+# (t₂ = 4.30) and heavy-tailed per-set gains the significance verdict failed 4–8 % of re-seedings, so 5 are used.
+# With these settings 12 more re-seedings of each of the three tests all passed (λ within 0.0063 of the truth).
+LAM_TOL, VAL_SETS = 0.013, 5
+
+
 @pytest.mark.parametrize("sampler,steps", [("euler", 200), ("heun", 30)])
 def test_recovers_injected_overprediction(sampler, steps):
     c = 1.03
     r = calibrate(over_predicting(c), sampler, steps, (D,), gaussian_fd, lam_range=(0.98, 1.08),
-                  n_samples=300, n_sets=3, n_val_sets=3)
+                  n_samples=300, n_sets=3, n_val_sets=VAL_SETS)
     assert r.significant and r.schedule is not None
-    assert abs(r.schedule["b"] - c) < 0.007, r.schedule
+    assert abs(r.schedule["b"] - c) < LAM_TOL, r.schedule
     assert r.gain < -0.3 and r.gain_ci[1] < 0
-    # the cost is what was spent: each search evaluation on 3 seed sets, then baseline and best on 3 fresh sets
+    # the cost is what was spent: each search evaluation on 3 seed sets, then baseline and best on the fresh sets
     per_run = 300 * (2 * steps - 1 if sampler == "heun" else steps)
-    assert r.nfe == per_run * (3 * len(r.evaluations) + 2 * 3)
+    assert r.nfe == per_run * (3 * len(r.evaluations) + 2 * VAL_SETS)
     assert len(r.evaluations) <= 5 + 2 * 3  # coarse grid + two points per refinement round
 
 
 def test_recovers_injected_underprediction_below_one():
     r = calibrate(over_predicting(0.95), "euler", 200, (D,), gaussian_fd, lam_range=(0.9, 1.02),
-                  n_samples=300)
-    assert r.significant and abs(r.schedule["b"] - 0.95) < 0.006
+                  n_samples=300, n_val_sets=VAL_SETS)
+    assert r.significant and abs(r.schedule["b"] - 0.95) < LAM_TOL, r.schedule
 
 
 def test_search_walks_past_a_winning_range_end():
