@@ -355,10 +355,12 @@ def test_measure_on_flow_sampling():
     from diffusion_es.diagnostics.measure import estimate_lambda, measure_exposure
 
     data = _gauss_data()
-    exact = measure_exposure(ORACLE, data, "flow_heun", 40, schedule=SCH, n_samples=400)
+    exact = measure_exposure(ORACLE, data, "flow_heun", 40, schedule=SCH, n_samples=1600)
     assert exact.sigma[0] == math.inf and exact.t[0] == 1.0 and exact.lam[0] == 1.0
-    # the exact model: no ε-norm gap beyond the sampling noise of 400 samples in 8 dims (~1/sqrt(400·8) ≈ 2 %),
-    # except the discretisation error on the last steps (second order: Heun); Var(x_t) of the flow state matches
+    # the exact model: no ε-norm gap beyond the sampling noise of 1600 samples in 8 dims (~1/sqrt(1600·8) ≈ 1 %),
+    # except the discretisation error on the last steps (second order: Heun); Var(x_t) of the flow state matches.
+    # Over 8 re-seedings the largest |ratio − 1| was 0.013–0.022 and the largest relative variance gap 0.022–0.044
+    # (with 400 samples: up to 0.057 and 0.129, past these bounds about 1 time in 10)
     assert np.all(np.abs(exact.ratio_raw[:-4] - 1) < 0.05), exact.ratio_raw
     np.testing.assert_allclose(exact.var_sample[:-4], exact.var_train[:-4], rtol=0.1)
     # σ̂_t against the flow's b = t; step 0 is the pure-noise input (σ̂ ≈ 1 = t)
