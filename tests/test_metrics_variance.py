@@ -7,12 +7,14 @@ moves with the two means only: FD ≈ |μ̂_s − μ̂_r|² + (covariance terms 
     V_R ≈ 4 (μ̂_s − μ̂_r)ᵀ Σ̂_r (μ̂_s − μ̂_r) / n_ref (reference rows redrawn, each seed set fixed; plug-in)
 
 With n = 1000, n_ref = 100 the reference dominates (share ≈ 0.9); with n = 100, n_ref = 1000 the samples do
-(share ≈ 0.1). Tolerances: the between-set variance over K = 30 sets is V_S χ²₂₉/29, whose 99.9 % range is
-[0.47, 1.86] × V_S; the reference-side bootstrap variance over 200 shared redraws is V_R χ²₁₉₉/199 → [0.70, 1.36];
-the within-set bootstrap averages 30 × 200 redraws (relative sd ≈ sqrt(2/199/30) = 0.018, plus the spread of the
+(share ≈ 0.1). Tolerances: the between-set variance over K = 30 sets is V_S χ²₂₉/29 in the Gaussian model and the
+reference-side bootstrap variance over 200 shared redraws V_R χ²₁₉₉/199; over re-seedings both spread 1.12–1.19 times
+wider than that model (effective degrees of freedom about 23 and 148), so the ranges are the 99.99 % ranges of χ²
+with 3/4 of the nominal degrees of freedom (22 and 149): [0.22, 2.62] × V_S and [0.61, 1.52] × V_R, each a false
+failure under another random stream of about 1e-4. The within-set bootstrap averages 30 × 200 redraws (relative sd ≈ sqrt(2/199/30) = 0.018, plus the spread of the
 plug-in |μ̂_s − μ̂_r|² over sets, ≈ 2·sqrt(1/n)/3 ≤ 0.07 / sqrt(30)): ±15 %.
 
-Measured (n, n_ref) = (1000, 100): between sets 0.0215 (0.55 V_S, the 1.6 % quantile of χ²₂₉/29), within-set
+Measured (n, n_ref) = (1000, 100): between sets 0.0215 (0.55 V_S, the 2.4 % quantile of χ²₂₉/29), within-set
 bootstrap 0.0379 (V_S 0.0391), reference 0.261 (V_R 0.320), share 0.92 (first order 0.89); (100, 1000): 0.365,
 0.357 (V_S 0.350), 0.042 (V_R 0.037), share 0.10 (0.09).
 """
@@ -40,7 +42,9 @@ def _samples(seeds):
 
 
 def _chi2_range(dof):
-    return stats.chi2.ppf(0.0005, dof) / dof, stats.chi2.ppf(0.9995, dof) / dof
+    """The 99.99 % range of χ²/dof at 3/4 of ``dof`` (the spread measured over re-seedings; module docstring)."""
+    eff = round(0.75 * dof)
+    return stats.chi2.ppf(0.00005, eff) / eff, stats.chi2.ppf(0.99995, eff) / eff
 
 
 @pytest.mark.parametrize("n,n_ref", [(1000, 100), (100, 1000)])

@@ -229,7 +229,8 @@ def test_mixture_oracle_is_the_posterior_mean():
     x = x0 + sig * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
     r = x0 - m(x, sig)
     for f in (torch.ones_like(x), x, torch.tanh(2 * x), (x > 0).double()):
-        assert abs(float((r * f).mean())) < 4 * float((r * f).std()) / math.sqrt(len(x)) + 1e-4
+        # 4.5 standard errors: a false failure about 7e-6 per check under another random stream (4 checks)
+        assert abs(float((r * f).mean())) < 4.5 * float((r * f).std()) / math.sqrt(len(x)) + 1e-4
     # one component == the Gaussian oracle
     one = GaussianMixtureDenoiser([[0.5, -1.0]], stds=0.4)
     g = GaussianDenoiser(2, mean=[0.5, -1.0], std=0.4)

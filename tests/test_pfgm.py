@@ -179,7 +179,8 @@ def test_heun_with_the_oracle_from_the_pfgm_prior_lands_on_the_data(D):
     assert abs(x.std() - S) < 4 * se_sd + 0.02 * S
     if D == 4.0:
         wrong = _heun_from_prior(o, math.inf, 32, seeds).reshape(-1).numpy()
-        assert abs(wrong.std() - S) > 4 * se_sd and x.std() - wrong.std() > 0.05 * S
+        # the gap measured 0.094 ± 0.012 S over re-seedings: 0.04 S is 4.5 of its sds below (a false failure ~3e-6)
+        assert abs(wrong.std() - S) > 4 * se_sd and x.std() - wrong.std() > 0.04 * S
 
 
 def test_es_on_pfgm_is_the_wrapper_formula():
