@@ -177,3 +177,17 @@ def test_auto_batch_size_of_the_mnist_model():
     assert DEFAULT_BATCH * per > 32 << 20  # the old default's largest tensor was above glibc's mmap ceiling
     assert auto_batch_size(den, m.data_shape, device="cuda") == DEFAULT_BATCH  # off the CPU: the old default
     assert auto_batch_size(load_model("default").denoiser(), (1, 8, 8)) == DEFAULT_BATCH  # 8x8 digits: the cap
+
+
+def test_sample_takes_auto_and_refuses_other_words():
+    from diffusion_es.models import load_model
+    from diffusion_es.samplers import auto_batch_size, sample
+
+    m = load_model("mnist")
+    den = m.denoiser()
+    seeds = range(3)
+    auto = sample(den, "ddim", 2, m.data_shape, seeds, schedule=m.schedule, batch_size="auto")
+    n = auto_batch_size(den, m.data_shape)
+    assert torch.equal(auto, sample(den, "ddim", 2, m.data_shape, seeds, schedule=m.schedule, batch_size=n))
+    with pytest.raises(ValueError, match="whole number or 'auto'"):
+        sample(den, "ddim", 2, m.data_shape, seeds, schedule=m.schedule, batch_size="big")

@@ -14,8 +14,9 @@ A single block above that ceiling is always mmapped and faulted in afresh, whate
 largest tensor is above it pays for every page of that tensor at every call (a third of the time of MNIST sampling
 at 500 images a batch here). :func:`batch_for` sizes a batch to keep the largest tensor within
 :data:`BATCH_BYTES`, from :func:`item_bytes`; the feature extractors and the CPU default of
-the sampling commands use it. The size depends only on the network and the input shape, never on the machine, so
-the same arguments still give the same bytes everywhere.
+the sampling commands use it. The size depends on the network, the input shape and the torch version (which
+operations a network's ``forward`` dispatches), never on the machine's memory or load, so the same arguments give
+the same batches, and bytes, on every run.
 """
 
 from __future__ import annotations

@@ -87,7 +87,9 @@ def sample(denoiser, sampler: str, steps: int, shape: Sequence[int], seeds: Sequ
         schedule = default_schedule(denoiser)
     plan = SamplingPlan(sampler, steps, schedule, spacing=spacing, rho=rho, shift=shift)
     plan.resolve(opts)  # refuse bad options before any work
-    if batch_size == "auto":
+    if isinstance(batch_size, str):
+        if batch_size != "auto":
+            raise ValueError(f"batch_size must be a whole number or 'auto', got {batch_size!r}")
         batch_size = auto_batch_size(denoiser, shape, device)
     den = epsilon_scaled(as_denoiser(denoiser), as_schedule(es), plan.sigmas)
     x = over_seed_batches(check_seeds(seeds), shape, batch_size, device,

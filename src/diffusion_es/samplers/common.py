@@ -222,7 +222,7 @@ def auto_batch_size(denoiser, shape, device="cpu", cap: int = DEFAULT_BATCH) -> 
     """The batch the sampling commands use unless told: on the CPU, as many samples as keep the largest tensor of
     one network call within :data:`~diffusion_es.heap.BATCH_BYTES` (measured by two dry calls, for 1 and 2
     samples; see :mod:`diffusion_es.heap`), at most ``cap``; ``cap`` on any other device. It depends on the
-    network and the shape only, so the same arguments give the same batches, and bytes, on every machine.
+    network, the shape and the torch version, never on memory or load, so every rank and every resume agrees.
 
     On the CPU a larger batch is slower, not faster, once its tensors pass glibc's 32 MiB mmap ceiling: the shipped
     MNIST UNet sampled 500 images in 29–31 s in one batch and in 19–21 s in batches of 100, with a third of the
