@@ -149,13 +149,25 @@ def test_item_bytes_counts_what_grows_with_the_batch():
 
     assert item_bytes(run) == 8 * 10 * 4
 
-    def branching(n):  # another sequence of operations for n = 2: the largest tensor of one item, weights and all
+    def branching(n):  # other operations for n = 3: nothing can be compared, so nothing is measured (the cap)
         torch.zeros(n, 7)
-        if n > 1:
+        if n > 2:
             torch.zeros(3)
         w.t().contiguous()
 
-    assert item_bytes(branching) == 1000 * 1000 * 4
+    assert item_bytes(branching) == 0 and batch_for(item_bytes(branching), cap=500) == 500
+
+    cache = {}
+
+    def first_call_only(n):  # a table built on the first call only, as a lazy module or a cache would
+        if not cache:
+            cache["table"] = torch.arange(10.0)
+        w.t().contiguous()
+        return torch.zeros(n, 16)
+
+    assert item_bytes(first_call_only) == 16 * 4
+    lazy = torch.nn.LazyLinear(8)
+    assert item_bytes(lambda n: lazy(torch.zeros(n, 4))) == 8 * 4  # its output; the weight it makes once does not count
 
 
 def test_batch_for():
@@ -179,15 +191,20 @@ def test_auto_batch_size_of_the_mnist_model():
     assert auto_batch_size(load_model("default").denoiser(), (1, 8, 8)) == DEFAULT_BATCH  # 8x8 digits: the cap
 
 
-def test_sample_takes_auto_and_refuses_other_words():
+def test_sample_takes_auto_and_refuses_other_words(monkeypatch):
+    import diffusion_es.samplers as samplers
     from diffusion_es.models import load_model
     from diffusion_es.samplers import auto_batch_size, sample
 
     m = load_model("mnist")
     den = m.denoiser()
-    seeds = range(3)
-    auto = sample(den, "ddim", 2, m.data_shape, seeds, schedule=m.schedule, batch_size="auto")
     n = auto_batch_size(den, m.data_shape)
-    assert torch.equal(auto, sample(den, "ddim", 2, m.data_shape, seeds, schedule=m.schedule, batch_size=n))
+    seen, loop = [], samplers.over_seed_batches
+    monkeypatch.setattr(samplers, "over_seed_batches", lambda seeds, shape, bs, *a, **k: (seen.append(bs),
+                                                                                         loop(seeds, shape, bs, *a, **k))[1])
+    seeds = range(n + 2)  # more seeds than one auto batch: the batches are n and 2
+    auto = sample(den, "ddim", 1, m.data_shape, seeds, schedule=m.schedule, batch_size="auto")
+    assert seen == [n]
+    assert torch.equal(auto, sample(den, "ddim", 1, m.data_shape, seeds, schedule=m.schedule, batch_size=n))
     with pytest.raises(ValueError, match="whole number or 'auto'"):
-        sample(den, "ddim", 2, m.data_shape, seeds, schedule=m.schedule, batch_size="big")
+        sample(den, "ddim", 1, m.data_shape, seeds, schedule=m.schedule, batch_size="big")

@@ -31,14 +31,15 @@ def data():
 
 
 def test_exact_model_has_no_eps_norm_gap(data):
-    # 1600 samples: over 10 re-seedings (data and samples) the largest |ratio − 1| over the steps was 0.023–0.035
+    # 1600 samples: over 50 re-seedings (data and samples) the largest |ratio − 1| over the steps was 0.023–0.039
     # (DDIM's discretisation and the 3000 training points set that floor; 400 samples reached 0.052) and the largest
-    # relative variance gap 0.046–0.071: the bounds sit about 4 spreads above what was seen
+    # relative variance gap 0.046–0.079. A maximum over 95 steps has a thin upper tail: at 0.05 / 0.1 a fit put the
+    # false failures near 1e-3, at 0.06 / 0.12 they are far smaller
     cur = measure_exposure(scaled_eps_denoiser(1.0), data, "ddim", 100, n_samples=1600)
     r = cur.ratio_raw
-    assert np.all(np.abs(r[:-5] - 1) < 0.05), r
+    assert np.all(np.abs(r[:-5] - 1) < 0.06), r
     # Var(x_t) along sampling equals the training value
-    assert np.allclose(cur.var_sample[:-5], cur.var_train[:-5], rtol=0.1)
+    assert np.allclose(cur.var_sample[:-5], cur.var_train[:-5], rtol=0.12)
     # the used ε equals the raw ε without ES
     assert cur.eps_norm_sample_used == cur.eps_norm_sample_raw
 

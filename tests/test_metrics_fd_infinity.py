@@ -48,8 +48,9 @@ def test_fd_inf_removes_the_bias_of_fd_at_the_largest_n():
     of its SEs) and FD∞ − FD mean ≈ −0.023 ± 0.005: FD∞ removes about 93 % of the bias. Asserted, each with a
     false-failure probability below 1e-6 for a correct FD∞ at R = 80 (SEs shrink by √2 from R = 40):
     (1) FD_N is biased upward: its mean error > 4 SE (11.0 SE with these seeds);
-    (2) FD∞ removes most of it: |mean error of FD∞| < 0.2 × mean error of FD_N + 4 SE of FD∞'s errors (0.05
-    against an allowance of 0.18 with these seeds; FD∞'s own bias, −0.023, is 0.75 of its SE at R = 80).
+    (2) FD∞'s bias is far smaller: |mean error of FD∞| < 0.1 × mean error of FD_N + 4 SE of FD∞'s errors (0.05
+    against an allowance of 0.15 with these seeds; FD∞'s own bias, −0.023, is 0.75 of its SE at R = 80, so the
+    SE term dominates: 80 sets resolve "at least about half of the bias removed", not the 93 % measured).
     Not asserted: that FD∞ is closer to the truth set by set. It is less biased but noisier (an extrapolation),
     and its paired gain in absolute error was only 2.0 ± 1.2 SEs at R = 40 (below 3 in 65 of 80 re-seedings)."""
     d, n, reps = 16, 400, 80
@@ -67,7 +68,7 @@ def test_fd_inf_removes_the_bias_of_fd_at_the_largest_n():
     e_n, e_inf = np.array(e_n), np.array(e_inf)
     se = lambda v: v.std(ddof=1) / math.sqrt(len(v))  # noqa: E731
     assert e_n.mean() > 4 * se(e_n), (e_n.mean(), se(e_n))
-    assert abs(e_inf.mean()) < 0.2 * e_n.mean() + 4 * se(e_inf), (e_inf.mean(), e_n.mean(), se(e_inf))
+    assert abs(e_inf.mean()) < 0.1 * e_n.mean() + 4 * se(e_inf), (e_inf.mean(), e_n.mean(), se(e_inf))
 
 
 def test_deterministic_and_validated():

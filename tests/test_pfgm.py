@@ -24,7 +24,9 @@ SHAPE = (2, 2, 2)  # N = 8
 N = 8
 # A KS p-value is uniform when the law is right, so a check "p > P_NULL" fails a correct implementation with
 # probability P_NULL under another random stream (a change of noise protocol or torch version): 1e-4 for each of the
-# 7 such checks below. The wrong laws they guard against give p < 1e-100 at these sample sizes.
+# 8 such checks below. The wrong laws they guard against are far off at small D (Gaussian draws against Beta' at
+# D = 4: p = 3e-191) and close at large D (D = 16: 8e-29; D = 128: 0.009), so the large-D checks test the mixing
+# variable itself.
 P_NULL = 1e-4
 SEEDS = list(range(4000))
 
@@ -38,8 +40,8 @@ def _radius2(x):
 def test_seed_draws_radius_is_beta_prime(D):
     """R²/r² = ‖x − y‖²/(σ² D) ~ Beta'(N/2, D/2) for the per-seed prior draws at unit σ (KS, fixed seeds). At D = 4
     the Gaussian draws of the same seeds fail the same test, so it can fail; at D = 128 the two laws are too close
-    for 4000 draws to tell apart (a Gaussian passes about 90 % of the time), so there the draws are only checked to
-    differ from the Gaussian ones."""
+    for 4000 draws to tell apart (a Gaussian passes about 90 % of the time), so there the per-seed mixing variable
+    w = D/χ²_D is tested against InvGamma(D/2, D/2) instead, which the Gaussian's w = 1 fails outright."""
     x = SeedNoise(SEEDS, SHAPE, pfgm_D=D).initial()
     p = stats.kstest(_radius2(x) / D, stats.betaprime(N / 2, D / 2).cdf).pvalue
     assert p > P_NULL
@@ -47,7 +49,10 @@ def test_seed_draws_radius_is_beta_prime(D):
     if D == 4:
         assert stats.kstest(_radius2(gauss) / D, stats.betaprime(N / 2, D / 2).cdf).pvalue < 1e-6
     else:
-        assert not torch.equal(x, gauss)
+        w = seed_scales(SEEDS, D) ** 2
+        law = stats.invgamma(D / 2, scale=D / 2)
+        assert stats.kstest(w, law.cdf).pvalue > P_NULL
+        assert stats.kstest(np.ones_like(w), law.cdf).pvalue < 1e-100  # the Gaussian's w
 
 
 def test_training_draws_radius_is_beta_prime():

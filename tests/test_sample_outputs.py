@@ -157,19 +157,23 @@ def test_sigterm_leaves_no_temporary_files(tmp_path):
     assert _hidden(tmp_path) == [] and any(parts.glob("seeds*.npz")) and not out.exists()
 
 
-def test_batch_size_defaults_to_the_models_auto_batch(tmp_path, capsys):
+def test_batch_size_defaults_to_the_models_auto_batch(tmp_path, capsys, monkeypatch):
     import json
 
+    import diffusion_es.samplers as samplers
     from diffusion_es.models import load_model
     from diffusion_es.samplers import auto_batch_size
 
     m = load_model("mnist")
     auto = auto_batch_size(m.denoiser(), m.data_shape)
-    args = ["sample", "--model", "mnist", "--sampler", "ddim", "--steps", "2", "--seeds", "0-2", "--no-progress",
-            "--json"]
+    seen, run = [], samplers.sample
+    monkeypatch.setattr(samplers, "sample", lambda *a, **k: (seen.append(k["batch_size"]), run(*a, **k))[1])
+    args = ["sample", "--model", "mnist", "--sampler", "ddim", "--steps", "1", "--seeds", f"0-{auto + 1}",
+            "--shard-size", "1000", "--no-progress", "--json"]
     assert main([*args, "--out", str(tmp_path / "a.npz")]) == 0
     assert json.loads(capsys.readouterr().out)["batch_size"] == auto < 500  # the MNIST UNet: below the old 500
-    assert main([*args, "--out", str(tmp_path / "b.npz"), "--batch-size", "3"]) == 0
-    assert json.loads(capsys.readouterr().out)["batch_size"] == 3
-    # the 3 seeds make one batch of 3 either way: the same bytes
+    assert seen == [auto]  # what the sampler got: batches of auto and 2
+    assert main([*args, "--out", str(tmp_path / "b.npz"), "--batch-size", str(auto)]) == 0
+    assert json.loads(capsys.readouterr().out)["batch_size"] == auto and seen == [auto, auto]
+    # the same batches either way: the same bytes
     np.testing.assert_array_equal(load_images(tmp_path / "a.npz"), load_images(tmp_path / "b.npz"))

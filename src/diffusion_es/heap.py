@@ -12,11 +12,12 @@ changes. Thresholds a user set (mallopt, MALLOC_*_, GLIBC_TUNABLES) switch the r
 
 A single block above that ceiling is always mmapped and faulted in afresh, whatever the thresholds: a batch whose
 largest tensor is above it pays for every page of that tensor at every call (a third of the time of MNIST sampling
-at 500 images a batch here). :func:`batch_for` sizes a batch to keep the largest tensor within
-:data:`BATCH_BYTES`, from :func:`item_bytes`; the feature extractors and the CPU default of
-the sampling commands use it. The size depends on the network, the input shape and the torch version (which
-operations a network's ``forward`` dispatches), never on the machine's memory or load, so the same arguments give
-the same batches, and bytes, on every run.
+at 500 images a batch here). :func:`batch_for` sizes a batch to keep the largest operation output within
+:data:`BATCH_BYTES`, from :func:`item_bytes`; the feature extractors and the CPU default of the sampling commands
+use it. The size depends on the network, the input shape and the torch version (which operations a network's
+``forward`` dispatches), never on the machine's memory or load, so with one torch version the same arguments give
+the same batches, and bytes, on every run. It was measured on Linux with glibc; other allocators (macOS, Windows,
+musl) have their own rules for large blocks, and there the smaller batch is simply what the commands use.
 """
 
 from __future__ import annotations
@@ -54,19 +55,24 @@ def settle_heap() -> bool:
 
 
 def item_bytes(run) -> int:
-    """Per item of a batch, the bytes of the largest tensor that grows with the batch in ``run(n)`` (which computes
-    a batch of ``n`` items, making its own input). ``run(1)`` and ``run(2)`` are recorded op by op at the
-    dispatcher and compared, so a tensor made inside a module's ``forward`` counts (a ``torch.cat`` of skip
-    connections, an attention matrix) and one that does not grow with the batch (a weight's transpose, a constant
-    table) does not. If the two runs differ in their operations, the largest tensor of ``run(1)`` is taken."""
-    one, two = _op_sizes(run, 1), _op_sizes(run, 2)
-    if len(one) != len(two):
-        return max(one, default=0)
-    return max((b - a for a, b in zip(one, two)), default=0)
+    """Per item of a batch, the bytes of the largest operation output that grows with the batch in ``run(n)``
+    (which computes a batch of ``n`` items, making its own input). After one unrecorded ``run(1)`` (so that work
+    done only on a first call, a cache filled or a lazy module built, does not count), ``run(2)`` and ``run(3)``
+    are recorded op by op at the dispatcher and compared (not ``run(1)``: with one item some reshapes are views
+    that copy for more): a tensor made inside a module's ``forward`` counts (a
+    ``torch.cat`` of skip connections, an attention matrix made by its own operation) and one that does not grow
+    with the batch (a weight's transpose, a constant table) does not. Not seen: scratch buffers a kernel allocates
+    for itself (a fused attention kernel's, a float64 convolution's column buffer). If the two recorded runs make
+    different operations, 0 is returned (nothing measured: :func:`batch_for` then gives its cap)."""
+    run(1)
+    two, three = _op_sizes(run, 2), _op_sizes(run, 3)
+    if [f for f, _ in two] != [f for f, _ in three]:
+        return 0
+    return max((b - a for (_, a), (_, b) in zip(two, three)), default=0)
 
 
 def _op_sizes(run, n: int) -> list:
-    """Bytes of every tensor each torch operation returns while ``run(n)`` runs, in order."""
+    """(operation, bytes) of every tensor each torch operation returns while ``run(n)`` runs, in order."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
@@ -75,7 +81,8 @@ def _op_sizes(run, n: int) -> list:
     class Watch(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            sizes.extend(t.numel() * t.element_size() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+            sizes.extend((func, t.numel() * t.element_size()) for t in tree_flatten(out)[0]
+                         if isinstance(t, torch.Tensor))
             return out
 
     with torch.no_grad(), Watch():

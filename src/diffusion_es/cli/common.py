@@ -76,8 +76,9 @@ def add_model_args(p, flag: str = "--model", default="default", extra: str = "")
                         "flow_heun)")
 
 
-BATCH_HELP = ("samples per batch (default: auto, i.e. on the CPU as many as keep the network's largest tensor within "
-              "16 MiB, at most 500: bigger CPU batches run slower, see docs/benchmarks.md; 500 on other devices)")
+BATCH_HELP = ("samples per batch (default: auto, i.e. on the CPU as many as keep the largest output of any operation in "
+              "one network call within 16 MiB, at most 500: bigger CPU batches run slower, see docs/benchmarks.md; "
+              "500 on other devices)")
 
 
 def load_model_arg(path):

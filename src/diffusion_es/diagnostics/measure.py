@@ -33,7 +33,7 @@ import torch
 from ..progress import advance as _advance, task as _task
 from ..errors import UsageError
 from ..core.param import as_denoiser, implied_eps, noised, process_coefficients, sigma_to_flow_space, sigma_to_vp_space
-from ..samplers import SamplingPlan, SeedNoise, default_schedule
+from ..samplers import SamplingPlan, SeedNoise, auto_batch_size, default_schedule
 from ..core.scaling import LambdaSchedule, epsilon_scaled
 from ..core.schedules import VPSchedule
 
@@ -150,16 +150,19 @@ def training_eps_norms(denoiser, x0: torch.Tensor, sigmas: Sequence[float], seed
 
 def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, schedule: Optional[VPSchedule] = None,
                      es: Optional[LambdaSchedule] = None, n_samples: int = 500, seed: int = 0,
-                     batch_size: int = 500, shape: Optional[Sequence[int]] = None, device="cpu",
+                     batch_size="auto", shape: Optional[Sequence[int]] = None, device="cpu",
                      spacing: str = "adm", **sampler_kwargs) -> ExposureCurves:
     """Run the paper's two diagnostics (plus Var(x_t)) for one sampler setting. ``data``: real x_0, (N, *shape);
-    ``shape``: the model's sample shape, checked against the data when given."""
+    ``shape``: the model's sample shape, checked against the data when given. ``batch_size``: samples per sampling
+    batch, ``"auto"`` (default): :func:`~diffusion_es.samplers.auto_batch_size`."""
     if schedule is None:
         schedule = default_schedule(denoiser)
     if n_samples < 2:
         raise UsageError(f"need at least 2 samples for per-pixel statistics, got {n_samples}")
     shape = tuple(data.shape[1:]) if shape is None else tuple(shape)
     data = _check_data(data, shape)
+    if batch_size == "auto":
+        batch_size = auto_batch_size(denoiser, shape, device)
     plan = SamplingPlan(sampler, steps, schedule, spacing=spacing)
     sampler_kwargs = plan.spec.resolve(sampler_kwargs)
     den = epsilon_scaled(as_denoiser(denoiser), es, plan.sigmas)

@@ -246,7 +246,7 @@ class _Repro:
 
         def run():
             kw = dict(schedule=model.schedule, n_samples=cfg.n_measure, seed=cfg.seed, shape=model.data_shape,
-                      device=cfg.device)
+                      device=cfg.device, batch_size=cfg.batch_size)
             base = measure_exposure(self.den, self.ds.train, sampler, steps, **kw)
             with_es = measure_exposure(self.den, self.ds.train, sampler, steps, es=es, **kw)
             return {"baseline": base.to_dict(), "es": with_es.to_dict()}

@@ -220,13 +220,15 @@ DEFAULT_BATCH = 500  # samples per batch off the CPU, and the most auto_batch_si
 
 def auto_batch_size(denoiser, shape, device="cpu", cap: int = DEFAULT_BATCH) -> int:
     """The batch the sampling commands use unless told: on the CPU, as many samples as keep the largest tensor of
-    one network call within :data:`~diffusion_es.heap.BATCH_BYTES` (measured by two dry calls, for 1 and 2
+    one network call within :data:`~diffusion_es.heap.BATCH_BYTES` (measured by dry calls for 1, 2 and 3
     samples; see :mod:`diffusion_es.heap`), at most ``cap``; ``cap`` on any other device. It depends on the
     network, the shape and the torch version, never on memory or load, so every rank and every resume agrees.
 
-    On the CPU a larger batch is slower, not faster, once its tensors pass glibc's 32 MiB mmap ceiling: the shipped
-    MNIST UNet sampled 500 images in 29–31 s in one batch and in 19–21 s in batches of 100, with a third of the
-    larger batch's time spent mapping fresh pages (docs/benchmarks.md)."""
+    On the CPU a larger batch is slower, not faster, once its tensors pass glibc's 32 MiB mmap ceiling: ``sample``
+    of 500 images from the shipped MNIST UNet took 29–31 s as one batch, a third of it in the kernel mapping fresh
+    pages, and 26 s in its auto batches of 111 (docs/benchmarks.md). The dry calls run the network on zeros at
+    σ = 1 without gradients; a network with state that changes when called (BatchNorm in training mode, counters)
+    sees them."""
     if torch.device(device).type != "cpu":
         return int(cap)
     den = as_denoiser(denoiser)
