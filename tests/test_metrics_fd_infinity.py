@@ -45,12 +45,13 @@ def test_fd_inf_removes_the_bias_of_fd_at_the_largest_n():
     """D = 16, N = 400 samples against the exact reference (μ_r, Σ_r), R = 80 independent sample sets.
 
     Over 80 re-seedings of this test (R = 40 each), FD_N − FD had mean ≈ +0.31 (its mean over sets sat at 7.5 ± 1.3
-    of its SEs) and FD∞ − FD mean ≈ −0.023 ± 0.005: FD∞ removes about 93 % of the bias. Asserted, each with a
-    false-failure probability below 1e-6 for a correct FD∞ at R = 80 (SEs shrink by √2 from R = 40):
-    (1) FD_N is biased upward: its mean error > 4 SE (11.0 SE with these seeds);
+    of its SEs) and FD∞ − FD mean ≈ −0.023 ± 0.005: FD∞ removes about 93 % of the bias. Asserted at R = 80 (SEs
+    shrink by √2 from R = 40), with the chance that a correct FD∞ fails under another random stream:
+    (1) FD_N is biased upward: its mean error > 4 SE (11.0 SE with these seeds; typically ≈ 10.6 ± 1.3: about 1e-7);
     (2) FD∞'s bias is far smaller: |mean error of FD∞| < 0.1 × mean error of FD_N + 4 SE of FD∞'s errors (0.05
-    against an allowance of 0.15 with these seeds; FD∞'s own bias, −0.023, is 0.75 of its SE at R = 80, so the
-    SE term dominates: 80 sets resolve "at least about half of the bias removed", not the 93 % measured).
+    against an allowance of 0.15 with these seeds; the mean error is ≈ −0.023 with an SE of ≈ 0.031, so it crosses
+    −0.15 about 4.1 SEs out: about 2e-5). The SE term dominates: 80 sets resolve "at least about half of the bias
+    removed", not the 93 % measured.
     Not asserted: that FD∞ is closer to the truth set by set. It is less biased but noisier (an extrapolation),
     and its paired gain in absolute error was only 2.0 ± 1.2 SEs at R = 40 (below 3 in 65 of 80 re-seedings)."""
     d, n, reps = 16, 400, 80
