@@ -113,8 +113,8 @@ def test_resampling_the_reference_restores_coverage_with_a_finite_reference():
         ratio.append(a.se / b.se)
     lo, hi = _bounds(0.8)
     assert lo <= hit_rr / R <= hi, hit_rr / R
-    # the fixed reference undercovers: its true rate is 0.53 (6000 trials), so 0.72 is 4.5 binomial sds above it
-    # (a false failure about 3e-6; the band's low end, 0.64, was 2.6 sds: 5e-3), while an interval that covered at
+    # the fixed reference undercovers: its true rate is 0.53 (6000 trials), so 0.72 is 4.6 binomial sds above it
+    # (a false failure about 2e-6; the band's low end, 0.64, was 2.6 sds: 4e-3), while an interval that covered at
     # the nominal 0.8 would pass this check only about 1 % of the time
     assert hit_fixed / R < 0.72, hit_fixed / R
     assert np.mean(ratio) > 1.3
