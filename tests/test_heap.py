@@ -206,5 +206,21 @@ def test_sample_takes_auto_and_refuses_other_words(monkeypatch):
     auto = sample(den, "ddim", 1, m.data_shape, seeds, schedule=m.schedule, batch_size="auto")
     assert seen == [n]
     assert torch.equal(auto, sample(den, "ddim", 1, m.data_shape, seeds, schedule=m.schedule, batch_size=n))
-    with pytest.raises(ValueError, match="whole number or 'auto'"):
+    with pytest.raises(ValueError, match="whole number >= 1 or 'auto'"):
         sample(den, "ddim", 1, m.data_shape, seeds, schedule=m.schedule, batch_size="big")
+
+
+def test_resolve_batch_size():
+    import numpy as np
+
+    from diffusion_es.models import load_model
+    from diffusion_es.samplers import auto_batch_size, resolve_batch_size
+
+    m = load_model("mnist")
+    den, shape = m.denoiser(), m.data_shape
+    auto = auto_batch_size(den, shape)
+    assert resolve_batch_size(None, den, shape) == resolve_batch_size("auto", den, shape) == auto
+    assert resolve_batch_size(7, den, shape) == 7 and resolve_batch_size(np.int64(7), den, shape) == 7
+    for bad in (0, -1, 2.0, True, "big"):
+        with pytest.raises(ValueError, match="whole number >= 1 or 'auto'"):
+            resolve_batch_size(bad, den, shape)

@@ -68,10 +68,9 @@ def _run(args, ctx) -> int:
     if args.out:
         check_output(args.out, "file", (".json",))
     model, den = load_model_arg(args.model)
-    if args.batch_size is None:
-        from ..samplers import auto_batch_size
+    from ..samplers import resolve_batch_size
 
-        args.batch_size = auto_batch_size(den, model.data_shape)  # calibrate runs on the CPU
+    args.batch_size = resolve_batch_size(args.batch_size, den, model.data_shape)  # calibrate runs on the CPU
     from ..experiments.common import model_data
 
     metric = build_metric(model_data(model, args.data), args.ref, args.features, args.inception,

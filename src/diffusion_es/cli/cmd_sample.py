@@ -73,7 +73,7 @@ def _run(args, ctx) -> int:
     from ..hashing import model_fingerprint
     from ..io import check_output, read_png, save_grid, save_npz, to_rgb, to_uint8
     from ..models import load_model
-    from ..samplers import SamplingPlan, auto_batch_size, get_sampler, sample
+    from ..samplers import SamplingPlan, get_sampler, resolve_batch_size, sample
     from ..store import ShardedRun, output_lock
     from .common import parse_seeds, print_json
 
@@ -107,8 +107,8 @@ def _run(args, ctx) -> int:
     if args.rgb and m.data_shape[0] not in (1, 3):
         raise UsageError(f"--rgb needs 1- or 3-channel images, the model makes {m.data_shape[0]} channels")
 
-    if args.batch_size is None:  # from the network and the shape only: every rank and every resume agrees
-        args.batch_size = auto_batch_size(m.denoiser(), m.data_shape, args.device)
+    # omitted: from the network and the shape only, so every rank and every resume agrees
+    args.batch_size = resolve_batch_size(args.batch_size, m.denoiser(), m.data_shape, args.device)
 
     # everything that determines the samples keys the resumable shards (OUT.parts/)
     identity = {"model": model_fingerprint(m.net), "shape": list(m.data_shape), "sampler": args.sampler,

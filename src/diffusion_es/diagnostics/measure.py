@@ -33,7 +33,7 @@ import torch
 from ..progress import advance as _advance, task as _task
 from ..errors import UsageError
 from ..core.param import as_denoiser, implied_eps, noised, process_coefficients, sigma_to_flow_space, sigma_to_vp_space
-from ..samplers import SamplingPlan, SeedNoise, auto_batch_size, default_schedule
+from ..samplers import SamplingPlan, SeedNoise, default_schedule, resolve_batch_size
 from ..core.scaling import LambdaSchedule, epsilon_scaled
 from ..core.schedules import VPSchedule
 
@@ -161,8 +161,7 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
         raise UsageError(f"need at least 2 samples for per-pixel statistics, got {n_samples}")
     shape = tuple(data.shape[1:]) if shape is None else tuple(shape)
     data = _check_data(data, shape)
-    if batch_size == "auto":
-        batch_size = auto_batch_size(denoiser, shape, device)
+    batch_size = resolve_batch_size(batch_size, denoiser, shape, device)
     plan = SamplingPlan(sampler, steps, schedule, spacing=spacing)
     sampler_kwargs = plan.spec.resolve(sampler_kwargs)
     den = epsilon_scaled(as_denoiser(denoiser), es, plan.sigmas)

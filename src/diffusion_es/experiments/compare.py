@@ -169,10 +169,9 @@ class _Comparison:
         self.model, self.den, ds = load_model_and_data(cfg.model, cfg.data, cfg.device)
         cfg = cfg.resolved(ds.description.get("name", ""))
         cfg.data = ds.description["spec"]
-        if cfg.batch_size is None:
-            from ..samplers import auto_batch_size
+        from ..samplers import resolve_batch_size
 
-            cfg.batch_size = auto_batch_size(self.den, self.model.data_shape, cfg.device)
+        cfg.batch_size = resolve_batch_size(cfg.batch_size, self.den, self.model.data_shape, cfg.device)
         self.cfg, self.log = cfg, log
         out = Path(cfg.out)
         self.metric = build_metric(cfg.data, cfg.ref, shape=self.model.data_shape)

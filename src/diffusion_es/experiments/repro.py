@@ -117,10 +117,9 @@ class _Repro:
         data = self.ds.description["spec"]
         cfg = cfg.resolved(self.ds.description.get("name", ""))
         cfg.data = data
-        if cfg.batch_size is None:
-            from ..samplers import auto_batch_size
+        from ..samplers import resolve_batch_size
 
-            cfg.batch_size = auto_batch_size(self.den, self.model.data_shape, cfg.device)
+        cfg.batch_size = resolve_batch_size(cfg.batch_size, self.den, self.model.data_shape, cfg.device)
         self.cfg, self.log, self.out = cfg, log, Path(cfg.out)
         self.metric, self.extra = build_measures(data, self.ds, cfg.ref, cfg.features, cfg.inception,
                                                  self.model.data_shape, n_real_pr=cfg.n_samples, seed=cfg.seed)

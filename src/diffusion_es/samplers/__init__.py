@@ -19,7 +19,8 @@ import torch
 from ..core.param import as_denoiser
 from ..core.scaling import LambdaSchedule, as_schedule, epsilon_scaled
 from ..core.schedules import FlowSchedule, VPSchedule
-from .common import DEFAULT_BATCH, NOISE_BLOCK, SeedNoise, StepInfo, auto_batch_size, check_seeds, over_seed_batches
+from .common import (DEFAULT_BATCH, NOISE_BLOCK, SeedNoise, StepInfo, auto_batch_size, check_seeds, over_seed_batches,
+                     resolve_batch_size)
 from .edm import sample_euler, sample_heun
 from .flow import sample_flow_euler, sample_flow_heun
 from .registry import OPTION_FLAGS, SAMPLERS, Option, SamplerSpec, SamplingPlan, get_sampler
@@ -50,6 +51,7 @@ __all__ = [
     "NOISE_BLOCK",
     "VARIANCES",
     "auto_batch_size",
+    "resolve_batch_size",
     "DEFAULT_BATCH",
 ]
 
@@ -65,7 +67,7 @@ def default_schedule(denoiser):
 
 def sample(denoiser, sampler: str, steps: int, shape: Sequence[int], seeds: Sequence[int],
            schedule: Optional[VPSchedule] = None, es: Union[LambdaSchedule, float, None] = None,
-           batch_size: Union[int, str] = 256, device="cpu", spacing: str = "adm", rho: float = 7.0,
+           batch_size: Union[int, str, None] = 256, device="cpu", spacing: str = "adm", rho: float = 7.0,
            callback: Optional[Callable] = None, progress: Optional[Callable[[int], None]] = None,
            shift: Optional[float] = None, **opts) -> torch.Tensor:
     """Draw one sample per seed. Returns float64 (len(seeds), *shape) on the CPU.
@@ -73,7 +75,7 @@ def sample(denoiser, sampler: str, steps: int, shape: Sequence[int], seeds: Sequ
     Every sample has its own noise generator seeded by its seed, so with the same seeds the baseline (``es=None``)
     and ES runs use identical noise. The bytes of a sample depend on its seed and on the batch it is evaluated in
     (a network's float output depends on the batch size through its kernels): the same seeds with the same
-    ``batch_size`` give the same bytes, on any number of processes; ``"auto"``: :func:`auto_batch_size` (what the
+    ``batch_size`` give the same bytes, on any number of processes; ``"auto"`` or None: :func:`auto_batch_size` (what the
     commands use unless told; on the CPU it keeps the network's tensors off the page-fault path). ``schedule``
     defaults to the denoiser's own (:func:`default_schedule`). ``es``: a λ schedule or a number (uniform λ).
     ``opts`` go to the sampler (see :data:`SAMPLERS`: ddpm: variance, clip, time_shift; ddim: eta, clip,
@@ -87,10 +89,7 @@ def sample(denoiser, sampler: str, steps: int, shape: Sequence[int], seeds: Sequ
         schedule = default_schedule(denoiser)
     plan = SamplingPlan(sampler, steps, schedule, spacing=spacing, rho=rho, shift=shift)
     plan.resolve(opts)  # refuse bad options before any work
-    if isinstance(batch_size, str):
-        if batch_size != "auto":
-            raise ValueError(f"batch_size must be a whole number or 'auto', got {batch_size!r}")
-        batch_size = auto_batch_size(denoiser, shape, device)
+    batch_size = resolve_batch_size(batch_size, denoiser, shape, device)
     den = epsilon_scaled(as_denoiser(denoiser), as_schedule(es), plan.sigmas)
     x = over_seed_batches(check_seeds(seeds), shape, batch_size, device,
                           lambda noise, cb: plan.run(den, noise.initial(), noise, callback=cb, **opts),

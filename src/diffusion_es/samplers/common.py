@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from ..core.param import as_denoiser, sigma_to_flow_space, sigma_to_vp_space
 from ..core.pfgm import check_D, seed_scales
 
 __all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches", "check_seeds", "MAX_SEED",
-           "default_noise_workers", "auto_batch_size", "DEFAULT_BATCH"]
+           "default_noise_workers", "auto_batch_size", "resolve_batch_size", "DEFAULT_BATCH"]
 
 # Step noise is drawn per seed in blocks of this many steps. It is part of the noise protocol (changing it
 # changes every stochastic sample), so it is a constant, never derived from memory or batch size.
@@ -233,6 +234,20 @@ def auto_batch_size(denoiser, shape, device="cpu", cap: int = DEFAULT_BATCH) -> 
         return int(cap)
     den = as_denoiser(denoiser)
     return batch_for(item_bytes(lambda n: den(torch.zeros((n, *shape), dtype=torch.float64), 1.0)), cap)
+
+
+def resolve_batch_size(batch_size, denoiser, shape, device="cpu") -> int:
+    """Samples per batch: ``None`` or ``"auto"`` give :func:`auto_batch_size`, a whole number >= 1 is kept; anything
+    else is refused. The one place every sampling entry point (library and commands) turns its option into a size."""
+    if batch_size is None or batch_size == "auto":
+        return auto_batch_size(denoiser, shape, device)
+    try:
+        n = operator.index(batch_size)
+    except TypeError:
+        n = 0
+    if isinstance(batch_size, bool) or n < 1:
+        raise ValueError(f"batch size must be a whole number >= 1 or 'auto', got {batch_size!r}")
+    return n
 
 
 def over_seed_batches(seeds, shape, batch_size: int, device, run, callback=None, progress=None,
