@@ -23,8 +23,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 import diffusers  # noqa: E402
 from diffusers import (  # noqa: E402
     DDIMPipeline, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler,
-    EDMEulerScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler,
-    KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler, UniPCMultistepScheduler,
+    EDMEulerScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler, HeunDiscreteScheduler, KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler,
+    LMSDiscreteScheduler, UniPCMultistepScheduler,
 )
 from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
 
@@ -564,6 +565,92 @@ def test_edm_and_kdpm2_against_hand_loop(name, unet_lat):
     if name.startswith("kdpm2"):  # 2N − 1 evaluations; the midpoint of step i gets λ_{i+1}
         assert len(h.records) == 2 * N - 1
         assert [r.lam for r in h.records] == [LIN.values(N)[(c + 1) // 2] for c in range(2 * N - 1)]
+
+
+def x0_rewrite(out, x_t, ab, lam):
+    """ε → ε/λ for an x̂_0 output at x_t = sqrt(ᾱ)x_0 + sqrt(1−ᾱ)ε (the hand formula: ε = (x_t − a·x̂_0)/b)."""
+    if lam == 1.0:
+        return out
+    a, b = math.sqrt(ab), math.sqrt(1 - ab)
+    o, x = out.double(), x_t.double()
+    return ((x - b * ((x - a * o) / b) / lam) / a).to(out.dtype)
+
+
+def call_sigma(sched, t):
+    """The σ a σ-space scheduler evaluates the network at for this call (KDPM2's second call: its midpoint)."""
+    i = sched.step_index if sched.step_index is not None else sched.index_for_timestep(t)
+    if isinstance(sched, KDPM2DiscreteScheduler) and not sched.state_in_first_order:
+        return float(sched.sigmas_interpol[i].double())
+    if isinstance(sched, KDPM2AncestralDiscreteScheduler) and not sched.state_in_first_order:
+        return float(sched.sigmas_interpol[i - 1].double())
+    return float(sched.sigmas[i].double())
+
+
+# the schedulers that give the network a scaled input (x/sqrt(1+σ²), or EDM's c_in·x), with every prediction type
+# each takes: the model route must undo that scaling before it reads the ε of a v / x0 / preconditioned output
+INPUT_SCALING = {
+    "euler-eps": (EulerDiscreteScheduler, "epsilon"), "euler-v": (EulerDiscreteScheduler, "v_prediction"),
+    "euler-x0": (EulerDiscreteScheduler, "sample"), "euler_a-v": (EulerAncestralDiscreteScheduler, "v_prediction"),
+    "heun-v": (HeunDiscreteScheduler, "v_prediction"), "heun-x0": (HeunDiscreteScheduler, "sample"),
+    "lms-v": (LMSDiscreteScheduler, "v_prediction"), "lms-x0": (LMSDiscreteScheduler, "sample"),
+    "kdpm2-v": (KDPM2DiscreteScheduler, "v_prediction"),
+    "kdpm2_a-v": (KDPM2AncestralDiscreteScheduler, "v_prediction"),
+    "edm_euler-eps": (EDMEulerScheduler, "epsilon"), "edm_euler-v": (EDMEulerScheduler, "v_prediction"),
+    "edm_dpmsolver-v": (EDMDPMSolverMultistepScheduler, "v_prediction"),
+}
+
+
+@pytest.mark.parametrize("name", list(INPUT_SCALING))
+def test_model_route_on_input_scaling_schedulers(name):
+    """scale_model_output wraps the network, which sees the scheduler's *scaled* input; at every call its rewrite
+    must equal the hand rewrite at the scheduler's own state (the step route's formula): ε/λ at
+    x_t = x/sqrt(1+σ²) for the σ-space family, EDM's preconditioning at the unscaled x for the EDM family."""
+    cls, kind = INPUT_SCALING[name]
+    sched, model = cls(prediction_type=kind), tiny_unet(in_ch=3, size=8, seed=5)
+    edm = cls in (EDMEulerScheduler, EDMDPMSolverMultistepScheduler)
+    raw, plain = [], model.forward
+
+    def spy(*args, **kwargs):  # beneath the patch: the network's own output
+        out = plain(*args, **kwargs)
+        raw.append(out.sample)
+        return out
+
+    spy.__signature__ = inspect.signature(plain)
+    model.forward = spy
+    es, lams = LIN, LIN.values(N)
+    sched.set_timesteps(N)
+    grid = sched.sigmas.double().numpy()[: len(sched.timesteps)]
+    torch.manual_seed(0)  # the ancestral schedulers draw from the global generator in this loop
+    x = randn_tensor((2, 3, 8, 8), generator=gen()) * sched.init_noise_sigma
+    changed = 0
+    with torch.no_grad(), scale_model_output(model, sched, es, record=True) as h:
+        for t in sched.timesteps:
+            lib = model(sched.scale_model_input(x, t), t).sample
+            out, sig = raw.pop(), call_sigma(sched, t)
+            lam = lam_at(grid, sig, lams)
+            if edm:
+                sd = sched.config.sigma_data
+                hand, cond, x_ref = edm_rewrite(out, x, sig, lam, sd, kind), edm_cond(sig, lam, sd), x
+            else:
+                ab, x_ref = 1 / (1 + sig**2), x.double() / math.sqrt(1 + sig**2)
+                hand = {"epsilon": lambda: out if lam == 1.0 else out / lam,
+                        "v_prediction": lambda: vp_rewrite(out, x_ref, ab, lam, "v"),
+                        "sample": lambda: x0_rewrite(out, x_ref, ab, lam)}[kind]()
+                cond = vp_cond(ab, lam) if kind != "epsilon" else 1 / lam
+            if hand is out:
+                assert torch.equal(lib, out)
+            else:
+                # rewrite_tol, plus, where the rewrite reads x (not ε/λ), the network's input: the scheduler's float32
+                # x/sqrt(1+σ²) (or c_in·x), up to 4 float32 roundings (σ², +1, the root or c_in, the product) from the
+                # hand's float64 state, carried through the rewrite's condition
+                reads_x = edm or kind != "epsilon"
+                atol = rewrite_tol(lib, hand, out, x_ref, cond) + reads_x * tol(F32, cond * mag(x_ref), 4)
+                torch.testing.assert_close(lib, hand, rtol=0, atol=atol)
+                assert (hand - out).abs().max() > 1e3 * atol  # the check is not vacuous
+                changed += 1
+            x = sched.step(lib, t, x).prev_sample
+    assert changed >= N - 1 and len(h.records) >= N  # λ = 1 at the last step only
+    assert model.forward is spy  # removed: the network (here: the spy) is called as before
 
 
 def test_edm_churn_is_refused(unet_lat):

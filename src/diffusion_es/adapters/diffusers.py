@@ -294,18 +294,24 @@ class _SchedulerView:
         sig = np.array([lv.sigma for lv in levels])
         return bound(sig), sig, np.array([lv.a for lv in levels]), np.array([lv.b for lv in levels])
 
-    def rewrite(self, out, sample, lam, lev):
-        """The prediction ``out`` made at this level, rewritten with ε → ε/λ (the one λ formula)."""
+    def rewrite(self, out, x, lam, lev, network_input: bool = False):
+        """The prediction ``out`` made at this level, rewritten with ε → ε/λ (the one λ formula).
+
+        ``x``: what the scheduler's ``step`` gets as ``sample`` (the step route), or, with ``network_input=True``,
+        what the network got (the model route). The two differ where a scheduler scales the network's input: the
+        σ-space family gives the network ``x_t = x / sqrt(1 + σ²)`` and the EDM family ``c_in·x``."""
         pred = self.prediction
-        x_t = sample
+        x_t = x
         if self.family == "edm":
             s = self.scheduler
             one = torch.ones((), dtype=torch.float64)
             c_skip = float(s.precondition_outputs(one, 0 * one, lev.raw))
             c_out = float(s.precondition_outputs(0 * one, one, lev.raw))
             pred = PreconditionedPrediction(c_skip, c_out)
-        elif self.family == "sigma_space" and pred != "eps":
-            x_t = sample.to(torch.float64) * lev.a  # the network's (scaled) input
+            if network_input:  # EDM's x̂_0 = c_skip·x + c_out·F is written for the unscaled x = x_in / c_in
+                x_t = x.to(torch.float64) / float(s.precondition_inputs(one, lev.raw))
+        elif self.family == "sigma_space" and pred != "eps" and not network_input:
+            x_t = x.to(torch.float64) * lev.a  # the network's (scaled) input
         return scale_prediction(out, x_t, lam, None, pred, a=lev.a, b=lev.b)
 
 
@@ -468,7 +474,7 @@ def scale_model_output(model, pipe_or_scheduler, schedule: Union[LambdaSchedule,
             handle._log("model", timestep, lev.sigma, lam)
 
             def rewrite(o):
-                return view.rewrite(o, x_t, lam, lev)
+                return view.rewrite(o, x_t, lam, lev, network_input=True)
         if isinstance(result, torch.Tensor):
             return rewrite(result)
         if isinstance(result, tuple):
