@@ -53,6 +53,13 @@ def test_sampler_options_are_checked_before_any_work(opts, msg):
         sample(DEN, "euler", 3, (2,), range(4), **opts)
 
 
+@pytest.mark.parametrize("clip", [0.0, -1.0, float("nan"), float("inf"), "1"])
+def test_a_clip_bound_must_be_a_positive_number(clip):
+    for sampler in ("ddpm", "ddim"):
+        with pytest.raises(ValueError, match="^clip must be a finite number > 0"):
+            sample(DEN, sampler, 3, (2,), range(4), clip=clip)
+
+
 def test_sample_refuses_non_finite_results():
     broken = FnDenoiser(lambda x, sigma: x * float("nan"))
     with pytest.raises(ValueError, match="NaN or inf"):

@@ -48,3 +48,48 @@ def test_commands_run_on_it(unet_dir, tmp_path, capsys):
     r = json.loads((tmp_path / "r" / "results.json").read_text())
     assert r["model"] == m and len(r["table"]) == 2
     assert all(c["lambda1_equals_baseline"] for c in r["table"])
+
+
+@pytest.mark.parametrize("config,bound", [({"clip_sample": False}, None), ({}, 1.0),
+                                          ({"clip_sample_range": 0.5}, 0.5)], ids=["off", "default", "range"])
+def test_the_schedulers_clipping_is_the_default(config, bound, tmp_path):
+    """A diffusers pipeline's scheduler says how x̂_0 is clipped (clip_sample, clip_sample_range): the loaded model
+    samples with that clipping unless told otherwise, through the library and the CLI (test_vs_diffusers checks
+    each clipping against diffusers' own DDPM / DDIM step)."""
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from diffusion_es.adapters import load_diffusers_unet
+    from diffusion_es.samplers import sample
+
+    d = tmp_path / "p"
+    DDPMPipeline(unet=tiny_unet(in_ch=1, size=8), scheduler=DDPMScheduler(**config)).save_pretrained(d)
+    den = load_diffusers_unet(d)
+    assert den.clip_x0 == bound and load_model(d).denoiser().clip_x0 == bound
+    kw = dict(shape=(1, 8, 8), seeds=range(4), batch_size=4, es=1.02)
+    for sampler in ("ddpm", "ddim"):
+        own = sample(den, sampler, 3, **kw)
+        told = sample(den, sampler, 3, clip=False if bound is None else bound, **kw)
+        assert torch.equal(own, told), sampler
+        other = sample(den, sampler, 3, clip=0.25, **kw)  # a bound that bites: the clipping is not vacuous
+        assert not torch.equal(own, other), sampler
+    assert main(["sample", "--model", str(d), "--sampler", "ddim", "--steps", "3", "--seeds", "0-3",
+                 "--batch-size", "4", "--es", "1.02", "--out", str(tmp_path / "s.npz"), "--no-progress"]) == 0
+    from diffusion_es.io import to_uint8
+
+    with np.load(tmp_path / "s.npz") as z:  # uint8 NHWC
+        np.testing.assert_array_equal(z["arr_0"], to_uint8(sample(den, "ddim", 3, **kw)))
+        assert not np.array_equal(z["arr_0"], to_uint8(sample(den, "ddim", 3, clip=0.25, **kw)))
+
+
+def test_dynamic_thresholding_is_refused(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    d = tmp_path / "p"
+    DDPMPipeline(unet=tiny_unet(in_ch=1, size=8), scheduler=DDPMScheduler(thresholding=True)).save_pretrained(d)
+    from diffusion_es.adapters import load_diffusers_unet
+
+    with pytest.raises(ValueError, match="thresholding=True"):
+        load_diffusers_unet(d)
+    assert main(["sample", "--model", str(d), "--sampler", "ddim", "--steps", "2", "--seeds", "0",
+                 "--out", str(tmp_path / "s.npz")]) == 2

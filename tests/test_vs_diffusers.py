@@ -141,12 +141,13 @@ def test_ddpm_matches_diffusers(steps, spacing, clip, variance, es, monkeypatch)
 @pytest.mark.parametrize("es", [None, Uniform(1.02), PerStep(list(np.linspace(1.05, 1.0, 20)))],
                          ids=["base", "uniform", "per_step"])
 @pytest.mark.parametrize("eta", [0.0, 1.0, 0.5])
-@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("clip", [False, True, 0.5])  # 0.5: clip_sample_range=0.5
 @pytest.mark.parametrize("spacing,offset", [("leading", 0), ("leading", 1), ("trailing", 0)])
 def test_ddim_matches_diffusers(spacing, offset, clip, eta, es):
     steps = 20
     sched = _use_our_tables(diffusers.DDIMScheduler(num_train_timesteps=SCH.T, beta_schedule="linear",
-                                                    clip_sample=clip, set_alpha_to_one=True, steps_offset=offset,
+                                                    clip_sample=bool(clip), clip_sample_range=float(clip or 1),
+                                                    set_alpha_to_one=True, steps_offset=offset,
                                                     timestep_spacing=spacing, prediction_type="epsilon"))
     sched.set_timesteps(steps)
     ts = respace(SCH.T, steps, spacing, steps_offset=offset)

@@ -289,7 +289,9 @@ def add_sampler_args(p, steps_default: int = 20, sampler_default: str = "ddim") 
             users = "/".join(n for n, s in SAMPLERS.items() if any(q.flag == o.flag for q in s.options))
             if o.name == "clip":
                 p.add_argument(o.flag, action="store_true", default=None,
-                               help=f"{users}: do not clip the x0 estimate to [-1, 1]")
+                               help=f"{users}: do not clip the x0 estimate (default: the model's own clipping, "
+                                    f"[-1, 1] unless a diffusers scheduler says clip_sample=False or another "
+                                    f"clip_sample_range)")
             elif o.name == "variance":
                 p.add_argument(o.flag, choices=VARIANCES, default=None, help=f"{users}: {o.help}")
             else:

@@ -67,6 +67,7 @@ __all__ = [
     "Denoiser",
     "FnDenoiser",
     "VPDenoiser",
+    "check_clip_x0",
     "FlowDenoiser",
     "DenoiserEpsNet",
     "as_denoiser",
@@ -462,6 +463,17 @@ def _first_tensor(module: nn.Module, kind: str, keep=None):
     return None
 
 
+def check_clip_x0(v, name: str = "clip_x0") -> Optional[float]:
+    """A clipping bound of x̂_0: None (no clipping) or a finite number > 0 (``name``: what the caller called it)."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not (
+            math.isfinite(float(v)) and float(v) > 0):
+        raise ValueError(f"{name} must be a finite number > 0 (x̂_0 clipped to [-{name}, {name}]) or None (no "
+                         f"clipping), got {v!r}")
+    return float(v)
+
+
 class VPDenoiser(Denoiser):
     """A VP network ``net(x_t, t, **kw)`` (ε-, x0- or v-prediction; optionally 2C channels with learned variance)
     seen as a sigma-space denoiser.
@@ -469,9 +481,14 @@ class VPDenoiser(Denoiser):
     ``σ`` is mapped to the network's timestep by log-linear interpolation in the schedule's sigma table
     (sigmas of the table map to their integer timestep exactly). The network runs in its own dtype; everything
     around it is float64.
+
+    ``clip_x0``: the x̂_0 clipping the model is sampled with, [-clip_x0, clip_x0] (1.0: data in [-1, 1], ADM's and
+    diffusers' default), or None (none: a latent model, a diffusers scheduler with ``clip_sample=False``). The VP
+    samplers read it when their ``clip`` option is left at None.
     """
 
-    def __init__(self, net: Callable, schedule, prediction: str = "eps", learned_variance: bool = False):
+    def __init__(self, net: Callable, schedule, prediction: str = "eps", learned_variance: bool = False,
+                 clip_x0: Optional[float] = 1.0):
         super().__init__()
         pred = get_prediction(prediction)
         if pred.name not in PREDICTIONS:
@@ -482,6 +499,7 @@ class VPDenoiser(Denoiser):
         self.pred = pred
         self.prediction = pred.name
         self.learned_variance = learned_variance
+        self.clip_x0 = check_clip_x0(clip_x0)
         self.sigma_min, self.sigma_max = schedule.sigma_min, schedule.sigma_max
 
     def _net_dtype(self):

@@ -326,7 +326,7 @@ class EpsilonScaled(Denoiser):
         super().__init__()
         self.inner = as_denoiser(denoiser)
         self.lam = lam
-        for attr in ("sigma_min", "sigma_max", "pfgm_D"):
+        for attr in ("sigma_min", "sigma_max", "pfgm_D", "clip_x0"):
             if hasattr(self.inner, attr):
                 setattr(self, attr, getattr(self.inner, attr))
 

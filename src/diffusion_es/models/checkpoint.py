@@ -230,6 +230,7 @@ class LoadedModel:
     data_shape: Tuple[int, ...]
     config: dict = field(default_factory=dict)
     path: Optional[Path] = None
+    clip_x0: Optional[float] = 1.0  # VP models: the x̂_0 clipping they are sampled with (VPDenoiser.clip_x0)
 
     def data_spec(self, override: Optional[str] = None) -> str:
         """The data to evaluate this model on: ``override`` if given, else the ``--data`` spec recorded when it was
@@ -258,7 +259,8 @@ class LoadedModel:
             return EDMDenoiser(self.net, self.schedule)
         if self.process == "flow":
             return FlowDenoiser(self.net, self.schedule, time_scale=float(self.schedule.T))
-        return VPDenoiser(self.net, self.schedule, prediction=self.prediction, learned_variance=self.learned_variance)
+        return VPDenoiser(self.net, self.schedule, prediction=self.prediction, learned_variance=self.learned_variance,
+                          clip_x0=self.clip_x0)
 
 
 def _split_weights(tensors: dict, prefix: str) -> dict:
@@ -288,7 +290,7 @@ def _load_diffusers(p: Path, device) -> LoadedModel:
     size = cfg.sample_size if isinstance(cfg.sample_size, (list, tuple)) else (cfg.sample_size, cfg.sample_size)
     return LoadedModel(net=den.net, schedule=den.schedule, prediction=den.prediction,
                        learned_variance=den.learned_variance, data_shape=(int(cfg.in_channels), *map(int, size)),
-                       config={"diffusers": str(p)}, path=p)
+                       config={"diffusers": str(p)}, path=p, clip_x0=den.clip_x0)
 
 
 def load_model(path="default", use_ema: bool = True, device="cpu") -> LoadedModel:

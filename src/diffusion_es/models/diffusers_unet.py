@@ -57,9 +57,10 @@ def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None):
     pipeline's ``scheduler/`` (or a ``scheduler_config.json`` beside the UNet) and otherwise diffusers'
     ``DDPMScheduler()`` defaults (linear β 1e-4..0.02, T = 1000, ε-prediction).
 
-    The VP schedule reproduces the scheduler's own ᾱ table (``alphas_cumprod``, as diffusers computes it), and the
-    prediction type comes from its ``prediction_type``; a UNet with twice the input channels is a learned-variance
-    model. The result works with :func:`diffusion_es.samplers.sample` and everything built on it.
+    The VP schedule reproduces the scheduler's own ᾱ table (``alphas_cumprod``, as diffusers computes it), the
+    prediction type comes from its ``prediction_type`` and the x̂_0 clipping of the VP samplers from its
+    ``clip_sample`` / ``clip_sample_range`` (``clip_x0``; ``thresholding=True`` is refused); a UNet with twice the
+    input channels is a learned-variance model. The result works with :func:`diffusion_es.samplers.sample` and everything built on it.
     """
     require_optional("diffusers", "diffusers")
     from diffusers import DDPMScheduler, UNet2DModel
@@ -96,6 +97,11 @@ def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None):
     schedule = VPSchedule(betas)
     prediction = get_prediction(sched.config.get("prediction_type", "epsilon")).name
     learned = unet.config.out_channels == 2 * unet.config.in_channels
-    den = VPDenoiser(_UNetEps(unet), schedule, prediction=prediction, learned_variance=learned)
+    if sched.config.get("thresholding", False):
+        raise ValueError("the scheduler config sets thresholding=True (Imagen's dynamic thresholding of x̂_0), which "
+                         "the samplers here do not implement; pass a scheduler (or config) without it to sample "
+                         "with a fixed clip_sample_range instead")
+    clip = float(sched.config.get("clip_sample_range", 1.0)) if sched.config.get("clip_sample", True) else None
+    den = VPDenoiser(_UNetEps(unet), schedule, prediction=prediction, learned_variance=learned, clip_x0=clip)
     den.scheduler_config = dict(sched.config)
     return den

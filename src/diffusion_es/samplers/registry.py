@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..core.param import flow_t_to_sigma, sigma_to_flow_space, sigma_to_vp_space
+from ..core.param import check_clip_x0, flow_t_to_sigma, sigma_to_flow_space, sigma_to_vp_space
 from ..core.pfgm import EDMSchedule, check_D
 from ..core.schedules import FlowSchedule, karras_sigmas, respace
 from .edm import check_churn, check_pfgm_churn, sample_euler, sample_heun
@@ -41,7 +41,9 @@ def _finite_nonneg(v):
     return math.isfinite(v) and v >= 0
 
 
-_VP_CLIP = Option("clip", True, "clip the x_0 estimate to [-1, 1] (ADM's default)", "--no-clip")
+_VP_CLIP = Option("clip", None, "clipping of the x_0 estimate: None = the model's own ([-1, 1], ADM's default, "
+                  "unless it says otherwise: a diffusers scheduler's clip_sample / clip_sample_range), True = "
+                  "[-1, 1], False = none, a number r > 0 = [-r, r]", "--no-clip")
 _VP_SHIFT = Option("time_shift", None, "a next-timestep policy (TimeShift: TS-DDPM / TS-DDIM)", "")
 _CHURN = (
     Option("S_churn", 0.0, "EDM S_churn: stochasticity (0: deterministic ODE)", "--churn"),
@@ -57,6 +59,8 @@ def _check_vp(name: str, opts: dict) -> None:
                          f"got {opts['variance']!r}")
     if name == "ddim" and not _finite_nonneg(float(opts["eta"])):
         raise ValueError(f"eta must be finite and >= 0, got {opts['eta']}")
+    if opts["clip"] is not None and not isinstance(opts["clip"], bool):
+        check_clip_x0(opts["clip"], "clip")  # a bound r > 0
     if opts["time_shift"] is not None and not isinstance(opts["time_shift"], TimeShift):
         raise ValueError("time_shift must be a TimeShift policy (or None)")
 

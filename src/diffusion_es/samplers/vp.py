@@ -21,12 +21,13 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..core.param import alpha_bar_to_sigma, as_denoiser, implied_eps, sigma_to_alpha_bar, vp_to_sigma_space
+from ..core.param import (alpha_bar_to_sigma, as_denoiser, check_clip_x0, implied_eps, sigma_to_alpha_bar,
+                          vp_to_sigma_space)
 from ..core.schedules import RespacedChain, VPSchedule, posterior_coefficients
 from .common import StepInfo
 
 __all__ = ["sample_ddpm", "sample_ddim", "VARIANCES", "Transition", "chain_transition", "pair_transition",
-           "ddpm_update", "ddim_update"]
+           "ddpm_update", "ddim_update", "clip_bound"]
 
 VARIANCES = ("small", "large", "learned")
 
@@ -111,10 +112,22 @@ def ddim_update(x, x0, tr: Transition, eta: float, z, last: bool):
     return x_next + _bc(sig, x) * z if (z is not None and not last) else x_next
 
 
-def _vp_loop(denoiser, x_T, chain: RespacedChain, update: Callable, noise, callback, clip: bool, policy,
+def clip_bound(clip, denoiser) -> Optional[float]:
+    """The bound r of the x̂_0 clipping to [-r, r] that the ``clip`` option asks for (None: no clipping).
+    ``clip``: None = the model's own (the denoiser's ``clip_x0``; 1.0 where it has none, ADM's default),
+    True = 1.0, False = none, a number > 0 = that bound."""
+    if clip is None:
+        return getattr(denoiser, "clip_x0", 1.0)
+    if clip is True or clip is False:
+        return 1.0 if clip else None
+    return check_clip_x0(clip, "clip")
+
+
+def _vp_loop(denoiser, x_T, chain: RespacedChain, update: Callable, noise, callback, clip, policy,
              want_var: bool = False):
     """Walk the chain from its noisiest step; ``update(x, x0, transition, extras, step, last)`` makes one step."""
     den, x, n = as_denoiser(denoiser), x_T.to(torch.float64), len(chain)
+    bound = clip_bound(clip, den)
     state = None if policy is None else policy.start(chain, x.shape[0])
     for step, i in enumerate(range(n - 1, -1, -1)):
         s = None if state is None else state.current()  # per-sample timesteps, or None: the chain's own step
@@ -136,7 +149,7 @@ def _vp_loop(denoiser, x_T, chain: RespacedChain, update: Callable, noise, callb
                 eps_used = implied_eps(x_sig, D, _bc(tr.sigma, x))
                 x_rep, t_rep = vp_to_sigma_space(x, sigma_to_alpha_bar(nominal)), torch.from_numpy(tr.t)
             callback(StepInfo(step, n, nominal, x_rep, D, eps_used, t=t_rep))
-        x0 = D.clamp(-1, 1) if clip else D
+        x0 = D if bound is None else D.clamp(-bound, bound)
         x = update(x, x0, tr, extras, step, i == 0)
         if state is not None and i > 0:
             state.advance(x, i)
@@ -144,14 +157,16 @@ def _vp_loop(denoiser, x_T, chain: RespacedChain, update: Callable, noise, callb
 
 
 def sample_ddpm(denoiser, x: torch.Tensor, chain: RespacedChain, *, noise: Optional[Callable] = None,
-                callback: Optional[Callable] = None, variance: Optional[str] = None, clip: bool = True,
+                callback: Optional[Callable] = None, variance: Optional[str] = None, clip=None,
                 time_shift=None) -> torch.Tensor:
     """Ancestral sampling of ADM (``p_sample_loop``) on the chain's timesteps, last to first.
 
     variance: ``small`` = posterior β̃ (fixed-small), ``large`` = β (fixed-large, ADM's first entry rule),
     ``learned`` = ADM's interpolation ``exp(f·log β + (1-f)·log β̃)`` with ``f = (v + 1) / 2`` from the model;
     None (default): the model's own, i.e. ``learned`` when the network predicts a variance, else ``small``.
-    clip: clip the x_0 estimate to [-1, 1] (ADM's default). time_shift: a next-timestep policy (TS-DDPM).
+    clip: the clipping of the x_0 estimate (:func:`clip_bound`): None (default) the model's own, [-1, 1] unless it
+    says otherwise (ADM's default); True [-1, 1]; False none; a number r > 0 [-r, r]. time_shift: a next-timestep
+    policy (TS-DDPM).
     Step noise ``noise(step)`` is drawn at every step but the last (which adds none), so its stream position
     depends only on the step.
     """
@@ -170,10 +185,11 @@ def sample_ddpm(denoiser, x: torch.Tensor, chain: RespacedChain, *, noise: Optio
 
 
 def sample_ddim(denoiser, x: torch.Tensor, chain: RespacedChain, *, noise: Optional[Callable] = None,
-                callback: Optional[Callable] = None, eta: float = 0.0, clip: bool = True,
+                callback: Optional[Callable] = None, eta: float = 0.0, clip=None,
                 time_shift=None) -> torch.Tensor:
     """DDIM (ADM's ``ddim_sample``): ε is re-derived from the (clipped) x_0 estimate; η = 0 is deterministic,
-    η = 1 is ancestral sampling with the posterior variance. The last step goes to ᾱ = 1."""
+    η = 1 is ancestral sampling with the posterior variance. The last step goes to ᾱ = 1. ``clip``: as for
+    :func:`sample_ddpm`."""
     if not (math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be finite and >= 0, got {eta}")
     if eta > 0 and noise is None:
