@@ -121,6 +121,17 @@ def test_bad_input(data):
         measure_exposure(den, data, "ddim", 5, n_samples=1)
     with pytest.raises(UsageError, match="at least 2 real samples"):
         measure_exposure(den, data[:1], "ddim", 5, n_samples=10)
+    for bad in ([[0.0] * D] * 4, data.float().numpy().astype(np.int64), torch.zeros(8, dtype=torch.float64)):
+        with pytest.raises(UsageError, match="float tensor or array of shape"):
+            measure_exposure(den, bad, "ddim", 5, n_samples=4)
+
+
+def test_takes_a_number_for_es_and_an_array_for_data(data):
+    """As sample() does: a number is a uniform λ, and the data may be a numpy array."""
+    den = scaled_eps_denoiser(0.9)
+    a = measure_exposure(den, data, "ddim", 5, n_samples=16, es=Uniform(1.05))
+    b = measure_exposure(den, data.numpy(), "ddim", 5, n_samples=16, es=1.05)
+    assert a.to_dict() == b.to_dict() and a.es == {"kind": "uniform", "b": 1.05}
 
 
 def test_outputs_csv_json_and_plot(tmp_path, data):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from ..progress import advance as _advance, task as _task
 from ..errors import UsageError
 from ..core.param import as_denoiser, implied_eps, noised, process_coefficients, sigma_to_flow_space, sigma_to_vp_space
 from ..samplers import SamplingPlan, SeedNoise, default_schedule, resolve_batch_size
-from ..core.scaling import LambdaSchedule, epsilon_scaled
+from ..core.scaling import LambdaSchedule, as_schedule, epsilon_scaled
 from ..core.schedules import VPSchedule
 
 __all__ = ["ExposureCurves", "measure_exposure", "training_eps_norms", "estimate_lambda", "plot_exposure"]
@@ -149,16 +149,23 @@ def training_eps_norms(denoiser, x0: torch.Tensor, sigmas: Sequence[float], seed
 
 
 def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, schedule: Optional[VPSchedule] = None,
-                     es: Optional[LambdaSchedule] = None, n_samples: int = 500, seed: int = 0,
+                     es: Union[LambdaSchedule, float, None] = None, n_samples: int = 500, seed: int = 0,
                      batch_size="auto", shape: Optional[Sequence[int]] = None, device="cpu",
                      spacing: str = "adm", **sampler_kwargs) -> ExposureCurves:
-    """Run the paper's two diagnostics (plus Var(x_t)) for one sampler setting. ``data``: real x_0, (N, *shape);
-    ``shape``: the model's sample shape, checked against the data when given. ``batch_size``: samples per sampling
-    batch, ``"auto"`` (default): :func:`~diffusion_es.samplers.auto_batch_size`."""
+    """Run the paper's two diagnostics (plus Var(x_t)) for one sampler setting. ``data``: real x_0, (N, *shape),
+    a tensor or an array; ``shape``: the model's sample shape, checked against the data when given. ``es``: a λ
+    schedule or a number (uniform λ). ``batch_size``: samples per sampling batch, ``"auto"`` (default):
+    :func:`~diffusion_es.samplers.auto_batch_size`."""
     if schedule is None:
         schedule = default_schedule(denoiser)
     if n_samples < 2:
         raise UsageError(f"need at least 2 samples for per-pixel statistics, got {n_samples}")
+    es = as_schedule(es)
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(data)
+    if not isinstance(data, torch.Tensor) or data.ndim < 2 or not data.is_floating_point():
+        raise UsageError(f"data must be real samples x_0 as a float tensor or array of shape (N, *sample_shape), got "
+                         f"{type(data).__name__}{' ' + str(tuple(data.shape)) if hasattr(data, 'shape') else ''}")
     shape = tuple(data.shape[1:]) if shape is None else tuple(shape)
     data = _check_data(data, shape)
     batch_size = resolve_batch_size(batch_size, denoiser, shape, device)
