@@ -144,6 +144,22 @@ def test_bad_input_is_a_clear_error():
         calibrate(den, "ddim", 5, (D,), gaussian_fd, min_lambda=float("nan"))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_metric_that_is_not_finite_is_refused(bad):
+    den = over_predicting(1.0)
+    kw = dict(n_samples=8, n_sets=1, n_val_sets=2, coarse=2, refine=0)
+    with pytest.raises(ValueError, match="the metric returned .* must return a finite number"):
+        calibrate(den, "ddim", 3, (D,), lambda x: bad, **kw)
+    with pytest.raises(ValueError, match="the metric 'pr' returned"):
+        calibrate(den, "ddim", 3, (D,), gaussian_fd, extra_metrics={"pr": lambda x: bad}, **kw)
+
+
+def test_a_metric_of_zero_has_no_relative_change():
+    with pytest.raises(ValueError, match="baseline values > 0"):
+        calibrate(over_predicting(1.0), "ddim", 3, (D,), lambda x: 0.0, n_samples=8, n_sets=1, n_val_sets=2,
+                  coarse=2, refine=0)
+
+
 def test_paired_gain_matches_hand_computation():
     per, m, (lo, hi) = paired_gain([2.0, 4.0, 5.0], [1.0, 3.0, 4.5])
     g = np.array([-0.5, -0.25, -0.1])

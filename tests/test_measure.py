@@ -124,6 +124,8 @@ def test_bad_input(data):
     for bad in ([[0.0] * D] * 4, data.float().numpy().astype(np.int64), torch.zeros(8, dtype=torch.float64)):
         with pytest.raises(UsageError, match="float tensor or array of shape"):
             measure_exposure(den, bad, "ddim", 5, n_samples=4)
+    with pytest.raises(UsageError, match="NaN or inf"):
+        measure_exposure(den, torch.where(data[:50] > 0.3, float("nan"), data[:50]), "ddim", 5, n_samples=4)
 
 
 def test_takes_a_number_for_es_and_an_array_for_data(data):

@@ -66,9 +66,23 @@ def _t95(n: int) -> float:
     return float(t.ppf(0.975, n - 1)) if n > 1 else float("inf")
 
 
+def _finite(v, what: str) -> float:
+    """A metric's value as a float; NaN or inf would steer the search and the verdict silently, so it is refused."""
+    f = float(v)
+    if not math.isfinite(f):
+        raise ValueError(f"{what} returned {f} on a seed set's samples; it must return a finite number (check the "
+                         f"metric and the model's samples)")
+    return f
+
+
 def paired_gain(base: Sequence[float], new: Sequence[float]):
-    """Relative change per paired seed set, its mean and 95 % t-interval."""
-    g = np.asarray(new, dtype=np.float64) / np.asarray(base, dtype=np.float64) - 1.0
+    """Relative change per paired seed set, its mean and 95 % t-interval. The baseline values must be > 0 (a
+    relative change of a metric like FD)."""
+    b = np.asarray(base, dtype=np.float64)
+    if not np.all(b > 0):
+        raise ValueError(f"a relative change needs baseline values > 0 (a metric like FD: lower is better, positive), "
+                         f"got {b.min():g}")
+    g = np.asarray(new, dtype=np.float64) / b - 1.0
     m = float(g.mean())
     half = _t95(len(g)) * float(g.std(ddof=1)) / math.sqrt(len(g)) if len(g) > 1 else float("inf")
     return g.tolist(), m, (m - half, m + half)
@@ -96,9 +110,9 @@ class _Scorer:
                            batch_size=self.batch_size,
                            device=self.device, **self.kw)
                 self.nfe += len(seeds) * self.nfe_per_sample
-                vals.append(float(self.metric(x)))
+                vals.append(_finite(self.metric(x), "the metric"))
                 for name, f in self.extra_metrics.items():
-                    extra[name].append(float(f(x)))
+                    extra[name].append(_finite(f(x), f"the metric {name!r}"))
             self.cache[key], self.extra[key] = vals, extra
             self.order.append({"schedule": None if sched is None else sched.to_dict(), "values": vals,
                                "mean": float(np.mean(vals))})

@@ -102,6 +102,8 @@ def _check_data(data: torch.Tensor, shape, n_min: int = 2) -> torch.Tensor:
                          f"use data of the kind the model was trained on")
     if data.shape[0] < n_min:
         raise UsageError(f"need at least {n_min} real samples for the statistics, got {data.shape[0]}")
+    if not bool(torch.isfinite(data).all()):
+        raise UsageError("the data contains NaN or inf values; pass real samples x_0 (finite numbers)")
     return data.to(torch.float64)
 
 
