@@ -82,13 +82,26 @@ BAD = [
     (lambda: schedule_from_dict({"kind": "cosine"}), "unknown"),
     (lambda: schedule_from_dict({"kind": "uniform"}), "missing or has a malformed field"),
     (lambda: schedule_from_dict({"kind": "linear", "k": 0.1}), "missing or has a malformed field"),
-    (lambda: schedule_from_dict({"kind": "per_step", "values": None}), "missing or has a malformed field"),
+    (lambda: schedule_from_dict({"kind": "per_step", "values": None}), "flat list or 1-D array, got NoneType"),
     (lambda: schedule_from_dict({"kind": "uniform", "b": -2}), "finite and > 0"),
     (lambda: SigmaKeyed(1.01), "callable"),
     (lambda: SigmaKeyed(lambda s: 1.0).to_dict(), "cannot be written as JSON"),
     (lambda: SigmaKeyed(lambda s: 0.0).bind([2.0, 1.0]), "finite and > 0"),
     (lambda: Uniform(1.01).bind([1.0, 2.0]), "strictly decreasing"),
     (lambda: Uniform(1.01).bind([0.0]), "strictly decreasing"),
+    # one number where one is meant, a flat list where a list is: never silently the first value or a flattening
+    (lambda: Uniform(np.array([1.01, 1.02])), "one real number, got ndarray of shape \\(2,\\)"),
+    (lambda: Uniform(torch.tensor([1.01, 1.02])), "one real number, got Tensor"),
+    (lambda: Uniform("1.01"), "one real number, got str"),
+    (lambda: Uniform(True), "one real number, got bool"),
+    (lambda: Linear([0.01], 1.0), "linear schedule: k must be one real number"),
+    (lambda: PerStep(np.ones((2, 2))), "flat list or 1-D array, got ndarray of 2"),
+    (lambda: PerStep(1.01), "flat list or 1-D array"),
+    (lambda: PerStep(["1.01", "x"]), "must be numbers"),
+    (lambda: PerStep([True, 1.0]), "not booleans"),
+    (lambda: schedule_from_dict({"kind": "per_step", "values": "1.01"}), "flat list"),
+    (lambda: schedule_from_dict({"kind": "uniform", "b": "1.01"}), "one real number, got str"),
+    (lambda: Uniform(0.0), "got 0.0$"),  # the value as written, not np.float64(0.0)
 ]
 
 
@@ -104,6 +117,13 @@ def test_malformed_schedule_file(tmp_path, text):
     p = tmp_path / "bad.json"
     p.write_text(text)
     with pytest.raises(ValueError, match=str(p.name)):
+        load_schedule(p)
+
+
+def test_a_calibration_without_a_winner_says_so(tmp_path):
+    p = tmp_path / "cal.json"
+    p.write_text(json.dumps({"schedule": None, "candidate": {"kind": "uniform", "b": 1.0075}, "significant": False}))
+    with pytest.raises(ValueError, match="found no λ that beat the baseline.*sample without ES.*1.0075"):
         load_schedule(p)
 
 

@@ -73,8 +73,20 @@ def _check_lambda(values, what: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64).reshape(-1)
     bad = ~np.isfinite(arr) | (arr <= 0)
     if bad.any():
-        raise ValueError(f"{what}: λ must be finite and > 0 (values below 1 are allowed), got {arr[bad][0]!r}")
+        raise ValueError(f"{what}: λ must be finite and > 0 (values below 1 are allowed), got {float(arr[bad][0])!r}")
     return arr
+
+
+def _real(v, what: str) -> float:
+    """One real number (a Python, numpy or 0-d torch number; not a bool, a string or a vector) as a float."""
+    if isinstance(v, torch.Tensor) and v.ndim == 0 and not v.dtype.is_complex and v.dtype != torch.bool:
+        return float(v)
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        v = v[()]
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        shape = f" of shape {tuple(v.shape)}" if hasattr(v, "shape") else ""
+        raise ValueError(f"{what} must be one real number, got {type(v).__name__}{shape}: {v!r}"[:300])
+    return float(v)
 
 
 class LambdaSchedule:
@@ -109,7 +121,7 @@ class Uniform(LambdaSchedule):
     kind = "uniform"
 
     def __init__(self, b: float = 1.0):
-        self.b = float(_check_lambda([b], "uniform schedule")[0])
+        self.b = float(_check_lambda([_real(b, "uniform schedule: λ")], "uniform schedule")[0])
 
     def values(self, n):
         return np.full(int(n), self.b)
@@ -124,6 +136,7 @@ class Linear(LambdaSchedule):
     kind = "linear"
 
     def __init__(self, k: float, b: float):
+        k, b = _real(k, "linear schedule: k"), _real(b, "linear schedule: b")
         if not (math.isfinite(k) and math.isfinite(b)):
             raise ValueError(f"linear schedule: k and b must be finite, got k={k!r}, b={b!r}")
         self.k, self.b = float(k), float(b)
@@ -143,7 +156,16 @@ class PerStep(LambdaSchedule):
     kind = "per_step"
 
     def __init__(self, values: Sequence[float]):
-        self._values = _check_lambda(values, "per-step schedule")
+        if isinstance(values, (str, bytes)) or np.ndim(values) != 1:
+            raise ValueError(f"per-step schedule: give one λ per sampling step as a flat list or 1-D array, got "
+                             f"{type(values).__name__} of {np.ndim(values)} dimension(s)")
+        try:
+            arr = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"per-step schedule: the λ values must be numbers, got {list(values)[:5]!r}") from None
+        if any(isinstance(v, (bool, np.bool_)) for v in np.asarray(values, dtype=object)):
+            raise ValueError("per-step schedule: the λ values must be numbers, not booleans")
+        self._values = _check_lambda(arr, "per-step schedule")
         if len(self._values) == 0:
             raise ValueError("per-step schedule: the list of λ values is empty")
 
@@ -380,11 +402,11 @@ def schedule_from_dict(d: dict) -> LambdaSchedule:
     if kind not in _KINDS:
         raise ValueError(f"unknown λ schedule kind {kind!r}: use uniform, linear or per_step")
     try:
-        if kind == "uniform":
-            return Uniform(float(d["b"]))
+        if kind == "uniform":  # JSON numbers, as the classes take them (a string "1.01" is refused, not parsed)
+            return Uniform(d["b"])
         if kind == "linear":
-            return Linear(float(d["k"]), float(d["b"]))
-        return PerStep([float(v) for v in d["values"]])
+            return Linear(d["k"], d["b"])
+        return PerStep(d["values"])
     except (KeyError, TypeError) as e:
         raise ValueError(f"λ schedule of kind {kind!r} is missing or has a malformed field: {e}") from None
 
@@ -415,6 +437,10 @@ def read_schedule(path):
     made_for = None
     if isinstance(d, dict) and "schedule" in d:
         made_for = _check_made_for(d.get("made_for"), path)
+        if d["schedule"] is None and isinstance(d.get("candidate"), dict):
+            raise ValueError(f"{path}: this calibration found no λ that beat the baseline beyond the noise (its "
+                             f"'schedule' is null: sample without ES); its best candidate, not significant, is "
+                             f"{json.dumps(d['candidate'])} under 'candidate'")
         d = d["schedule"]
     try:
         return schedule_from_dict(d), made_for
