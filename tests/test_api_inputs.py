@@ -180,3 +180,29 @@ def test_calibrate_writes_what_the_schedule_was_made_for(tmp_path, monkeypatch, 
     assert main(["calibrate", "--model", "default", "--sampler", "ddpm", "--steps", "7", "--spacing", "linspace",
                  "--out", str(lam), "--no-progress"]) == 0
     assert json.loads(lam.read_text())["made_for"] == {"sampler": "ddpm", "steps": 7, "spacing": "linspace"}
+
+
+@pytest.mark.parametrize("device, msg", [("gpu", "not a torch device"), ("cpu:1", "one cpu device"),
+                                         ("cuda:99", "CUDA|99")])
+def test_a_device_this_machine_lacks_is_one_clear_error(device, msg):
+    """The library checks its device argument as the CLI does (one line, not torch's assertion from deep inside)."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 99:
+        pytest.skip("this machine has 100 GPUs")
+    from diffusion_es.diagnostics.calibrate import calibrate
+    from diffusion_es.diagnostics.measure import measure_exposure
+
+    with pytest.raises(ValueError, match=msg):
+        sample(DEN, "ddim", 3, (2,), range(4), device=device)
+    with pytest.raises(ValueError, match=msg):
+        measure_exposure(DEN, torch.zeros(8, 2, dtype=torch.float64), "ddim", 3, n_samples=4, device=device)
+    with pytest.raises(ValueError, match=msg):
+        calibrate(DEN, "ddim", 3, (2,), lambda x: 1.0, n_samples=4, device=device)
+
+
+def test_calibrate_range_must_be_two_numbers():
+    from diffusion_es.diagnostics.calibrate import calibrate
+
+    with pytest.raises(ValueError, match="lam_range must be two numbers"):
+        calibrate(DEN, "ddim", 3, (2,), lambda x: 1.0, lam_range=1.01)

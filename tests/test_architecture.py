@@ -19,7 +19,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "diffusion_es"
 LAYERS = [
-    {"errors", "hashing", "version", "progress", "heap"},
+    {"errors", "hashing", "version", "progress", "heap", "devices"},
     {"io", "distributed"},
     {"store"},
     {"core"},

@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import json
 import math
-import re
 import sys
 
 from ..errors import UsageError
@@ -224,33 +223,15 @@ def seed_value(text: str) -> int:
     return v
 
 
-_DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(?::(\d+))?")
-
-
 def device_arg(text: str) -> str:
     """A parse-time type: a torch device this machine has (cpu, cuda, cuda:N, mps, xpu)."""
-    t = str(text).strip()
-    m = _DEVICE.fullmatch(t)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device: use cpu, cuda, cuda:N or mps")
-    kind, index = m.group(1), m.group(2)
-    if kind == "cpu":
-        if index not in (None, "0"):
-            raise argparse.ArgumentTypeError(f"{text!r}: there is one cpu device; use cpu")
-        return t
-    import torch
+    from ..devices import check_device
 
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available in this torch; use --device cpu")
-        if index is not None and int(index) >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif kind == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available here; use --device cpu")
-    elif not (hasattr(torch, "xpu") and torch.xpu.is_available()):
-        raise argparse.ArgumentTypeError(f"{text!r}: XPU is not available here; use --device cpu")
-    return t
+    try:
+        check_device(text, hint="--device cpu")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return str(text).strip()
 
 
 def add_device_arg(p, default: str = "cpu") -> None:

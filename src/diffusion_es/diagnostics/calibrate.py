@@ -24,6 +24,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..progress import task as _task
+from ..devices import check_device
 from ..errors import UsageError
 from ..samplers import SamplingPlan, default_schedule, sample
 from ..core.scaling import LambdaSchedule, Linear, Uniform
@@ -187,7 +188,11 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
     ``min_lambda``: no candidate may have λ_t below it at any step (1: only Epsilon Scaling in the paper's sense,
     which shrinks the predicted noise; never the enlarging λ < 1 that trades recall for precision). The range and
     its extensions are cut there."""
-    lo, hi = (float(v) for v in lam_range)
+    check_device(device)
+    try:
+        lo, hi = (float(v) for v in lam_range)
+    except (TypeError, ValueError):
+        raise UsageError(f"lam_range must be two numbers (low, high), got {lam_range!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi <= lo:
         raise UsageError(f"empty or invalid λ range [{lo}, {hi}]: give two finite values 0 < low < high")
     floor = 0.0

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..progress import advance as _advance, task as _task
+from ..devices import check_device
 from ..errors import UsageError
 from ..core.param import as_denoiser, implied_eps, noised, process_coefficients, sigma_to_flow_space, sigma_to_vp_space
 from ..samplers import SamplingPlan, SeedNoise, default_schedule, resolve_batch_size
@@ -163,6 +164,7 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
     if n_samples < 2:
         raise UsageError(f"need at least 2 samples for per-pixel statistics, got {n_samples}")
     es = as_schedule(es)
+    check_device(device)
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(data)
     if not isinstance(data, torch.Tensor) or data.ndim < 2 or not data.is_floating_point():

@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from ..core.param import as_denoiser
+from ..devices import check_device
 from ..core.scaling import LambdaSchedule, as_schedule, epsilon_scaled
 from ..core.schedules import FlowSchedule, VPSchedule
 from .common import (DEFAULT_BATCH, NOISE_BLOCK, SeedNoise, StepInfo, auto_batch_size, check_seeds, over_seed_batches,
@@ -85,6 +86,7 @@ def sample(denoiser, sampler: str, steps: int, shape: Sequence[int], seeds: Sequ
     A PFGM++ model's schedule (:class:`~diffusion_es.core.pfgm.EDMSchedule` with finite ``pfgm_D``) starts from
     the PFGM++ prior, each seed's mixing variable from its own stream.
     """
+    check_device(device)
     if schedule is None:
         schedule = default_schedule(denoiser)
     plan = SamplingPlan(sampler, steps, schedule, spacing=spacing, rho=rho, shift=shift)
