@@ -149,6 +149,10 @@ def test_karras_grid(n):
     lambda: karras_sigmas(10, 80, 0.002),
     lambda: karras_sigmas(10, 0.0, 80),
     lambda: karras_sigmas(10, 0.002, float("inf")),
+    lambda: karras_sigmas(10, 0.002, 80, rho=0),  # was a ZeroDivisionError
+    lambda: VPSchedule.linear(T=10),  # ADM's 1000/T scaling would end at β = 2
+    lambda: karras_sigmas(10, 0.002, 80, rho=-1),  # was a grid rising from 0.008
+    lambda: karras_sigmas(10, 0.002, 80, rho=float("nan")),
     lambda: VPSchedule(np.array([1.0, 0.1])),  # β = 1 only at the last step (zero terminal SNR)
     lambda: VPSchedule(np.array([0.1, 1.5])),
     lambda: VPSchedule(np.array([1.0])),

@@ -42,6 +42,9 @@ def linear_betas(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
     scale = 1000.0 / T
+    if scale * beta_end > 1:
+        raise ValueError(f"the linear β schedule is scaled by 1000/T as in ADM, so at T = {T} it would end at β = "
+                         f"{scale * beta_end:g} > 1; use T >= {math.ceil(1000 * beta_end)} or a smaller beta_end")
     return np.linspace(scale * beta_start, scale * beta_end, T, dtype=np.float64)
 
 
@@ -302,6 +305,9 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
         raise ValueError(f"number of steps must be >= 1, got {n}")
     if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    if isinstance(rho, bool) or not isinstance(rho, (int, float, np.integer, np.floating)) or not (
+            math.isfinite(rho) and rho > 0):
+        raise ValueError(f"rho (EDM's grid exponent, 7 by default) must be a finite number > 0, got {rho!r}")
     if n == 1:
         return np.array([sigma_max, 0.0])
     ramp = np.linspace(0, 1, n)
