@@ -127,3 +127,12 @@ def test_bad_input():
         required_sets(0.0, 0.1)
     with pytest.raises(ValueError, match="floor"):
         sd_at(100, 0.01, 500, floor=0.02)
+
+
+def test_power_plan_options_are_keywords_and_checked():
+    with pytest.raises(TypeError):
+        power_plan(0.03, 0.018, 500, 0.0082, 20)  # was ref_sd = 20 without a word
+    with pytest.raises(ValueError, match="ref_sd"):
+        power_plan(0.03, 0.018, 500, 0.0082, ref_sd=-1.0)
+    with pytest.raises(ValueError, match="floor must be"):
+        power_plan(0.03, 0.018, 500, float("nan"))

@@ -244,7 +244,7 @@ class PowerAnalysis:
         return s
 
 
-def power_plan(effect: float, sd0: float, n0: int, floor: float = 0.0, ref_sd: float = 0.0, alpha: float = 0.05,
+def power_plan(effect: float, sd0: float, n0: int, floor: float = 0.0, *, ref_sd: float = 0.0, alpha: float = 0.05,
                power: float = 0.8, nfe_per_sample: int = 20, arms: int = 2, budget_nfe: Optional[int] = None,
                sample_grid: Sequence[int] = DEFAULT_SAMPLE_GRID, min_sets: int = 3, max_sets: int = 10_000,
                fd_inf: Optional[float] = None, fd_slope: float = 0.0,
@@ -255,8 +255,13 @@ def power_plan(effect: float, sd0: float, n0: int, floor: float = 0.0, ref_sd: f
     difference measured at ``n0`` samples per set; ``floor``: the part of sd0 that does not shrink with n;
     ``ref_sd``: shared reference term (module docstring; 0 for a claim about the fixed reference);
     ``fd_inf``, ``fd_slope``: FD = FD∞ + k/n of the baseline, to plan for a relative change of FD∞;
-    ``sd_label``: where sd0 comes from, for the statement (e.g. "80 % upper bound of 1.4 % measured over 12 sets")."""
+    ``sd_label``: where sd0 comes from, for the statement (e.g. "80 % upper bound of 1.4 % measured over 12 sets").
+    Everything after ``floor`` is keyword-only."""
     _check(effect, sd0, alpha, power)
+    if not (math.isfinite(floor) and floor >= 0):
+        raise ValueError(f"floor must be a finite number >= 0, got {floor}")
+    if not (math.isfinite(ref_sd) and ref_sd >= 0):
+        raise ValueError(f"ref_sd must be a finite number >= 0, got {ref_sd}")
     if fd_inf is not None and not (fd_inf > 0 and fd_slope >= 0):
         raise ValueError(f"fd_inf must be > 0 and fd_slope >= 0, got {fd_inf}, {fd_slope}")
 
