@@ -82,3 +82,9 @@ def test_deterministic_and_validated():
         fd_infinity(x, (mu_r, s_r))
     with pytest.raises(ValueError, match="subset sizes"):
         fd_infinity(x, (mu_r, s_r), sizes=[100, 400], generator=np.random.default_rng(0))
+    # subsets no larger than the dimension have a singular covariance: no 1/N law to extrapolate (it gave -0.76)
+    with pytest.raises(ValueError, match="too few samples \\(10\\) for FD∞ in 8 dimensions.*at least 18"):
+        fd_infinity(x[:10], (mu_r, s_r), generator=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="not above the feature dimension 8"):
+        fd_infinity(x, (mu_r, s_r), sizes=[8, 300], generator=np.random.default_rng(0))
+    assert fd_infinity(x[:18], (mu_r, s_r), generator=np.random.default_rng(0)).sizes[0] == 9

@@ -72,11 +72,14 @@ def fit_inverse_n(sizes: Sequence[float], values: Sequence[float]):
 
 
 def default_sizes(n: int, dim: int, n_points: int = 15, min_size: Optional[int] = None) -> List[int]:
-    """``n_points`` sizes evenly spaced from max(n/10, 2·dim) (or ``min_size``) to n, distinct integers."""
+    """``n_points`` sizes evenly spaced from max(n/10, 2·dim) (or ``min_size``) to n, distinct integers; the
+    smallest is capped at n/2 (so that the fit spans a factor 2 in n), and must exceed ``dim``."""
     lo = int(min_size) if min_size is not None else max(int(np.ceil(n / 10)), 2 * dim)
     lo = min(lo, n // 2)
-    if lo < 2:
-        raise ValueError(f"too few samples ({n}) for FD∞")
+    if lo < 2 or lo <= dim:
+        raise ValueError(f"too few samples ({n}) for FD∞ in {dim} dimensions: its subsets need more samples than "
+                         f"dimensions (a full-rank covariance, where FD(N) = FD∞ + k/N holds), so at least "
+                         f"{2 * (dim + 1)}; report FD at N instead, or use more samples")
     return sorted(set(int(round(v)) for v in np.linspace(lo, n, n_points)))
 
 
@@ -94,6 +97,9 @@ def fd_infinity(sample_feats, ref_stats, sizes: Optional[Sequence[int]] = None, 
     sizes = default_sizes(n, dim, n_points, min_size) if sizes is None else sorted(int(s) for s in sizes)
     if sizes[0] < 2 or sizes[-1] > n:
         raise ValueError(f"subset sizes must lie in [2, {n}], got {sizes[0]}..{sizes[-1]}")
+    if sizes[0] <= dim:
+        raise ValueError(f"subset size {sizes[0]} is not above the feature dimension {dim}: its covariance is singular "
+                         f"and FD(N) = FD∞ + k/N does not hold there; use subsets of more than {dim} samples")
     fd = FixedRefFD(ref_stats, method)
     fds = []
     for s in sizes:
