@@ -206,3 +206,28 @@ def test_calibrate_range_must_be_two_numbers():
 
     with pytest.raises(ValueError, match="lam_range must be two numbers"):
         calibrate(DEN, "ddim", 3, (2,), lambda x: 1.0, lam_range=1.01)
+
+
+def test_seeds_must_be_a_collection():
+    with pytest.raises(ValueError, match=r"e.g. range\(5\)"):
+        sample(DEN, "ddim", 3, (2,), 5)
+
+
+def test_frechet_distance_of_raw_features_says_what_to_pass():
+    import numpy as np
+
+    from diffusion_es.metrics.frechet import frechet_distance
+
+    f = np.random.default_rng(0).standard_normal((50, 4))
+    with pytest.raises(ValueError, match="FeatureStats.from_features"):
+        frechet_distance(f, f)
+
+
+def test_save_schedule_takes_a_number_and_vpdenoiser_a_schedule(tmp_path):
+    from diffusion_es.core.param import VPDenoiser
+    from diffusion_es.core.scaling import load_schedule, save_schedule
+
+    save_schedule(tmp_path / "s.json", 1.01)
+    assert load_schedule(tmp_path / "s.json").to_dict() == {"kind": "uniform", "b": 1.01}
+    with pytest.raises(TypeError, match="VPSchedule"):
+        VPDenoiser(lambda x, t: x, None)

@@ -494,6 +494,9 @@ class VPDenoiser(Denoiser):
         if pred.name not in PREDICTIONS:
             raise ValueError(f"unknown prediction type {prediction!r} for a VP network: use one of "
                              f"{', '.join(PREDICTIONS)}")
+        if not all(hasattr(schedule, a) for a in ("sigma_min", "sigma_max", "sigma_to_t")):
+            raise TypeError(f"VPDenoiser needs the VP schedule the network was trained with (a VPSchedule, e.g. "
+                            f"VPSchedule.linear()), got {type(schedule).__name__}")
         self.net = net
         self.schedule = schedule
         self.pred = pred

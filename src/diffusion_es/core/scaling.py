@@ -458,9 +458,13 @@ def save_schedule(path, schedule: LambdaSchedule, sampler: Optional[str] = None,
     """Write ``schedule`` as JSON (atomically). ``sampler`` with ``steps`` (and the VP ``spacing``) record the
     sampling setting it was made for (``made_for``); ``diffusion-es sample --es-schedule`` then refuses it for
     another setting unless told how to adapt it. ``meta``: more JSON-able fields stored beside it (e.g. the
-    calibration result; ``steps`` without ``sampler`` is kept as such a plain field, as before)."""
+    calibration result; ``steps`` without ``sampler`` is kept as such a plain field, as before). ``schedule``: a
+    :class:`LambdaSchedule` or a number (uniform λ)."""
     from ..io import write_json
 
+    schedule = as_schedule(schedule, "schedule")
+    if schedule is None:
+        raise TypeError("save_schedule needs a λ schedule or a number (uniform λ), got None")
     made_for = None
     if sampler is not None:
         if steps is None or isinstance(steps, bool) or int(steps) != steps or int(steps) < 1:

@@ -130,6 +130,10 @@ class FeatureStats:
 def _mean_cov(s):
     if isinstance(s, FeatureStats):
         return s.mean, s.cov
+    if not isinstance(s, (tuple, list)) or len(s) != 2:
+        raise ValueError(f"Fréchet distance takes feature statistics (FeatureStats or a (mean, covariance) pair), got "
+                         f"{type(s).__name__}{' of shape ' + str(tuple(s.shape)) if hasattr(s, 'shape') else ''}; "
+                         f"for raw features (N, D) use FeatureStats.from_features(features)")
     mu, sigma = s
     return np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
 

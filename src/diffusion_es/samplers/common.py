@@ -63,6 +63,9 @@ MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 def check_seeds(seeds) -> list:
     """Seeds as a list of distinct whole numbers in [0, 2^63 − 1]; anything else is refused with one line."""
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"seeds must be a collection of whole numbers, e.g. range({seeds!r}) for that many samples, "
+                         f"got {type(seeds).__name__} {seeds!r}"[:200])
     out = []
     for s in seeds:
         if isinstance(s, bool) or not isinstance(s, (int,)) and not (hasattr(s, "__index__")):
