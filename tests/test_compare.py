@@ -134,3 +134,15 @@ def test_compare_bad_input(capsys):
     assert main(["compare", "--samples", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("diffusion-es: error:") for line in err)
+
+
+def test_compare_says_what_fits_a_flow_or_pfgm_model(tmp_path, capsys):
+    """A flow model has none of compare's fixes; a PFGM++ model only its EDM rows: one line each, no dead end."""
+    assert main(["compare", "--quick", "--model", "digits-flow", "--out", str(tmp_path / "f")]) == 2
+    assert main(["compare", "--quick", "--model", "digits-pfgm", "--samplers", "ddpm", "--out", str(tmp_path / "p")]) == 2
+    assert main(["compare", "--quick", "--samplers", "none", "--edm-samplers", "none", "--out", str(tmp_path / "n")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3
+    assert "rectified-flow model: measure ES on it with repro or calibrate" in err[0]
+    assert "leave --samplers out or pass --samplers none" in err[1]
+    assert "no rows to compare" in err[2]

@@ -98,6 +98,23 @@ def test_repro_bad_input(capsys):
     assert len(err) == 2 and all(line.startswith("diffusion-es: error:") for line in err)
 
 
+@pytest.mark.parametrize("model,rows", [("digits-flow", ["flow_euler", "flow_heun"]), ("digits-pfgm", ["euler", "heun"])])
+def test_repro_runs_the_models_own_samplers(model, rows, tmp_path, capsys):
+    """A flow or PFGM++ model gets its own samplers as rows (ddpm/ddim cannot sample it); a row that cannot sample
+    it is refused in one line, before any work (it was a KeyError traceback for flow_euler)."""
+    out = tmp_path / "r"
+    assert main(["repro", "--quick", "--model", model, "--samples", "10", "--seeds", "2", "--nfe", "3",
+                 "--out", str(out), "--no-progress"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert [c["sampler"] for c in r["table"]] == rows
+    assert all(c["lambda1_equals_baseline"] for c in r["table"])
+    capsys.readouterr()
+    assert main(["repro", "--quick", "--model", model, "--samplers", "ddpm", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--samplers takes {','.join(rows)}" in err[0]
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 def test_compare_section_joins_the_report(quick_run, tmp_path):
     from pathlib import Path

@@ -27,7 +27,8 @@ def register(sub):
                         "ip_gamma 0.1 (slow on a CPU: as long as the model's own training)")
     p.add_argument("--data", default=None,
                    help="the model's data (default: the data recorded in the model's config.json, else digits)")
-    p.add_argument("--samplers", type=name_list, default="ddpm,ddim", help="VP rows (default ddpm,ddim)")
+    p.add_argument("--samplers", type=name_list, default=None,
+                   help="VP rows (default ddpm,ddim; none for an EDM / PFGM++ model; 'none' to skip)")
     p.add_argument("--edm-samplers", default="euler,heun", help="EDM rows with churn (default euler,heun; "
                                                                 "'none' to skip)")
     p.add_argument("--steps", type=int_list(2, 100_000), default=None,
@@ -57,9 +58,10 @@ def run(args) -> int:
 
     check_output(args.out, "dir")
     edm = [] if args.edm_samplers.strip().lower() == "none" else _names(args.edm_samplers)
+    vp = None if args.samplers is None else [] if [s.lower() for s in args.samplers] == ["none"] else args.samplers
     ip = None if str(args.ip_model).lower() == "none" else args.ip_model
     cfg = CompareConfig(model=args.model, ip_model=ip, train_ip=args.train_ip, data=args.data, out=args.out,
-                        quick=args.quick, samplers=_names(args.samplers), edm_samplers=edm,
+                        quick=args.quick, samplers=vp, edm_samplers=edm,
                         steps=args.steps, edm_nfe=args.edm_nfe,
                         n_samples=args.samples, n_val_sets=args.seeds, ts_rule=args.ts_rule, ref=args.ref,
                         device=args.device, batch_size=args.batch_size)

@@ -26,7 +26,8 @@ def register(sub):
     p.add_argument("--nfe", type=int_list(2, 100_000), default=None,
                    help="network-evaluation columns (default: by dataset profile)")
     p.add_argument("--samplers", type=name_list, default=None,
-                   help="rows (default: by dataset profile; ddpm,ddim,euler,heun; mnist --quick ddpm,ddim)")
+                   help="rows (default: the dataset profile's that fit the model: ddpm,ddim,euler,heun, mnist --quick "
+                        "ddpm,ddim; an EDM / PFGM++ model euler,heun; a flow model flow_euler,flow_heun)")
     p.add_argument("--ref", default="heldout",
                    help="FD reference: heldout (default: data the model never saw), train, all or a reference .npz")
     p.add_argument("--features", default=None, choices=("digits", "mnist", "inception"),

@@ -58,7 +58,7 @@ class CompareConfig:
     data: Optional[str] = None         # None: the model's own training data (its config.json), else digits
     out: str = "compare_out"
     quick: bool = False
-    samplers: list = field(default_factory=lambda: ["ddpm", "ddim"])
+    samplers: Optional[list] = None  # VP rows; None: ddpm, ddim for a VP model, none for an EDM / PFGM++ model
     edm_samplers: list = field(default_factory=lambda: ["euler", "heun"])
     steps: Optional[list] = None
     edm_nfe: Optional[list] = None
@@ -80,7 +80,7 @@ class CompareConfig:
             if d.get(k) is None:
                 d[k] = v
         c = CompareConfig(**d)
-        bad = [s for s in c.samplers if s not in ("ddpm", "ddim")] + [s for s in c.edm_samplers
+        bad = [s for s in c.samplers or [] if s not in ("ddpm", "ddim")] + [s for s in c.edm_samplers
                                                                        if s not in ("euler", "heun")]
         if bad:
             raise UsageError(f"unknown sampler(s) {bad}: VP rows take ddpm,ddim; EDM rows take euler,heun")
@@ -167,7 +167,18 @@ class _Comparison:
         from ..store import PartStore
 
         self.model, self.den, ds = load_model_and_data(cfg.model, cfg.data, cfg.device)
+        if self.model.process == "flow":
+            raise UsageError("compare sets time-shift and input perturbation (VP models) and EDM's churn / S_noise "
+                             "beside ES; none of them applies to a rectified-flow model: measure ES on it with "
+                             "repro or calibrate (--sampler flow_euler / flow_heun)")
         cfg = cfg.resolved(ds.description.get("name", ""))
+        if cfg.samplers is None:
+            cfg.samplers = [] if self.model.process == "edm" else ["ddpm", "ddim"]
+        elif cfg.samplers and self.model.process == "edm":
+            raise UsageError("this EDM / PFGM++ model has no VP rows (ddpm, ddim): leave --samplers out or pass "
+                             "--samplers none; its rows are --edm-samplers euler,heun")
+        if not cfg.samplers and not cfg.edm_samplers:
+            raise UsageError("no rows to compare: give --samplers (VP) or --edm-samplers (EDM)")
         cfg.data = ds.description["spec"]
         from ..samplers import resolve_batch_size
 

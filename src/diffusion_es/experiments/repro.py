@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import UsageError
-from .common import RANGES, SAMPLER_NAMES, Ticker, fingerprint, load_model_and_data, seed_sets
+from .common import MODEL_SAMPLERS, RANGES, SAMPLER_NAMES, Ticker, fingerprint, load_model_and_data, seed_sets
 
 __all__ = ["ReproConfig", "run_repro", "PROFILES", "profile_for"]
 
@@ -115,8 +115,15 @@ class _Repro:
 
         self.model, self.den, self.ds = load_model_and_data(cfg.model, cfg.data, cfg.device)
         data = self.ds.description["spec"]
+        own_samplers = cfg.samplers is None
         cfg = cfg.resolved(self.ds.description.get("name", ""))
         cfg.data = data
+        fits = MODEL_SAMPLERS[self.model.process]
+        if own_samplers:  # the profile's samplers that fit this kind of model, else all of its own
+            cfg.samplers = [s for s in cfg.samplers if s in fits] or list(fits)
+        elif any(s not in fits for s in cfg.samplers):
+            raise UsageError(f"sampler(s) {', '.join(s for s in cfg.samplers if s not in fits)} cannot sample this "
+                             f"{self.model.process.upper()} model; --samplers takes {','.join(fits)} here")
         from ..samplers import resolve_batch_size
 
         cfg.batch_size = resolve_batch_size(cfg.batch_size, self.den, self.model.data_shape, cfg.device)
