@@ -259,7 +259,7 @@ NUMBERS = [
     *_nums("sample", "--s-tmin", ["nan", "-1"], [*S_OUT, "--sampler", "euler"]),
     *_nums("sample", "--s-tmax", ["nan", "-1", "abc"], [*S_OUT, "--sampler", "euler"]),
     *_nums("sample", "--s-noise", ["nan", "0", "-1", "inf"], [*S_OUT, "--sampler", "heun"]),
-    *_nums("sample", "--threads", ["-1"], S_OUT),
+    *_nums("sample", "--threads", ["-1", "100000"], S_OUT),
     *_nums("sample", "--seeds", ["", "3-1", "1,1", "0-99999999999", "9223372036854775808"], S_OUT),
     *_nums("sample", "--device", ["foo", "cuda:99", "cpu:1", ""], S_OUT),
     *_nums("sample", "--sampler", ["dpm"], S_OUT),
@@ -285,6 +285,7 @@ NUMBERS = [
     *_nums("train", "--lr-schedule", ["linear"], ["--out", "o"]),
     *_nums("train", "--beta-schedule", ["sigmoid"], ["--out", "o"]),
     *_nums("train", "--device", ["foo", "cuda:99"], ["--out", "o"]),
+    *_nums("train", "--threads", ["100000"], ["--out", "o"]),
     # measure
     *_nums("measure", "--n", ["1", BIG], [*M, "--out", "mo"]),
     *_nums("measure", "--seed", ["-1", BIG], [*M, "--out", "mo"]),

@@ -59,9 +59,21 @@ def parse_seeds(text: str) -> list:
     return seeds
 
 
+def threads_arg(text: str) -> int:
+    """A parse-time type: torch CPU threads, 0 (torch's default) up to this machine's CPU count (more only make
+    threads wait for each other; 100,000 crashed the process)."""
+    import os
+
+    v = nonneg_int(text)
+    n = os.cpu_count() or 1
+    if v > n:
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {n} CPU(s); give 0 (torch's default) to {n}")
+    return v
+
+
 def add_threads_arg(p, default: int = 0) -> None:
     """``--threads N``; :func:`diffusion_es.cli.main` applies it (torch.set_num_threads) before the command runs."""
-    p.add_argument("--threads", type=nonneg_int, default=default,
+    p.add_argument("--threads", type=threads_arg, default=default,
                    help=f"torch CPU threads (default {default}; 0: torch's default; 1 is often fastest for small "
                         "models on a busy shared CPU)")
 
