@@ -133,3 +133,15 @@ def test_unet_v_prediction_learned_variance(tmp_path):
     assert cfg["model"]["arch"] == "unet" and cfg["model"]["learned_variance"] is True
     assert main(["sample", "--model", str(d), "--steps", "2", "--seeds", "0-1", "--out", str(tmp_path / "u.npz"),
                  "--no-progress"]) == 0
+
+
+def test_an_interrupted_train_says_to_resume_with_resume(tmp_path, monkeypatch, capsys):
+    import diffusion_es.cli.cmd_train as cmd_train
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cmd_train, "run", interrupted)
+    interrupted.__module__ = cmd_train.__name__
+    assert main(["train", "--out", str(tmp_path / "r"), "--steps", "5"]) == 130
+    assert "same arguments and --resume" in capsys.readouterr().err

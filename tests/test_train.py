@@ -200,3 +200,18 @@ def test_resume_refuses_changed_options_and_new_runs_refuse_old_folders(tmp_path
         train(tmp_path / "none", cfg, resume=True, progress=False)
     s = train(tmp_path / "r", TrainConfig(steps=20, batch_size=8, ckpt_every=5, log_every=5), resume=True, progress=False)
     assert s["step"] == 20
+    with pytest.raises(UsageError, match="already at step 20, not below --steps 15: nothing to train"):
+        train(tmp_path / "r", TrainConfig(steps=15, batch_size=8, ckpt_every=5, log_every=5), resume=True,
+              progress=False)
+
+
+def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(tmp_path):
+    """lr 1e9 makes the weights NaN within a few steps: the run stops there (it used to report 'final loss nan' and
+    save NaN weights), and what is on disk is the last checkpoint before it."""
+    with pytest.raises(UsageError, match="training diverged at step .* lower --lr"):
+        train(tmp_path / "r", TrainConfig(steps=40, batch_size=8, lr=1e9, warmup=0, grad_clip=0, ckpt_every=1,
+                                          log_every=1), TINY, progress=False)
+    w = load_file(str(tmp_path / "r" / "model.safetensors"))
+    assert all(bool(torch.isfinite(v).all()) for v in w.values())
+    log = (tmp_path / "r" / "log.jsonl").read_text()
+    assert "NaN" not in log and "Infinity" not in log

@@ -113,8 +113,10 @@ def main(argv=None) -> int:
             _apply_threads(getattr(args, "threads", None))
             rc = args.func(args)
     except KeyboardInterrupt:
-        print("diffusion-es: interrupted; finished work was kept (rerun with the same arguments to resume where supported)",
-              file=sys.stderr)
+        how = ("rerun with the same arguments and --resume to continue from the last checkpoint"
+               if getattr(args.func, "__module__", "").endswith(".cmd_train")
+               else "rerun with the same arguments to resume where supported")
+        print(f"diffusion-es: interrupted; finished work was kept ({how})", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - errors the user can fix are one line; anything else is a bug
         msg = user_message(e)

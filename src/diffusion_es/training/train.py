@@ -247,6 +247,7 @@ class _Run:
         self.ema_params = list(self.ema.parameters())
         self.ema_buffers = list(zip(self.ema.buffers(), self.net.buffers()))
         self.t0, self.seconds0, self.step0 = time.perf_counter(), self.seconds, self.step
+        self.saved_step = self.step  # the step of the last checkpoint on disk (0: none yet)
         self.last_loss, self.heldout = float("nan"), None
 
     def elapsed(self) -> float:
@@ -329,6 +330,7 @@ class _Run:
 
     def checkpoint(self) -> None:
         """The training state first, then model.safetensors and config.json (each file atomic)."""
+        self.saved_step = self.step
         _save_state(self.out / STATE_FILE, self.net, self.ema, self.opt, self.gens, self.perm, self.pos, self.step,
                     self.elapsed(), self.device)
         save_checkpoint(self.out, self.info(), self.ema, self.net)
@@ -426,9 +428,24 @@ def train(out_dir, cfg: TrainConfig = None, model: Optional[ModelConfig] = None,
             perm, pos, start, seconds = _load_state(state_path, net, ema, opt, gens, device)
             if len(perm) != n:
                 raise UsageError(f"{out}: the dataset has {n} items, the run being resumed had {len(perm)}")
+            if start >= cfg.steps:
+                raise UsageError(f"{out} is already at step {start}, not below --steps {cfg.steps}: nothing to "
+                                 f"train; give --steps above {start} to train further")
         run = _Run(out, cfg, model, diffusion, ds, tables, net, ema, opt, gens, perm, pos, start, seconds, device,
                    history)
         return _loop(run, progress, callback)
+
+
+def _check_finite(run: "_Run", mean_loss, lr: float) -> None:
+    """Stop at a diverged run (a loss or a weight that is NaN or inf) in one line, before it is logged or saved."""
+    bad = mean_loss is not None and not math.isfinite(mean_loss)
+    if not bad and mean_loss is None:
+        bad = not all(bool(torch.isfinite(p).all()) for p in run.params)
+    if bad:
+        raise UsageError(f"training diverged at step {run.step} (the loss or the weights became NaN or inf, learning "
+                         f"rate {lr:g}); {run.out} keeps the last good checkpoint"
+                         f"{f' (step {run.saved_step})' if run.saved_step else ' (none: nothing was saved)'}; train "
+                         f"again with a lower --lr (or --grad-clip) into a new --out")
 
 
 def _loop(run: _Run, progress: bool, callback) -> dict:
@@ -448,11 +465,13 @@ def _loop(run: _Run, progress: bool, callback) -> dict:
             step = run.step
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
+                _check_finite(run, float(loss_acc) / acc_n, lr)
                 run.log(lr, float(loss_acc) / acc_n)
                 loss_acc.zero_()
                 acc_n = 0
                 bar.set_postfix(loss=f"{run.last_loss:.4f}", refresh=False)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                _check_finite(run, None, lr)  # never a checkpoint of diverged weights
                 if step == cfg.steps:
                     run.eval_heldout()
                 run.checkpoint()
