@@ -2,6 +2,7 @@
 
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,3 +45,37 @@ def test_bad_sample_files_are_clear_errors(tmp_path):
     np.savez(tmp_path / "f.npz", arr_0=np.zeros((2, 4, 4, 3), dtype=np.float32))
     with pytest.raises(UsageError, match="uint8 NHWC"):
         load_images(tmp_path / "f.npz")
+
+
+PROC = Path("/proc")
+
+
+@pytest.mark.skipif(not (PROC / "self").exists(), reason="needs /proc (Linux): a folder nobody can create files in")
+def test_check_output_tries_the_folder_and_creates_nothing(tmp_path):
+    from diffusion_es.io import check_output
+
+    with pytest.raises(UsageError, match="--out /proc/x/y.npz: cannot write in /proc"):
+        check_output("/proc/x/y.npz", "file", (".npz",))  # os.access says yes to root there
+    assert check_output(tmp_path / "new" / "deeper" / "o.npz", "file", (".npz",)) == tmp_path / "new" / "deeper" / "o.npz"
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone, no folder was made
+
+
+@pytest.mark.skipif(not (PROC / "self").exists(), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("argv", [
+    ["measure", "--n", "64", "--steps", "20", "--out", "/proc/x"],
+    ["calibrate", "--sampler", "ddim", "--steps", "5", "--out", "/proc/x/lam.json"],
+    ["fid-ref", "--data", "digits", "--out", "/proc/x.npz"],
+    ["train-features", "--epochs", "1", "--out", "/proc/x.safetensors"],
+    ["train", "--steps", "2", "--out", "/proc/x"],
+    ["sample", "--seeds", "0-3", "--out", "OUT/x.npz", "--grid", "/proc/x/g.png"],
+    ["repro", "--quick", "--out", "/proc/x"],
+    ["export", "--out", "/proc/x"],
+], ids=lambda a: a[0])
+def test_every_command_refuses_an_unwritable_output_before_any_work(argv, tmp_path, capsys):
+    from diffusion_es.cli import main
+
+    argv = [a.replace("OUT", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write in /proc" in err[0] and ("--out" in err[0] or "--grid" in err[0])
+    assert list(tmp_path.iterdir()) == []

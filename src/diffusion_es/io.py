@@ -282,7 +282,8 @@ def load_images(path) -> np.ndarray:
 def check_output(path, kind: str = "file", suffixes: Iterable[str] = (), flag: str = "--out") -> Path:
     """Refuse an output path that cannot be written as asked, before any work starts: ``kind`` ``"file"`` (with
     one of ``suffixes``) where a folder exists, ``"dir"`` where a file exists, a file in the way of a parent
-    folder, or a parent folder that cannot be written. Nothing is created."""
+    folder, or a parent folder that cannot be written (tried with an empty file, removed at once). Nothing else is
+    created."""
     p = Path(path)
     suffixes = tuple(suffixes)
     if not str(path).strip():
@@ -303,6 +304,12 @@ def check_output(path, kind: str = "file", suffixes: Iterable[str] = (), flag: s
                 raise UsageError(f"{flag} {p}: {parent} is a file, not a folder")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise UsageError(f"{flag} {p}: no permission to write in {parent}")
+            try:  # permissions do not tell everything (root, /proc, a read-only mount): try it with an empty file
+                fd, probe = tempfile.mkstemp(prefix=".diffusion-es-probe-", dir=parent)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as e:
+                raise UsageError(f"{flag} {p}: cannot write in {parent} ({e.strerror or e}); give another path") from None
             break
     if p.exists() and not os.access(p, os.W_OK):
         raise UsageError(f"{flag} {p}: no permission to write it")
