@@ -120,6 +120,16 @@ def test_malformed_schedule_file(tmp_path, text):
         load_schedule(p)
 
 
+def test_a_calibration_result_is_made_for_its_own_setting(tmp_path):
+    """A `calibrate --json` result holds its sampler and steps beside the schedule (no made_for block): they count."""
+    from diffusion_es.core.scaling import read_schedule
+
+    p = tmp_path / "cal.json"
+    p.write_text(json.dumps({"sampler": "ddpm", "steps": 20, "schedule": {"kind": "uniform", "b": 1.02}}))
+    sched, made_for = read_schedule(p)
+    assert sched.to_dict() == {"kind": "uniform", "b": 1.02} and made_for == {"sampler": "ddpm", "steps": 20}
+
+
 def test_a_calibration_without_a_winner_says_so(tmp_path):
     p = tmp_path / "cal.json"
     p.write_text(json.dumps({"schedule": None, "candidate": {"kind": "uniform", "b": 1.0075}, "significant": False}))
