@@ -326,7 +326,7 @@ NUMBERS = [
     *_nums("demo", "--eps-error", ["0", "nan"]),
     *_nums("demo", "--steps", ["1", BIG]),
     *_nums("demo", "--seeds", ["1,1", "0-99999999"]),
-    *_nums("train-features", "--epochs", ["-1", "x"], ["--out", "c.safetensors"]),
+    *_nums("train-features", "--epochs", ["0", "-1", "x"], ["--out", "c.safetensors"]),
     *_nums("train-features", "--seed", ["-1"], ["--out", "c.safetensors"]),
     *_nums("train-features", "--data", ["cifar"], ["--out", "c.safetensors"]),
 ]

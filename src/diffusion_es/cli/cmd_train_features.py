@@ -13,7 +13,7 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--data", choices=["digits", "mnist"], default="digits", help="data (default digits)")
     p.add_argument("--out", required=True, help="output .safetensors (a .json card is written beside it)")
-    p.add_argument("--epochs", type=int_in(0, 100_000), default=0, help="default: 40 for digits, 4 for MNIST")
+    p.add_argument("--epochs", type=int_in(1, 100_000), default=None, help="default: 40 for digits, 4 for MNIST")
     p.add_argument("--seed", type=seed_value, default=0, help="seed (default 0)")
     p.add_argument("--mnist-file", default=None, help="the classic mnist.pkl.gz (scripts/get_mnist.sh)")
     add_threads_arg(p, default=1)
@@ -28,7 +28,7 @@ def run(args) -> int:
 
     check_output(args.out, "file", (".safetensors",))
     check_output(str(args.out)[: -len(".safetensors")] + ".json", "file", (".json",), "--out (its .json card)")
-    model, card = train_feature_net(args.data, epochs=args.epochs, seed=args.seed, mnist_file=args.mnist_file,
+    model, card = train_feature_net(args.data, epochs=args.epochs or 0, seed=args.seed, mnist_file=args.mnist_file,
                                     log=(lambda s: None) if args.no_progress else (lambda s: print(s, file=sys.stderr)))
     cmd = ["diffusion-es train-features", "--data", args.data, "--out", args.out]
     if args.epochs:
