@@ -80,6 +80,7 @@ def test_fid_ref_from_npz_and_text_output(refs, tmp_path, capsys):
     (["fid-ref", "--data", "toy:moons", "--out", "{tmp}/t.npz"], "not images"),
     (["fid-ref", "--data", "{tmp}/s.npz", "--split", "heldout", "--out", "{tmp}/t.npz"], "no held-out"),
     (["fid-ref", "--data", "digits", "--features", "inception", "--out", "{tmp}/t.npz"], "Inception"),
+    (["fid-ref", "--data", "digits", "--features", "mnist", "--out", "{tmp}/t.npz"], "classifier of 28x28 images"),
 ])
 def test_bad_input_exits_2_with_one_line(refs, tmp_path, capsys, monkeypatch, argv, msg):
     monkeypatch.delenv("DIFFUSION_ES_INCEPTION", raising=False)

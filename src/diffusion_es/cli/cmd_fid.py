@@ -103,6 +103,7 @@ def run_fid_ref(args) -> int:
 
 def _run_fid_ref(args, ctx) -> int:
     from ..io import check_output
+    from ..metrics.quality import check_native_size
     from ..metrics.sharded import extract_stats
     from ..metrics.reference import save_reference
 
@@ -111,6 +112,7 @@ def _run_fid_ref(args, ctx) -> int:
     if len(images) < 2:
         raise UsageError(f"{args.data}: need at least 2 images for a covariance, found {len(images)}")
     ex = _extractor(args, args.features or _auto_features(images))
+    check_native_size(ex, images.shape[1:3], f"--data {args.data}")
     with job_progress(args, f"{ex.name} features", "img", show=ctx.is_main):
         stats, kept = extract_stats(ctx, ex, images, keep_features=args.keep_features, desc=f"{ex.name} features")
     if not ctx.is_main:

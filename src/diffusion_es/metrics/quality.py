@@ -21,7 +21,7 @@ import torch
 from ..errors import UsageError
 from ..io import to_uint8
 
-__all__ = ["FDMetric", "SlicedWassersteinMetric", "build_metric", "reference_stats"]
+__all__ = ["FDMetric", "SlicedWassersteinMetric", "build_metric", "reference_stats", "check_native_size"]
 
 SPLITS = ("train", "heldout", "all")
 
@@ -73,6 +73,18 @@ def reference_stats(extractor, images: torch.Tensor):
     return FeatureStats.from_features(extract(extractor, to_uint8(images)))
 
 
+def check_native_size(ext, hw, what: str) -> None:
+    """Refuse a classifier feature network for images of another size than its own (``hw``: the images' (H, W);
+    ``what``: where they come from, for the message); Inception takes any size."""
+    native = getattr(ext, "native_shape", None)  # a classifier's own input (H, W, C)
+    h, w = (int(v) for v in tuple(hw)[:2])
+    if native is not None and (h, w) != tuple(native[:2]):
+        raise UsageError(f"--features {ext.name} is a classifier of {native[0]}x{native[1]} images but {what} has "
+                         f"{h}x{w} images: its features of resized images mean nothing; use "
+                         f"{'--features mnist' if (h, w) == (28, 28) else '--features digits' if (h, w) == (8, 8) else ''}"
+                         f"{' or ' if (h, w) in ((28, 28), (8, 8)) else ''}--features inception")
+
+
 def build_metric(data: str = "digits", ref: str = "train", features: Optional[str] = None,
                  inception: Optional[str] = None, shape=None):
     """A metric for samples of a model trained on ``data`` (a :func:`diffusion_es.data.load_dataset` spec).
@@ -107,11 +119,5 @@ def build_metric(data: str = "digits", ref: str = "train", features: Optional[st
     from . import get_extractor
 
     ext = get_extractor(features, inception_path=inception)
-    native = getattr(ext, "native_shape", None)  # a classifier's own input (H, W, C); Inception takes any size
-    if native is not None and tuple(ds.shape[1:]) != tuple(native[:2]):
-        h, w = ds.shape[1:]
-        raise UsageError(f"--features {ext.name} is a classifier of {native[0]}x{native[1]} images but --data {data!r} "
-                         f"has {h}x{w} images: its features of resized images mean nothing; use "
-                         f"{'--features mnist' if (h, w) == (28, 28) else '--features digits' if (h, w) == (8, 8) else ''}"
-                         f"{' or ' if (h, w) in ((28, 28), (8, 8)) else ''}--features inception")
+    check_native_size(ext, ds.shape[1:3], f"--data {data!r}")
     return FDMetric(ext, reference_stats(ext, real), f"FD-{ext.name} vs {ref}")
