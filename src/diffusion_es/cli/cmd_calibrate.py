@@ -23,7 +23,7 @@ def register(sub):
     add_sampler_args(p)
     p.add_argument("--kind", choices=("uniform", "linear"), default="uniform", help="schedule family")
     p.add_argument("--range", type=float_pair, default=(0.99, 1.03), metavar="LO,HI",
-                   help="λ search range (default 0.99,1.03)")
+                   help="λ search range (default 0.99,1.03; written LO,HI with no space)")
     p.add_argument("--n", type=int_in(2, MAX_SAMPLES), default=500, help="samples per seed set (default 500)")
     p.add_argument("--sets", type=int_in(1, 1000), default=3, help="search seed sets (default 3)")
     p.add_argument("--val-sets", type=int_in(2, 1000), default=3, help="fresh seed sets for the gain (default 3)")

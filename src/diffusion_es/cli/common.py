@@ -208,7 +208,8 @@ def float_pair(text: str) -> tuple:
     """A parse-time type: two finite numbers 'A,B'."""
     parts = str(text).split(",")
     if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"{text!r}: give two numbers A,B, e.g. 0.99,1.03")
+        raise argparse.ArgumentTypeError(f"{text!r}: give two numbers separated by a comma, no space (a first number "
+                                         f"below 0 needs '=': --option=-0.001,1.02)")
     return tuple(finite_float(v.strip()) for v in parts)
 
 
@@ -331,7 +332,8 @@ def add_es_args(p) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--es", type=positive_float, metavar="B", help="Epsilon Scaling with uniform λ = B")
     g.add_argument("--es-linear", type=float_pair, metavar="K,B",
-                   help="Epsilon Scaling with λ_t = K·t + B (t = 0 is the last step)")
+                   help="Epsilon Scaling with λ_t = K·t + B (t = 0 is the last step; e.g. 0.0025,1.0; a negative K "
+                        "needs '=': --es-linear=-0.001,1.02)")
     g.add_argument("--es-schedule", metavar="FILE.json", help="Epsilon Scaling schedule from a JSON file "
                                                              "(e.g. written by `diffusion-es calibrate`)")
     p.add_argument("--es-adapt", choices=ADAPT_MODES, default=None,
