@@ -286,6 +286,7 @@ NUMBERS = [
     *_nums("train", "--beta-schedule", ["sigmoid"], ["--out", "o"]),
     *_nums("train", "--device", ["foo", "cuda:99"], ["--out", "o"]),
     *_nums("train", "--threads", ["100000"], ["--out", "o"]),
+    pytest.param(["export", "--out", "exp"], id="export-without-model"),
     # measure
     *_nums("measure", "--n", ["1", BIG], [*M, "--out", "mo"]),
     *_nums("measure", "--seed", ["-1", BIG], [*M, "--out", "mo"]),

@@ -13,7 +13,7 @@ def register(sub) -> None:
                                    "The exported network is checked against ours on random inputs before anything "
                                    "is written; the folder appears only when complete. Load it with "
                                    "DDPMPipeline.from_pretrained(OUT), or pass --model OUT to any command.")
-    add_model_args(p)
+    add_model_args(p, default=None, extra="required (no shipped model is a diffusers-expressible UNet); ")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
     p.add_argument("--raw-weights", action="store_true", help="export the raw (non-EMA) weights")
     p.add_argument("--overwrite", action="store_true",

@@ -82,7 +82,7 @@ def add_threads_arg(p, default: int = 0) -> None:
 def add_model_args(p, flag: str = "--model", default="default", extra: str = "") -> None:
     from ..models.checkpoint import MODEL_FORMS
 
-    p.add_argument(flag, default=default, metavar="PATH|NAME",
+    p.add_argument(flag, default=default, required=default is None, metavar="PATH|NAME",
                    help=f"{extra}the model: {MODEL_FORMS} (flow models such as digits-flow sample with flow_euler / "
                         "flow_heun)")
 
