@@ -62,7 +62,7 @@ def test_sampling_and_calibration_report_to_the_meter():
 def _required(cmd: str) -> list:
     return {"sample": ["--out", "x.npz"], "train": ["--out", "o"], "fid": ["s.npz", "--ref", "r.npz"],
             "fid-ref": ["--data", "digits", "--out", "r.npz"], "train-features": ["--out", "c.safetensors"],
-            "export": ["--out", "e"]}.get(cmd, [])
+            "export": ["--model", "m", "--out", "e"]}.get(cmd, [])
 
 
 def _commands():
@@ -79,6 +79,13 @@ def test_no_progress_is_accepted_by_every_command():
         args = parser.parse_args([cmd, *_required(cmd), "--no-progress"])
         assert args.no_progress is True, cmd
         assert parser.parse_args([cmd, *_required(cmd)]).no_progress is False, cmd
+
+
+def test_json_is_accepted_by_every_command():
+    """The README says every command has --json."""
+    parser, commands = _commands()
+    for cmd in commands:
+        assert parser.parse_args([cmd, *_required(cmd), "--json"]).json is True, cmd
 
 
 @pytest.fixture

