@@ -121,3 +121,34 @@ def test_no_progress_prints_no_bar(bar_at_once, tmp_path, capsys):
                  "--out", str(tmp_path / "s.npz"), "--json", "--no-progress"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["n"] == 4 and err == ""
+
+
+def test_demo_announces_its_whole_work_at_once(monkeypatch):
+    """The demo samples 4 runs per sampler: its bar's total is all of it from the start (it grew run by run)."""
+    import diffusion_es.cli.common as common
+
+    seen = []
+    real = common.progress_bar
+
+    def spy(*a, **kw):
+        bar = real(*a, **kw)
+        orig = bar.update
+
+        def update(n=1):
+            seen.append((bar.n + n, bar.total))
+            return orig(n)
+
+        bar.update = update
+        return bar
+
+    monkeypatch.setattr(common, "progress_bar", spy)
+    assert main(["demo", "--seeds", "0-9", "--steps", "3", "--json"]) == 0
+    totals = {t for _, t in seen}
+    assert len(totals) == 1 and seen[-1][0] == seen[-1][1] == next(iter(totals))
+
+
+def test_a_quick_command_draws_no_bar(tmp_path, capsys):
+    """Bars appear only after PROGRESS_DELAY; a total that changes must not draw one earlier (fid-ref left a stale
+    '0%' line that the next output was glued to)."""
+    assert main(["fid-ref", "--data", "digits", "--split", "heldout", "--out", str(tmp_path / "r.npz")]) == 0
+    assert "features" not in capsys.readouterr().err

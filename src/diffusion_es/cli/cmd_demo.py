@@ -63,7 +63,9 @@ def run(args) -> int:
     model = FnDenoiser(flawed)
     truth = oracle.sample(len(seeds), generator=12345)
     rows = []
-    with job_progress(args, "demo"):
+    from ..progress import task
+
+    with job_progress(args, "demo"), task(4 * len(vp_samplers) * len(seeds)):  # the whole demo, announced at once
         for sampler in vp_samplers:
             kw = {"clip": False} if sampler in ("ddpm", "ddim") else {}
             base = sample(model, sampler, args.steps, (2,), seeds, **kw)

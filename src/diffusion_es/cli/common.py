@@ -434,9 +434,8 @@ def job_progress(args, desc: str, unit: str = "sample", show: bool = True):
     def changed(done: int, total: int) -> None:
         if bar.disable:
             return
-        if total != bar.total:
+        if total != bar.total:  # no refresh() here: it would draw the bar before its delay (quick commands)
             bar.total = total
-            bar.refresh()
         bar.update(done - bar.n)
 
     try:
