@@ -94,8 +94,11 @@ def test_min_lambda_keeps_the_papers_es_and_its_own_parts(tmp_path, capsys):
 def test_repro_bad_input(capsys):
     assert main(["repro", "--quick", "--nfe", "ten"]) == 2
     assert main(["repro", "--quick", "--samplers", "ddpm,foo"]) == 2
+    assert main(["repro", "--quick", "--nfe", "10,10"]) == 2
+    assert main(["repro", "--quick", "--min-lambda", "5"]) == 2  # refused before the power step's sampling
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("diffusion-es: error:") for line in err)
+    assert len(err) == 4 and all(line.startswith("diffusion-es: error:") for line in err)
+    assert "twice" in err[2] and "not below the top of the λ search range" in err[3]
 
 
 @pytest.mark.parametrize("model,rows", [("digits-flow", ["flow_euler", "flow_heun"]), ("digits-pfgm", ["euler", "heun"])])

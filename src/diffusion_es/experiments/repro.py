@@ -98,6 +98,16 @@ class ReproConfig:
             raise UsageError(f"unknown sampler(s) {bad}: use {', '.join(SAMPLER_NAMES)}")
         if not c.nfe or any(int(n) < 2 for n in c.nfe):
             raise UsageError("nfe needs network-evaluation counts >= 2, e.g. 10,20,50,100")
+        if len(set(c.nfe)) != len(c.nfe):
+            raise UsageError(f"nfe lists a count twice ({', '.join(str(n) for n in c.nfe)}): give each column once")
+        if c.min_lambda is not None:
+            if not (math.isfinite(float(c.min_lambda)) and float(c.min_lambda) > 0):
+                raise UsageError(f"min_lambda must be a finite number > 0, got {c.min_lambda}")
+            top = {s: RANGES[s][1] for s in c.samplers if s in RANGES and float(c.min_lambda) >= RANGES[s][1]}
+            if top:
+                raise UsageError(f"min_lambda {float(c.min_lambda):g} is not below the top of the λ search range of "
+                                 f"{', '.join(f'{s} ({RANGES[s][0]:g}–{v:g})' for s, v in top.items())}: every "
+                                 f"candidate would be cut; use a smaller one (1: the paper's ES only)")
         if c.n_samples < 10:
             raise UsageError(f"n_samples must be at least 10 per seed set (FD needs many samples), got {c.n_samples}")
         if c.n_val_sets < 2:
