@@ -283,6 +283,11 @@ NUMBERS = [
     *_nums("train", "--arch", ["transformer"], ["--out", "o"]),
     *_nums("train", "--prediction", ["score"], ["--out", "o"]),
     *_nums("train", "--lr-schedule", ["linear"], ["--out", "o"]),
+    # options the run would ignore
+    pytest.param(["train", "--out", "o", "--lr-final", "0.5"], id="train-lr-final-without-cosine"),
+    pytest.param(["train", "--out", "o", "--lr-schedule", "cosine", "--lr-final", "1"], id="train-lr-final-above-lr"),
+    pytest.param(["train", "--out", "o", "--vlb-weight", "0.5"], id="train-vlb-weight-without-learned-variance"),
+    pytest.param(["sample", "--out", "o.npz", "--grid-n", "5"], id="sample-grid-n-without-grid"),
     *_nums("train", "--beta-schedule", ["sigmoid"], ["--out", "o"]),
     *_nums("train", "--device", ["foo", "cuda:99"], ["--out", "o"]),
     *_nums("train", "--threads", ["100000"], ["--out", "o"]),

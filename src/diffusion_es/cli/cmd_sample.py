@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--rgb", action="store_true",
                    help="write 3-channel images (grey repeated), as ADM's evaluator and most FID tools expect")
     p.add_argument("--grid", default=None, metavar="PNG", help="also write a PNG grid of the first --grid-n samples")
-    p.add_argument("--grid-n", type=int_in(1, 1_000_000), default=100,
+    p.add_argument("--grid-n", type=int_in(1, 1_000_000), default=None,
                    help="number of samples in the grid (default 100)")
     p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=None,
                    help=BATCH_HELP[:-1] + "; the bytes of a sample can depend on it, see above)")
@@ -82,6 +82,8 @@ def _run(args, ctx) -> int:
     check_output(args.out, "file" if layout == "npz" else "dir", (".npz",) if layout == "npz" else ())
     if args.grid:
         check_output(args.grid, "file", (".png",), "--grid")
+    elif args.grid_n is not None:
+        raise UsageError("--grid-n is the number of samples in the --grid PNG; add --grid FILE.png, or drop it")
     args.device = ctx.device(args.device)
     seeds = parse_seeds(args.seeds)
     if layout == "png" and Path(args.out).is_dir():  # fid reads every PNG there: only this run's may be in it
@@ -141,11 +143,11 @@ def _run(args, ctx) -> int:
         seeds_arr = np.asarray(seeds, dtype=np.int64)
         if layout == "png":
             if args.grid:
-                save_grid(args.grid, np.stack([read_png(shards.png_path(s)) for s in seeds[: max(1, args.grid_n)]]))
+                save_grid(args.grid, np.stack([read_png(shards.png_path(s)) for s in seeds[: args.grid_n or 100]]))
         elif merged.ndim == 4:
             save_npz(args.out, merged, seeds=seeds_arr)
             if args.grid:
-                save_grid(args.grid, merged[: max(1, args.grid_n)])
+                save_grid(args.grid, merged[: args.grid_n or 100])
         else:  # vectors (toy data): float32 under arr_0
             from ..io import atomic_path
 

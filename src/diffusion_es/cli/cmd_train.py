@@ -131,6 +131,18 @@ def _given(args, table) -> dict:
     return out
 
 
+def _check_given_options_apply(given: dict, cfg, diffusion: dict) -> None:
+    """An option that the run would ignore is refused (a typo or a misunderstanding, never silently nothing)."""
+    if "lr_final" in given and cfg.lr_schedule != "cosine":
+        raise UsageError("--lr-final is where the cosine schedule ends; add --lr-schedule cosine, or drop it")
+    if cfg.lr_schedule == "cosine" and cfg.lr_final > cfg.lr:
+        raise UsageError(f"--lr-final {cfg.lr_final:g} is above the peak --lr {cfg.lr:g}: the cosine schedule decays "
+                         f"from --lr to --lr-final")
+    if "vlb_weight" in given and not diffusion.get("learned_variance"):
+        raise UsageError("--vlb-weight weighs the variational term of a learned-variance model; add "
+                         "--learned-variance, or drop it")
+
+
 def run(args) -> int:
     from ..io import check_output
     from ..models.checkpoint import diffusion_config, read_config
@@ -188,6 +200,7 @@ def run(args) -> int:
         model = ModelConfig(**{**mdef, **mo})
         diffusion = diffusion_config(**{**{d: v for _, d, _, v, _ in _DIFF}, **di})
         model = ModelConfig.from_dict({**model.to_dict(), "learned_variance": diffusion["learned_variance"]})
+    _check_given_options_apply(tr, cfg, diffusion)
     command = "diffusion-es " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("diffusion-es") else ""
     from ..store import output_lock
 
