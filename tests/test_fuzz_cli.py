@@ -288,6 +288,9 @@ NUMBERS = [
     pytest.param(["train", "--out", "o", "--lr-schedule", "cosine", "--lr-final", "1"], id="train-lr-final-above-lr"),
     pytest.param(["train", "--out", "o", "--vlb-weight", "0.5"], id="train-vlb-weight-without-learned-variance"),
     pytest.param(["sample", "--out", "o.npz", "--grid-n", "5"], id="sample-grid-n-without-grid"),
+    pytest.param(["fid-ref", "--data", "digits", "--out", "r.npz", "--inception", "bad.txt"],
+                 id="fid-ref-inception-without-inception-features"),
+    pytest.param(["train-features", "--out", "c.safetensors", "--mnist-file", "bad.txt"], id="train-features-mnist-file-digits"),
     *_nums("train", "--beta-schedule", ["sigmoid"], ["--out", "o"]),
     *_nums("train", "--device", ["foo", "cuda:99"], ["--out", "o"]),
     *_nums("train", "--threads", ["100000"], ["--out", "o"]),
@@ -483,7 +486,7 @@ def _tree(d: Path) -> set:
 
 
 def test_the_suite_is_large_enough():
-    assert 150 <= len(CASES) <= 340, len(CASES)
+    assert 150 <= len(CASES) <= 380, len(CASES)
 
 
 CASE_LIMIT_S = 120  # every case should fail in well under a second; one that starts real work would hang CI

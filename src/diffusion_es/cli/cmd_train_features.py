@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import UsageError
 from .common import add_progress_arg, add_threads_arg, int_in, print_json, seed_value
 
 
@@ -27,6 +28,8 @@ def run(args) -> int:
     from ..metrics.classifier import save_classifier
     from ..training.feature_net import train_feature_net
 
+    if args.mnist_file is not None and args.data != "mnist":
+        raise UsageError("--mnist-file is the MNIST data file; it is read only with --data mnist")
     check_output(args.out, "file", (".safetensors",))
     check_output(str(args.out)[: -len(".safetensors")] + ".json", "file", (".json",), "--out (its .json card)")
     model, card = train_feature_net(args.data, epochs=args.epochs or 0, seed=args.seed, mnist_file=args.mnist_file,

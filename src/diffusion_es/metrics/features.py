@@ -100,7 +100,14 @@ def _classifier_weights(name: str, weights=None) -> Path:
 
 
 def get_extractor(name: str, inception_path=None, weights=None):
-    """An extractor by registry name (see the module docstring)."""
+    """An extractor by registry name (see the module docstring). ``inception_path`` is for ``inception`` and
+    ``weights`` for the classifiers only: given to another, each is refused (it would be ignored)."""
+    if inception_path is not None and name != "inception":
+        raise UsageError(f"--inception is read only with --features inception; these are {name!r} features: drop it, "
+                         f"or add --features inception")
+    if weights is not None and name not in ("digits", "mnist"):
+        raise UsageError(f"--feature-weights replaces a classifier's weights (--features digits or mnist); the "
+                         f"{name!r} network takes --inception")
     if name in ("digits", "mnist"):
         return ClassifierExtractor(name, _classifier_weights(name, weights))
     if name == "inception":
