@@ -173,7 +173,9 @@ def resolve_checkpoint(path) -> Path:
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{p}: no such checkpoint; --model takes {MODEL_FORMS}")
-    if p.is_file():
+    if p.is_file():  # a file of a checkpoint folder (model.safetensors, config.json) stands for the folder
+        if not (p.parent / "config.json").exists():
+            raise UsageError(f"{p}: a file, not a model folder; --model takes {MODEL_FORMS}")
         p = p.parent
     return p
 
