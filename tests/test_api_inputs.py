@@ -53,11 +53,26 @@ def test_sampler_options_are_checked_before_any_work(opts, msg):
         sample(DEN, "euler", 3, (2,), range(4), **opts)
 
 
-@pytest.mark.parametrize("clip", [0.0, -1.0, float("nan"), float("inf"), "1"])
+@pytest.mark.parametrize("clip", [-1.0, float("nan"), float("inf"), "1"])
 def test_a_clip_bound_must_be_a_positive_number(clip):
     for sampler in ("ddpm", "ddim"):
         with pytest.raises(ValueError, match="^clip must be a finite number > 0"):
             sample(DEN, sampler, 3, (2,), range(4), clip=clip)
+
+
+def test_clip_takes_booleans_of_any_kind_and_zero_for_none():
+    import numpy as np
+    import torch
+
+    from diffusion_es.samplers import clip_bound
+
+    for on in (True, np.True_, torch.tensor(True)):
+        assert clip_bound(on, DEN) == 1.0
+    for off in (False, np.False_, torch.tensor(False), 0, 0.0):
+        assert clip_bound(off, DEN) is None
+    assert clip_bound(None, DEN) == 1.0 and clip_bound(2, DEN) == 2.0
+    kw = dict(shape=(2,), seeds=range(4))
+    assert torch.equal(sample(DEN, "ddim", 3, clip=np.False_, **kw), sample(DEN, "ddim", 3, clip=False, **kw))
 
 
 def test_sample_refuses_non_finite_results():

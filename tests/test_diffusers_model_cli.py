@@ -66,6 +66,10 @@ def test_the_schedulers_clipping_is_the_default(config, bound, tmp_path):
     DDPMPipeline(unet=tiny_unet(in_ch=1, size=8), scheduler=DDPMScheduler(**config)).save_pretrained(d)
     den = load_diffusers_unet(d)
     assert den.clip_x0 == bound and load_model(d).denoiser().clip_x0 == bound
+    from diffusion_es.experiments.common import fingerprint
+
+    fp = fingerprint(load_model(d))  # repro / compare parts: a clipping other than [-1, 1] is part of the model
+    assert fp.get("clip_x0", 1.0) == bound and (("clip_x0" in fp) == (bound != 1.0))
     kw = dict(shape=(1, 8, 8), seeds=range(4), batch_size=4, es=1.02)
     for sampler in ("ddpm", "ddim"):
         own = sample(den, sampler, 3, **kw)

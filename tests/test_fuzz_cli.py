@@ -465,7 +465,7 @@ def _files():
         (["train", "--out", "afile/o"], "train-out-under-a-file"),
         (["repro", "--out", "afile"], "repro-out-file"),
         (["compare", "--out", "afile"], "compare-out-file"),
-        (["export", "--out", "afile"], "export-out-file"),
+        (["export", "--model", "m", "--out", "afile"], "export-out-file"),
         (["train-features", "--out", "c.json"], "train-features-out-json"),
         (["train-features", "--out", "afile/c.safetensors"], "train-features-out-under-a-file"),
         (["train-features", "--out", "adir.npz"], "train-features-out-folder"),

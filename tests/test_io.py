@@ -54,10 +54,24 @@ PROC = Path("/proc")
 def test_check_output_tries_the_folder_and_creates_nothing(tmp_path):
     from diffusion_es.io import check_output
 
-    with pytest.raises(UsageError, match="--out /proc/x/y.npz: cannot write in /proc"):
-        check_output("/proc/x/y.npz", "file", (".npz",))  # os.access says yes to root there
+    with pytest.raises(UsageError, match="--out /proc/x/y.npz: (cannot write|no permission to write) in /proc"):
+        check_output("/proc/x/y.npz", "file", (".npz",))  # os.access says yes to root there: the probe refuses
     assert check_output(tmp_path / "new" / "deeper" / "o.npz", "file", (".npz",)) == tmp_path / "new" / "deeper" / "o.npz"
     assert list(tmp_path.iterdir()) == []  # the probe file is gone, no folder was made
+
+
+def test_the_write_probe_refuses_what_permissions_allow(tmp_path, monkeypatch):
+    """When os.access says yes (root, a read-only mount) but a file cannot be made, the probe refuses."""
+    import tempfile
+
+    from diffusion_es.io import check_output
+
+    def no_room(*a, **kw):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_room)
+    with pytest.raises(UsageError, match="--out .*o.npz: cannot write in .* \\(Read-only file system\\)"):
+        check_output(tmp_path / "o.npz", "file", (".npz",))
 
 
 @pytest.mark.skipif(not (PROC / "self").exists(), reason="needs /proc (Linux)")
@@ -69,7 +83,7 @@ def test_check_output_tries_the_folder_and_creates_nothing(tmp_path):
     ["train", "--steps", "2", "--out", "/proc/x"],
     ["sample", "--seeds", "0-3", "--out", "OUT/x.npz", "--grid", "/proc/x/g.png"],
     ["repro", "--quick", "--out", "/proc/x"],
-    ["export", "--out", "/proc/x"],
+    ["export", "--model", "default", "--out", "/proc/x"],
 ], ids=lambda a: a[0])
 def test_every_command_refuses_an_unwritable_output_before_any_work(argv, tmp_path, capsys):
     from diffusion_es.cli import main
@@ -77,5 +91,6 @@ def test_every_command_refuses_an_unwritable_output_before_any_work(argv, tmp_pa
     argv = [a.replace("OUT", str(tmp_path)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot write in /proc" in err[0] and ("--out" in err[0] or "--grid" in err[0])
+    assert len(err) == 1 and ("cannot write in /proc" in err[0] or "no permission to write in /proc" in err[0])
+    assert "--out" in err[0] or "--grid" in err[0]
     assert list(tmp_path.iterdir()) == []

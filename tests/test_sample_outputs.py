@@ -177,3 +177,22 @@ def test_batch_size_defaults_to_the_models_auto_batch(tmp_path, capsys, monkeypa
     assert json.loads(capsys.readouterr().out)["batch_size"] == auto and seen == [auto, auto]
     # the same batches either way: the same bytes
     np.testing.assert_array_equal(load_images(tmp_path / "a.npz"), load_images(tmp_path / "b.npz"))
+
+
+@pytest.mark.parametrize("flags, clip", [([], True), (["--no-clip"], False)])
+def test_the_shard_key_holds_the_clipping_the_sampler_applies(flags, clip, tmp_path, monkeypatch):
+    """The key of OUT.parts/ holds the resolved clipping: True for [-1, 1] as before clip defaulted to the model's
+    own (so runs interrupted under earlier versions resume), False for none."""
+    import diffusion_es.store as store
+
+    seen = {}
+    real = store.ShardedRun
+
+    def spy(ctx, out, identity, *a, **kw):
+        seen.update(identity)
+        return real(ctx, out, identity, *a, **kw)
+
+    monkeypatch.setattr(store, "ShardedRun", spy)  # cmd_sample imports it from the store at run time
+    assert main(["sample", "--sampler", "ddim", "--steps", "2", "--seeds", "0-1", "--out", str(tmp_path / "s.npz"),
+                 "--no-progress", *flags]) == 0
+    assert seen["clip"] is clip

@@ -112,7 +112,13 @@ def _run(args, ctx) -> int:
     # omitted: from the network and the shape only, so every rank and every resume agrees
     args.batch_size = resolve_batch_size(args.batch_size, m.denoiser(), m.data_shape, args.device)
 
-    # everything that determines the samples keys the resumable shards (OUT.parts/)
+    # everything that determines the samples keys the resumable shards (OUT.parts/); the clipping as the sampler
+    # will apply it (True for [-1, 1], the key of runs before clip defaulted to the model's own; a bound r; False)
+    if "clip" in kwargs:
+        from ..samplers import clip_bound
+
+        bound = clip_bound(kwargs["clip"], m.denoiser())
+        kwargs = {**kwargs, "clip": True if bound == 1.0 else False if bound is None else bound}
     identity = {"model": model_fingerprint(m.net), "shape": list(m.data_shape), "sampler": args.sampler,
                 "steps": args.steps, "es": None if es is None else es.to_dict(), "spacing": args.spacing,
                 "device": torch.device(args.device).type, **kwargs, **({"rgb": True} if args.rgb else {})}

@@ -53,8 +53,14 @@ def load_model_and_data(model_path, data: Optional[str], device="cpu"):
 
 
 def fingerprint(model) -> dict:
-    """What identifies a loaded model in a part store's key."""
-    return {"weights_sha256": model_fingerprint(model.net)[:16]}
+    """What identifies a loaded model in a part store's key: its weights, and an x̂_0 clipping other than ADM's
+    [-1, 1] (a diffusers scheduler's clip_sample / clip_sample_range; absent otherwise, so keys of earlier runs
+    stay valid)."""
+    fp = {"weights_sha256": model_fingerprint(model.net)[:16]}
+    clip = getattr(model, "clip_x0", 1.0)
+    if clip != 1.0:
+        fp["clip_x0"] = clip
+    return fp
 
 
 def seed_sets(seed: int, n_samples: int, count: int) -> list:

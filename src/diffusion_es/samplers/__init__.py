@@ -26,10 +26,11 @@ from .edm import sample_euler, sample_heun
 from .flow import sample_flow_euler, sample_flow_heun
 from .registry import OPTION_FLAGS, SAMPLERS, Option, SamplerSpec, SamplingPlan, get_sampler
 from .timeshift import TimeShift, choose_timesteps, data_variance
-from .vp import VARIANCES, sample_ddim, sample_ddpm
+from .vp import VARIANCES, clip_bound, sample_ddim, sample_ddpm
 
 __all__ = [
     "SAMPLERS",
+    "clip_bound",
     "SamplerSpec",
     "Option",
     "OPTION_FLAGS",

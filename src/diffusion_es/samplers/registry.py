@@ -16,13 +16,13 @@ from typing import Callable, Optional
 
 import torch
 
-from ..core.param import check_clip_x0, flow_t_to_sigma, sigma_to_flow_space, sigma_to_vp_space
+from ..core.param import flow_t_to_sigma, sigma_to_flow_space, sigma_to_vp_space
 from ..core.pfgm import EDMSchedule, check_D
 from ..core.schedules import FlowSchedule, karras_sigmas, respace
 from .edm import check_churn, check_pfgm_churn, sample_euler, sample_heun
 from .flow import FLOW_DTYPES, sample_flow_euler, sample_flow_heun
 from .timeshift import TimeShift
-from .vp import VARIANCES, sample_ddim, sample_ddpm
+from .vp import VARIANCES, clip_bound, sample_ddim, sample_ddpm
 
 __all__ = ["Option", "SamplerSpec", "SAMPLERS", "get_sampler", "SamplingPlan", "OPTION_FLAGS"]
 
@@ -59,8 +59,7 @@ def _check_vp(name: str, opts: dict) -> None:
                          f"got {opts['variance']!r}")
     if name == "ddim" and not _finite_nonneg(float(opts["eta"])):
         raise ValueError(f"eta must be finite and >= 0, got {opts['eta']}")
-    if opts["clip"] is not None and not isinstance(opts["clip"], bool):
-        check_clip_x0(opts["clip"], "clip")  # a bound r > 0
+    clip_bound(opts["clip"], None)  # None, a boolean, 0 or a bound r > 0
     if opts["time_shift"] is not None and not isinstance(opts["time_shift"], TimeShift):
         raise ValueError("time_shift must be a TimeShift policy (or None)")
 

@@ -115,11 +115,15 @@ def ddim_update(x, x0, tr: Transition, eta: float, z, last: bool):
 def clip_bound(clip, denoiser) -> Optional[float]:
     """The bound r of the x̂_0 clipping to [-r, r] that the ``clip`` option asks for (None: no clipping).
     ``clip``: None = the model's own (the denoiser's ``clip_x0``; 1.0 where it has none, ADM's default),
-    True = 1.0, False = none, a number > 0 = that bound."""
+    True = 1.0, False or 0 = none, a number > 0 = that bound (numpy and 0-d torch booleans count as booleans)."""
     if clip is None:
         return getattr(denoiser, "clip_x0", 1.0)
-    if clip is True or clip is False:
+    if isinstance(clip, torch.Tensor) and clip.ndim == 0 and clip.dtype == torch.bool:
+        clip = bool(clip)
+    if isinstance(clip, (bool, np.bool_)):
         return 1.0 if clip else None
+    if isinstance(clip, (int, float, np.integer, np.floating)) and float(clip) == 0:
+        return None  # 0: no clipping, as False (what a falsy clip always meant)
     return check_clip_x0(clip, "clip")
 
 
