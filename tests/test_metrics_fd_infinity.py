@@ -88,3 +88,5 @@ def test_deterministic_and_validated():
     with pytest.raises(ValueError, match="not above the feature dimension 8"):
         fd_infinity(x, (mu_r, s_r), sizes=[8, 300], generator=np.random.default_rng(0))
     assert fd_infinity(x[:18], (mu_r, s_r), generator=np.random.default_rng(0)).sizes[0] == 9
+    with pytest.raises(ValueError, match="min_size 8 is not above the feature dimension 8"):
+        fd_infinity(x, (mu_r, s_r), min_size=8, generator=np.random.default_rng(0))

@@ -99,6 +99,9 @@ def test_repro_bad_input(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all(line.startswith("diffusion-es: error:") for line in err)
     assert "twice" in err[2] and "not below the top of the λ search range" in err[3]
+    # checked on the rows that run: a PFGM++ model's heun (top 1.02), not the profile's ddpm (top 1.08)
+    assert main(["repro", "--quick", "--model", "digits-pfgm", "--min-lambda", "1.025"]) == 2
+    assert "heun (0.98–1.02)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("model,rows", [("digits-flow", ["flow_euler", "flow_heun"]), ("digits-pfgm", ["euler", "heun"])])

@@ -122,6 +122,12 @@ def test_respaced_chain_reproduces_base_alpha_bar(spacing, n, name):
         np.testing.assert_allclose(ch.betas, base.betas, rtol=1e-9)
 
 
+def test_linear_betas_say_when_the_1000_over_t_scaling_passes_one():
+    with pytest.raises(ValueError, match="scaled by 1000/T as in ADM.*T = 10 it would end at β = 2"):
+        VPSchedule.linear(T=10)
+    assert VPSchedule.linear(T=20).betas[-1] == pytest.approx(1.0)  # the edge: β = 1 at the last step only
+
+
 # ---- Karras grid -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [1, 2, 5, 18, 40])
 def test_karras_grid(n):
@@ -150,7 +156,6 @@ def test_karras_grid(n):
     lambda: karras_sigmas(10, 0.0, 80),
     lambda: karras_sigmas(10, 0.002, float("inf")),
     lambda: karras_sigmas(10, 0.002, 80, rho=0),  # was a ZeroDivisionError
-    lambda: VPSchedule.linear(T=10),  # ADM's 1000/T scaling would end at β = 2
     lambda: karras_sigmas(10, 0.002, 80, rho=-1),  # was a grid rising from 0.008
     lambda: karras_sigmas(10, 0.002, 80, rho=float("nan")),
     lambda: VPSchedule(np.array([1.0, 0.1])),  # β = 1 only at the last step (zero terminal SNR)
@@ -160,11 +165,11 @@ def test_karras_grid(n):
     lambda: VPSchedule(np.array([0.1, np.nan])),
     lambda: VPSchedule(np.zeros((2, 2)) + 0.1),
     lambda: VPSchedule(np.array([])),
-    lambda: VPSchedule.linear(10).respaced([3, 3, 5]),
-    lambda: VPSchedule.linear(10).respaced([5, 3]),
-    lambda: VPSchedule.linear(10).respaced([0, 10]),
-    lambda: VPSchedule.linear(10).respaced([-1, 3]),
-    lambda: VPSchedule.linear(10).respaced([]),
+    lambda: VPSchedule.linear(20).respaced([3, 3, 5]),
+    lambda: VPSchedule.linear(20).respaced([5, 3]),
+    lambda: VPSchedule.linear(20).respaced([0, 20]),  # a timestep past T - 1
+    lambda: VPSchedule.linear(20).respaced([-1, 3]),
+    lambda: VPSchedule.linear(20).respaced([]),
 ])
 def test_bad_input_raises_value_error(call):
     with pytest.raises(ValueError):

@@ -113,7 +113,7 @@ def main(argv=None) -> int:
             _apply_threads(getattr(args, "threads", None))
             rc = args.func(args)
     except KeyboardInterrupt:
-        how = ("rerun with the same arguments and --resume to continue from the last checkpoint"
+        how = ("rerun with the same arguments and --resume to continue from the last checkpoint, if one was written"
                if getattr(args.func, "__module__", "").endswith(".cmd_train")
                else "rerun with the same arguments to resume where supported")
         print(f"diffusion-es: interrupted; finished work was kept ({how})", file=sys.stderr)

@@ -100,20 +100,25 @@ class ReproConfig:
             raise UsageError("nfe needs network-evaluation counts >= 2, e.g. 10,20,50,100")
         if len(set(c.nfe)) != len(c.nfe):
             raise UsageError(f"nfe lists a count twice ({', '.join(str(n) for n in c.nfe)}): give each column once")
-        if c.min_lambda is not None:
-            if not (math.isfinite(float(c.min_lambda)) and float(c.min_lambda) > 0):
-                raise UsageError(f"min_lambda must be a finite number > 0, got {c.min_lambda}")
-            top = {s: RANGES[s][1] for s in c.samplers if s in RANGES and float(c.min_lambda) >= RANGES[s][1]}
-            if top:
-                raise UsageError(f"min_lambda {float(c.min_lambda):g} is not below the top of the λ search range of "
-                                 f"{', '.join(f'{s} ({RANGES[s][0]:g}–{v:g})' for s, v in top.items())}: every "
-                                 f"candidate would be cut; use a smaller one (1: the paper's ES only)")
+        if c.min_lambda is not None and not (math.isfinite(float(c.min_lambda)) and float(c.min_lambda) > 0):
+            raise UsageError(f"min_lambda must be a finite number > 0, got {c.min_lambda}")
         if c.n_samples < 10:
             raise UsageError(f"n_samples must be at least 10 per seed set (FD needs many samples), got {c.n_samples}")
         if c.n_val_sets < 2:
             raise UsageError("n_val_sets (validation seed sets) must be at least 2 to give a spread")
         c.max_val_sets = max(c.max_val_sets, c.n_val_sets)
         return c
+
+
+def _check_min_lambda(cfg: "ReproConfig") -> None:
+    """Refuse a min_lambda at or above the top of a row's λ search range: every candidate would be cut."""
+    if cfg.min_lambda is None:
+        return
+    top = {s: RANGES[s][1] for s in cfg.samplers if float(cfg.min_lambda) >= RANGES[s][1]}
+    if top:
+        raise UsageError(f"min_lambda {float(cfg.min_lambda):g} is not below the top of the λ search range of "
+                         f"{', '.join(f'{s} ({RANGES[s][0]:g}–{v:g})' for s, v in top.items())}: every candidate "
+                         f"would be cut; use a smaller one (1: the paper's ES only)")
 
 
 class _Repro:
@@ -134,6 +139,7 @@ class _Repro:
         elif any(s not in fits for s in cfg.samplers):
             raise UsageError(f"sampler(s) {', '.join(s for s in cfg.samplers if s not in fits)} cannot sample this "
                              f"{self.model.process.upper()} model; --samplers takes {','.join(fits)} here")
+        _check_min_lambda(cfg)  # on the rows that will run, before the power step samples anything
         from ..samplers import resolve_batch_size
 
         cfg.batch_size = resolve_batch_size(cfg.batch_size, self.den, self.model.data_shape, cfg.device)

@@ -74,6 +74,9 @@ def fit_inverse_n(sizes: Sequence[float], values: Sequence[float]):
 def default_sizes(n: int, dim: int, n_points: int = 15, min_size: Optional[int] = None) -> List[int]:
     """``n_points`` sizes evenly spaced from max(n/10, 2·dim) (or ``min_size``) to n, distinct integers; the
     smallest is capped at n/2 (so that the fit spans a factor 2 in n), and must exceed ``dim``."""
+    if min_size is not None and int(min_size) <= dim:
+        raise ValueError(f"min_size {int(min_size)} is not above the feature dimension {dim}: its subsets' covariance "
+                         f"is singular and FD(N) = FD∞ + k/N does not hold there; give more than {dim}")
     lo = int(min_size) if min_size is not None else max(int(np.ceil(n / 10)), 2 * dim)
     lo = min(lo, n // 2)
     if lo < 2 or lo <= dim:
