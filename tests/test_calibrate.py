@@ -166,3 +166,10 @@ def test_paired_gain_matches_hand_computation():
     assert np.allclose(per, g) and m == pytest.approx(g.mean())
     half = 4.302652729911275 * g.std(ddof=1) / np.sqrt(3)  # t_{0.975, 2}
     assert lo == pytest.approx(g.mean() - half) and hi == pytest.approx(g.mean() + half)
+
+
+def test_the_result_records_the_spacing_it_was_made_with():
+    """So that a calibrate --json result read back as a schedule is checked against the VP respacing too."""
+    kw = dict(n_samples=8, n_sets=1, n_val_sets=2, coarse=2, refine=0)
+    assert calibrate(over_predicting(1.0), "ddim", 3, (D,), gaussian_fd, spacing="trailing", **kw).spacing == "trailing"
+    assert calibrate(over_predicting(1.0), "euler", 3, (D,), gaussian_fd, **kw).spacing is None

@@ -128,6 +128,9 @@ def test_a_calibration_result_is_made_for_its_own_setting(tmp_path):
     p.write_text(json.dumps({"sampler": "ddpm", "steps": 20, "schedule": {"kind": "uniform", "b": 1.02}}))
     sched, made_for = read_schedule(p)
     assert sched.to_dict() == {"kind": "uniform", "b": 1.02} and made_for == {"sampler": "ddpm", "steps": 20}
+    p.write_text(json.dumps({"sampler": "ddim", "steps": 20, "spacing": "trailing", "schedule": {"kind": "uniform",
+                                                                                              "b": 1.02}}))
+    assert read_schedule(p)[1] == {"sampler": "ddim", "steps": 20, "spacing": "trailing"}
 
 
 def test_a_calibration_without_a_winner_says_so(tmp_path):

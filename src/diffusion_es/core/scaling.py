@@ -439,7 +439,9 @@ def read_schedule(path):
         made_for = _check_made_for(d.get("made_for"), path)
         if made_for is None and isinstance(d.get("sampler"), str) and isinstance(d.get("steps"), int) \
                 and not isinstance(d.get("steps"), bool):  # a calibration result (calibrate --json): its own setting
-            made_for = _check_made_for({"sampler": d["sampler"], "steps": d["steps"]}, path)
+            made_for = _check_made_for({"sampler": d["sampler"], "steps": d["steps"],
+                                        **({"spacing": d["spacing"]} if isinstance(d.get("spacing"), str) else {})},
+                                       path)
         if d["schedule"] is None and isinstance(d.get("candidate"), dict):
             raise ValueError(f"{path}: this calibration found no λ that beat the baseline beyond the noise (its "
                              f"'schedule' is null: sample without ES); its best candidate, not significant, is "

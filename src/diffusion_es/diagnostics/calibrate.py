@@ -56,6 +56,7 @@ class CalibrationResult:
     lam_range_searched: list = field(default_factory=list)  # [lo, hi] after extending past a range end that won
     at_range_edge: bool = False       # the choice is still an end of the searched range: the optimum may lie beyond
     min_lambda: Optional[float] = None  # the floor every λ_t of a candidate kept to (1: the paper's ES only)
+    spacing: Optional[str] = None     # the VP timestep respacing it was calibrated with (ddpm / ddim; None for others)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -296,4 +297,5 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
         gain=g, gain_ci=ci, gain_per_set=per, baseline_val=base_v, best_val=best_v, lam_spread=lam_spread,
         evaluations=search.order, extra_val=extra_val, nfe=search.nfe + val.nfe, n_samples=n_samples, message=msg,
         lam_range_searched=searched, at_range_edge=bool(edges), min_lambda=min_lambda,
+        spacing=spacing if SamplingPlan(**plan_kw).chain is not None else None,
     )
