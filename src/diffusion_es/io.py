@@ -309,7 +309,8 @@ def check_output(path, kind: str = "file", suffixes: Iterable[str] = (), flag: s
                 os.close(fd)
                 os.unlink(probe)
             except OSError as e:
-                raise UsageError(f"{flag} {p}: cannot write in {parent} ({e.strerror or e}); give another path") from None
+                raise UsageError(f"{flag} {p}: cannot write in {parent} ({e.strerror or e}); give another "
+                                 f"path") from None
             break
     if p.exists() and not os.access(p, os.W_OK):
         raise UsageError(f"{flag} {p}: no permission to write it")

@@ -12,15 +12,16 @@ from ..errors import UsageError
 from ..hashing import model_fingerprint
 from ..samplers.registry import SAMPLERS
 
-__all__ = ["SAMPLER_NAMES", "RANGES", "MODEL_SAMPLERS", "load_model_and_data", "fingerprint", "seed_sets", "Paired", "method_result",
-           "search_lambda", "Ticker"]
+__all__ = ["SAMPLER_NAMES", "RANGES", "MODEL_SAMPLERS", "load_model_and_data", "fingerprint", "seed_sets", "Paired",
+           "method_result", "search_lambda", "Ticker"]
 
 SAMPLER_NAMES = {name: spec.title for name, spec in SAMPLERS.items()}
 # λ search ranges: stochastic ancestral sampling wants a larger λ than the ODE solvers (paper, PAPER.md)
 RANGES = {"ddpm": (0.98, 1.08), "ddim": (0.99, 1.03), "euler": (0.99, 1.03), "heun": (0.98, 1.02),
           "flow_euler": (0.99, 1.03), "flow_heun": (0.98, 1.02)}
 # the samplers of each kind of model (LoadedModel.process): what repro runs when --samplers is not given
-MODEL_SAMPLERS = {"vp": ("ddpm", "ddim", "euler", "heun"), "edm": ("euler", "heun"), "flow": ("flow_euler", "flow_heun")}
+MODEL_SAMPLERS = {"vp": ("ddpm", "ddim", "euler", "heun"), "edm": ("euler", "heun"),
+                  "flow": ("flow_euler", "flow_heun")}
 
 # the comparison of fixes: its methods and search grids
 VP_METHODS = ("baseline", "ES", "TS", "TS+ES", "IP", "IP+ES")

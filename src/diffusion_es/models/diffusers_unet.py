@@ -60,7 +60,8 @@ def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None):
     The VP schedule reproduces the scheduler's own ᾱ table (``alphas_cumprod``, as diffusers computes it), the
     prediction type comes from its ``prediction_type`` and the x̂_0 clipping of the VP samplers from its
     ``clip_sample`` / ``clip_sample_range`` (``clip_x0``; ``thresholding=True`` is refused); a UNet with twice the
-    input channels is a learned-variance model. The result works with :func:`diffusion_es.samplers.sample` and everything built on it.
+    input channels is a learned-variance model. The result works with :func:`diffusion_es.samplers.sample` and
+    everything built on it.
     """
     require_optional("diffusers", "diffusers")
     from diffusers import DDPMScheduler, UNet2DModel
