@@ -74,3 +74,12 @@ def test_bad_input_is_one_line_and_exit_2(tiny_model, argv, msg, capsys):
     assert main(argv + ["--model", str(tiny_model)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0], err
+
+
+def test_calibrate_text_says_no_extension_and_no_spread_when_there_is_none(capsys):
+    """--extend 0: the edge note does not speak of an extension; --sets 1: no 'λ spread nan'."""
+    assert main(["calibrate", "--sampler", "ddim", "--steps", "2", "--n", "10", "--sets", "1", "--val-sets", "2",
+                 "--coarse", "2", "--refine", "0", "--extend", "0", "--range", "0.5,0.6", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and "even after extending" not in out
+    assert "(not extended: max_extend 0)" in out

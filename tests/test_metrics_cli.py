@@ -81,12 +81,14 @@ def test_fid_ref_from_npz_and_text_output(refs, tmp_path, capsys):
     (["fid-ref", "--data", "{tmp}/s.npz", "--split", "heldout", "--out", "{tmp}/t.npz"], "no held-out"),
     (["fid-ref", "--data", "digits", "--features", "inception", "--out", "{tmp}/t.npz"], "Inception"),
     (["fid-ref", "--data", "digits", "--features", "mnist", "--out", "{tmp}/t.npz"], "classifier of 28x28 images"),
+    (["fid", "{tmp}/rgb28.npz", "--ref", "{refs}/held.npz"], "28x28x1 images (H x W x C; grey, stored as 3 equal"),
 ])
 def test_bad_input_exits_2_with_one_line(refs, tmp_path, capsys, monkeypatch, argv, msg):
     monkeypatch.delenv("DIFFUSION_ES_INCEPTION", raising=False)
     save_npz(tmp_path / "s.npz", to_uint8(load_digits("heldout"))[:10])
     np.savez(tmp_path / "foreign.npz", mu=np.zeros(128), sigma=np.eye(128))
     np.savez(tmp_path / "bad.npz", images=np.zeros((3, 8, 8, 1), np.uint8))
+    save_npz(tmp_path / "rgb28.npz", np.zeros((3, 28, 28, 3), np.uint8))
     argv = [a.format(tmp=tmp_path, refs=refs) for a in argv]
     capsys.readouterr()
     assert main(argv) == 2

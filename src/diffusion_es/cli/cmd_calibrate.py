@@ -7,6 +7,7 @@ noise, it says so and writes no schedule.
 
 from __future__ import annotations
 
+import math
 
 from ..errors import UsageError
 from .common import (BATCH_HELP, MAX_SAMPLES, MAX_SEED_OFFSET, add_min_lambda_arg, add_model_args,
@@ -104,7 +105,8 @@ def _run(args, ctx) -> int:
         return 0
     print(r.message)
     print(f"cost: {r.nfe:,} network evaluations ({len(r.evaluations)} candidates x {args.sets} sets x {args.n} "
-          f"samples, plus validation); λ spread over search sets: {r.lam_spread:.4g}")
+          f"samples, plus validation)"
+          + (f"; λ spread over search sets: {r.lam_spread:.4g}" if math.isfinite(r.lam_spread) else ""))
     if args.out:
         print(f"wrote {args.out}" if r.significant else f"did not write {args.out}: no schedule beat λ = 1")
     return 0

@@ -289,8 +289,10 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
                f"{100 * g:+.1f} % (95 % interval {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f} %) on fresh seed sets; "
                f"keep λ = 1")
     for name, f in edges:
-        msg += (f"; note: {name} of the best candidate lies at the edge of its searched range even after extending "
-                f"it to [{f.lo:.4g}, {f.hi:.4g}], the optimum may lie further out (widen the range)")
+        how = (f"even after extending it to [{f.lo:.4g}, {f.hi:.4g}]" if max_extend > 0 else
+               f"[{f.lo:.4g}, {f.hi:.4g}] (not extended: max_extend 0)")
+        msg += (f"; note: {name} of the best candidate lies at the edge of its searched range {how}, the optimum may "
+                f"lie further out (widen the range)")
     return CalibrationResult(
         kind=kind, sampler=sampler, steps=steps, metric=metric_name,
         schedule=best.to_dict() if significant else None, candidate=best.to_dict(), significant=significant,

@@ -160,7 +160,8 @@ def check_images(ref: Reference, extractor, image_shape, what: str = "samples", 
     ``grey``: the images are grey even if stored with 3 equal channels (``sample --rgb``); they then match a grey
     reference of their size."""
     shape = tuple(int(v) for v in image_shape)
-    if grey and shape[2] == 3:
+    stored_rgb = grey and shape[2] == 3
+    if stored_rgb:
         shape = (shape[0], shape[1], 1)
     want = ref.provenance.get("image_shape")
     if want is None:
@@ -172,7 +173,9 @@ def check_images(ref: Reference, extractor, image_shape, what: str = "samples", 
         made = "the images the reference was made from"
     if shape != tuple(want):
         h, w, c = shape
-        raise UsageError(f"{what}: {h}x{w}x{c} images (H x W x C), but {ref.path} expects {'x'.join(map(str, want))} "
+        stored = "; grey, stored as 3 equal channels" if stored_rgb else ""
+        raise UsageError(f"{what}: {h}x{w}x{c} images (H x W x C{stored}), but {ref.path} expects "
+                         f"{'x'.join(map(str, want))} "
                          f"({made}); compare images of the reference's size and channels, or make a reference from "
                          "images like these with `diffusion-es fid-ref`")
 
