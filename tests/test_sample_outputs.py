@@ -196,3 +196,20 @@ def test_the_shard_key_holds_the_clipping_the_sampler_applies(flags, clip, tmp_p
     assert main(["sample", "--sampler", "ddim", "--steps", "2", "--seeds", "0-1", "--out", str(tmp_path / "s.npz"),
                  "--no-progress", *flags]) == 0
     assert seen["clip"] is clip
+
+
+def test_a_complete_output_removes_the_stale_shards_of_other_settings(tmp_path):
+    """A run interrupted with one λ, then finished with another: the first run's shards cannot be used any more
+    (the output they were for is written), so the shard folder goes; a foreign file in it is kept."""
+    out = tmp_path / "x.npz"
+    parts = tmp_path / "x.npz.parts"
+    parts.mkdir()
+    (parts / "seeds0-3-95a34fedb347b9de.npz").write_bytes(b"an earlier run's shard")
+    assert main(["sample", "--sampler", "ddim", "--steps", "2", "--seeds", "0-3", "--es", "1.1", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert out.exists() and not parts.exists()
+    parts.mkdir()
+    (parts / "notes.txt").write_text("mine")
+    assert main(["sample", "--sampler", "ddim", "--steps", "2", "--seeds", "0-3", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert [p.name for p in parts.iterdir()] == ["notes.txt"]

@@ -260,11 +260,16 @@ class ShardedRun:
         return np.concatenate(parts) if self.layout == "npz" else None
 
     def cleanup(self) -> None:
-        """Remove this run's shards or markers (rank 0, after the output is complete) and the folder if empty."""
+        """Remove the shards or markers (rank 0, after the output is complete) and the folder if empty: this run's,
+        and those of earlier runs with other settings for the same output, which this complete output replaced
+        (they could only ever have been resumed into it). Other files in the folder are left alone."""
         if not self.ctx.is_main:
             return
         for chunk in self.chunks:
             self.shard_path(chunk).unlink(missing_ok=True)
+        if self.dir.is_dir():
+            for p in self.dir.glob("seeds*-*-*.npz" if self.layout == "npz" else "seeds*-*-*.done"):
+                p.unlink(missing_ok=True)
         try:
             self.dir.rmdir()
         except OSError:  # other runs' shards, or already gone
