@@ -215,3 +215,32 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(tm
     assert all(bool(torch.isfinite(v).all()) for v in w.values())
     log = (tmp_path / "r" / "log.jsonl").read_text()
     assert "NaN" not in log and "Infinity" not in log
+
+
+def test_a_run_killed_inside_its_last_checkpoint_resumes_to_the_finished_files(tmp_path, monkeypatch):
+    """The final checkpoint writes the training state, then the weights and config.json: killed in between, the
+    run is at --steps but its folder says an earlier step. Resuming writes the rest (it is not 'nothing to train'),
+    and the files equal an uninterrupted run's."""
+    import json
+
+    tr = sys.modules[train.__module__]  # the module (the package's attribute of that name is the function)
+
+    cfg = TrainConfig(steps=10, batch_size=8, ckpt_every=5, log_every=5)
+    train(tmp_path / "full", cfg, TINY, progress=False)
+    real = tr.save_checkpoint
+
+    def killed_at_the_end(path, info, *a, **kw):
+        if info["training"]["step"] == 10:
+            raise KeyboardInterrupt
+        return real(path, info, *a, **kw)
+
+    monkeypatch.setattr(tr, "save_checkpoint", killed_at_the_end)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "r", cfg, TINY, progress=False)
+    monkeypatch.setattr(tr, "save_checkpoint", real)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["training"]["step"] == 5
+    assert train(tmp_path / "r", cfg, resume=True, progress=False)["step"] == 10
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "r" / "model.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UsageError, match="nothing to train"):  # now complete: a second resume has nothing to do
+        train(tmp_path / "r", cfg, resume=True, progress=False)

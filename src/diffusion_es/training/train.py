@@ -428,7 +428,8 @@ def train(out_dir, cfg: TrainConfig = None, model: Optional[ModelConfig] = None,
             perm, pos, start, seconds = _load_state(state_path, net, ema, opt, gens, device)
             if len(perm) != n:
                 raise UsageError(f"{out}: the dataset has {n} items, the run being resumed had {len(perm)}")
-            if start >= cfg.steps:
+            saved = rec.get("training", {}).get("step")  # the step of the last complete checkpoint
+            if start > cfg.steps or (start == cfg.steps and saved == start):
                 raise UsageError(f"{out} is already at step {start}, not below --steps {cfg.steps}: nothing to "
                                  f"train; give --steps above {start} to train further")
         run = _Run(out, cfg, model, diffusion, ds, tables, net, ema, opt, gens, perm, pos, start, seconds, device,
@@ -457,6 +458,9 @@ def _loop(run: _Run, progress: bool, callback) -> dict:
     bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, file=sys.stderr, dynamic_ncols=True,
                unit="step", mininterval=0.5)
     try:
+        if run.step >= cfg.steps:  # the last checkpoint stopped after its training state: write the rest of it
+            run.eval_heldout()
+            run.checkpoint()
         while run.step < cfg.steps:
             lr = lr_at(cfg, run.step)
             loss, terms = run.train_step(lr)
