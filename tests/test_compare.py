@@ -141,8 +141,9 @@ def test_compare_says_what_fits_a_flow_or_pfgm_model(tmp_path, capsys):
     assert main(["compare", "--quick", "--model", "digits-flow", "--out", str(tmp_path / "f")]) == 2
     assert main(["compare", "--quick", "--model", "digits-pfgm", "--samplers", "ddpm", "--out", str(tmp_path / "p")]) == 2
     assert main(["compare", "--quick", "--samplers", "none", "--edm-samplers", "none", "--out", str(tmp_path / "n")]) == 2
+    assert main(["compare", "--quick", "--train-ip", "--ip-model", "some/ip", "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3
+    assert len(err) == 4 and "--train-ip trains an IP model when none is given" in err[3]
     assert "rectified-flow model: measure ES on it with repro or calibrate" in err[0]
     assert "leave --samplers out or pass --samplers none" in err[1]
     assert "no rows to compare" in err[2]

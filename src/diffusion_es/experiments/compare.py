@@ -153,6 +153,9 @@ def _resolve_ip(cfg: CompareConfig, base, out: Path, log) -> Optional[Path]:
         if str(cfg.model) == "default" and (shipped / "config.json").exists():
             return shipped
         return _train_ip(base, out, cfg.device, log) if cfg.train_ip else None
+    if cfg.train_ip:
+        raise UsageError(f"--train-ip trains an IP model when none is given, but --ip-model {cfg.ip_model} names one: "
+                         f"drop one of them")
     return Path(cfg.ip_model)
 
 
