@@ -157,3 +157,9 @@ def test_zero_terminal_snr_table_gets_lambda_one_at_the_last_timestep():
     assert torch.equal(out[:2], vnet(x, t)[:2])  # σ = ∞: the network's output itself
     assert list(es.lam(t)) == [1.0, 1.0, 1.05, 1.05]
     assert not torch.equal(out[2:], vnet(x, t)[2:])
+
+
+def test_an_empty_grid_is_one_clear_error(parts):
+    net, sched, _ = parts
+    with pytest.raises(ValueError, match="timesteps is empty"):
+        EpsilonScaledEpsNet(net, sched, Linear(0.01, 1.0), timesteps=[])

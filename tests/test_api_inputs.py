@@ -246,3 +246,17 @@ def test_save_schedule_takes_a_number_and_vpdenoiser_a_schedule(tmp_path):
     assert load_schedule(tmp_path / "s.json").to_dict() == {"kind": "uniform", "b": 1.01}
     with pytest.raises(TypeError, match="VPSchedule"):
         VPDenoiser(lambda x, t: x, None)
+
+
+def test_the_vp_samplers_say_they_need_a_respaced_chain():
+    import torch
+
+    from diffusion_es.core.schedules import VPSchedule, respace
+    from diffusion_es.samplers import SeedNoise, sample_ddim
+
+    ts = respace(1000, 10)
+    noise = SeedNoise([0, 1], (2,))
+    with pytest.raises(TypeError, match="schedule.respaced\\(timesteps\\)"):
+        sample_ddim(DEN, noise.initial(), ts)
+    x = sample_ddim(DEN, noise.initial(), VPSchedule.linear().respaced(ts))  # the form it names works
+    assert torch.isfinite(x).all()

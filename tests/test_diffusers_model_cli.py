@@ -86,6 +86,13 @@ def test_the_schedulers_clipping_is_the_default(config, bound, tmp_path):
         assert not np.array_equal(z["arr_0"], to_uint8(sample(den, "ddim", 3, clip=0.25, **kw)))
 
 
+def test_raw_weights_on_a_diffusers_folder_is_refused(unet_dir, tmp_path, capsys):
+    """A diffusers folder holds one set of weights: --raw-weights has nothing to choose (it was ignored)."""
+    assert main(["sample", "--model", str(unet_dir), "--raw-weights", "--seeds", "0", "--out",
+                 str(tmp_path / "s.npz")]) == 2
+    assert "--raw-weights" in capsys.readouterr().err and not (tmp_path / "s.npz").exists()
+
+
 def test_dynamic_thresholding_is_refused(tmp_path):
     from diffusers import DDPMPipeline, DDPMScheduler
 

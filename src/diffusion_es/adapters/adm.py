@@ -63,6 +63,8 @@ class EpsilonScaledEpsNet(WrapsInner):
         self.learned_variance = learned_variance
         self.records = [] if record else None
         ts = np.arange(len(ab)) if timesteps is None else np.unique(np.asarray(timesteps, dtype=np.int64))
+        if len(ts) == 0:
+            raise ValueError("timesteps is empty: give the sampling grid's timesteps (or None for all T)")
         if ts[0] < 0 or ts[-1] >= len(ab):
             raise ValueError(f"timesteps must lie in [0, {len(ab) - 1}]")
         self.timesteps = ts

@@ -301,6 +301,9 @@ def load_model(path="default", use_ema: bool = True, device="cpu") -> LoadedMode
     A diffusers UNet2DModel / pipeline folder saved with ``save_pretrained`` is loaded too (needs the
     ``diffusers`` extra), so every command that takes ``--model`` works on it."""
     if str(path) not in SHIPPED and Path(path).is_dir() and _is_diffusers_folder(Path(path)):
+        if not use_ema:
+            raise UsageError(f"{path} is a diffusers folder: it holds one set of weights, so --raw-weights "
+                             f"(use_ema=False) has nothing to choose; drop it")
         return _load_diffusers(Path(path), device)
     d = resolve_checkpoint(path)
     cfg = read_config(d)

@@ -130,6 +130,9 @@ def clip_bound(clip, denoiser) -> Optional[float]:
 def _vp_loop(denoiser, x_T, chain: RespacedChain, update: Callable, noise, callback, clip, policy,
              want_var: bool = False):
     """Walk the chain from its noisiest step; ``update(x, x0, transition, extras, step, last)`` makes one step."""
+    if not hasattr(chain, "posterior_log_variance_clipped"):
+        raise TypeError(f"the VP samplers walk a respaced chain (VPSchedule.respaced(timesteps)), got "
+                        f"{type(chain).__name__}; for timesteps from respace(T, n), pass schedule.respaced(timesteps)")
     den, x, n = as_denoiser(denoiser), x_T.to(torch.float64), len(chain)
     bound = clip_bound(clip, den)
     state = None if policy is None else policy.start(chain, x.shape[0])
