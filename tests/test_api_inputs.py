@@ -53,10 +53,11 @@ def test_sampler_options_are_checked_before_any_work(opts, msg):
         sample(DEN, "euler", 3, (2,), range(4), **opts)
 
 
-@pytest.mark.parametrize("clip", [-1.0, float("nan"), float("inf"), "1"])
-def test_a_clip_bound_must_be_a_positive_number(clip):
+@pytest.mark.parametrize("clip, msg", [(-1.0, "a finite number > 0"), (float("nan"), "a finite number > 0"),
+                                       (float("inf"), "a finite number > 0"), ("1", "one real number, got str")])
+def test_a_clip_bound_must_be_a_positive_number(clip, msg):
     for sampler in ("ddpm", "ddim"):
-        with pytest.raises(ValueError, match="^clip must be a finite number > 0"):
+        with pytest.raises(ValueError, match=f"^clip must be {msg}"):
             sample(DEN, sampler, 3, (2,), range(4), clip=clip)
 
 

@@ -68,6 +68,7 @@ __all__ = [
     "FnDenoiser",
     "VPDenoiser",
     "check_clip_x0",
+    "real_number",
     "FlowDenoiser",
     "DenoiserEpsNet",
     "as_denoiser",
@@ -463,15 +464,28 @@ def _first_tensor(module: nn.Module, kind: str, keep=None):
     return None
 
 
+def real_number(v, what: str) -> float:
+    """One real number (a Python, numpy or 0-d torch number; not a bool, a string or a vector) as a float; anything
+    else is refused in one line naming ``what``."""
+    if isinstance(v, torch.Tensor) and v.ndim == 0 and not v.dtype.is_complex and v.dtype != torch.bool:
+        return float(v)
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        v = v[()]
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        shape = f" of shape {tuple(v.shape)}" if hasattr(v, "shape") else ""
+        raise ValueError(f"{what} must be one real number, got {type(v).__name__}{shape}: {v!r}"[:300])
+    return float(v)
+
+
 def check_clip_x0(v, name: str = "clip_x0") -> Optional[float]:
     """A clipping bound of x̂_0: None (no clipping) or a finite number > 0 (``name``: what the caller called it)."""
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not (
-            math.isfinite(float(v)) and float(v) > 0):
+    f = real_number(v, name)
+    if not (math.isfinite(f) and f > 0):
         raise ValueError(f"{name} must be a finite number > 0 (x̂_0 clipped to [-{name}, {name}]) or None (no "
                          f"clipping), got {v!r}")
-    return float(v)
+    return f
 
 
 class VPDenoiser(Denoiser):

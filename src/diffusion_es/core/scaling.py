@@ -39,7 +39,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .param import Denoiser, as_denoiser, flow_t_to_sigma, get_prediction, sigma_batch
+from .param import Denoiser, as_denoiser, flow_t_to_sigma, get_prediction, real_number, sigma_batch
 
 __all__ = [
     "LambdaSchedule",
@@ -77,18 +77,6 @@ def _check_lambda(values, what: str) -> np.ndarray:
     return arr
 
 
-def _real(v, what: str) -> float:
-    """One real number (a Python, numpy or 0-d torch number; not a bool, a string or a vector) as a float."""
-    if isinstance(v, torch.Tensor) and v.ndim == 0 and not v.dtype.is_complex and v.dtype != torch.bool:
-        return float(v)
-    if isinstance(v, np.ndarray) and v.ndim == 0:
-        v = v[()]
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-        shape = f" of shape {tuple(v.shape)}" if hasattr(v, "shape") else ""
-        raise ValueError(f"{what} must be one real number, got {type(v).__name__}{shape}: {v!r}"[:300])
-    return float(v)
-
-
 class LambdaSchedule:
     """Base class. ``values(n)`` gives λ for the n sampling steps in sampling order (first = noisiest)."""
 
@@ -121,7 +109,7 @@ class Uniform(LambdaSchedule):
     kind = "uniform"
 
     def __init__(self, b: float = 1.0):
-        self.b = float(_check_lambda([_real(b, "uniform schedule: λ")], "uniform schedule")[0])
+        self.b = float(_check_lambda([real_number(b, "uniform schedule: λ")], "uniform schedule")[0])
 
     def values(self, n):
         return np.full(int(n), self.b)
@@ -136,7 +124,7 @@ class Linear(LambdaSchedule):
     kind = "linear"
 
     def __init__(self, k: float, b: float):
-        k, b = _real(k, "linear schedule: k"), _real(b, "linear schedule: b")
+        k, b = real_number(k, "linear schedule: k"), real_number(b, "linear schedule: b")
         if not (math.isfinite(k) and math.isfinite(b)):
             raise ValueError(f"linear schedule: k and b must be finite, got k={k!r}, b={b!r}")
         self.k, self.b = float(k), float(b)

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from .param import alpha_bar_to_sigma
+from .param import alpha_bar_to_sigma, real_number
 
 __all__ = [
     "posterior_coefficients",
@@ -305,8 +305,8 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
         raise ValueError(f"number of steps must be >= 1, got {n}")
     if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-    if isinstance(rho, bool) or not isinstance(rho, (int, float, np.integer, np.floating)) or not (
-            math.isfinite(rho) and rho > 0):
+    rho = real_number(rho, "rho (EDM's grid exponent)")
+    if not (math.isfinite(rho) and rho > 0):
         raise ValueError(f"rho (EDM's grid exponent, 7 by default) must be a finite number > 0, got {rho!r}")
     if n == 1:
         return np.array([sigma_max, 0.0])
