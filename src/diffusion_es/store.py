@@ -166,6 +166,7 @@ class ShardedRun:
         if layout not in ("npz", "png"):
             raise ValueError(f"layout must be npz or png, got {layout!r}")
         self.ctx, self.out, self.layout = ctx, Path(out), layout
+        self._suffix = "npz" if layout == "npz" else "done"  # a shard, or a PNG folder's marker
         self.dir = self.out.with_name(self.out.name + ".parts")
         self.seeds = [int(s) for s in seeds]
         per = shard_seeds_per_chunk(batch_size, shard_size)
@@ -179,7 +180,7 @@ class ShardedRun:
         """The chunk's shard (``.npz``), or for a PNG folder its marker (``.done``, written after its PNGs)."""
         key = json_hash({**self.base, "seeds": [int(chunk[0]), int(chunk[-1]), len(chunk)],
                          "seeds_hash": json_hash([int(s) for s in chunk])}, 16)
-        return self.dir / f"seeds{chunk[0]}-{chunk[-1]}-{key}.{'npz' if self.layout == 'npz' else 'done'}"
+        return self.dir / f"seeds{chunk[0]}-{chunk[-1]}-{key}.{self._suffix}"
 
     def png_path(self, seed: int) -> Path:
         from .io import png_name
@@ -268,7 +269,7 @@ class ShardedRun:
         for chunk in self.chunks:
             self.shard_path(chunk).unlink(missing_ok=True)
         if self.dir.is_dir():
-            for p in self.dir.glob("seeds*-*-*.npz" if self.layout == "npz" else "seeds*-*-*.done"):
+            for p in self.dir.glob(f"seeds*-*-*.{self._suffix}"):
                 p.unlink(missing_ok=True)
         try:
             self.dir.rmdir()

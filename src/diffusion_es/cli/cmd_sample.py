@@ -14,6 +14,8 @@ from .common import (BATCH_HELP, MAX_SEEDS, add_device_arg, add_es_args, add_mod
                      add_sampler_args, add_threads_arg, es_from_args, int_in, progress_bar, sampler_kwargs,
                      schedule_arg)
 
+GRID_N = 100  # samples in the --grid PNG unless --grid-n says
+
 DETERMINISM = ("Each sample has its own noise, drawn from its seed, so runs with and without ES on the same seeds "
                "share their noise. The same seeds with the same --batch-size give the same bytes, on any number of "
                "processes (torchrun) and after a resume; another --batch-size can change a sample's last float "
@@ -35,7 +37,7 @@ def register(sub) -> None:
                    help="write 3-channel images (grey repeated), as ADM's evaluator and most FID tools expect")
     p.add_argument("--grid", default=None, metavar="PNG", help="also write a PNG grid of the first --grid-n samples")
     p.add_argument("--grid-n", type=int_in(1, 1_000_000), default=None,
-                   help="number of samples in the grid (default 100)")
+                   help=f"number of samples in the grid (default {GRID_N})")
     p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=None,
                    help=BATCH_HELP[:-1] + "; the bytes of a sample can depend on it, see above)")
     p.add_argument("--shard-size", type=int_in(1, MAX_SEEDS), default=256,
@@ -110,14 +112,15 @@ def _run(args, ctx) -> int:
         raise UsageError(f"--rgb needs 1- or 3-channel images, the model makes {m.data_shape[0]} channels")
 
     # omitted: from the network and the shape only, so every rank and every resume agrees
-    args.batch_size = resolve_batch_size(args.batch_size, m.denoiser(), m.data_shape, args.device)
+    den = m.denoiser()
+    args.batch_size = resolve_batch_size(args.batch_size, den, m.data_shape, args.device)
 
     # everything that determines the samples keys the resumable shards (OUT.parts/); the clipping as the sampler
     # will apply it (True for [-1, 1], the key of runs before clip defaulted to the model's own; a bound r; False)
     if "clip" in kwargs:
         from ..samplers import clip_bound
 
-        bound = clip_bound(kwargs["clip"], m.denoiser())
+        bound = clip_bound(kwargs["clip"], den)
         kwargs = {**kwargs, "clip": True if bound == 1.0 else False if bound is None else bound}
     identity = {"model": model_fingerprint(m.net), "shape": list(m.data_shape), "sampler": args.sampler,
                 "steps": args.steps, "es": None if es is None else es.to_dict(), "spacing": args.spacing,
@@ -128,7 +131,7 @@ def _run(args, ctx) -> int:
         identity["edm"] = schedule.to_dict()
 
     def run_chunk(chunk, progress):  # images are quantised per chunk, exactly as the whole set would be
-        x = sample(m.denoiser(), args.sampler, args.steps, m.data_shape, chunk, schedule=schedule, es=es,
+        x = sample(den, args.sampler, args.steps, m.data_shape, chunk, schedule=schedule, es=es,
                    batch_size=args.batch_size, device=args.device, spacing=args.spacing, progress=progress, **kwargs)
         if x.ndim != 4:
             return x.numpy()
@@ -149,11 +152,11 @@ def _run(args, ctx) -> int:
         seeds_arr = np.asarray(seeds, dtype=np.int64)
         if layout == "png":
             if args.grid:
-                save_grid(args.grid, np.stack([read_png(shards.png_path(s)) for s in seeds[: args.grid_n or 100]]))
+                save_grid(args.grid, np.stack([read_png(shards.png_path(s)) for s in seeds[: args.grid_n or GRID_N]]))
         elif merged.ndim == 4:
             save_npz(args.out, merged, seeds=seeds_arr)
             if args.grid:
-                save_grid(args.grid, merged[: args.grid_n or 100])
+                save_grid(args.grid, merged[: args.grid_n or GRID_N])
         else:  # vectors (toy data): float32 under arr_0
             from ..io import atomic_path
 

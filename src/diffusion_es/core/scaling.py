@@ -425,10 +425,8 @@ def read_schedule(path):
     made_for = None
     if isinstance(d, dict) and "schedule" in d:
         made_for = _check_made_for(d.get("made_for"), path)
-        if made_for is None and isinstance(d.get("sampler"), str) and isinstance(d.get("steps"), int) \
-                and not isinstance(d.get("steps"), bool):  # a calibration result (calibrate --json): its own setting
-            made_for = _check_made_for({"sampler": d["sampler"], "steps": d["steps"],
-                                        **({"spacing": d["spacing"]} if isinstance(d.get("spacing"), str) else {})},
+        if made_for is None and "sampler" in d and "steps" in d:  # a calibration result (calibrate --json)
+            made_for = _check_made_for({k: d[k] for k in ("sampler", "steps", "spacing") if d.get(k) is not None},
                                        path)
         if d["schedule"] is None and isinstance(d.get("candidate"), dict):
             raise ValueError(f"{path}: this calibration found no λ that beat the baseline beyond the noise (its "

@@ -26,7 +26,7 @@ import numpy as np
 from ..progress import task as _task
 from ..devices import check_device
 from ..errors import UsageError
-from ..samplers import SamplingPlan, default_schedule, sample
+from ..samplers import SamplingPlan, default_schedule, get_sampler, sample
 from ..core.scaling import LambdaSchedule, Linear, Uniform
 from ..core.schedules import VPSchedule
 
@@ -299,5 +299,5 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
         gain=g, gain_ci=ci, gain_per_set=per, baseline_val=base_v, best_val=best_v, lam_spread=lam_spread,
         evaluations=search.order, extra_val=extra_val, nfe=search.nfe + val.nfe, n_samples=n_samples, message=msg,
         lam_range_searched=searched, at_range_edge=bool(edges), min_lambda=min_lambda,
-        spacing=spacing if SamplingPlan(**plan_kw).chain is not None else None,
+        spacing=spacing if get_sampler(sampler).grid == "vp" else None,
     )

@@ -437,16 +437,12 @@ def train(out_dir, cfg: TrainConfig = None, model: Optional[ModelConfig] = None,
         return _loop(run, progress, callback)
 
 
-def _check_finite(run: "_Run", mean_loss, lr: float) -> None:
-    """Stop at a diverged run (a loss or a weight that is NaN or inf) in one line, before it is logged or saved."""
-    bad = mean_loss is not None and not math.isfinite(mean_loss)
-    if not bad and mean_loss is None:
-        bad = not all(bool(torch.isfinite(p).all()) for p in run.params)
-    if bad:
-        raise UsageError(f"training diverged at step {run.step} (the loss or the weights became NaN or inf, learning "
-                         f"rate {lr:g}); {run.out} keeps the last good checkpoint"
-                         f"{f' (step {run.saved_step})' if run.saved_step else ' (none: nothing was saved)'}; train "
-                         f"again with a lower --lr (or --grad-clip) into a new --out")
+def _diverged(run: "_Run", lr: float) -> UsageError:
+    """The one line for a run whose loss or weights became NaN or inf (raised before it is logged or saved)."""
+    return UsageError(f"training diverged at step {run.step} (the loss or the weights became NaN or inf, learning "
+                      f"rate {lr:g}); {run.out} keeps the last good checkpoint"
+                      f"{f' (step {run.saved_step})' if run.saved_step else ' (none: nothing was saved)'}; train "
+                      f"again with a lower --lr (or --grad-clip) into a new --out")
 
 
 def _loop(run: _Run, progress: bool, callback) -> dict:
@@ -469,13 +465,16 @@ def _loop(run: _Run, progress: bool, callback) -> dict:
             step = run.step
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                _check_finite(run, float(loss_acc) / acc_n, lr)
-                run.log(lr, float(loss_acc) / acc_n)
+                mean_loss = float(loss_acc) / acc_n
+                if not math.isfinite(mean_loss):
+                    raise _diverged(run, lr)
+                run.log(lr, mean_loss)
                 loss_acc.zero_()
                 acc_n = 0
                 bar.set_postfix(loss=f"{run.last_loss:.4f}", refresh=False)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                _check_finite(run, None, lr)  # never a checkpoint of diverged weights
+                if not all(bool(torch.isfinite(p).all()) for p in run.params):  # never a checkpoint of NaN weights
+                    raise _diverged(run, lr)
                 if step == cfg.steps:
                     run.eval_heldout()
                 run.checkpoint()
