@@ -152,3 +152,21 @@ def test_a_quick_command_draws_no_bar(tmp_path, capsys):
     '0%' line that the next output was glued to)."""
     assert main(["fid-ref", "--data", "digits", "--split", "heldout", "--out", str(tmp_path / "r.npz")]) == 0
     assert "features" not in capsys.readouterr().err
+
+
+def test_the_human_summary_goes_to_stdout_for_every_command_that_writes_one(tmp_path, capsys):
+    """One rule for every command: the human summary line on stdout (like --json's document), progress and notes on
+    stderr (sample and train used to print theirs to stderr, measure / fid / calibrate / demo / export to stdout)."""
+    ref = tmp_path / "r.npz"
+    runs = {
+        "sample": (["sample", "--model", "default", "--sampler", "ddim", "--steps", "2", "--seeds", "0-3",
+                    "--out", str(tmp_path / "s.npz")], "wrote 4 samples"),
+        "train": (["train", "--data", "toy:moons", "--out", str(tmp_path / "m"), "--steps", "2", "--width", "8",
+                   "--blocks", "1"], "trained 2 steps"),
+        "fid-ref": (["fid-ref", "--data", "digits", "--split", "heldout", "--out", str(ref)], "wrote "),
+        "fid": (["fid", str(tmp_path / "s.npz"), "--ref", str(ref)], "FD-digits"),
+    }
+    for cmd, (argv, line) in runs.items():
+        assert main([*argv, "--no-progress"]) == 0, cmd
+        out, err = capsys.readouterr()
+        assert line in out and line not in err, (cmd, out, err)

@@ -5,7 +5,6 @@ seed, EDM's ``seed%06d.png``), and an optional PNG grid."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -181,7 +180,7 @@ def _run(args, ctx) -> int:
         print_json(summary)
     else:
         print(f"wrote {len(seeds)} samples to {args.out}{' (PNG folder)' if layout == 'png' else ''} in "
-              f"{seconds:.1f} s ({summary['samples_per_s']:.1f}/s)", file=sys.stderr)
+              f"{seconds:.1f} s ({summary['samples_per_s']:.1f}/s)")
     return 0
 
 

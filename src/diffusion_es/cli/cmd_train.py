@@ -214,5 +214,5 @@ def run(args) -> int:
     else:
         print(f"trained {summary['step']} steps in {summary['train_seconds']:.0f} s: final loss {summary['final_loss']:.4f}"
               + (f", held-out loss (EMA) {summary['heldout_loss_ema']:.4f}" if summary.get("heldout_loss_ema") else "")
-              + f"; checkpoint in {summary['out']}", file=sys.stderr)
+              + f"; checkpoint in {summary['out']}")
     return 0
