@@ -61,3 +61,24 @@ def test_sliced_wasserstein_shift_is_exact():
     assert got == pytest.approx(np.sqrt(np.mean((theta @ a) ** 2)), rel=1e-10)
     with pytest.raises(ValueError, match="generator"):
         sliced_wasserstein(x, x)
+
+
+def test_each_metric_names_the_generator_kind_it_takes():
+    """KID, FD∞ and the bootstraps draw with numpy, sliced Wasserstein with torch: the wrong kind is named in one
+    line (it was an AttributeError from inside, e.g. 'torch._C.Generator' object has no attribute 'choice')."""
+    from diffusion_es.metrics import bootstrap_fd, fd_infinity, kid
+    from diffusion_es.metrics.frechet import FeatureStats
+
+    g = np.random.default_rng(0)
+    x, y = g.normal(size=(40, 3)), g.normal(size=(40, 3))
+    ref = FeatureStats.from_features(y)
+    tg = torch.Generator().manual_seed(0)
+    for call in (lambda gen: kid(x, y, n_subsets=2, subset_size=10, generator=gen),
+                 lambda gen: fd_infinity(x, ref, sizes=[10, 20, 30], generator=gen),
+                 lambda gen: bootstrap_fd(x, ref, n_boot=3, generator=gen)):
+        with pytest.raises(TypeError, match=r"numpy Generator .* got torch\.(_C\.)?Generator"):
+            call(tg)
+        call(np.random.default_rng(1))         # both numpy kinds work
+        call(np.random.RandomState(2020))
+    with pytest.raises(TypeError, match=r"torch\.Generator.* got numpy\.random.*Generator"):
+        sliced_wasserstein(x, y, generator=np.random.default_rng(0))

@@ -34,6 +34,7 @@ import numpy as np
 
 from .fd_fixed_ref import FixedRefFD, batch_stats, fd_batch
 from .frechet import FeatureStats, _as_f64_2d
+from .rng import numpy_generator
 
 __all__ = ["BootstrapResult", "bootstrap_fd", "bootstrap_fd_difference", "count_matrix", "resampled_stats"]
 
@@ -98,8 +99,7 @@ def _result(estimate: float, values: np.ndarray, level: float, resample_ref: boo
 
 
 def _check(n_boot: int, level: float, generator):
-    if generator is None:
-        raise ValueError("pass generator=np.random.default_rng(seed) so the replicates are reproducible")
+    numpy_generator(generator, "bootstrap")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     if int(n_boot) < 2:

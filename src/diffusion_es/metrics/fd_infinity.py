@@ -37,6 +37,7 @@ import numpy as np
 
 from .fd_fixed_ref import FixedRefFD
 from .frechet import _as_f64_2d
+from .rng import numpy_generator
 
 __all__ = ["FDInfinityResult", "fd_infinity", "fit_inverse_n", "default_sizes"]
 
@@ -95,8 +96,7 @@ def fd_infinity(sample_feats, ref_stats, sizes: Optional[Sequence[int]] = None, 
     """
     f = _as_f64_2d(sample_feats)
     n, dim = f.shape
-    if generator is None:
-        raise ValueError("pass generator=np.random.default_rng(seed) so the subsets are reproducible")
+    numpy_generator(generator, "fd_infinity")
     sizes = default_sizes(n, dim, n_points, min_size) if sizes is None else sorted(int(s) for s in sizes)
     if sizes[0] < 2 or sizes[-1] > n:
         raise ValueError(f"subset sizes must lie in [2, {n}], got {sizes[0]}..{sizes[-1]}")

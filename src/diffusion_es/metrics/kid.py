@@ -42,6 +42,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from .rng import numpy_generator
+
 __all__ = ["KIDResult", "kid", "mmd2_poly", "poly_kernel", "poly_mmd2_gaussian"]
 
 
@@ -124,9 +126,8 @@ def kid(sample_feats, ref_feats, n_subsets: int = 100, subset_size: int = 1000, 
     size = min(int(subset_size), m, n)
     if n_subsets > 0 and size < 2:
         raise ValueError(f"KID subsets need at least 2 rows, have m={m}, n={n}, subset_size={subset_size}")
-    if n_subsets > 0 and generator is None:
-        raise ValueError("pass generator=np.random.default_rng(seed) (or np.random.RandomState(2020) for "
-                         "torch-fidelity's subsets) so the subsets are reproducible")
+    if n_subsets > 0:
+        numpy_generator(generator, "kid (np.random.RandomState(2020) draws torch-fidelity's subsets)")
     vals = []
     for _ in range(int(n_subsets)):
         ix = generator.choice(m, size, replace=False)

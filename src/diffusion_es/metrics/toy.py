@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .rng import torch_generator
+
 __all__ = ["mmd2_unbiased", "median_bandwidth", "wasserstein_1d", "sliced_wasserstein"]
 
 
@@ -82,8 +84,7 @@ def wasserstein_1d(u, v, p: float = 2.0) -> float:
 
 def sliced_wasserstein(x, y, n_proj: int = 128, p: float = 2.0, generator: torch.Generator = None) -> float:
     """Sliced W_p over ``n_proj`` random directions from ``generator`` (required: no hidden global seeding)."""
-    if generator is None:
-        raise ValueError("pass generator=torch.Generator().manual_seed(...) so the directions are reproducible")
+    torch_generator(generator, "sliced_wasserstein")
     x, y = _t(x), _t(y)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"dimensions differ: {x.shape[1]} vs {y.shape[1]}")
