@@ -24,6 +24,7 @@ from diffusers import DDPMPipeline, UNet2DModel  # noqa: E402
 from diffusion_es.adapters import diffusers_export as dx  # noqa: E402
 from diffusion_es.cli import main  # noqa: E402
 from diffusion_es.errors import UsageError  # noqa: E402
+from diffusion_es.errors import UsageError  # noqa: E402
 from diffusion_es.models import ModelConfig, build_model, load_model  # noqa: E402
 from diffusion_es.models.checkpoint import diffusion_config, save_checkpoint  # noqa: E402
 from diffusion_es.samplers import SeedNoise, sample  # noqa: E402
@@ -200,6 +201,16 @@ def test_cli_export_then_use_the_folder(tmp_path, capsys):
     assert info["prediction_type"] == "epsilon" and info["variance_type"] == "fixed_small"
     assert json.loads((out / dx.EXPORT_INFO).read_text())["weights"] == "raw"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "exported", "s.npz"]  # no temporary folders
+    # --overwrite replaces an earlier export only: pointed at the source training folder (or any other folder) it
+    # used to delete it whole, checkpoints and all
+    before = sorted(p.relative_to(ckpt) for p in ckpt.rglob("*"))
+    assert main(["export", "--model", str(ckpt), "--out", str(ckpt), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not an earlier export" in err[0], err
+    assert sorted(p.relative_to(ckpt) for p in ckpt.rglob("*")) == before
+    with pytest.raises(UsageError, match="not an earlier export"):  # (the CLI refuses a file before this)
+        dx.export_diffusers(ckpt, tmp_path / "s.npz", overwrite=True)
+    assert (tmp_path / "s.npz").is_file()
 
 
 @pytest.mark.parametrize("model,match", [("default", "only UNet"), ("missing", "no such checkpoint")])

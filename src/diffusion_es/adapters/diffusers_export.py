@@ -290,8 +290,12 @@ def export_diffusers(model="default", out_dir=None, use_ema: bool = True, overwr
     if out_dir is None:
         raise UsageError("export needs an output folder")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UsageError(f"{out} exists and is not empty; choose a new output folder or pass --overwrite")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise UsageError(f"{out} exists and is not empty; choose a new output folder or pass --overwrite")
+        if not (out / EXPORT_INFO).is_file():  # --overwrite replaces the folder whole: only an earlier export
+            raise UsageError(f"{out} is not an earlier export (it has no {EXPORT_INFO}), and --overwrite would delete "
+                             "all of it; choose a new output folder")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, use_ema=use_ema)
     if loaded.process == "flow":
         raise UsageError(f"{loaded.path} is a rectified-flow model; export writes a DDPMPipeline (a VP β table), "

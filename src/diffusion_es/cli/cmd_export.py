@@ -17,7 +17,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
     p.add_argument("--raw-weights", action="store_true", help="export the raw (non-EMA) weights")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing OUT (only once the new one is complete)")
+                   help="replace OUT if it holds an earlier export (only once the new one is complete); any "
+                        "other non-empty folder is refused")
     add_progress_arg(p)  # (accepted for uniformity: export shows no bar)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
