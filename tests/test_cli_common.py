@@ -2,7 +2,7 @@
 
 import pytest
 
-from diffusion_es.cli import OneLineParser
+from diffusion_es.cli import OneLineParser, main
 from diffusion_es.cli.common import add_es_args, es_from_args, parse_int_list, parse_seeds
 from diffusion_es.errors import UsageError
 from diffusion_es.core.scaling import Linear, Uniform, save_schedule
@@ -63,3 +63,17 @@ def test_threads_option_is_applied_once_for_every_command(tmp_path, capsys):
                  "--out", str(tmp_path / "s.npz"), "--threads", "-1", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("diffusion-es: error: argument --threads: '-1': give a whole number >= 0")
+
+
+def test_a_lambda_far_from_one_is_run_with_a_note(tmp_path, capsys):
+    """λ is the user's choice (the MNIST model's best is below 1), so an absurd one is run, not refused, but said:
+    `sample --es 1e-10` gave all-black/white images with nothing on stderr."""
+    base = ["sample", "--model", "default", "--sampler", "ddim", "--steps", "3", "--seeds", "0-1", "--no-progress"]
+    for flag, note in ((["--es", "1e-10"], "λ from 1e-10 to 1e-10"), (["--es-linear", "0,5"], "λ from 5 to 5"),
+                       (["--es", "1.02"], None), (["--es-linear=-0.3,1.2"], None)):
+        assert main([*base, *flag, "--out", str(tmp_path / "s.npz")]) == 0
+        err = capsys.readouterr().err
+        if note:
+            assert f"note: {flag[0].split('=')[0]} gives {note}, far from 1" in err and err.count("note:") == 1, err
+        else:
+            assert "note:" not in err, err
