@@ -34,7 +34,8 @@ def register(sub):
     p.add_argument("--steps", type=int_list(2, 100_000), default=None,
                    help="VP step counts (default: by dataset profile; digits 10,20,50, mnist 10,20; quick 10,20)")
     p.add_argument("--edm-nfe", type=int_list(2, 100_000), default=None,
-                   help="EDM network evaluations (default 10,20; quick 10)")
+                   help="EDM network evaluations (default 10,20; quick 10); Heun costs 2N - 1 for N steps, so an even "
+                        "value runs Heun one evaluation above it (10: Heun-11)")
     p.add_argument("--samples", type=int_in(10, MAX_SAMPLES), default=None,
                    help="samples per seed set (default: by dataset profile; digits 500, quick 200; mnist 1000, "
                         "quick 250)")

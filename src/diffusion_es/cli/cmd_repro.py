@@ -24,7 +24,8 @@ def register(sub):
     p.add_argument("--samples", type=int_in(10, MAX_SAMPLES), default=None,
                    help="samples per seed set (default: by dataset profile)")
     p.add_argument("--nfe", type=int_list(2, 100_000), default=None,
-                   help="network-evaluation columns (default: by dataset profile)")
+                   help="network-evaluation columns (default: by dataset profile); Heun costs 2N - 1 for N steps, so an "
+                        "even column runs Heun one evaluation above it (10: Heun-11), named so in the report")
     p.add_argument("--samplers", type=name_list, default=None,
                    help="rows (default: the dataset profile's that fit the model: ddpm,ddim,euler,heun, mnist --quick "
                         "ddpm,ddim; an EDM / PFGM++ model euler,heun; a flow model flow_euler,flow_heun)")
