@@ -55,23 +55,38 @@ def test_from_name():
 
 
 # ---- respacing -----------------------------------------------------------------------------------------------
-def _adm_section(T, n):
-    """ADM's space_timesteps(T, [n]) written out from its definition: equal fractional strides, rounded."""
-    if n == 1:
-        return [0]
-    stride = (T - 1) / (n - 1)
-    return sorted({round(i * stride) for i in range(n)})
+def _space_timesteps(num_timesteps, section_counts):
+    """guided-diffusion's respace.space_timesteps (integer section counts), transcribed: each section's
+    fractional stride is summed in a float and each running total rounded with Python's round."""
+    size_per = num_timesteps // len(section_counts)
+    extra = num_timesteps % len(section_counts)
+    start_idx = 0
+    all_steps = []
+    for i, section_count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        frac_stride = 1 if section_count <= 1 else (size - 1) / (section_count - 1)
+        cur_idx = 0.0
+        taken_steps = []
+        for _ in range(section_count):
+            taken_steps.append(start_idx + round(cur_idx))
+            cur_idx += frac_stride
+        all_steps += taken_steps
+        start_idx += size
+    return set(all_steps)
 
 
-@pytest.mark.parametrize("T,n", [(1000, 1), (1000, 2), (1000, 10), (1000, 20), (1000, 50), (1000, 100),
-                                 (1000, 999), (1000, 1000), (4000, 250), (1000, 7), (1000, 37)])
-def test_adm_spacing_is_rounded_linspace_with_both_ends(T, n):
-    ts = respace(T, n, "adm")
-    np.testing.assert_array_equal(ts, np.round(np.linspace(0, T - 1, n)).astype(np.int64))
-    assert list(ts) == _adm_section(T, n)
-    assert ts[0] == 0 and (n == 1 or ts[-1] == T - 1)
-    assert len(ts) == n and np.all(np.diff(ts) > 0)
-    np.testing.assert_array_equal(respace(T, n, "linspace"), ts)
+@pytest.mark.parametrize("T", [1000, 4000])
+def test_adm_spacing_is_guided_diffusions_space_timesteps(T):
+    """For every step count (it was round(linspace), which differs from ADM's running sum at 278 of n = 1..1000
+    for T = 1000, e.g. n = 21: 500 where ADM has 499)."""
+    for n in range(1, T + 1) if T == 1000 else [*range(1, 301), 1000, 3999, 4000]:
+        ts = respace(T, n, "adm")
+        assert list(ts) == sorted(_space_timesteps(T, [n])), n
+        assert ts[0] == 0 and (n == 1 or ts[-1] == T - 1)
+        assert len(ts) == n and np.all(np.diff(ts) > 0)
+    assert respace(1000, 21, "adm")[10] == 499 and respace(1000, 21, "linspace")[10] == 500
+    for n in (10, 20, 50, 100):  # the paper's step counts: both rules agree there
+        np.testing.assert_array_equal(respace(1000, n, "adm"), respace(1000, n, "linspace"))
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])

@@ -270,7 +270,8 @@ def add_sampler_args(p, steps_default: int = 20, sampler_default: str = "ddim") 
     p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=steps_default,
                    help=f"sampling steps (default {steps_default}; Heun: 2N-1 network evaluations)")
     p.add_argument("--spacing", choices=SPACINGS, default="adm",
-                   help="timestep respacing for ddpm/ddim (default adm)")
+                   help="timestep respacing for ddpm/ddim (default adm: guided-diffusion's space_timesteps; "
+                        "linspace, leading, trailing: diffusers' timestep_spacing)")
     p.add_argument("--shift", type=positive_float, default=None,
                    help="flow_euler/flow_heun: SD3 time shift s of the grid, t' = s·t/(1+(s-1)·t) "
                         "(default: the flow model's own)")

@@ -278,14 +278,23 @@ SPACINGS = ("adm", "linspace", "leading", "trailing")
 def respace(T: int, n: int, spacing: str = "adm", steps_offset: int = 0) -> np.ndarray:
     """Pick ``n`` of the ``T`` training timesteps, ascending.
 
-    * ``adm`` / ``linspace``: ``round(linspace(0, T-1, n))`` with both ends included (ADM's uniform section
-      spacing, diffusers' "linspace"; ties round half to even in both).
+    * ``adm``: guided-diffusion's ``space_timesteps(T, [n])``: both ends included, a running float sum of the
+      stride (T-1)/(n-1), each total rounded (Python's ``round``, half to even). It is ``linspace`` except where a
+      total lands on a tie: 278 of n = 1..1000 at T = 1000 (e.g. n = 21: 499 where linspace has 500), none of
+      10, 20, 50, 100.
+    * ``linspace``: diffusers' "linspace", ``round(linspace(0, T-1, n))`` (numpy's rounding, half to even).
     * ``leading``: diffusers' default, ``arange(n) * (T // n) + steps_offset``.
     * ``trailing``: diffusers' "trailing", ``round(arange(T, 0, -T/n)) - 1`` (includes T-1).
     """
     if not (1 <= n <= T):
         raise ValueError(f"number of sampling steps must be in [1, {T}], got {n}")
-    if spacing in ("adm", "linspace"):
+    if spacing == "adm":
+        stride, total, ts = (T - 1) / (n - 1) if n > 1 else 1, 0.0, []
+        for _ in range(n):  # ADM's loop as written: the sum's float round-off decides its ties
+            ts.append(round(total))
+            total += stride
+        ts = np.asarray(ts, dtype=np.int64)
+    elif spacing == "linspace":
         ts = np.round(np.linspace(0, T - 1, n)).astype(np.int64)
     elif spacing == "leading":
         ts = np.arange(n, dtype=np.int64) * (T // n) + steps_offset
