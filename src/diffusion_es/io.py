@@ -89,7 +89,7 @@ def to_uint8(x) -> np.ndarray:
 
     That is EDM's quantisation (``(x*127.5 + 128).clip(0, 255).to(uint8)``, up to exact ties). ADM's
     ``image_sample.py`` truncates instead (``((x+1)*127.5).clamp(0, 255).to(uint8)``), so its pixels sit half a
-    level lower on average: compare FDs of files written by either, not of one against the other's."""
+    level lower on average, which an FD can see: quantise both sides of a comparison the same way."""
     x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
     if x.ndim != 4:
         raise ValueError(f"expected a batch of images (N, C, H, W), got shape {x.shape}")
