@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from .common import SAMPLER_NAMES
 
@@ -59,8 +60,9 @@ def check_claims(results: dict) -> list:
     for s in sorted({c["sampler"] for c in table}):
         cs = sorted((c for c in sig if c["sampler"] == s), key=lambda c: c["nfe_per_sample"])
         if len(cs) >= 2 and len({lam_of(c) for c in cs}) > 1:
-            rhos.append(float(np.corrcoef(np.argsort(np.argsort([c["nfe_per_sample"] for c in cs])),
-                                          np.argsort(np.argsort([lam_of(c) for c in cs])))[0, 1]))
+            # Spearman's ρ with average ranks for ties (λ comes from a grid, so cells often share one; ordinal
+            # ranks broke ties by position and could flip the sign)
+            rhos.append(float(spearmanr([c["nfe_per_sample"] for c in cs], [lam_of(c) for c in cs])[0]))
     claim("(c) Fewer steps want a larger λ", np.mean(rhos) < 0 if rhos else None,
           f"mean Spearman correlation of λ with NFE over samplers with >= 2 significant cells: "
           f"{np.mean(rhos):+.2f} ({len(rhos)} samplers)" if rhos else
