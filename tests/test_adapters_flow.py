@@ -22,8 +22,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 import diffusers  # noqa: E402
 from diffusers import (  # noqa: E402
-    DDIMPipeline, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler,
-    EDMEulerScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
+    DDIMPipeline, DDIMScheduler, DDPMScheduler, DEISMultistepScheduler, DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler, EDMDPMSolverMultistepScheduler, EDMEulerScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
     FlowMatchHeunDiscreteScheduler, HeunDiscreteScheduler, KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler,
     LMSDiscreteScheduler, UniPCMultistepScheduler,
 )
@@ -146,7 +146,9 @@ FNET = TinyFlowNet().eval()
 
 def flow_loop(sched, net=FNET, lams=None, seen=None):
     """A bare flow loop. With ``lams`` and ``seen`` (``sched`` under :func:`spied_es`): every call's velocity
-    rewritten by hand (λ of the step whose t the call is at, 1 at t = 1) against the library's rewrite of it."""
+    rewritten by hand (λ of the step whose t the call is at) against the library's rewrite of it. The loop starts
+    from pure noise, so the grid's first time is t = 1 (σ = ∞, λ = 1) whatever the scheduler writes there: 1, UniPC's
+    1 − 1e-6, or DPM-Solver / DEIS's shifted 1 − 1/T."""
     x = randn_tensor((2, 3, 8, 8), generator=gen())
     sched.set_timesteps(N)
     ts = [t for t in np.unique(sched.sigmas.double().numpy())[::-1] if t > 0]  # the distinct step times
@@ -156,7 +158,7 @@ def flow_loop(sched, net=FNET, lams=None, seen=None):
             if lams is not None:
                 idx = sched.step_index if sched.step_index is not None else sched.index_for_timestep(t)
                 tt = float(sched.sigmas[idx])
-                lam = float(lams[ts.index(tt)])
+                lam = 1.0 if tt == ts[0] else float(lams[ts.index(tt)])
                 hand = flow_v(v, x, tt, lam)
             x_next = sched.step(v, t, x).prev_sample
             if lams is not None:
@@ -173,6 +175,10 @@ FLOW_SCHEDS = {
                                                     flow_shift=3.0),
     "unipc_flow": lambda: UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
                                                   flow_shift=3.0),
+    "dpm_single_flow": lambda: DPMSolverSinglestepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
+                                                            flow_shift=1.0),
+    "deis_flow": lambda: DEISMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
+                                                flow_shift=6.0),
 }
 
 
@@ -195,17 +201,23 @@ def test_flow_schedulers_against_hand_loop(name):
             want = flow_loop(s2, lams=es.values(N), seen=seen)
         assert torch.equal(got, want)
         assert (got - base).abs().max() > 1e-4
-        if name in ("fm_euler", "fm_heun", "unipc_flow"):  # grids from t = 1 (or UniPC's 1 − 1e-6): λ = 1 there
-            assert h.records[0].sigma == math.inf and h.records[0].lam == 1.0
+        if name != "fm_euler_stochastic":  # grids from t = 1 or a stand-in for it: λ = 1 there
+            assert h.records[0].sigma == math.inf and h.records[0].lam == 1.0, name
     torch.manual_seed(0)
     assert torch.equal(flow_loop(s), base)  # removed: the baseline again
 
 
-def test_first_flow_step_is_untouched():
-    """σ = ∞ rule: the state after the first step from t = 1 is the baseline's, bit for bit, for any λ."""
+@pytest.mark.parametrize("make", [lambda: FlowMatchEulerDiscreteScheduler(shift=3.0), *(
+    lambda cls=cls, shift=shift: cls(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift)
+    for cls in (DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, DEISMultistepScheduler)
+    for shift in (1.0, 3.0))])
+def test_first_flow_step_is_untouched(make):
+    """σ = ∞ rule: the state after the first step from pure noise is the baseline's, bit for bit, for any λ. DPM-Solver
+    and DEIS with flow sigmas call that point t = flow_shift(1 − 1/T) (0.999, 0.99967 at shift 3: σ ≈ 1000 · shift)
+    to avoid log(0); λ was applied there and moved a 20-step sample ten times more than on all other steps."""
     outs = {}
     for tag, es in (("base", None), ("es", Uniform(1.5))):
-        s = FlowMatchEulerDiscreteScheduler(shift=3.0)
+        s = make()
         s.set_timesteps(N)
         x = randn_tensor((2, 3, 8, 8), generator=gen())
         t = s.timesteps[0]

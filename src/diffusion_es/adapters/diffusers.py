@@ -31,7 +31,10 @@ the prediction is turned into ε with that (a, b), divided by λ and turned back
 the unpatched one. diffusers writes that point in three ways, all recognised: ᾱ = 0 exactly (DDPM / DDIM with
 ``rescale_betas_zero_snr=True``), its stand-in ᾱ = 2⁻²⁴ (Euler, Euler ancestral and DPM-Solver multistep with
 ``rescale_betas_zero_snr=True``: every σ at or above the σ of the last training timestep is σ = ∞), and t = 1 or
-its stand-in t = 1 − 1e-6 (flow schedulers; every t within ``FLOW_T_STANDIN`` of 1 is t = 1).
+its stand-ins: UniPC's t = 1 − 1e-6 (every t within ``FLOW_T_STANDIN`` of 1 is t = 1), and the top of DPM-Solver
+(multistep, singlestep) and DEIS grids with ``use_flow_sigmas=True``, which start at the shifted 1 − 1/T (t = 0.99967,
+σ_flow ≈ 3000 at shift 3) to avoid log(0) while the pipeline hands them pure noise; without the rule λ = 1.005 on
+that one step moved Sana-style samples ten times more than on all other steps together.
 
 λ comes from :class:`diffusion_es.core.scaling.BoundLambda`, bound lazily to the scheduler's grid (one σ per distinct
 timestep of the current ``set_timesteps``; re-bound whenever ``scheduler.timesteps`` is replaced). A call is keyed on
@@ -83,6 +86,9 @@ _FAMILIES = (("vp_alphas", _VP_ALPHAS), ("vp_sigmas", _VP_SIGMAS), ("sigma_space
              ("flow", _FLOW))
 # a flow time this close to 1 is t = 1 (σ = ∞): UniPC with use_flow_sigmas starts at 1 − 1e-6 to avoid log(0)
 FLOW_T_STANDIN = 1e-5
+# schedulers whose use_flow_sigmas grid starts at flow_shift(1 − 1/T) (np.linspace(1, 1/T, n + 1), flipped): that
+# top is their stand-in for t = 1
+_FLOW_TOP_BELOW_ONE = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "DEISMultistepScheduler")
 # settings of FlowMatchEulerDiscreteScheduler that no VP scheduler has: a VP scheduler whose config carries one of
 # them was made from a flow model's scheduler config
 _FLOW_CONFIG_KEYS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len",
@@ -190,6 +196,10 @@ class _SchedulerView:
                              f"FlowMatchHeunDiscreteScheduler, or DPM-Solver / UniPC with use_flow_sigmas=True)")
         # σ = ∞ of a zero-terminal-SNR VP schedule: ᾱ = 0, or diffusers' stand-in 2^-24 for the last timestep
         self.inf_from = math.inf
+        self.flow_inf_from = 1.0 - FLOW_T_STANDIN  # flow: t at or above this is t = 1
+        if self.process == "flow" and {c.__name__ for c in type(scheduler).__mro__} & set(_FLOW_TOP_BELOW_ONE):
+            top, shift = 1.0 - 1.0 / int(cfg.get("num_train_timesteps", 1000)), float(cfg.get("flow_shift", 1.0))
+            self.flow_inf_from = min(self.flow_inf_from, shift * top / (1 + (shift - 1) * top) * (1 - 1e-6))
         if self.process == "vp" and cfg.get("rescale_betas_zero_snr", False) and hasattr(scheduler, "alphas_cumprod"):
             self.inf_from = float(alpha_bar_to_sigma(float(scheduler.alphas_cumprod[-1].to(torch.float64))))
         self.schedule = schedule
@@ -201,7 +211,7 @@ class _SchedulerView:
     def level(self, raw: float) -> _Level:
         """The scheduler's own noise value (σ; t for a flow process) as a :class:`_Level`."""
         if self.process == "flow":
-            t = 1.0 if raw >= 1.0 - FLOW_T_STANDIN else float(raw)
+            t = 1.0 if raw >= self.flow_inf_from else float(raw)
             return _Level(raw, flow_t_to_sigma(t), 1.0 - t, t)
         if raw >= self.inf_from * (1 - 1e-6):
             return _Level(raw, math.inf, 0.0, 1.0)
