@@ -707,3 +707,30 @@ def test_unet_loader_refuses_a_flow_scheduler_config(tmp_path):
         load_diffusers_unet(tmp_path / "unet", scheduler=dict(FlowMatchEulerDiscreteScheduler(shift=3.0).config))
     zs = load_diffusers_unet(tmp_path / "unet", scheduler=DDIMScheduler(**ZSNR))  # zero SNR: ᾱ_T = 0 reproduced
     assert zs.schedule.zero_snr and zs.prediction == "v"
+
+
+def test_schedulers_swapped_with_from_config_across_families():
+    """from_config keeps the keys of the config it came from. A VP scheduler from a flow config is refused, unless it
+    is switched to flow sigmas (DPM-Solver / UniPC / DEIS with use_flow_sigmas=True, prediction_type='flow_prediction':
+    the docs' swap idiom, which was refused); a flow scheduler from a VP config is refused (it read an ε-model's
+    output as a velocity, with exit 0); a flow scheduler from a flow DPM-Solver config (Sana's) is accepted."""
+    sd3_cfg = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False).config
+    flow_kw = dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0)
+    for cls in (DPMSolverMultistepScheduler, UniPCMultistepScheduler, DEISMultistepScheduler):
+        swapped, direct = cls.from_config(sd3_cfg, **flow_kw), cls(**flow_kw)
+        runs = []
+        for s in (swapped, direct):
+            with apply_epsilon_scaling(s, LIN, record=True) as h:
+                runs.append((flow_loop(s), [(r.sigma, r.lam) for r in h.records]))
+        assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1], cls.__name__
+    with pytest.raises(ValueError, match="built from a flow-matching scheduler's config"):
+        apply_epsilon_scaling(DPMSolverMultistepScheduler.from_config(sd3_cfg), 1.01)
+    sd15 = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                         clip_sample=False, set_alpha_to_one=False).config
+    for cls in (FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler):
+        with pytest.raises(ValueError, match="built from a VP scheduler's config .*beta_start.*DDIMScheduler"):
+            apply_epsilon_scaling(cls.from_config(sd15), 1.01)
+    sana = DPMSolverMultistepScheduler(beta_start=0.0002, **flow_kw).config
+    s = FlowMatchEulerDiscreteScheduler.from_config(sana, shift=3.0)
+    with apply_epsilon_scaling(s, LIN):
+        assert torch.isfinite(flow_loop(s)).all()

@@ -93,6 +93,9 @@ _FLOW_TOP_BELOW_ONE = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepSchedu
 # them was made from a flow model's scheduler config
 _FLOW_CONFIG_KEYS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len",
                      "max_image_seq_len", "invert_sigmas", "stochastic_sampling")
+# and the other way round: settings of a VP β table that no flow-matching scheduler has
+_VP_CONFIG_KEYS = ("beta_start", "beta_end", "beta_schedule", "trained_betas", "clip_sample", "set_alpha_to_one",
+                   "rescale_betas_zero_snr", "prediction_type")
 
 
 def require_diffusers():
@@ -100,20 +103,33 @@ def require_diffusers():
     return require_optional("diffusers", "diffusers")
 
 
-def _is_flow_config(scheduler) -> bool:
+def _foreign_keys(scheduler, keys) -> list:
+    """Those of ``keys`` that ``scheduler.config`` carries but its class does not take: ``from_config`` of another
+    family's config keeps them."""
     own = set(inspect.signature(type(scheduler).__init__).parameters)
-    return any(k in scheduler.config and k not in own for k in _FLOW_CONFIG_KEYS)
+    return [k for k in keys if k in scheduler.config and k not in own]
 
 
 def _family(scheduler) -> str:
     names = {c.__name__ for c in type(scheduler).__mro__}
+    cfg = scheduler.config
     for fam, members in _FAMILIES:
         if names & set(members):
-            if fam not in ("flow", "edm") and _is_flow_config(scheduler):
+            flow_grid = fam == "vp_sigmas" and cfg.get("use_flow_sigmas", False)  # DPM-Solver & co. made for flow
+            carried = _foreign_keys(scheduler, _FLOW_CONFIG_KEYS)
+            if fam not in ("flow", "edm") and not flow_grid and carried:
                 raise ValueError(f"{type(scheduler).__name__} was built from a flow-matching scheduler's config (it "
-                                 f"carries {', '.join(k for k in _FLOW_CONFIG_KEYS if k in scheduler.config)}): it "
-                                 f"samples a flow-matching model wrongly; use FlowMatchEulerDiscreteScheduler."
-                                 f"from_config(pipe.scheduler.config) (or FlowMatchHeunDiscreteScheduler)")
+                                 f"carries {', '.join(carried)}): it samples a flow-matching model wrongly; use "
+                                 f"FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config) (or "
+                                 f"FlowMatchHeunDiscreteScheduler, or {type(scheduler).__name__} with "
+                                 f"use_flow_sigmas=True, prediction_type='flow_prediction')")
+            carried = _foreign_keys(scheduler, _VP_CONFIG_KEYS)
+            of_flow = cfg.get("use_flow_sigmas", False) or cfg.get("prediction_type") == "flow_prediction"
+            if fam == "flow" and carried and not of_flow:  # (a DPM-Solver flow config, e.g. Sana's, is a flow one)
+                raise ValueError(f"{type(scheduler).__name__} was built from a VP scheduler's config (it carries "
+                                 f"{', '.join(carried)}): it reads the network's output as a velocity, which an ε / v "
+                                 f"/ x0 model's is not; use a VP scheduler, e.g. DDIMScheduler.from_config("
+                                 f"pipe.scheduler.config)")
             return fam
     name = type(scheduler).__name__
     if name.startswith(("FlowMatch", "Flow")) or "shift" in scheduler.config:
