@@ -417,6 +417,31 @@ def test_stable_diffusion_style_pipeline(sd_pipe):
     assert np.array_equal(run(sd_pipe, **kw), base)
 
 
+def test_guidance_rescale_separates_the_two_routes_only_for_v_prediction(sd_pipe):
+    """docs/diffusers.md: scaling before guidance (model route) equals the scheduler route for ε-prediction even
+    with guidance_rescale (homogeneous in ε), but not for v-prediction, where the std rescaling meets an affine
+    ε → v map."""
+    kw = {"prompt": "a photo of a cat", "guidance_scale": 5.0, "guidance_rescale": 0.7, "height": 16, "width": 16}
+    old = sd_pipe.scheduler
+    try:
+        gaps = {}
+        for pred in ("epsilon", "v_prediction"):
+            sd_pipe.scheduler = DDIMScheduler.from_config(old.config, prediction_type=pred)
+            base = run(sd_pipe, **kw)
+            with apply_epsilon_scaling(sd_pipe, LIN):
+                post = run(sd_pipe, **kw)
+            with scale_model_output(sd_pipe.unet, sd_pipe, LIN):
+                pre = run(sd_pipe, **kw)
+            effect = np.abs(post - base).max()
+            assert effect > 1e-3
+            if pred == "epsilon":
+                close(pre, post)
+            gaps[pred] = np.abs(pre - post).max() / effect
+        assert gaps["v_prediction"] > 0.05, gaps  # a difference a reader would see, not round-off
+    finally:
+        sd_pipe.scheduler = old
+
+
 # ---- errors and the optional dependency --------------------------------------------------------------------
 def test_clear_errors(unet_lat):
     with pytest.raises(ValueError, match="does not support LCMScheduler.*supported schedulers.*DDIMScheduler"):
