@@ -462,6 +462,15 @@ def test_clear_errors(unet_lat):
     with apply_epsilon_scaling(pipe, PerStep([1.01, 1.02])):
         with pytest.raises(ValueError, match="2 values but the sampler runs 4 steps"):
             run(pipe, batch_size=1)
+    # both routes at once divided ε by λ twice, silently
+    with apply_epsilon_scaling(s, 1.01):
+        with pytest.raises(RuntimeError, match=r"already scales this scheduler's step.*twice \(λ²\)"):
+            scale_model_output(unet_lat, s, 1.01)
+    with scale_model_output(unet_lat, s, 1.01):
+        with pytest.raises(RuntimeError, match=r"already scales a model's output for this scheduler.*twice"):
+            apply_epsilon_scaling(s, 1.01)
+    with apply_epsilon_scaling(s, 1.01), scale_model_output(unet_lat, DDIMScheduler(), 1.01):
+        pass  # another scheduler's model route is no conflict
     h = apply_epsilon_scaling(s, 1.01)
     s.step = lambda *a, **k: None  # someone patched over it
     with pytest.raises(RuntimeError, match="replaced after Epsilon Scaling"):

@@ -52,6 +52,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -410,6 +411,11 @@ def _already_patched(target, attr):
     return getattr(target.__dict__.get(attr), "_es_handle", None) is not None
 
 
+# the model-side handles of each scheduler: the two routes at once would divide ε by λ twice (λ²)
+_MODEL_ROUTES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_BOTH_ROUTES = ("would divide ε by λ twice (λ²): use one route (remove the other handle first)")
+
+
 _STEP_PARAMS = ("model_output", "timestep", "sample")
 
 
@@ -430,6 +436,9 @@ def apply_epsilon_scaling(pipe_or_scheduler, schedule: Union[LambdaSchedule, flo
     if _already_patched(sched, "step"):
         raise RuntimeError("Epsilon Scaling is already applied to this scheduler; remove the first handle before "
                            "applying another schedule")
+    if any(h.active for h in _MODEL_ROUTES.get(sched, ())):
+        raise RuntimeError(f"scale_model_output already scales a model's output for this scheduler; scaling its step "
+                           f"too {_BOTH_ROUTES}")
     view = _SchedulerView(sched, _as_schedule(schedule))
     orig = sched.step
     handle = None
@@ -476,6 +485,9 @@ def scale_model_output(model, pipe_or_scheduler, schedule: Union[LambdaSchedule,
     sched = _find_scheduler(pipe_or_scheduler)
     if _already_patched(model, "forward"):
         raise RuntimeError("Epsilon Scaling is already applied to this model; remove the first handle first")
+    if _already_patched(sched, "step"):
+        raise RuntimeError(f"apply_epsilon_scaling already scales this scheduler's step; scaling the model's output "
+                           f"too {_BOTH_ROUTES}")
     view = _SchedulerView(sched, _as_schedule(schedule), prediction_type)
     orig = model.forward
     handle = None
@@ -514,4 +526,5 @@ def scale_model_output(model, pipe_or_scheduler, schedule: Union[LambdaSchedule,
     handle = EpsilonScalingHandle(model, "forward", forward, view, record)
     forward._es_handle = handle
     model.forward = forward
+    _MODEL_ROUTES[sched] = [h for h in _MODEL_ROUTES.get(sched, ()) if h.active] + [handle]
     return handle
