@@ -34,6 +34,7 @@ def test_same_seeds_same_files_and_es_changes_only_es_outputs(tmp_path, capsys):
     assert main([*common, "--out", str(tmp_path / "a.npz"), "--grid", str(tmp_path / "a.png")]) == 0
     assert main([*common, "--out", str(tmp_path / "b.npz")]) == 0
     assert main([*common, "--out", str(tmp_path / "c.npz"), "--batch-size", "4"]) == 0
+    capsys.readouterr()  # (the human summaries)
     assert main([*common, "--out", str(tmp_path / "e.npz"), "--es", "1.05", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["es"] is not None and summary["n"] == 6 and summary["nfe"] == 5

@@ -213,3 +213,28 @@ def test_a_complete_output_removes_the_stale_shards_of_other_settings(tmp_path):
     assert main(["sample", "--sampler", "ddim", "--steps", "2", "--seeds", "0-3", "--out", str(out),
                  "--no-progress"]) == 0
     assert [p.name for p in parts.iterdir()] == ["notes.txt"]
+
+
+def test_png_rerun_never_keeps_pngs_that_other_settings_overwrote(runs, tmp_path, monkeypatch):
+    """Run A (3 steps) killed after its first chunk, run B (2 steps) killed after its first chunk (it overwrote
+    seeds 0-3), then A resumed: A's marker for seeds 0-3 used to stand, and A kept B's PNGs with exit 0."""
+    import diffusion_es.samplers as samplers
+
+    real = samplers.sample
+    calls = []
+
+    def dies_on_the_second_chunk(*a, **kw):
+        calls.append(list(a[4]))
+        if len(calls) % 2 == 0:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(samplers, "sample", dies_on_the_second_chunk)
+    out = tmp_path / "p"
+    assert main([*COMMON, "--out", str(out)]) == 130                     # A: seeds 0-3 written
+    other = [a if a != "3" else "2" for a in COMMON]                      # B: --steps 2
+    assert main([*other, "--out", str(out)]) == 130                      # B: seeds 0-3 overwritten
+    monkeypatch.setattr(samplers, "sample", real)
+    assert main([*COMMON, "--out", str(out)]) == 0                       # A again
+    for s in range(10):  # every PNG is A's, as in the uninterrupted run
+        assert (out / f"seed{s:06d}.png").read_bytes() == (runs / "pngs" / f"seed{s:06d}.png").read_bytes(), s

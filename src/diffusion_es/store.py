@@ -234,13 +234,35 @@ class ShardedRun:
         from .io import atomic_path, save_png, write_json
 
         if self.layout == "png":
+            self._disown(chunk)
             for seed, img in zip(chunk, arr):
                 save_png(self.png_path(seed), img)
-            write_json(self.shard_path(chunk), {"seeds": [int(chunk[0]), int(chunk[-1])], "n": len(chunk)})
+            write_json(self.shard_path(chunk), {"seeds": [int(chunk[0]), int(chunk[-1])], "n": len(chunk),
+                                                "all": [int(s) for s in chunk]})
             return
         with atomic_path(self.shard_path(chunk), suffix=".npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, arr_0=arr, seeds=np.asarray(chunk, dtype=np.int64))
+
+    def _disown(self, chunk) -> None:
+        """Before a PNG chunk is (re)written: remove the markers of other runs (other settings) whose seed range
+        overlaps it, since the PNGs they vouch for are about to be replaced. Without this, a run killed after
+        overwriting seeds with other settings left the first run's marker standing, and the first run, resumed,
+        took the other settings' PNGs as its own."""
+        mine, ours = {int(s) for s in chunk}, self.shard_path(chunk).name
+        for p in self.dir.glob(f"seeds*-*-*.{self._suffix}"):
+            if p.name == ours:
+                continue
+            try:
+                overlap = bool(mine & {int(s) for s in json.loads(p.read_text())["all"]})
+            except (OSError, ValueError, KeyError, TypeError):  # an older marker: its first-last range
+                try:
+                    a, b = sorted(int(v) for v in p.name[len("seeds"):].split("-")[:2])
+                    overlap = any(a <= s <= b for s in mine)
+                except ValueError:
+                    overlap = True  # unreadable: drop it (at worst a chunk is sampled again)
+            if overlap:
+                p.unlink(missing_ok=True)
 
     def _merge(self) -> Optional[np.ndarray]:
         from .io import read_npz
