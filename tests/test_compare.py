@@ -147,3 +147,23 @@ def test_compare_says_what_fits_a_flow_or_pfgm_model(tmp_path, capsys):
     assert "rectified-flow model: measure ES on it with repro or calibrate" in err[0]
     assert "leave --samplers out or pass --samplers none" in err[1]
     assert "no rows to compare" in err[2]
+
+
+def test_an_ip_twin_of_another_model_is_not_reused(tiny_run):
+    """compare --train-ip into an --out whose ip_model/ was trained for another base model used to reuse it whenever
+    the step counts matched (with the report saying "same recipe")."""
+    import copy
+    from types import SimpleNamespace
+
+    from diffusion_es.errors import UsageError
+    from diffusion_es.experiments.compare import _train_ip
+
+    root, cfg, res, logs = tiny_run
+    base = load_model(root / "model")
+    assert _train_ip(base, root / "out", "cpu", print) == root / "out" / "ip_model"  # its own: reused
+    for change in (lambda c: c["training"]["options"].update(seed=5), lambda c: c["model"].update(width=16),
+                   lambda c: c["training"]["options"].update(data="toy:moons")):
+        other = copy.deepcopy(base.config)
+        change(other)
+        with pytest.raises(UsageError, match="holds the IP twin of another model"):
+            _train_ip(SimpleNamespace(config=other, path="other"), root / "out", "cpu", print)

@@ -130,16 +130,29 @@ def _train_ip(base, out: Path, device, log) -> Path:
 
     opts = ip_recipe(base.config)
     d = out / "ip_model"
+    other = (f"{d} holds the IP twin of another model (trained with another recipe than {base.path}'s); give "
+             f"compare another --out, or delete that folder")
     if (d / "config.json").exists():
         from ..models import read_config
 
-        if int(read_config(d).get("training", {}).get("step", -1)) == opts["steps"]:
+        have = read_config(d)
+        got = have.get("training", {}).get("options", {})
+        if (any(got.get(k) != v for k, v in opts.items() if k != "steps")
+                or any(have.get("model", {}).get(k) != v for k, v in base.config["model"].items())
+                or have.get("diffusion") != base.config["diffusion"]):
+            raise UsageError(other)  # (it was reused whenever its step count matched)
+        if int(have.get("training", {}).get("step", -1)) == opts["steps"]:
             return d
     log(f"training the IP model into {d} ({opts['steps']} steps, ip_gamma {IP_GAMMA}); this is slow on a CPU")
     resume = (d / STATE_FILE).exists()
-    train(d, TrainConfig.from_dict(opts), model=ModelConfig.from_dict(base.config["model"]),
-          diffusion=base.config["diffusion"], device=device, resume=resume, progress=False,
-          command=f"diffusion-es compare --train-ip (recipe of {base.path})")
+    try:
+        train(d, TrainConfig.from_dict(opts), model=ModelConfig.from_dict(base.config["model"]),
+              diffusion=base.config["diffusion"], device=device, resume=resume, progress=False,
+              command=f"diffusion-es compare --train-ip (recipe of {base.path})")
+    except UsageError as e:
+        if resume and "differs from the run being resumed" in str(e):
+            raise UsageError(f"{other} ({e})") from None
+        raise
     return d
 
 
