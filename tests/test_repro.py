@@ -132,3 +132,21 @@ def test_compare_section_joins_the_report(quick_run, tmp_path):
     r["compare"] = json.loads((Path(__file__).parent.parent / "docs" / "compare" / "results_compare.json").read_text())
     md = render_md(build_blocks(r))
     assert "## Epsilon Scaling and the other fixes for exposure bias" in md
+
+
+def test_parts_follow_the_reference_files_contents_not_its_name(tmp_path, capsys):
+    """A reference .npz remade at the same path (another split) used to serve the old cached cells, with exit 0."""
+    ref, out = tmp_path / "R.npz", tmp_path / "r"
+    tiny = ["--quick", "--samplers", "ddim", "--nfe", "4", "--samples", "20", "--seeds", "2", "--ref", str(ref),
+            "--out", str(out), "--no-progress"]
+    cells = []
+    for split in ("heldout", "train", "train"):
+        assert main(["fid-ref", "--data", "digits", "--split", split, "--out", str(ref), "--no-progress"]) == 0
+        capsys.readouterr()
+        assert main(["repro", *tiny]) == 0
+        cells.append([ln for ln in capsys.readouterr().err.splitlines() if "ddim 4 steps" in ln])
+    assert "(cached)" not in cells[1][0] and "(cached)" in cells[2][0], cells  # recomputed for the new file only
+    from diffusion_es.experiments.common import file_contents
+
+    assert file_contents("digits", "heldout", "toy:moons", None) == {}  # built-in names: keys of such runs unchanged
+    assert set(file_contents(str(ref), f"npz:{ref}")) == {str(ref), f"npz:{ref}"}

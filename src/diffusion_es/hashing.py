@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-__all__ = ["weights_hash", "model_fingerprint", "json_hash"]
+__all__ = ["weights_hash", "model_fingerprint", "json_hash", "path_hash"]
 
 
 def weights_hash(state_dict) -> str:
@@ -37,3 +37,21 @@ def model_fingerprint(module) -> str:
 def json_hash(obj, length: int = 64) -> str:
     """sha256 (hex, the first ``length`` characters) of ``obj`` as JSON with sorted keys."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def path_hash(path, length: int = 16) -> str:
+    """sha256 (hex) of a file's bytes, or of a folder's files (sorted relative names and bytes, hidden ones left
+    out)."""
+    from pathlib import Path
+
+    p = Path(path)
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file()
+                                          and not any(part.startswith(".") for part in q.relative_to(p).parts))
+    for f in files:
+        if f is not p:
+            h.update(str(f.relative_to(p)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:length]

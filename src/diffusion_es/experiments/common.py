@@ -3,7 +3,9 @@ evaluator and the shape of a method's result, and per-part progress lines."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -62,6 +64,24 @@ def fingerprint(model) -> dict:
     if clip != 1.0:
         fp["clip_x0"] = clip
     return fp
+
+
+def file_contents(*specs) -> dict:
+    """{spec: hash of its contents} for each spec that names a file or folder (a reference ``.npz``, ``npz:PATH`` /
+    ``mnist:PATH`` data, an Inception file): a part computed against one file is not served for another written at
+    the same path later. Built-in names (``digits``, ``heldout``, ...) name no file and add nothing, so the keys of
+    runs on them do not change."""
+    from ..hashing import path_hash
+
+    out = {}
+    for spec in specs:
+        if not spec:
+            continue
+        s = str(spec)
+        path = Path(s.split(":", 1)[1]) if ":" in s and not Path(s).exists() else Path(s)
+        if (":" in s or "/" in s or os.sep in s or path.suffix) and path.exists():  # (a bare name is built in)
+            out[s] = path_hash(path)
+    return out
 
 
 def seed_sets(seed: int, n_samples: int, count: int) -> list:

@@ -32,7 +32,8 @@ from typing import Optional
 
 from ..errors import UsageError
 from .common import (CHURN_GAMMAS, IP_GAMMA, RANGES, S_NOISE_RANGE, TS_CUTOFFS, TS_WINDOW_FRACTIONS, Paired,
-                     Ticker, fingerprint, load_model_and_data, method_result, search_lambda, seed_sets)
+                     Ticker, file_contents, fingerprint, load_model_and_data, method_result, search_lambda,
+                     seed_sets)
 
 __all__ = ["CompareConfig", "run_compare", "write_compare", "ip_recipe", "COMPARE_PROFILES", "ts_windows"]
 
@@ -210,7 +211,8 @@ class _Comparison:
         self.data_var = data_variance(ds.train) if cfg.ts_rule == "data" else 0.0
         self.store = PartStore(out, {"model": fingerprint(self.model),
                                      "ip": fingerprint(self.ip) if self.ip else None, "data": cfg.data,
-                                     "ref": cfg.ref, "seed": cfg.seed, "version": 3})  # 3: searches extend
+                                     "ref": cfg.ref, "seed": cfg.seed, "version": 3,  # 3: searches extend
+                                     **({"files": files} if (files := file_contents(cfg.data, cfg.ref)) else {})})
         sets = seed_sets(cfg.seed, cfg.n_samples, cfg.n_sets + cfg.n_val_sets)
         self.ev_kw = dict(search_sets=sets[:cfg.n_sets], val_sets=sets[cfg.n_sets:])
         self.common = {k: getattr(cfg, k) for k in ("n_samples", "n_sets", "n_val_sets", "coarse", "refine")}
