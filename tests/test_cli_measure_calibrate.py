@@ -33,20 +33,38 @@ def test_measure_writes_tables_and_plot(tiny_model, tmp_path, capsys):
 
 
 def test_calibrate_reports_and_writes_only_a_real_gain(tiny_model, tmp_path, capsys):
+    """A found schedule is written for this model and setting; when none beats λ = 1 the file is written without
+    one (it used to be left alone, so an older λ file at that path was sampled with, exit 0)."""
+    from diffusion_es.cli.common import weights_id
+    from diffusion_es.models import load_model
+
     lam = tmp_path / "lam.json"
+    lam.write_text('{"schedule": {"kind": "uniform", "b": 1.5}}')  # an older run's file at the same path
     assert main(["calibrate", "--model", str(tiny_model), "--sampler", "ddim", "--steps", "4", "--n", "30",
                  "--sets", "2", "--val-sets", "2", "--coarse", "3", "--refine", "1", "--extend", "0",
                  "--range", "0.99,1.03", "--out", str(lam), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["metric"] == "FD-digits vs heldout" and r["nfe"] > 0  # data the model never saw, by default
     assert len(r["evaluations"]) >= 3 and r["lam_range_searched"] == [0.99, 1.03]  # --extend 0: inside --range
+    saved = json.loads(lam.read_text())
+    assert saved["made_for"] == {"sampler": "ddim", "steps": 4, "spacing": "adm",
+                                 "weights": weights_id(load_model(tiny_model))}
+    use = ["sample", "--sampler", "ddim", "--steps", "4", "--seeds", "0-3", "--es-schedule", str(lam), "--out",
+           str(tmp_path / "s.npz")]
+    capsys.readouterr()
     if r["significant"]:
-        saved = json.loads(lam.read_text())
         assert saved["schedule"] == r["schedule"]
-        assert main(["sample", "--model", str(tiny_model), "--sampler", "ddim", "--steps", "4", "--seeds", "0-3",
-                     "--es-schedule", str(lam), "--out", str(tmp_path / "s.npz")]) == 0
+        assert main([*use, "--model", str(tiny_model)]) == 0
     else:
-        assert r["schedule"] is None and not lam.exists()
+        assert r["schedule"] is None and saved["schedule"] is None
+        assert main([*use, "--model", str(tiny_model)]) == 2
+        assert "found no λ that beat the baseline" in capsys.readouterr().err
+    # another model (here the shipped one) is refused: λ depends on the model
+    saved["schedule"] = {"kind": "uniform", "b": 1.01}
+    lam.write_text(json.dumps(saved))
+    assert main([*use, "--model", "default"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calibrated on another model" in err[0], err
 
 
 def test_calibrate_min_lambda_searches_the_papers_es_only(tiny_model, capsys):

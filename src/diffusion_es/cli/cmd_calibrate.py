@@ -99,7 +99,12 @@ def _run(args, ctx) -> int:
     d = r.to_dict()
     d["model"] = str(args.model)
     if args.out and r.significant:
-        save_schedule(args.out, schedule_from_dict(r.schedule), **schedule_made_for(args), calibration=d)
+        save_schedule(args.out, schedule_from_dict(r.schedule), **schedule_made_for(args, model), calibration=d)
+    elif args.out:  # written all the same: an older λ file at this path would otherwise be taken for this result
+        from ..io import write_json
+
+        write_json(args.out, {"schedule": None, "made_for": schedule_made_for(args, model),
+                              "candidate": d.get("candidate"), "calibration": d})
     if args.json:
         print_json(d)
         return 0
@@ -108,5 +113,6 @@ def _run(args, ctx) -> int:
           f"samples, plus validation)"
           + (f"; λ spread over search sets: {r.lam_spread:.4g}" if math.isfinite(r.lam_spread) else ""))
     if args.out:
-        print(f"wrote {args.out}" if r.significant else f"did not write {args.out}: no schedule beat λ = 1")
+        print(f"wrote {args.out}" if r.significant else
+              f"wrote {args.out} without a schedule: none beat λ = 1 (sample without ES)")
     return 0

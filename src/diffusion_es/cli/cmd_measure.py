@@ -36,7 +36,7 @@ def run(args) -> int:
     from ..experiments.common import model_data
 
     ds = load_dataset(model_data(model, args.data))
-    es = es_from_args(args)
+    es = es_from_args(args, model)
     kw = sampler_kwargs(args)
     tag = f"{args.sampler}{args.steps}"
     runs = [None] + ([es] if es is not None else [])

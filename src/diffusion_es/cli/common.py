@@ -343,20 +343,30 @@ def add_es_args(p) -> None:
                         "step); without it such a schedule is refused")
 
 
-def schedule_made_for(args) -> dict:
-    """The sampling setting of ``args`` as a λ schedule records it (spacing only for the VP samplers)."""
+def schedule_made_for(args, model=None) -> dict:
+    """The sampling setting of ``args`` as a λ schedule records it (spacing only for the VP samplers), and with
+    ``model`` (a loaded model) its weights hash."""
     from ..samplers import get_sampler
 
     d = {"sampler": args.sampler, "steps": int(args.steps)}
     if get_sampler(args.sampler).grid == "vp":
         d["spacing"] = args.spacing
+    if model is not None:
+        d["weights"] = weights_id(model)
     return d
+
+
+def weights_id(model) -> str:
+    """The short weights hash a calibration records (the experiments' part keys use the same)."""
+    from ..hashing import model_fingerprint
+
+    return model_fingerprint(model.net)[:16]
 
 
 LAMBDA_NOTE = (0.25, 4.0)  # λ outside this range gets a note (the widest calibrated schedules here: 0.40-1.55)
 
 
-def es_from_args(args):
+def es_from_args(args, model=None):
     """The λ schedule the ES options ask for, or None; checked against the run's sampler and steps (when the
     command has them) before any work: a schedule file made for another setting is refused unless --es-adapt
     says how to adapt it, and every λ of the run must be finite and > 0."""
@@ -373,6 +383,10 @@ def es_from_args(args):
             es = Linear(k, b)
         elif getattr(args, "es_schedule", None):
             es, made_for = read_schedule(args.es_schedule)
+            if model is not None and (made_for or {}).get("weights") not in (None, weights_id(model)):
+                raise UsageError(f"--es-schedule {args.es_schedule}: calibrated on another model (weights "
+                                 f"{made_for['weights']}, this one {weights_id(model)}); λ depends on the model: "
+                                 f"calibrate for this one, or give its λ by hand with --es / --es-linear")
             if has_run:
                 run = schedule_made_for(args)
                 diff = schedule_mismatch(made_for, run["sampler"], run["steps"], run.get("spacing"))

@@ -407,10 +407,11 @@ def _check_made_for(made_for, path) -> Optional[dict]:
         return None
     ok = (isinstance(made_for, dict) and isinstance(made_for.get("sampler"), str)
           and isinstance(made_for.get("steps"), int) and not isinstance(made_for.get("steps"), bool)
-          and made_for["steps"] >= 1 and isinstance(made_for.get("spacing", ""), str))
+          and made_for["steps"] >= 1 and isinstance(made_for.get("spacing", ""), str)
+          and isinstance(made_for.get("weights", ""), str))
     if not ok:
-        raise ValueError(f"{path}: 'made_for' must be {{\"sampler\": NAME, \"steps\": N[, \"spacing\": NAME]}}, "
-                         f"got {json.dumps(made_for)[:80]}")
+        raise ValueError(f"{path}: 'made_for' must be {{\"sampler\": NAME, \"steps\": N[, \"spacing\": NAME][, "
+                         f"\"weights\": HASH]}}, got {json.dumps(made_for)[:80]}")
     return dict(made_for)
 
 
@@ -445,10 +446,11 @@ def load_schedule(path) -> LambdaSchedule:
 
 
 def save_schedule(path, schedule: LambdaSchedule, sampler: Optional[str] = None, steps: Optional[int] = None,
-                  spacing: Optional[str] = None, **meta) -> None:
+                  spacing: Optional[str] = None, weights: Optional[str] = None, **meta) -> None:
     """Write ``schedule`` as JSON (atomically). ``sampler`` with ``steps`` (and the VP ``spacing``) record the
     sampling setting it was made for (``made_for``); ``diffusion-es sample --es-schedule`` then refuses it for
-    another setting unless told how to adapt it. ``meta``: more JSON-able fields stored beside it (e.g. the
+    another setting unless told how to adapt it. ``weights`` (with ``sampler``): a hash of the weights of the model
+    it was calibrated on (``model_fingerprint(net)[:16]``); ``sample`` / ``measure`` refuse it for another model. ``meta``: more JSON-able fields stored beside it (e.g. the
     calibration result; ``steps`` without ``sampler`` is kept as such a plain field, as before). ``schedule``: a
     :class:`LambdaSchedule` or a number (uniform λ)."""
     from ..io import write_json
@@ -460,7 +462,8 @@ def save_schedule(path, schedule: LambdaSchedule, sampler: Optional[str] = None,
     if sampler is not None:
         if steps is None or isinstance(steps, bool) or int(steps) != steps or int(steps) < 1:
             raise ValueError(f"save_schedule: with sampler, give steps >= 1 (what it was made for), got {steps!r}")
-        made_for = {"sampler": str(sampler), "steps": int(steps), **({"spacing": str(spacing)} if spacing else {})}
+        made_for = {"sampler": str(sampler), "steps": int(steps), **({"spacing": str(spacing)} if spacing else {}),
+                    **({"weights": str(weights)} if weights else {})}
     elif steps is not None:
         meta = {"steps": steps, **meta}
     if made_for is None and not meta:
