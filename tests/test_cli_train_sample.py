@@ -136,13 +136,24 @@ def test_unet_v_prediction_learned_variance(tmp_path):
                  "--no-progress"]) == 0
 
 
-def test_an_interrupted_train_says_to_resume_with_resume(tmp_path, monkeypatch, capsys):
-    import diffusion_es.cli.cmd_train as cmd_train
+@pytest.mark.parametrize("command,argv,says", [
+    ("train", ["--out", "r", "--steps", "5"], "same arguments and --resume"),
+    ("sample", ["--out", "s.npz"], "finished work was kept (rerun with the same arguments to continue"),
+    ("repro", ["--quick"], "finished work was kept"),
+    ("calibrate", [], "this command does not resume: rerun it to start again"),  # it kept nothing: not "kept"
+    ("fid-ref", ["--data", "digits", "--out", "r.npz"], "does not resume")])
+def test_an_interrupt_says_what_was_kept(command, argv, says, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    mod, name = {"fid-ref": ("fid", "run_fid_ref")}.get(command, (command, "run"))
+    mod = importlib.import_module(f"diffusion_es.cli.cmd_{mod}")
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cmd_train, "run", interrupted)
-    interrupted.__module__ = cmd_train.__name__
-    assert main(["train", "--out", str(tmp_path / "r"), "--steps", "5"]) == 130
-    assert "same arguments and --resume" in capsys.readouterr().err
+    monkeypatch.setattr(mod, name, interrupted)
+    interrupted.__module__ = mod.__name__
+    monkeypatch.chdir(tmp_path)
+    assert main([command, *argv]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err

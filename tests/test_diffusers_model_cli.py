@@ -104,3 +104,35 @@ def test_dynamic_thresholding_is_refused(tmp_path):
         load_diffusers_unet(d)
     assert main(["sample", "--model", str(d), "--sampler", "ddim", "--steps", "2", "--seeds", "0",
                  "--out", str(tmp_path / "s.npz")]) == 2
+
+
+@pytest.mark.parametrize("damage", ["channels", "beta_schedule"])
+def test_a_damaged_diffusers_folder_is_one_line(unet_dir, tmp_path, capsys, damage):
+    """A unet config that does not fit its weights, or a scheduler config diffusers cannot build, gave a 100-line
+    traceback (RuntimeError / NotImplementedError) with exit 1."""
+    import shutil
+
+    d = tmp_path / "d"
+    shutil.copytree(unet_dir, d)
+    sub, key, value = {"channels": ("unet", "in_channels", 3),
+                       "beta_schedule": ("scheduler", "beta_schedule", "nope")}[damage]
+    cfg_file = next((d / sub).glob("*config.json"))
+    cfg = json.loads(cfg_file.read_text())
+    cfg[key] = value
+    cfg_file.write_text(json.dumps(cfg))
+    assert main(["sample", "--model", str(d), "--sampler", "ddim", "--steps", "2", "--seeds", "0-1",
+                 "--out", str(tmp_path / "s.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not load it as a diffusers UNet" in err[0], err
+
+
+def test_a_damaged_npz_that_starts_like_a_zip_is_named_so(tmp_path, capsys):
+    """'PK' and then garbage got numpy's advice about pickled data ('if you trust the file ...')."""
+    bad = tmp_path / "s.npz"
+    bad.write_bytes(b"PK" + b"\x00" * 64)
+    ref = tmp_path / "r.npz"
+    assert main(["fid-ref", "--data", "digits", "--split", "heldout", "--out", str(ref), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["fid", str(bad), "--ref", str(ref)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not an .npz file (not a zip archive)" in err[0] and "pickle" not in err[0], err

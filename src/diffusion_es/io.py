@@ -169,7 +169,8 @@ def read_npz(path, required: Sequence[str] = (), what: str = "an .npz file", hin
     p = check_input(path, what, hint)
     with open(p, "rb") as fh:
         magic = fh.read(4)
-    if magic[:2] != b"PK":  # an .npz is a zip archive; anything else would make numpy guess (and talk of pickles)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive (with entries, or empty); anything else
+        # would make numpy guess, and talk of pickles
         kind = "a single .npy array" if magic[:4] == b"\x93NUM" else "not a zip archive"
         raise UsageError(f"{p}: not an .npz file ({kind}), expected {what}{'; ' + hint if hint else ''}")
     try:

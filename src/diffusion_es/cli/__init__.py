@@ -99,6 +99,9 @@ class _TermAsInterrupt:
         return False
 
 
+RESUMABLE = ("sample", "repro", "compare")  # commands that keep finished parts (train: checkpoints)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -113,10 +116,15 @@ def main(argv=None) -> int:
             _apply_threads(getattr(args, "threads", None))
             rc = args.func(args)
     except KeyboardInterrupt:
-        how = ("rerun with the same arguments and --resume to continue from the last checkpoint, if one was written"
-               if getattr(args.func, "__module__", "").endswith(".cmd_train")
-               else "rerun with the same arguments to resume where supported")
-        print(f"diffusion-es: interrupted; finished work was kept ({how})", file=sys.stderr)
+        command = getattr(args.func, "__module__", "").rsplit(".cmd_", 1)[-1]
+        if command == "train":
+            msg = ("finished work was kept (rerun with the same arguments and --resume to continue from the last "
+                   "checkpoint, if one was written)")
+        elif command in RESUMABLE:
+            msg = "finished work was kept (rerun with the same arguments to continue where it stopped)"
+        else:
+            msg = "this command does not resume: rerun it to start again (any file it wrote is complete)"
+        print(f"diffusion-es: interrupted; {msg}", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - errors the user can fix are one line; anything else is a bug
         msg = user_message(e)
