@@ -30,6 +30,15 @@ def test_measure_writes_tables_and_plot(tiny_model, tmp_path, capsys):
     assert (out / "exposure_ddpm6.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "exposure_ddpm6_baseline.csv").read_text().count("\n") == 7
     assert set(summary["metric_free_lambda"]) == {"uniform", "linear"}
+    # the same setting again without ES: the first run's ES curves are not left beside the new baseline, nor
+    # listed as this run's files
+    assert main(["measure", "--model", str(tiny_model), "--sampler", "ddpm", "--steps", "6", "--n", "40",
+                 "--seed", "1", "--out", str(out), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert not (out / "exposure_ddpm6_es.json").exists() and not (out / "exposure_ddpm6_es.csv").exists()
+    assert sorted(p.rsplit("/", 1)[-1] for p in again["files"]) == [
+        "exposure_ddpm6.png", "exposure_ddpm6_baseline.csv", "exposure_ddpm6_baseline.json",
+        "exposure_ddpm6_summary.json"]
 
 
 def test_calibrate_reports_and_writes_only_a_real_gain(tiny_model, tmp_path, capsys):

@@ -25,13 +25,21 @@ def register(sub):
 
 
 def run(args) -> int:
-    from ..data import load_dataset
-    from ..diagnostics.measure import estimate_lambda, measure_exposure, plot_exposure
-    from ..io import check_output, write_json
+    from ..io import check_output
+    from ..store import output_lock
 
     if args.steps < 2:  # the λ estimate fits a line over the steps
         raise UsageError(f"--steps must be at least 2 for measure (the λ estimate fits over the steps), got {args.steps}")
     out = check_output(args.out, "dir")
+    with output_lock(out):  # one writer per output folder
+        return _measure(args, out)
+
+
+def _measure(args, out) -> int:
+    from ..data import load_dataset
+    from ..diagnostics.measure import estimate_lambda, measure_exposure, plot_exposure
+    from ..io import write_json
+
     model, den = load_model_arg(args.model)
     from ..experiments.common import model_data
 
@@ -48,14 +56,20 @@ def run(args) -> int:
                                            spacing=args.spacing, **kw))
     est = {k: estimate_lambda(curves[0], k).to_dict() for k in ("uniform", "linear")}
     # every number is computed before the first file is written: a failure leaves no partial output
+    files = []
     for c in curves:
         name = f"exposure_{tag}_{'baseline' if c.es is None else 'es'}"
         write_json(out / f"{name}.json", c.to_dict())
         c.write_csv(out / f"{name}.csv")
+        files += [out / f"{name}.json", out / f"{name}.csv"]
+    if es is None:  # an earlier run's ES curves of this setting would sit beside this baseline as if they were its
+        for stale in (out / f"exposure_{tag}_es.json", out / f"exposure_{tag}_es.csv"):
+            stale.unlink(missing_ok=True)
     plot_exposure(curves, out / f"exposure_{tag}.png")
+    files += [out / f"exposure_{tag}.png", out / f"exposure_{tag}_summary.json"]
     summary = {"model": str(args.model), "sampler": args.sampler, "steps": args.steps,
                "runs": [c.summary() for c in curves], "metric_free_lambda": est,
-               "files": sorted(str(p) for p in out.glob(f"exposure_{tag}*"))}
+               "files": sorted(str(p) for p in files)}  # this run's files only
     write_json(out / f"exposure_{tag}_summary.json", summary)
     if args.json:
         print_json(summary)
