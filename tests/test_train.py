@@ -189,6 +189,33 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_the_log_of_a_resumed_run_has_each_step_once(tmp_path):
+    """Lines a run logged after its last checkpoint are logged again by the resumed run: they appeared twice in
+    log.jsonl (and a new run in a folder left with only a log appended to it)."""
+    import json
+
+    def stop_at(n):
+        def cb(step, info):
+            if step == n:
+                raise KeyboardInterrupt
+        return cb
+
+    cfg = TrainConfig(steps=10, batch_size=8, ckpt_every=4, log_every=1)
+    train(tmp_path / "full", cfg, TINY, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "r", cfg, TINY, progress=False, callback=stop_at(7))  # checkpoint at 4, logged to 7
+    train(tmp_path / "r", cfg, resume=True, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "new", cfg, TINY, progress=False, callback=stop_at(3))  # before any checkpoint
+    (tmp_path / "new" / "train_state.safetensors").unlink(missing_ok=True)
+    train(tmp_path / "new", cfg, TINY, progress=False)  # a new run there: a new log
+    full = [json.loads(x) for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    for d in ("r", "new"):
+        got = [json.loads(x) for x in (tmp_path / d / "log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in got] == [r["step"] for r in full] == list(range(1, 11)), d
+        assert [r["loss"] for r in got] == [r["loss"] for r in full], d
+
+
 def test_resume_refuses_changed_options_and_new_runs_refuse_old_folders(tmp_path):
     cfg = TrainConfig(steps=10, batch_size=8, ckpt_every=5, log_every=5)
     train(tmp_path / "r", cfg, TINY, progress=False)
@@ -239,7 +266,10 @@ def test_a_run_killed_inside_its_last_checkpoint_resumes_to_the_finished_files(t
         train(tmp_path / "r", cfg, TINY, progress=False)
     monkeypatch.setattr(tr, "save_checkpoint", real)
     assert json.loads((tmp_path / "r" / "config.json").read_text())["training"]["step"] == 5
-    assert train(tmp_path / "r", cfg, resume=True, progress=False)["step"] == 10
+    s = train(tmp_path / "r", cfg, resume=True, progress=False)
+    assert s["step"] == 10
+    full = json.loads((tmp_path / "full" / "config.json").read_text())["training"]
+    assert s["final_loss"] == full["final_loss"] and isinstance(s["final_loss"], float)  # (it was NaN)
     a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "r" / "model.safetensors"))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(UsageError, match="nothing to train"):  # now complete: a second resume has nothing to do

@@ -212,7 +212,9 @@ def run(args) -> int:
 
         print_json(summary)
     else:
-        print(f"trained {summary['step']} steps in {summary['train_seconds']:.0f} s: final loss {summary['final_loss']:.4f}"
+        loss = summary["final_loss"]
+        print(f"trained {summary['step']} steps in {summary['train_seconds']:.0f} s: final loss "
+              f"{'(not logged)' if loss is None else format(loss, '.4f')}"
               + (f", held-out loss (EMA) {summary['heldout_loss_ema']:.4f}" if summary.get("heldout_loss_ema") else "")
               + f"; checkpoint in {summary['out']}")
     return 0

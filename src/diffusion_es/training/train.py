@@ -248,7 +248,10 @@ class _Run:
         self.ema_buffers = list(zip(self.ema.buffers(), self.net.buffers()))
         self.t0, self.seconds0, self.step0 = time.perf_counter(), self.seconds, self.step
         self.saved_step = self.step  # the step of the last checkpoint on disk (0: none yet)
-        self.last_loss, self.heldout = float("nan"), None
+        self.heldout = None
+        # log.jsonl as of the state being continued: lines a killed run wrote after its last checkpoint are
+        # dropped (the resumed run writes them again), and a new run starts a new log
+        self.last_loss = _trim_log(self.out / "log.jsonl", self.step)
 
     def elapsed(self) -> float:
         return self.seconds0 + (time.perf_counter() - self.t0)
@@ -321,9 +324,10 @@ class _Run:
 
     def info(self) -> dict:
         """The checkpoint's config.json."""
+        final = self.last_loss if math.isfinite(self.last_loss) else None  # (JSON has no NaN)
         return {"format": FORMAT, "model": self.model.to_dict(), "diffusion": self.diffusion,
                 "data": self.ds.description,
-                "training": {"options": self.cfg.to_dict(), "step": self.step, "final_loss": self.last_loss,
+                "training": {"options": self.cfg.to_dict(), "step": self.step, "final_loss": final,
                              "heldout_loss_ema": self.heldout, "train_seconds": round(self.elapsed(), 2),
                              "hardware": hardware(self.device), "commands": self.history,
                              "params": sum(p.numel() for p in self.params)}}
@@ -340,12 +344,40 @@ class _Run:
         if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
             self.eval_heldout()
         el = self.elapsed()
-        rec = {"step": self.step, "loss": round(mean_loss, 6), "lr": lr, "seconds": round(el, 2),
+        rec = {"step": self.step, "loss": mean_loss, "lr": lr, "seconds": round(el, 2),  # (the loss unrounded: a
+               # resumed run takes its final loss from here)
                "steps_per_s": round((self.step - self.step0) / max(1e-9, el - self.seconds0), 2)}
         if self.heldout is not None:
             rec["heldout_loss_ema"] = round(self.heldout, 6)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
+
+
+def _trim_log(path: Path, step: int) -> float:
+    """Keep the lines of ``log.jsonl`` up to ``step`` (all of them for a new run at step 0: none); return the loss
+    of the last one kept (NaN if none). Rewritten atomically, and only when something is dropped."""
+    from ..io import atomic_path
+
+    if not path.exists():
+        return float("nan")
+    keep = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                if int(rec["step"]) <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError, TypeError):  # a line cut by a kill: dropped
+                continue
+    with open(path) as f:
+        same = f.read() == "".join(keep)
+    if not same:
+        with atomic_path(path, suffix=".jsonl") as tmp:
+            Path(tmp).write_text("".join(keep))
+    try:
+        return float(json.loads(keep[-1])["loss"]) if keep else float("nan")
+    except (ValueError, KeyError, TypeError):
+        return float("nan")
 
 
 def train(out_dir, cfg: TrainConfig = None, model: Optional[ModelConfig] = None, diffusion: Optional[dict] = None,
