@@ -9,6 +9,7 @@ against their own rounding bound (``cumprod_rtol``).
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -265,3 +266,18 @@ def test_every_prediction_type_round_trips_through_the_export(tmp_path, predicti
     want = ours.denoiser()(x, 2.0)
     # x0 from ε or v: σ = 2 keeps the conversions' condition below 3
     torch.testing.assert_close(back.denoiser()(x, 2.0), want, rtol=0, atol=net_tol(F64, 3 * (1 + mag(x, want))))
+
+
+def test_an_export_killed_between_its_renames_is_tidied_by_the_next(tmp_path):
+    """SIGKILL inside the swap left the previous export as a hidden .OUT.old-PID folder (and a half-built
+    .OUT.tmp-PID) for good, with OUT missing. The next export puts the old one back, then replaces it."""
+    import shutil
+
+    ckpt = write_checkpoint(tmp_path / "ckpt", random_unet(seed=8))
+    out = tmp_path / "out"
+    dx.export_diffusers(ckpt, out)
+    os.replace(out, tmp_path / ".out.old-99999")                      # the state after the first rename
+    shutil.copytree(tmp_path / ".out.old-99999", tmp_path / ".out.tmp-99998")
+    dx.export_diffusers(ckpt, out, use_ema=False)                     # no --overwrite needed: OUT was missing
+    assert json.loads((out / dx.EXPORT_INFO).read_text())["weights"] == "raw"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]

@@ -279,7 +279,6 @@ def export_diffusers(model="default", out_dir=None, use_ema: bool = True, overwr
     leaves nothing half-written. It loads with ``DDPMPipeline.from_pretrained(out_dir)`` (or
     ``UNet2DModel.from_pretrained(out_dir, subfolder="unet")``) and, through ``--model out_dir``, with every
     diffusion-es command. Returns a summary (paths, the self-check's difference, the scheduler settings)."""
-    from ..version import __version__
     from ..models import UNet, load_model
     from ..models.checkpoint import LoadedModel
     from .diffusers import require_diffusers
@@ -315,6 +314,29 @@ def export_diffusers(model="default", out_dir=None, use_ema: bool = True, overwr
                                       beta_schedule=(loaded.config or {}).get("diffusion", {}).get("beta_schedule"))
     scheduler = DDPMScheduler.from_config({k: v for k, v in sched_cfg.items() if not k.startswith("_")})
     pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
+
+    from ..store import output_lock
+
+    with output_lock(out):  # one export per folder at a time; a killed export's folders are tidied up first
+        _sweep_export_debris(out)
+        return _write_export(out, pipe, loaded, use_ema, err, sched_cfg, unet)
+
+
+def _sweep_export_debris(out: Path) -> None:
+    """Folders a killed export left beside ``out``: its half-built ``.NAME.tmp-PID`` (removed) and the previous
+    export it was swapping out, ``.NAME.old-PID`` (put back if ``out`` is missing, i.e. the kill fell between the
+    two renames; removed otherwise)."""
+    for old in sorted(out.parent.glob(f".{out.name}.old-*")):
+        if not out.exists():
+            os.replace(old, out)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_export(out: Path, pipe, loaded, use_ema: bool, err: float, sched_cfg: dict, unet) -> dict:
+    from ..version import __version__
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
