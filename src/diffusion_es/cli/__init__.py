@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: the provenance of reports
     try:
         with _TermAsInterrupt():
             _apply_threads(getattr(args, "threads", None))

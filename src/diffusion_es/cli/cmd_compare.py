@@ -7,7 +7,7 @@ Writes compare.md, compare.html and results_compare.json into --out.
 from __future__ import annotations
 
 from .common import (BATCH_HELP, MAX_SAMPLES, add_device_arg, add_model_args, add_progress_arg, add_threads_arg, int_in,
-                     int_list, job_progress, name_list, note, print_json)
+                     command_line, int_list, job_progress, name_list, note, print_json)
 
 
 def _names(text):
@@ -65,7 +65,7 @@ def run(args) -> int:
                         quick=args.quick, samplers=vp, edm_samplers=edm,
                         steps=args.steps, edm_nfe=args.edm_nfe,
                         n_samples=args.samples, n_val_sets=args.seeds, ts_rule=args.ts_rule, ref=args.ref,
-                        device=args.device, batch_size=args.batch_size)
+                        device=args.device, batch_size=args.batch_size, command=command_line(args))
     from ..store import output_lock
 
     with output_lock(args.out), job_progress(args, "compare") as bar:  # one writer per output folder

@@ -7,7 +7,7 @@ Writes report.md, report.html, results.json and PNG figures into --out. Resumabl
 from __future__ import annotations
 
 from .common import (BATCH_HELP, MAX_SAMPLES, add_device_arg, add_min_lambda_arg, add_model_args, add_progress_arg,
-                     add_threads_arg, int_in, int_list, job_progress, name_list, note, print_json)
+                     add_threads_arg, command_line, int_in, int_list, job_progress, name_list, note, print_json)
 
 
 def register(sub):
@@ -55,7 +55,7 @@ def run(args) -> int:
                       nfe=args.nfe, n_samples=args.samples,
                       n_val_sets=args.seeds, ref=args.ref, features=args.features, inception=args.inception,
                       device=args.device, batch_size=args.batch_size, compare=args.compare,
-                      min_lambda=args.min_lambda)
+                      min_lambda=args.min_lambda, command=command_line(args))
     from ..store import output_lock
 
     with output_lock(args.out), job_progress(args, "repro") as bar:  # one writer per output folder

@@ -343,6 +343,15 @@ def add_es_args(p) -> None:
                         "step); without it such a schedule is refused")
 
 
+def command_line(args) -> str:
+    """The command as typed (``args.argv``, set by ``main``), without the options that change only what is shown
+    (``--json``, ``--no-progress``): the provenance line of a report, which reruns (and resumes) the same job."""
+    import shlex
+
+    argv = [a for a in getattr(args, "argv", None) or [] if a not in ("--json", "--no-progress")]
+    return "diffusion-es " + shlex.join(argv) if argv else ""
+
+
 def schedule_made_for(args, model=None) -> dict:
     """The sampling setting of ``args`` as a λ schedule records it (spacing only for the VP samplers), and with
     ``model`` (a loaded model) its weights hash."""

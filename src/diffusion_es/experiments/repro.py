@@ -83,6 +83,7 @@ class ReproConfig:
     compare: bool = False   # add the comparison with the other fixes (diffusion_es.experiments.compare) as a section
     power: bool = True      # choose the validation seed sets from measured noise (when n_val_sets is not given)
     min_lambda: Optional[float] = None  # no λ_t below it in any search (1: the paper's ES only, no λ < 1)
+    command: Optional[str] = None  # the command line that ran it (the CLI sets it), for the report's provenance
 
     def resolved(self, data_name: str) -> "ReproConfig":
         prof = profile_for(data_name, self.quick)
