@@ -110,3 +110,41 @@ def test_calibrate_text_says_no_extension_and_no_spread_when_there_is_none(capsy
     out = capsys.readouterr().out
     assert "nan" not in out and "even after extending" not in out
     assert "(not extended: max_extend 0)" in out
+
+
+def test_an_interrupted_calibration_resumes_from_its_scored_candidates(tiny_model, tmp_path, monkeypatch, capsys):
+    """calibrate --out keeps each candidate's score on each seed set in OUT.parts/ (it kept nothing: Ctrl-C lost
+    the whole search); the rerun samples only what is missing and writes what an uninterrupted run writes."""
+    import sys
+
+    cal_mod = sys.modules["diffusion_es.diagnostics.calibrate"]
+    argv = ["calibrate", "--model", str(tiny_model), "--sampler", "ddim", "--steps", "3", "--n", "16", "--sets", "2",
+            "--val-sets", "2", "--coarse", "3", "--refine", "1", "--extend", "0", "--range", "0.99,1.03",
+            "--no-progress"]
+    real, calls = cal_mod.sample, []
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cal_mod, "sample", counting)
+    assert main([*argv, "--out", str(tmp_path / "full.json")]) == 0
+    total = len(calls)
+
+    def dies(*a, **kw):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return counting(*a, **kw)
+
+    calls.clear()
+    monkeypatch.setattr(cal_mod, "sample", dies)
+    out = tmp_path / "lam.json"
+    assert main([*argv, "--out", str(out)]) == 130
+    assert "rerun with the same arguments to continue" in capsys.readouterr().err
+    assert len(list((tmp_path / "lam.json.parts").glob("score-*.json"))) == 5 and not out.exists()
+    calls.clear()
+    monkeypatch.setattr(cal_mod, "sample", counting)
+    assert main([*argv, "--out", str(out)]) == 0
+    assert len(calls) == total - 5  # only what was missing
+    assert json.loads(out.read_text()) == json.loads((tmp_path / "full.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.json", "lam.json"]  # the parts are removed

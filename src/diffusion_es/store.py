@@ -95,8 +95,8 @@ _SHA = "_content_sha256"  # each part's hash of its own content (damage and edit
 class PartStore:
     """One JSON file per finished part, keyed by a hash of everything that determines it."""
 
-    def __init__(self, out: Path, fingerprint: dict, log: Callable = None):
-        self.dir = Path(out) / "parts"
+    def __init__(self, out: Path, fingerprint: dict, log: Callable = None, subdir: str = "parts"):
+        self.dir = Path(out) / subdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fp = fingerprint
         self.log = log or (lambda msg: print(msg, file=sys.stderr))

@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         if command == "train":
             msg = ("finished work was kept (rerun with the same arguments and --resume to continue from the last "
                    "checkpoint, if one was written)")
-        elif command in RESUMABLE:
+        elif command in RESUMABLE or (command == "calibrate" and getattr(args, "out", None)):
             msg = "finished work was kept (rerun with the same arguments to continue where it stopped)"
         else:
             msg = "this command does not resume: rerun it to start again (any file it wrote is complete)"

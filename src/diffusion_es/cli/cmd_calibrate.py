@@ -2,17 +2,22 @@
 
 Candidates are compared on identical noise (paired seeds) over several seed sets with a coarse-to-fine search;
 the chosen schedule's gain over λ = 1 is measured on fresh seed sets. If no λ beats the baseline beyond the
-noise, it says so and writes no schedule.
+noise, it says so and writes the result without a schedule. With ``--out``, every candidate's score is kept in
+``OUT.parts/`` until the result is written: an interrupted run, started again with the same arguments, scores only
+what is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
+from pathlib import Path
 
 from ..errors import UsageError
 from .common import (BATCH_HELP, MAX_SAMPLES, MAX_SEED_OFFSET, add_min_lambda_arg, add_model_args,
                      add_progress_arg, add_sampler_args, float_pair, int_in, job_progress, load_model_arg, note,
-                     print_json, sampler_kwargs, schedule_arg, schedule_made_for)
+                     print_json, sampler_kwargs, schedule_arg, schedule_made_for, weights_id)
 
 
 def register(sub):
@@ -57,15 +62,10 @@ def run(args) -> int:
 
 
 def _run(args, ctx) -> int:
-    from ..diagnostics.calibrate import calibrate
-    from ..distributed import seed_splitter
-    from ..metrics.sharded import ShardedMetric
-    from ..metrics.quality import build_metric
-    from ..core.scaling import save_schedule, schedule_from_dict
-
     from ..io import check_output
+    from ..metrics.quality import build_metric
+    from ..metrics.sharded import ShardedMetric
 
-    lo, hi = args.range
     if args.out:
         check_output(args.out, "file", (".json",))
     model, den = load_model_arg(args.model)
@@ -74,12 +74,37 @@ def _run(args, ctx) -> int:
     args.batch_size = resolve_batch_size(args.batch_size, den, model.data_shape)  # calibrate runs on the CPU
     from ..experiments.common import model_data
 
-    metric = build_metric(model_data(model, args.data), args.ref, args.features, args.inception,
-                          shape=model.data_shape)
+    data = model_data(model, args.data)
+    metric = build_metric(data, args.ref, args.features, args.inception, shape=model.data_shape)
     if ctx.is_distributed:  # each rank samples its part of every seed set; the metric combines the parts
         if args.n < ctx.world_size:
             raise UsageError(f"--n {args.n} is smaller than the {ctx.world_size} processes; give each one a sample")
         metric = ShardedMetric(ctx, metric)
+
+    with contextlib.ExitStack() as stack:
+        store, parts = None, None
+        if args.out and not ctx.is_distributed:  # each candidate's scores kept beside the output until it is written
+            from ..experiments.common import file_contents
+            from ..store import PartStore, output_lock
+
+            stack.enter_context(output_lock(args.out))
+            parts = Path(str(args.out) + ".parts")
+            store = PartStore(parts, {"job": "calibrate", "version": 1, "weights": weights_id(model),
+                                      "metric": metric.name, "files": file_contents(data, args.ref, args.inception)},
+                              subdir="")
+        r = _search(args, ctx, model, den, metric, store)
+        if not ctx.is_main:
+            return 0
+        _report(args, model, r)
+        if parts is not None:
+            shutil.rmtree(parts, ignore_errors=True)  # the result is written: its scores are not needed any more
+    return 0
+
+
+def _search(args, ctx, model, den, metric, store):
+    """The calibration itself, with one line per scored candidate above the progress bar."""
+    from ..diagnostics.calibrate import calibrate
+    from ..distributed import seed_splitter
 
     with job_progress(args, f"calibrate {args.sampler}-{args.steps}", show=ctx.is_main) as bar:
         def candidate(ev):  # one line per evaluated candidate (not with --json), above the bar
@@ -87,27 +112,31 @@ def _run(args, ctx) -> int:
                 f"{k}={v:.5g}" for k, v in ev["schedule"].items() if k != "kind")
             note(bar, f"  {lab:32s} {metric.name}: {ev['mean']:.4f}")
 
-        r = calibrate(den, args.sampler, args.steps, model.data_shape, metric, kind=args.kind, lam_range=(lo, hi),
-                      n_samples=args.n, n_sets=args.sets, n_val_sets=args.val_sets, coarse=args.coarse,
-                      refine=args.refine, max_extend=args.extend, seed=args.seed, schedule=schedule_arg(args, model),
-                      min_lambda=args.min_lambda,
-                      batch_size=args.batch_size,
-                      metric_name=metric.name, progress=None if args.json or not ctx.is_main else candidate,
-                      shard=seed_splitter(ctx, args.batch_size), spacing=args.spacing, **sampler_kwargs(args))
-    if not ctx.is_main:
-        return 0
+        lo, hi = args.range
+        return calibrate(den, args.sampler, args.steps, model.data_shape, metric, kind=args.kind, lam_range=(lo, hi),
+                         n_samples=args.n, n_sets=args.sets, n_val_sets=args.val_sets, coarse=args.coarse,
+                         refine=args.refine, max_extend=args.extend, seed=args.seed,
+                         schedule=schedule_arg(args, model), min_lambda=args.min_lambda, batch_size=args.batch_size,
+                         metric_name=metric.name, progress=None if args.json or not ctx.is_main else candidate,
+                         shard=seed_splitter(ctx, args.batch_size), spacing=args.spacing, store=store,
+                         **sampler_kwargs(args))
+
+
+def _report(args, model, r) -> None:
+    """The result file (with or without a schedule) and the summary."""
+    from ..core.scaling import save_schedule, schedule_from_dict
+    from ..io import write_json
+
     d = r.to_dict()
     d["model"] = str(args.model)
     if args.out and r.significant:
         save_schedule(args.out, schedule_from_dict(r.schedule), **schedule_made_for(args, model), calibration=d)
     elif args.out:  # written all the same: an older λ file at this path would otherwise be taken for this result
-        from ..io import write_json
-
         write_json(args.out, {"schedule": None, "made_for": schedule_made_for(args, model),
                               "candidate": d.get("candidate"), "calibration": d})
     if args.json:
         print_json(d)
-        return 0
+        return
     print(r.message)
     print(f"cost: {r.nfe:,} network evaluations ({len(r.evaluations)} candidates x {args.sets} sets x {args.n} "
           f"samples, plus validation)"
@@ -115,4 +144,3 @@ def _run(args, ctx) -> int:
     if args.out:
         print(f"wrote {args.out}" if r.significant else
               f"wrote {args.out} without a schedule: none beat λ = 1 (sample without ES)")
-    return 0

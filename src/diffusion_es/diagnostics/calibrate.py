@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from ..progress import advance as _advance
 from ..progress import task as _task
 from ..devices import check_device
 from ..errors import UsageError
@@ -94,33 +95,64 @@ class _Scorer:
     """Scores a schedule on fixed seed sets, with a cache keyed on the schedule's JSON."""
 
     def __init__(self, denoiser, plan_kw, shape, metric, seed_sets, batch_size, sampler_kwargs, progress,
-                 extra_metrics=None, device="cpu", shard=None):
+                 extra_metrics=None, device="cpu", shard=None, store=None):
         self.den, self.plan_kw, self.shape, self.metric = denoiser, plan_kw, shape, metric
         self.shard = shard or list  # distributed runs: this process's part of a seed set (see distributed.py)
         self.seed_sets, self.batch_size, self.kw, self.progress = seed_sets, batch_size, sampler_kwargs, progress
         self.extra_metrics, self.device = extra_metrics or {}, device
         self.cache, self.extra, self.order, self.nfe = {}, {}, [], 0
         self.nfe_per_sample = SamplingPlan(**plan_kw).nfe
+        self.store = store
+        if store is not None:  # everything besides the store's own fingerprint (model, metric) that a value depends on
+            self.part = {"sampler": plan_kw["sampler"], "steps": int(plan_kw["steps"]), "spacing": plan_kw["spacing"],
+                         "schedule": _object_id(plan_kw["schedule"]), "shape": [int(s) for s in shape],
+                         "batch_size": batch_size, "options": {k: str(v) for k, v in sorted(sampler_kwargs.items())},
+                         "extra": sorted(self.extra_metrics)}
+
+    def _score(self, sched, seeds) -> dict:
+        x = sample(self.den, self.plan_kw["sampler"], self.plan_kw["steps"], self.shape, self.shard(seeds),
+                   schedule=self.plan_kw["schedule"], spacing=self.plan_kw["spacing"], es=sched,
+                   batch_size=self.batch_size, device=self.device, **self.kw)
+        return {"value": _finite(self.metric(x), "the metric"),
+                "extra": {name: _finite(f(x), f"the metric {name!r}") for name, f in self.extra_metrics.items()}}
 
     def __call__(self, sched: Optional[LambdaSchedule]) -> list:
         key = "baseline" if sched is None else sched.to_json()
         if key not in self.cache:
             vals, extra = [], {name: [] for name in self.extra_metrics}
             for seeds in self.seed_sets:
-                x = sample(self.den, self.plan_kw["sampler"], self.plan_kw["steps"], self.shape, self.shard(seeds),
-                           schedule=self.plan_kw["schedule"], spacing=self.plan_kw["spacing"], es=sched,
-                           batch_size=self.batch_size,
-                           device=self.device, **self.kw)
+                if self.store is None:
+                    r = self._score(sched, seeds)
+                else:  # kept on disk: an interrupted calibration resumes with the candidates it had scored
+                    r, cached = self.store.get_or_run("score", {**self.part, "es": key, "seeds": [
+                        int(seeds[0]), int(seeds[-1]), len(seeds)]}, lambda: self._score(sched, seeds))
+                    if cached:  # the samples a bar expects from this set, drawn in the earlier run
+                        _advance(len(self.shard(seeds)))
                 self.nfe += len(seeds) * self.nfe_per_sample
-                vals.append(_finite(self.metric(x), "the metric"))
-                for name, f in self.extra_metrics.items():
-                    extra[name].append(_finite(f(x), f"the metric {name!r}"))
+                vals.append(r["value"])
+                for name in self.extra_metrics:
+                    extra[name].append(r["extra"][name])
             self.cache[key], self.extra[key] = vals, extra
             self.order.append({"schedule": None if sched is None else sched.to_dict(), "values": vals,
                                "mean": float(np.mean(vals))})
             if self.progress:
                 self.progress(self.order[-1])
         return self.cache[key]
+
+
+def _object_id(obj) -> str:
+    """A short hash of a schedule object's fields (arrays by their bytes), for the keys of stored scores."""
+    import dataclasses
+
+    from ..hashing import json_hash
+
+    if dataclasses.is_dataclass(obj):
+        d = {}
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            d[f.name] = json_hash(np.asarray(v).tobytes().hex()) if isinstance(v, np.ndarray) else repr(v)
+        return json_hash([type(obj).__name__, d], 16)
+    return json_hash([type(obj).__name__, repr(obj)], 16)
 
 
 MAX_EXTEND = 6  # steps a search may take past an end of its range (doubling: up to 2**6 - 1 = 63 coarse steps out)
@@ -180,7 +212,8 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
               schedule: Optional[VPSchedule] = None,
               batch_size: int = 500, metric_name: str = "metric", progress: Optional[Callable] = None,
               extra_metrics: Optional[dict] = None, device="cpu", shard: Optional[Callable] = None,
-              spacing: str = "adm", min_lambda: Optional[float] = None, **sampler_kwargs) -> CalibrationResult:
+              spacing: str = "adm", min_lambda: Optional[float] = None, store=None,
+              **sampler_kwargs) -> CalibrationResult:
     """Find the λ schedule (``kind`` = uniform or linear) that minimises ``metric(samples)`` for one sampler
     setting. ``metric`` takes a float64 tensor (N, *shape) and returns a float, lower is better.
     ``extra_metrics`` (name -> callable) are only reported, on the validation sets, for λ = 1 and the choice.
@@ -188,7 +221,9 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
     (and ``extra_metrics``) then get only that part and must combine the parts (distributed.ShardedMetric).
     ``min_lambda``: no candidate may have λ_t below it at any step (1: only Epsilon Scaling in the paper's sense,
     which shrinks the predicted noise; never the enlarging λ < 1 that trades recall for precision). The range and
-    its extensions are cut there."""
+    its extensions are cut there. ``store``: a :class:`diffusion_es.store.PartStore` whose fingerprint identifies the
+    model and the metric; every candidate's score on a seed set is kept there, so an interrupted calibration run
+    again with the same arguments and store scores only what is missing (one process only)."""
     check_device(device)
     try:
         lo, hi = (float(v) for v in lam_range)
@@ -222,9 +257,9 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
     plan_kw = {"sampler": sampler, "steps": steps, "schedule": schedule, "spacing": spacing}
     SamplingPlan(**plan_kw).spec.resolve(sampler_kwargs)  # refuse bad sampler options before any work
     search = _Scorer(denoiser, plan_kw, shape, metric, sets[:n_sets], batch_size, sampler_kwargs, progress,
-                     device=device, shard=shard)
+                     device=device, shard=shard, store=store)
     val = _Scorer(denoiser, plan_kw, shape, metric, sets[n_sets:], batch_size, sampler_kwargs, progress,
-                  extra_metrics, device, shard=shard)
+                  extra_metrics, device, shard=shard, store=store)
 
     def at_least_min(b):  # a grid point a rounding error below the floor is the floor itself
         return b if min_lambda is None else max(b, min_lambda)
