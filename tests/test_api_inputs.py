@@ -192,10 +192,15 @@ def test_calibrate_writes_what_the_schedule_was_made_for(tmp_path, monkeypatch, 
     lam = tmp_path / "lam.json"
     assert main(["calibrate", "--model", "default", "--sampler", "heun", "--steps", "7", "--out", str(lam),
                  "--no-progress"]) == 0
-    assert json.loads(lam.read_text())["made_for"] == {"sampler": "heun", "steps": 7}  # EDM: no spacing
+    from diffusion_es.cli.common import weights_id
+    from diffusion_es.models import load_model
+
+    w = weights_id(load_model("default"))  # and the model it was calibrated on
+    assert json.loads(lam.read_text())["made_for"] == {"sampler": "heun", "steps": 7, "weights": w}  # EDM: no spacing
     assert main(["calibrate", "--model", "default", "--sampler", "ddpm", "--steps", "7", "--spacing", "linspace",
                  "--out", str(lam), "--no-progress"]) == 0
-    assert json.loads(lam.read_text())["made_for"] == {"sampler": "ddpm", "steps": 7, "spacing": "linspace"}
+    assert json.loads(lam.read_text())["made_for"] == {"sampler": "ddpm", "steps": 7, "spacing": "linspace",
+                                                       "weights": w}
 
 
 @pytest.mark.parametrize("device, msg", [("gpu", "not a torch device"), ("cpu:1", "one cpu device"),
