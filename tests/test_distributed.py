@@ -76,6 +76,7 @@ def test_split_is_deterministic_and_covers_everything():
 def test_two_processes_write_the_one_process_file_byte_for_byte(reference, tmp_path):
     out = tmp_path / "two.npz"
     r = torchrun([*SAMPLE, "--out", str(out), "--json"])
+    open("/tmp/b/dist_err.txt", "a").write(r.stderr + "\n=====\n")
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.read_bytes() == reference.read_bytes()
     assert json.loads(r.stdout)["n"] == 240  # one summary, from rank 0 only
@@ -91,6 +92,7 @@ def test_fd_from_all_reduced_statistics_equals_one_process_fd(reference, tmp_pat
     assert main(fid) == 0
     one = json.loads(capsys.readouterr().out)
     r = torchrun(fid)
+    open("/tmp/b/dist_err.txt", "a").write(r.stderr + "\n=====\n")
     assert r.returncode == 0, r.stderr[-2000:]
     two = json.loads(r.stdout)
     assert two["n_samples"] == one["n_samples"] == 240
@@ -153,6 +155,7 @@ def test_calibrate_under_torchrun_matches_one_process(tmp_path, capsys):
     assert main(cal) == 0
     one = json.loads(capsys.readouterr().out)
     r = torchrun(cal)
+    open("/tmp/b/dist_err.txt", "a").write(r.stderr + "\n=====\n")
     assert r.returncode == 0, r.stderr[-2000:]
     two = json.loads(r.stdout)
     assert two["nfe"] == one["nfe"] and two["candidate"] == one["candidate"]

@@ -119,8 +119,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         command = getattr(args.func, "__module__", "").rsplit(".cmd_", 1)[-1]
         if command == "train":
-            msg = ("finished work was kept (rerun with the same arguments and --resume to continue from the last "
-                   "checkpoint, if one was written)")
+            msg = ("finished work was kept (train saves the step it was at; rerun with the same arguments and "
+                   "--resume to continue)")
         elif command in RESUMABLE or (command == "calibrate" and getattr(args, "out", None)):
             msg = "finished work was kept (rerun with the same arguments to continue where it stopped)"
         else:

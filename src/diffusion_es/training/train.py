@@ -477,45 +477,83 @@ def _diverged(run: "_Run", lr: float) -> UsageError:
                       f"again with a lower --lr (or --grad-clip) into a new --out")
 
 
+class _StopAtStepEnd:
+    """While training (main thread only): Ctrl-C or SIGTERM lets the step in progress finish, then the loop writes a
+    checkpoint at that step and raises KeyboardInterrupt, so an interrupt loses no finished step (it lost every
+    step since the last checkpoint). A second signal interrupts at once. The previous handlers are put back."""
+
+    def __init__(self):
+        self.requested, self.old = False, {}
+
+    def _on_signal(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+        return False
+
+
 def _loop(run: _Run, progress: bool, callback) -> dict:
     from tqdm import tqdm
 
     cfg = run.cfg
     run.out.mkdir(parents=True, exist_ok=True)
-    loss_acc, acc_n = torch.zeros((), device=run.device), 0
     bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, file=sys.stderr, dynamic_ncols=True,
                unit="step", mininterval=0.5)
     try:
         if run.step >= cfg.steps:  # the last checkpoint stopped after its training state: write the rest of it
             run.eval_heldout()
             run.checkpoint()
-        while run.step < cfg.steps:
-            lr = lr_at(cfg, run.step)
-            loss, terms = run.train_step(lr)
-            loss_acc += loss.detach()
-            acc_n += 1
-            step = run.step
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                mean_loss = float(loss_acc) / acc_n
-                if not math.isfinite(mean_loss):
-                    raise _diverged(run, lr)
-                run.log(lr, mean_loss)
-                loss_acc.zero_()
-                acc_n = 0
-                bar.set_postfix(loss=f"{run.last_loss:.4f}", refresh=False)
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                if not all(bool(torch.isfinite(p).all()) for p in run.params):  # never a checkpoint of NaN weights
-                    raise _diverged(run, lr)
-                if step == cfg.steps:
-                    run.eval_heldout()
-                run.checkpoint()
-            if cfg.keep_every and step % cfg.keep_every == 0:
-                save_checkpoint(run.out / "snapshots" / f"step_{step:07d}", run.info(), run.ema)
-            if callback is not None:
-                callback(step, {"loss": terms["mse"], "lr": lr})
+        with _StopAtStepEnd() as stop:
+            _steps(run, bar, callback, stop)
     finally:
         bar.close()
     summary = run.info()["training"]
     summary["out"] = str(run.out)
     return summary
+
+
+def _steps(run: _Run, bar, callback, stop: _StopAtStepEnd) -> None:
+    cfg = run.cfg
+    loss_acc, acc_n = torch.zeros((), device=run.device), 0
+    while run.step < cfg.steps:
+        lr = lr_at(cfg, run.step)
+        loss, terms = run.train_step(lr)
+        loss_acc += loss.detach()
+        acc_n += 1
+        step = run.step
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            mean_loss = float(loss_acc) / acc_n
+            if not math.isfinite(mean_loss):
+                raise _diverged(run, lr)
+            run.log(lr, mean_loss)
+            loss_acc.zero_()
+            acc_n = 0
+            bar.set_postfix(loss=f"{run.last_loss:.4f}", refresh=False)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or stop.requested:
+            if not all(bool(torch.isfinite(p).all()) for p in run.params):  # never a checkpoint of NaN weights
+                raise _diverged(run, lr)
+            if step == cfg.steps:
+                run.eval_heldout()
+            run.checkpoint()
+        if cfg.keep_every and step % cfg.keep_every == 0:
+            save_checkpoint(run.out / "snapshots" / f"step_{step:07d}", run.info(), run.ema)
+        if stop.requested:  # the step is finished and saved: now the interrupt
+            raise KeyboardInterrupt
+        if callback is not None:
+            callback(step, {"loss": terms["mse"], "lr": lr})
