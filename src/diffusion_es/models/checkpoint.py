@@ -209,9 +209,12 @@ def read_weights(ckpt_dir) -> dict:
         return read_safetensors(st, "a checkpoint's weights", "retrain or restore the checkpoint")[0]
     if pt.exists():
         import pickle
+        import warnings
 
         try:
-            obj = torch.load(str(pt), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # (torch warns about the pickle protocol before refusing: the one line
+                warnings.simplefilter("ignore")  # below says it all)
+                obj = torch.load(str(pt), map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as e:
             raise UsageError(f"{pt}: refused: not a plain tensor state dict ({e.__class__.__name__}); "
                              "only weights are loaded, never code") from None
