@@ -89,6 +89,7 @@ def _run(args, ctx) -> int:
 
             stack.enter_context(output_lock(args.out))
             parts = Path(str(args.out) + ".parts")
+            stack.callback(lambda: parts.exists() and not any(parts.iterdir()) and parts.rmdir())  # none scored
             store = PartStore(parts, {"job": "calibrate", "version": 1, "weights": weights_id(model),
                                       "metric": metric.name, "files": file_contents(data, args.ref, args.inception)},
                               subdir="")
