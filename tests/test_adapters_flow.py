@@ -207,10 +207,20 @@ def test_flow_schedulers_against_hand_loop(name):
     assert torch.equal(flow_loop(s), base)  # removed: the baseline again
 
 
+def _mu(s, mu=0.0):
+    """set_timesteps with dynamic shifting: it sets config.flow_shift = exp(mu) (the attribute, not the dict entry),
+    which moves the grid's top; the stand-in must follow it."""
+    s.set_timesteps(N, mu=mu)
+    s._mu_set = True
+    return s
+
+
 @pytest.mark.parametrize("make", [lambda: FlowMatchEulerDiscreteScheduler(shift=3.0), *(
     lambda cls=cls, shift=shift: cls(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift)
     for cls in (DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, DEISMultistepScheduler)
-    for shift in (1.0, 3.0))])
+    for shift in (1.0, 3.0)),
+    lambda: _mu(DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0,
+                                            use_dynamic_shifting=True, time_shift_type="exponential"))])
 def test_first_flow_step_is_untouched(make):
     """σ = ∞ rule: the state after the first step from pure noise is the baseline's, bit for bit, for any λ. DPM-Solver
     and DEIS with flow sigmas call that point t = flow_shift(1 − 1/T) (0.999, 0.99967 at shift 3: σ ≈ 1000 · shift)
@@ -218,7 +228,8 @@ def test_first_flow_step_is_untouched(make):
     outs = {}
     for tag, es in (("base", None), ("es", Uniform(1.5))):
         s = make()
-        s.set_timesteps(N)
+        if not getattr(s, "_mu_set", False):
+            s.set_timesteps(N)
         x = randn_tensor((2, 3, 8, 8), generator=gen())
         t = s.timesteps[0]
         with torch.no_grad():

@@ -213,10 +213,7 @@ class _SchedulerView:
                              f"FlowMatchHeunDiscreteScheduler, or DPM-Solver / UniPC with use_flow_sigmas=True)")
         # σ = ∞ of a zero-terminal-SNR VP schedule: ᾱ = 0, or diffusers' stand-in 2^-24 for the last timestep
         self.inf_from = math.inf
-        self.flow_inf_from = 1.0 - FLOW_T_STANDIN  # flow: t at or above this is t = 1
-        if self.process == "flow" and {c.__name__ for c in type(scheduler).__mro__} & set(_FLOW_TOP_BELOW_ONE):
-            top, shift = 1.0 - 1.0 / int(cfg.get("num_train_timesteps", 1000)), float(cfg.get("flow_shift", 1.0))
-            self.flow_inf_from = min(self.flow_inf_from, shift * top / (1 + (shift - 1) * top) * (1 - 1e-6))
+        self.top_below_one = bool({c.__name__ for c in type(scheduler).__mro__} & set(_FLOW_TOP_BELOW_ONE))
         if self.process == "vp" and cfg.get("rescale_betas_zero_snr", False) and hasattr(scheduler, "alphas_cumprod"):
             self.inf_from = float(alpha_bar_to_sigma(float(scheduler.alphas_cumprod[-1].to(torch.float64))))
         self.schedule = schedule
@@ -225,10 +222,22 @@ class _SchedulerView:
         self._cache = {}
 
     # ---- noise levels -----------------------------------------------------------------------------------
+    def flow_inf_from(self) -> float:
+        """The flow time at or above which t counts as 1 (σ = ∞): within FLOW_T_STANDIN of 1, and for DPM-Solver /
+        DEIS flow grids their top, flow_shift(1 − 1/T), read from the config now (set_timesteps(mu=...) with dynamic
+        shifting rewrites config.flow_shift)."""
+        t_inf = 1.0 - FLOW_T_STANDIN
+        if self.top_below_one:
+            cfg = self.scheduler.config
+            top = 1.0 - 1.0 / int(cfg.get("num_train_timesteps", 1000))
+            shift = float(getattr(cfg, "flow_shift", cfg.get("flow_shift", 1.0)))  # (mu sets the attribute only)
+            t_inf = min(t_inf, shift * top / (1 + (shift - 1) * top) * (1 - 1e-6))
+        return t_inf
+
     def level(self, raw: float) -> _Level:
         """The scheduler's own noise value (σ; t for a flow process) as a :class:`_Level`."""
         if self.process == "flow":
-            t = 1.0 if raw >= self.flow_inf_from else float(raw)
+            t = 1.0 if raw >= self.flow_inf_from() else float(raw)
             return _Level(raw, flow_t_to_sigma(t), 1.0 - t, t)
         if raw >= self.inf_from * (1 - 1e-6):
             return _Level(raw, math.inf, 0.0, 1.0)
