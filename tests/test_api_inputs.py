@@ -192,7 +192,7 @@ def test_calibrate_writes_what_the_schedule_was_made_for(tmp_path, monkeypatch, 
     lam = tmp_path / "lam.json"
     assert main(["calibrate", "--model", "default", "--sampler", "heun", "--steps", "7", "--out", str(lam),
                  "--no-progress"]) == 0
-    from diffusion_es.cli.common import weights_id
+    from diffusion_es.experiments.common import weights_id
     from diffusion_es.models import load_model
 
     w = weights_id(load_model("default"))  # and the model it was calibrated on

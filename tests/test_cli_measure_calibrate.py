@@ -44,7 +44,7 @@ def test_measure_writes_tables_and_plot(tiny_model, tmp_path, capsys):
 def test_calibrate_reports_and_writes_only_a_real_gain(tiny_model, tmp_path, capsys):
     """A found schedule is written for this model and setting; when none beats λ = 1 the file is written without
     one (it used to be left alone, so an older λ file at that path was sampled with, exit 0)."""
-    from diffusion_es.cli.common import weights_id
+    from diffusion_es.experiments.common import weights_id
     from diffusion_es.models import load_model
 
     lam = tmp_path / "lam.json"

@@ -151,5 +151,14 @@ def test_parts_follow_the_reference_files_contents_not_its_name(tmp_path, capsys
     assert "(cached)" not in cells[1][0] and "(cached)" in cells[2][0], cells  # recomputed for the new file only
     from diffusion_es.experiments.common import file_contents
 
-    assert file_contents("digits", "heldout", "toy:moons", None) == {}  # built-in names: keys of such runs unchanged
-    assert set(file_contents(str(ref), f"npz:{ref}")) == {str(ref), f"npz:{ref}"}
+    (tmp_path / "moons").write_text("a file named like a toy")
+    import os
+
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:  # built-in names and toys read no file of the user's: keys of such runs unchanged
+        assert file_contents("digits", "heldout", "mnist", "toy:moons", None) == {}
+    finally:
+        os.chdir(here)
+    got = file_contents(str(ref), f"npz:{ref}", str(out / "parts"), f"images:{out / 'parts'}")
+    assert len(got) == 4 and got[str(ref)] == got[f"npz:{ref}"]  # files, and folders (a bare path or KIND:PATH)

@@ -48,9 +48,8 @@ def path_hash(path, length: int = 16) -> str:
     h = hashlib.sha256()
     files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file()
                                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
-    for f in files:
-        if f is not p:
-            h.update(str(f.relative_to(p)).encode() + b"\0")
+    for f in files:  # each file framed by its name and size, so no two folders hash alike by shifting bytes
+        h.update((str(f.relative_to(p)) if f is not p else "").encode() + b"\0" + str(f.stat().st_size).encode() + b"\0")
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)

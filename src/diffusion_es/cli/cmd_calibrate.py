@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import UsageError
 from .common import (BATCH_HELP, MAX_SAMPLES, MAX_SEED_OFFSET, add_min_lambda_arg, add_model_args,
                      add_progress_arg, add_sampler_args, float_pair, int_in, job_progress, load_model_arg, note,
-                     print_json, sampler_kwargs, schedule_arg, schedule_made_for, weights_id)
+                     print_json, sampler_kwargs, schedule_arg, schedule_made_for)
 
 
 def register(sub):
@@ -84,15 +84,18 @@ def _run(args, ctx) -> int:
     with contextlib.ExitStack() as stack:
         store, parts = None, None
         if args.out and not ctx.is_distributed:  # each candidate's scores kept beside the output until it is written
-            from ..experiments.common import file_contents
+            from ..experiments.common import file_contents, fingerprint
             from ..store import PartStore, output_lock
 
             stack.enter_context(output_lock(args.out))
             parts = Path(str(args.out) + ".parts")
             stack.callback(lambda: parts.exists() and not any(parts.iterdir()) and parts.rmdir())  # none scored
-            store = PartStore(parts, {"job": "calibrate", "version": 1, "weights": weights_id(model),
-                                      "metric": metric.name, "files": file_contents(data, args.ref, args.inception)},
-                              subdir="")
+            # what a score depends on besides the sampling setting (which calibrate adds to each key itself)
+            store = PartStore(parts.parent, {"job": "calibrate", "version": 1, "model": fingerprint(model),
+                                             "data": data, "ref": args.ref, "features": args.features,
+                                             "metric": metric.name,
+                                             "files": file_contents(data, args.ref, args.inception)},
+                              subdir=parts.name)
         r = _search(args, ctx, model, den, metric, store)
         if not ctx.is_main:
             return 0

@@ -361,15 +361,10 @@ def schedule_made_for(args, model=None) -> dict:
     if get_sampler(args.sampler).grid == "vp":
         d["spacing"] = args.spacing
     if model is not None:
+        from ..experiments.common import weights_id
+
         d["weights"] = weights_id(model)
     return d
-
-
-def weights_id(model) -> str:
-    """The short weights hash a calibration records (the experiments' part keys use the same)."""
-    from ..hashing import model_fingerprint
-
-    return model_fingerprint(model.net)[:16]
 
 
 LAMBDA_NOTE = (0.25, 4.0)  # λ outside this range gets a note (the widest calibrated schedules here: 0.40-1.55)
@@ -392,6 +387,8 @@ def es_from_args(args, model=None):
             es = Linear(k, b)
         elif getattr(args, "es_schedule", None):
             es, made_for = read_schedule(args.es_schedule)
+            from ..experiments.common import weights_id
+
             if model is not None and (made_for or {}).get("weights") not in (None, weights_id(model)):
                 raise UsageError(f"--es-schedule {args.es_schedule}: calibrated on another model (weights "
                                  f"{made_for['weights']}, this one {weights_id(model)}); λ depends on the model: "

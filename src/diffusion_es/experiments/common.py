@@ -3,7 +3,6 @@ evaluator and the shape of a method's result, and per-part progress lines."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -55,31 +54,44 @@ def load_model_and_data(model_path, data: Optional[str], device="cpu"):
     return model, model.denoiser(), ds
 
 
+def weights_id(model) -> str:
+    """The short hash of a loaded model's weights: in part keys and in a calibration's ``made_for``. Computed once
+    per loaded model (a large network takes seconds to hash)."""
+    if getattr(model, "_weights_id", None) is None:
+        model._weights_id = model_fingerprint(model.net)[:16]
+    return model._weights_id
+
+
 def fingerprint(model) -> dict:
     """What identifies a loaded model in a part store's key: its weights, and an x̂_0 clipping other than ADM's
     [-1, 1] (a diffusers scheduler's clip_sample / clip_sample_range; absent otherwise, so keys of earlier runs
     stay valid)."""
-    fp = {"weights_sha256": model_fingerprint(model.net)[:16]}
+    fp = {"weights_sha256": weights_id(model)}
     clip = getattr(model, "clip_x0", 1.0)
     if clip != 1.0:
         fp["clip_x0"] = clip
     return fp
 
 
+BUILT_IN = ("digits", "mnist", "heldout", "train", "all", "default")  # names that read no file of the user's
+FILE_KINDS = ("npz", "images", "png", "mnist")  # data specs KIND:PATH (load_dataset); toy:NAME is generated
+
+
 def file_contents(*specs) -> dict:
-    """{spec: hash of its contents} for each spec that names a file or folder (a reference ``.npz``, ``npz:PATH`` /
-    ``mnist:PATH`` data, an Inception file): a part computed against one file is not served for another written at
-    the same path later. Built-in names (``digits``, ``heldout``, ...) name no file and add nothing, so the keys of
-    runs on them do not change."""
+    """{spec: hash of its contents} for each spec that names a file or folder of the user's (a reference ``.npz``,
+    ``npz:`` / ``images:`` / ``mnist:PATH`` data or a bare data path, an Inception file): a part computed against one
+    file is not served for another written at the same path later. Built-in names (``digits``, ``heldout``, ...) and
+    ``toy:NAME`` read no such file and add nothing, so the keys of runs on them do not change."""
     from ..hashing import path_hash
 
     out = {}
     for spec in specs:
-        if not spec:
+        s = str(spec or "").strip()
+        if not s or s in BUILT_IN:
             continue
-        s = str(spec)
-        path = Path(s.split(":", 1)[1]) if ":" in s and not Path(s).exists() else Path(s)
-        if (":" in s or "/" in s or os.sep in s or path.suffix) and path.exists():  # (a bare name is built in)
+        kind, sep, rest = s.partition(":")
+        path = Path(rest if sep and kind in FILE_KINDS else s).expanduser()
+        if (not sep or kind in FILE_KINDS or Path(s).exists()) and path.exists():
             out[s] = path_hash(path)
     return out
 
