@@ -25,7 +25,6 @@ from diffusers import DDPMPipeline, UNet2DModel  # noqa: E402
 from diffusion_es.adapters import diffusers_export as dx  # noqa: E402
 from diffusion_es.cli import main  # noqa: E402
 from diffusion_es.errors import UsageError  # noqa: E402
-from diffusion_es.errors import UsageError  # noqa: E402
 from diffusion_es.models import ModelConfig, build_model, load_model  # noqa: E402
 from diffusion_es.models.checkpoint import diffusion_config, save_checkpoint  # noqa: E402
 from diffusion_es.samplers import SeedNoise, sample  # noqa: E402
@@ -268,7 +267,7 @@ def test_every_prediction_type_round_trips_through_the_export(tmp_path, predicti
     torch.testing.assert_close(back.denoiser()(x, 2.0), want, rtol=0, atol=net_tol(F64, 3 * (1 + mag(x, want))))
 
 
-def test_an_export_killed_between_its_renames_is_tidied_by_the_next(tmp_path):
+def test_an_export_killed_between_its_renames_is_tidied_by_the_next(tmp_path, monkeypatch):
     """SIGKILL inside the swap left the previous export as a hidden .OUT.old-PID folder (and a half-built
     .OUT.tmp-PID) for good, with OUT missing. The next export puts the old one back, then replaces it."""
     import shutil
@@ -276,8 +275,20 @@ def test_an_export_killed_between_its_renames_is_tidied_by_the_next(tmp_path):
     ckpt = write_checkpoint(tmp_path / "ckpt", random_unet(seed=8))
     out = tmp_path / "out"
     dx.export_diffusers(ckpt, out)
+    before = (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     os.replace(out, tmp_path / ".out.old-99999")                      # the state after the first rename
     shutil.copytree(tmp_path / ".out.old-99999", tmp_path / ".out.tmp-99998")
+
+    def fails(*a, **kw):
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as m:  # an export that fails after the sweep: OUT is the previous export again
+        m.setattr(dx, "_write_export", fails)
+        with pytest.raises(RuntimeError):
+            dx.export_diffusers(ckpt, out, use_ema=False)
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]
+    os.replace(out, tmp_path / ".out.old-99999")
     dx.export_diffusers(ckpt, out, use_ema=False)                     # no --overwrite needed: OUT was missing
     assert json.loads((out / dx.EXPORT_INFO).read_text())["weights"] == "raw"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]

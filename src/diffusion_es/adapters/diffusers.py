@@ -33,8 +33,8 @@ the unpatched one. diffusers writes that point in three ways, all recognised: �
 ``rescale_betas_zero_snr=True``: every σ at or above the σ of the last training timestep is σ = ∞), and t = 1 or
 its stand-ins: UniPC's t = 1 − 1e-6 (every t within ``FLOW_T_STANDIN`` of 1 is t = 1), and the top of DPM-Solver
 (multistep, singlestep) and DEIS grids with ``use_flow_sigmas=True``, which start at the shifted 1 − 1/T (t = 0.99967,
-σ_flow ≈ 3000 at shift 3) to avoid log(0) while the pipeline hands them pure noise; without the rule λ = 1.005 on
-that one step moved Sana-style samples ten times more than on all other steps together.
+σ_flow ≈ 3000 at shift 3) to avoid log(0) while the pipeline hands them pure noise; there λ would change x̂₀ by
+σ(1 − 1/λ)·ε, so that one step would outweigh all others.
 
 λ comes from :class:`diffusion_es.core.scaling.BoundLambda`, bound lazily to the scheduler's grid (one σ per distinct
 timestep of the current ``set_timesteps``; re-bound whenever ``scheduler.timesteps`` is replaced). A call is keyed on

@@ -326,8 +326,8 @@ def _sweep_export_debris(out: Path) -> None:
     """Folders a killed export left beside ``out``: its half-built ``.NAME.tmp-PID`` (removed) and the previous
     export it was swapping out, ``.NAME.old-PID`` (put back if ``out`` is missing, i.e. the kill fell between the
     two renames; removed otherwise)."""
-    for old in sorted(out.parent.glob(f".{out.name}.old-*")):
-        if not out.exists():
+    for old in sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda q: q.stat().st_mtime, reverse=True):
+        if not out.exists():  # the newest one: what OUT held last
             os.replace(old, out)
         else:
             shutil.rmtree(old, ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -121,7 +122,8 @@ def main(argv=None) -> int:
         if command == "train":
             msg = ("finished work was kept (train saves the step it was at; rerun with the same arguments and "
                    "--resume to continue)")
-        elif command in RESUMABLE or (command == "calibrate" and getattr(args, "out", None)):
+        elif command in RESUMABLE or (command == "calibrate" and getattr(args, "out", None)
+                                      and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1):  # (one process only)
             msg = "finished work was kept (rerun with the same arguments to continue where it stopped)"
         else:
             msg = "this command does not resume: rerun it to start again (any file it wrote is complete)"

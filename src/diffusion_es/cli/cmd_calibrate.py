@@ -47,8 +47,9 @@ def register(sub):
     p.add_argument("--seed", type=int_in(0, MAX_SEED_OFFSET), default=0, help="seed-set offset (default 0)")
     p.add_argument("--batch-size", type=int_in(1, 1_000_000), default=None, help=BATCH_HELP)
     p.add_argument("--out", default=None, metavar="FILE.json",
-                   help="write the schedule here, with the sampler and steps it was made for (readable by "
-                        "`sample --es-schedule`), only if it beats λ = 1")
+                   help="write the result here, with the sampler, steps and model weights it was made for "
+                        "(readable by `sample --es-schedule`); its schedule is null when no λ beat λ = 1. "
+                        "Scores are kept in FILE.parts/ meanwhile: an interrupted run resumes")
     add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print the full result as JSON (progress stays on stderr)")
     p.set_defaults(func=run)

@@ -418,8 +418,8 @@ def _check_made_for(made_for, path) -> Optional[dict]:
 def read_schedule(path):
     """``(schedule, made_for)`` from a schedule JSON file (as written by :func:`save_schedule` or
     ``diffusion-es calibrate``). The file holds the schedule itself or an object with a ``"schedule"`` field;
-    ``made_for`` (``{"sampler", "steps"[, "spacing"]}``, or None where the file does not say) is the sampling
-    setting it was made for: see :func:`schedule_mismatch` and :func:`adapt_schedule`."""
+    ``made_for`` (``{"sampler", "steps"[, "spacing"][, "weights"]}``, or None where the file does not say) is the
+    sampling setting it was made for (``weights``: the hash of the model calibrated on): see :func:`schedule_mismatch` and :func:`adapt_schedule`."""
     from ..io import read_json
 
     d = read_json(path, "a λ schedule (JSON)", SCHEDULE_HINT)

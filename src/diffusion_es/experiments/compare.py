@@ -147,14 +147,9 @@ def _train_ip(base, out: Path, device, log) -> Path:
             return d
     log(f"training the IP model into {d} ({opts['steps']} steps, ip_gamma {IP_GAMMA}); this is slow on a CPU")
     resume = (d / STATE_FILE).exists()
-    try:
-        train(d, TrainConfig.from_dict(opts), model=ModelConfig.from_dict(base.config["model"]),
-              diffusion=base.config["diffusion"], device=device, resume=resume, progress=False,
-              command=f"diffusion-es compare --train-ip (recipe of {base.path})")
-    except UsageError as e:
-        if resume and "differs from the run being resumed" in str(e):
-            raise UsageError(f"{other} ({e})") from None
-        raise
+    train(d, TrainConfig.from_dict(opts), model=ModelConfig.from_dict(base.config["model"]),
+          diffusion=base.config["diffusion"], device=device, resume=resume, progress=False,
+          command=f"diffusion-es compare --train-ip (recipe of {base.path})")
     return d
 
 

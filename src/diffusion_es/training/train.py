@@ -478,9 +478,11 @@ def _diverged(run: "_Run", lr: float) -> UsageError:
 
 
 class _StopAtStepEnd:
-    """While training (main thread only): Ctrl-C or SIGTERM lets the step in progress finish, then the loop writes a
-    checkpoint at that step and raises KeyboardInterrupt, so an interrupt loses no finished step (it lost every
-    step since the last checkpoint). A second signal interrupts at once. The previous handlers are put back."""
+    """While training (main thread only): Ctrl-C or SIGTERM lets the step in progress finish (or the next one, when
+    the signal comes after a step's check, e.g. in the callback), then the loop writes a checkpoint at that step and
+    raises KeyboardInterrupt, so an interrupt loses no finished step (it lost every step since the last
+    checkpoint). A second signal interrupts at once. The previous handlers are put back. Not kept: the losses of the
+    log window in progress, so the resumed run's first log line averages only the steps after the resume."""
 
     def __init__(self):
         self.requested, self.old = False, {}
