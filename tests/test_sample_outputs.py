@@ -238,3 +238,22 @@ def test_png_rerun_never_keeps_pngs_that_other_settings_overwrote(runs, tmp_path
     assert main([*COMMON, "--out", str(out)]) == 0                       # A again
     for s in range(10):  # every PNG is A's, as in the uninterrupted run
         assert (out / f"seed{s:06d}.png").read_bytes() == (runs / "pngs" / f"seed{s:06d}.png").read_bytes(), s
+
+
+def test_shard_keys_change_only_for_step_counts_the_adm_fix_moved(tmp_path, monkeypatch):
+    """spacing 'adm' became guided-diffusion's own rule, which moves the grid at 278 step counts (21 among them):
+    shards of those counts written before must not be resumed into a new run; every other key stays as it was."""
+    import diffusion_es.store as store
+
+    seen = []
+    real = store.ShardedRun
+
+    def spy(ctx, out, identity, *a, **kw):
+        seen.append(identity)
+        return real(ctx, out, identity, *a, **kw)
+
+    monkeypatch.setattr(store, "ShardedRun", spy)
+    for steps in ("20", "21"):
+        assert main(["sample", "--model", "default", "--sampler", "ddim", "--steps", steps, "--seeds", "0-1",
+                     "--out", str(tmp_path / f"s{steps}.npz"), "--no-progress"]) == 0
+    assert "adm_rule" not in seen[0] and seen[1]["adm_rule"] == 2
