@@ -257,3 +257,11 @@ def test_shard_keys_change_only_for_step_counts_the_adm_fix_moved(tmp_path, monk
         assert main(["sample", "--model", "default", "--sampler", "ddim", "--steps", steps, "--seeds", "0-1",
                      "--out", str(tmp_path / f"s{steps}.npz"), "--no-progress"]) == 0
     assert "adm_rule" not in seen[0] and seen[1]["adm_rule"] == 2
+    from diffusion_es.core.schedules import VPSchedule
+    from diffusion_es.experiments.common import grid_key
+
+    vp = VPSchedule.linear()
+    assert grid_key("ddpm", 21, vp) == {"adm_rule": 2} and grid_key("ddim", 23, vp) == {"adm_rule": 2}
+    # the paper's counts (repro's and compare's columns), EDM grids and other spacings keep their keys
+    assert [grid_key("ddim", n, vp) for n in (10, 20, 50, 100)] == [{}] * 4
+    assert grid_key("euler", 21, vp) == {} and grid_key("ddim", 21, vp, "linspace") == {}

@@ -124,11 +124,9 @@ def _run(args, ctx) -> int:
     identity = {"model": model_fingerprint(m.net), "shape": list(m.data_shape), "sampler": args.sampler,
                 "steps": args.steps, "es": None if es is None else es.to_dict(), "spacing": args.spacing,
                 "device": torch.device(args.device).type, **kwargs, **({"rgb": True} if args.rgb else {})}
-    if args.spacing == "adm" and get_sampler(args.sampler).grid == "vp" and hasattr(schedule, "T"):
-        from ..core.schedules import respace
+    from ..experiments.common import grid_key
 
-        if not (respace(schedule.T, args.steps, "adm") == respace(schedule.T, args.steps, "linspace")).all():
-            identity["adm_rule"] = 2  # ADM's own ties since 2026-12 (earlier shards of these step counts used linspace's)
+    identity.update(grid_key(args.sampler, args.steps, schedule, args.spacing))  # (shards from before the adm fix)
     if getattr(schedule, "shift", None) is not None:  # a flow model: its grid's time shift decides the samples
         identity["shift"] = schedule.shift
     if hasattr(schedule, "pfgm_D"):  # an EDM / PFGM++ model: its prior and σ range decide the samples

@@ -96,6 +96,22 @@ def file_contents(*specs) -> dict:
     return out
 
 
+def grid_key(sampler: str, steps: int, schedule, spacing: str = "adm") -> dict:
+    """{"adm_rule": 2} where the respaced grid of a VP sampler moved when spacing 'adm' became guided-diffusion's
+    own rule (278 of the step counts 1..1000 at T = 1000, e.g. 21), else {}: for the keys of stored results, so
+    results of those counts from before are not reused and every other key stays as it was."""
+    from ..core.schedules import respace
+    from ..samplers import get_sampler
+
+    if spacing != "adm" or get_sampler(sampler).grid != "vp" or not hasattr(schedule, "T"):
+        return {}
+    try:
+        moved = not (respace(schedule.T, steps, "adm") == respace(schedule.T, steps, "linspace")).all()
+    except ValueError:  # a step count the sampler refuses anyway
+        return {}
+    return {"adm_rule": 2} if moved else {}
+
+
 def seed_sets(seed: int, n_samples: int, count: int) -> list:
     """The seed sets of calibration (``seed·10000019 + j·n_samples …``): search sets first, then validation."""
     base = seed * 10_000_019

@@ -32,8 +32,8 @@ from typing import Optional
 
 from ..errors import UsageError
 from .common import (CHURN_GAMMAS, IP_GAMMA, RANGES, S_NOISE_RANGE, TS_CUTOFFS, TS_WINDOW_FRACTIONS, Paired,
-                     Ticker, file_contents, fingerprint, load_model_and_data, method_result, search_lambda,
-                     seed_sets)
+                     Ticker, file_contents, fingerprint, grid_key, load_model_and_data, method_result,
+                     search_lambda, seed_sets)
 
 __all__ = ["CompareConfig", "run_compare", "write_compare", "ip_recipe", "COMPARE_PROFILES", "ts_windows"]
 
@@ -237,6 +237,7 @@ class _Comparison:
         sampler, steps = cell["sampler"], cell["steps"]
         es, cached = self.store.get_or_run(f"cmp_{name}_{sampler}_{steps}",
                                            {"part": name, "sampler": sampler, "steps": steps,
+                                            **grid_key(sampler, steps, self.model.schedule),
                                             "range": RANGES[sampler], **self.common},
                                            lambda: self.es_part(den or self.den, sampler, steps))
         return es, cached
@@ -251,7 +252,8 @@ class _Comparison:
                                               f"λ {es['candidate']['b']:.4f}", _lam_search(es))
         self.tick(f"{sampler} {steps} steps: ES λ {es['candidate']['b']:.4f}", cached)
         ts, cached = self.store.get_or_run(
-            f"cmp_ts_{sampler}_{steps}", {"part": "ts", "sampler": sampler, "steps": steps, "rule": self.cfg.ts_rule,
+            f"cmp_ts_{sampler}_{steps}", {"part": "ts", "sampler": sampler, "steps": steps,
+                                          **grid_key(sampler, steps, self.model.schedule), "rule": self.cfg.ts_rule,
                                           "windows": TS_WINDOW_FRACTIONS, "cutoffs": TS_CUTOFFS,
                                           "range": RANGES[sampler], **self.common},
             lambda: self.time_shift(sampler, steps, base_val))
@@ -316,6 +318,7 @@ class _Comparison:
         self.tick(f"{sampler} {cell['nfe']} NFE: ES λ {es['candidate']['b']:.4f}", cached)
         ch, cached = self.store.get_or_run(
             f"cmp_churn_{sampler}_{steps}", {"part": "churn", "sampler": sampler, "steps": steps,
+                                             **grid_key(sampler, steps, self.model.schedule),
                                              "gammas": CHURN_GAMMAS, "s_noise": S_NOISE_RANGE,
                                              "range": RANGES[sampler], **self.common},
             lambda: self.churn(sampler, steps))

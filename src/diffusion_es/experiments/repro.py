@@ -25,8 +25,8 @@ from typing import Optional
 import numpy as np
 
 from ..errors import UsageError
-from .common import (MODEL_SAMPLERS, RANGES, SAMPLER_NAMES, Ticker, file_contents, fingerprint, load_model_and_data,
-                     seed_sets)
+from .common import (MODEL_SAMPLERS, RANGES, SAMPLER_NAMES, Ticker, file_contents, fingerprint, grid_key,
+                     load_model_and_data, seed_sets)
 
 __all__ = ["ReproConfig", "run_repro", "PROFILES", "profile_for"]
 
@@ -180,7 +180,8 @@ class _Repro:
             return {"sampler": sampler, "steps": steps, "lam_probe": probe, "n_samples": cfg.n_samples, **vals}
 
         res, cached = self.store.get_or_run(f"power_{sampler}_{steps}", {"part": "power", "sampler": sampler,
-                                            "steps": steps, "k": k, "n": cfg.n_samples, "probe": probe}, run)
+                                            "steps": steps, **grid_key(sampler, steps, self.model.schedule), "k": k,
+                                            "n": cfg.n_samples, "probe": probe}, run)
         from .power import paired_relative_sd, required_sets, sd_upper_bound
 
         base = np.asarray(res["baseline"])
@@ -244,7 +245,8 @@ class _Repro:
             return d
 
         res, cached = self.store.get_or_run(f"cell_{sampler}_{steps}", {"part": "cell", "sampler": sampler,
-                                            "steps": steps, "range": RANGES[sampler], **self.search_key()}, run)
+                                            "steps": steps, **grid_key(sampler, steps, self.model.schedule),
+                                            "range": RANGES[sampler], **self.search_key()}, run)
         res["nfe_cell"] = nfe
         self.tick(f"{sampler} {steps} steps ({res['nfe_per_sample']} NFE): λ {res['candidate']['b']:.4f}, "
                   f"metric change {100 * res['gain']:+.1f} %", cached)
@@ -255,7 +257,8 @@ class _Repro:
         """The linear schedule at 20 steps, chosen on the same primary metric as the uniform one."""
         steps = get_steps(sampler, 20)
         res, cached = self.store.get_or_run(f"linear_{sampler}_{steps}", {"part": "linear", "sampler": sampler,
-                                            "steps": steps, "range": RANGES[sampler], **self.search_key()},
+                                            "steps": steps, **grid_key(sampler, steps, self.model.schedule),
+                                            "range": RANGES[sampler], **self.search_key()},
                                             lambda: self.calibrate(sampler, steps, "linear").to_dict())
         self.tick(f"linear schedule, {sampler} {steps} steps", cached)
         return res
@@ -278,7 +281,8 @@ class _Repro:
             return {"baseline": base.to_dict(), "es": with_es.to_dict()}
 
         res, cached = self.store.get_or_run(f"measure_{tag}_{sampler}_{steps}", {"part": "measure", "tag": tag,
-                                            "sampler": sampler, "steps": steps, "es": schedule, "n": cfg.n_measure},
+                                            "sampler": sampler, "steps": steps, "es": schedule, "n": cfg.n_measure,
+                                            **grid_key(sampler, steps, self.model.schedule)},
                                             run)
         self.tick(f"exposure curves ({tag}), {sampler} {steps} steps", cached)
         return res
