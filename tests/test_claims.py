@@ -33,3 +33,9 @@ def test_fewer_steps_want_a_larger_lambda_uses_spearman_with_tied_ranks(lams):
     assert f"{rho:+.2f} (1 samplers)" in c["evidence"], c
     assert c["reproduced"] is (rho < 0)
     assert _claim_c(nfes, [1.01] * 4)["reproduced"] is None  # one λ everywhere: no trend to judge
+
+
+def test_cells_of_one_nfe_give_no_trend():
+    """Two significant cells at the same NFE (e.g. repeated columns) with different λ: no ρ (it was NaN)."""
+    c = _claim_c([10, 10], [1.01, 1.02])
+    assert c["reproduced"] is None and "inconclusive" in c["evidence"]

@@ -77,3 +77,11 @@ def test_a_lambda_far_from_one_is_run_with_a_note(tmp_path, capsys):
             assert f"note: {flag[0].split('=')[0]} gives {note}, far from 1" in err and err.count("note:") == 1, err
         else:
             assert "note:" not in err, err
+    import argparse
+
+    ns = argparse.Namespace(es=1e-10, es_linear=None, es_schedule=None, es_adapt=None, sampler="ddim", steps=3,
+                            spacing="adm")
+    es_from_args(ns, quiet=True)  # the other ranks of a torchrun launch: the note once, from rank 0
+    assert "note:" not in capsys.readouterr().err
+    es_from_args(ns)
+    assert "note:" in capsys.readouterr().err

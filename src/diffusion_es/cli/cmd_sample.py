@@ -102,7 +102,7 @@ def _run(args, ctx) -> int:
     if kwargs.get("variance") == "learned" and not m.learned_variance:
         raise UsageError("--variance learned needs a model trained with --learned-variance")
     SamplingPlan(args.sampler, args.steps, m.schedule, spacing=args.spacing)  # refuses a bad step count now
-    es = es_from_args(args, m)
+    es = es_from_args(args, m, quiet=not ctx.is_main)
     images = len(m.data_shape) == 3
     if not images and (layout == "png" or args.rgb):
         raise UsageError(f"this model makes vectors of shape {tuple(m.data_shape)}, not images: write --out FILE.npz "

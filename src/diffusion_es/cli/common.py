@@ -370,7 +370,7 @@ def schedule_made_for(args, model=None) -> dict:
 LAMBDA_NOTE = (0.25, 4.0)  # λ outside this range gets a note (the widest calibrated schedules here: 0.40-1.55)
 
 
-def es_from_args(args, model=None):
+def es_from_args(args, model=None, quiet: bool = False):
     """The λ schedule the ES options ask for, or None; checked against the run's sampler and steps (when the
     command has them) before any work: a schedule file made for another setting is refused unless --es-adapt
     says how to adapt it, and every λ of the run must be finite and > 0."""
@@ -408,7 +408,8 @@ def es_from_args(args, model=None):
         if es is not None and has_run:
             lams = es.values(int(args.steps))  # every λ of this run finite and > 0, one per step
             lo, hi = float(min(lams)), float(max(lams))
-            if lo < LAMBDA_NOTE[0] or hi > LAMBDA_NOTE[1]:  # allowed (λ is the user's choice), but said once
+            if (lo < LAMBDA_NOTE[0] or hi > LAMBDA_NOTE[1]) and not quiet:  # allowed (λ is the user's choice), but
+                # said once (quiet: the other ranks of a torchrun launch)
                 print(f"note: {_es_flag(args)} gives λ from {lo:.4g} to {hi:.4g}, far from 1 (the paper's λ are "
                       "1.0-1.02; ε is divided by λ): expect saturated or blank samples", file=sys.stderr)
     except argparse.ArgumentTypeError as e:

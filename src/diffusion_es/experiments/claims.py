@@ -59,7 +59,7 @@ def check_claims(results: dict) -> list:
     rhos = []
     for s in sorted({c["sampler"] for c in table}):
         cs = sorted((c for c in sig if c["sampler"] == s), key=lambda c: c["nfe_per_sample"])
-        if len(cs) >= 2 and len({lam_of(c) for c in cs}) > 1:
+        if len({c["nfe_per_sample"] for c in cs}) >= 2 and len({lam_of(c) for c in cs}) > 1:  # (else ρ is NaN)
             # Spearman's ρ with average ranks for ties (λ comes from a grid, so cells often share one; ordinal
             # ranks broke ties by position and could flip the sign)
             rhos.append(float(spearmanr([c["nfe_per_sample"] for c in cs], [lam_of(c) for c in cs])[0]))
