@@ -302,3 +302,10 @@ def test_ctrl_c_saves_the_step_it_was_at(tmp_path):
         assert train(out, cfg, resume=True, progress=False)["step"] == 12
         a, b = _weights(tmp_path / "full"), _weights(out)
         assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), sig.name
+    # an ignored SIGINT (a background job of a script) stays ignored: the run goes on to the end
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert train(tmp_path / "ignored", cfg, TINY, progress=False,
+                     callback=lambda step, info: step == 7 and os.kill(os.getpid(), signal.SIGINT))["step"] == 12
+    finally:
+        signal.signal(signal.SIGINT, old)

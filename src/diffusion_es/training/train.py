@@ -498,7 +498,8 @@ class _StopAtStepEnd:
 
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self.old[sig] = signal.signal(sig, self._on_signal)
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored signal stays ignored (e.g. a job
+                    self.old[sig] = signal.signal(sig, self._on_signal)  # started with & from a script)
         return self
 
     def __exit__(self, *exc):
