@@ -27,6 +27,10 @@ def test_train_writes_a_loadable_checkpoint(ckpt):
     cfg = json.loads((ckpt / "config.json").read_text())
     assert cfg["training"]["step"] == 40 and cfg["data"]["spec"] == "digits"
     assert cfg["model"]["width"] == 16 and cfg["diffusion"]["T"] == 1000
+    import shlex  # the command as typed is the run's provenance (--no-progress / --json only change what is shown)
+    typed = [a for a in ["train", "--data", "digits", "--out", str(ckpt), "--steps", "40", *TINY]
+             if a != "--no-progress"]
+    assert cfg["training"]["commands"] == ["diffusion-es " + shlex.join(typed)]
 
 
 def test_same_seeds_same_files_and_es_changes_only_es_outputs(tmp_path, capsys):

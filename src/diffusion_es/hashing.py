@@ -49,7 +49,8 @@ def path_hash(path, length: int = 16) -> str:
     files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file()
                                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
     for f in files:  # each file framed by its name and size, so no two folders hash alike by shifting bytes
-        h.update((str(f.relative_to(p)) if f is not p else "").encode() + b"\0" + str(f.stat().st_size).encode() + b"\0")
+        name = str(f.relative_to(p)) if f is not p else ""
+        h.update(f"{name}\0{f.stat().st_size}\0".encode())
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-import shlex
-import sys
 
 from ..errors import UsageError
-from .common import (add_device_arg, add_progress_arg, add_threads_arg, float_in, int_in, int_list, nonneg_float,
-                     positive_float, seed_value)
+from .common import (add_device_arg, add_progress_arg, add_threads_arg, command_line, float_in, int_in, int_list,
+                     nonneg_float, positive_float, seed_value)
 
 _BIG = 10**9  # steps and intervals
 
@@ -201,7 +199,7 @@ def run(args) -> int:
         diffusion = diffusion_config(**{**{d: v for _, d, _, v, _ in _DIFF}, **di})
         model = ModelConfig.from_dict({**model.to_dict(), "learned_variance": diffusion["learned_variance"]})
     _check_given_options_apply(tr, cfg, diffusion)
-    command = "diffusion-es " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("diffusion-es") else ""
+    command = command_line(args)
     from ..store import output_lock
 
     with output_lock(args.out):  # one training run per folder at a time

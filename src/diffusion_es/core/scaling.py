@@ -419,7 +419,8 @@ def read_schedule(path):
     """``(schedule, made_for)`` from a schedule JSON file (as written by :func:`save_schedule` or
     ``diffusion-es calibrate``). The file holds the schedule itself or an object with a ``"schedule"`` field;
     ``made_for`` (``{"sampler", "steps"[, "spacing"][, "weights"]}``, or None where the file does not say) is the
-    sampling setting it was made for (``weights``: the hash of the model calibrated on): see :func:`schedule_mismatch` and :func:`adapt_schedule`."""
+    sampling setting it was made for (``weights``: the hash of the model calibrated on): see
+    :func:`schedule_mismatch` and :func:`adapt_schedule`."""
     from ..io import read_json
 
     d = read_json(path, "a λ schedule (JSON)", SCHEDULE_HINT)
@@ -450,9 +451,9 @@ def save_schedule(path, schedule: LambdaSchedule, sampler: Optional[str] = None,
     """Write ``schedule`` as JSON (atomically). ``sampler`` with ``steps`` (and the VP ``spacing``) record the
     sampling setting it was made for (``made_for``); ``diffusion-es sample --es-schedule`` then refuses it for
     another setting unless told how to adapt it. ``weights`` (with ``sampler``): a hash of the weights of the model
-    it was calibrated on (``model_fingerprint(net)[:16]``); ``sample`` / ``measure`` refuse it for another model. ``meta``: more JSON-able fields stored beside it (e.g. the
-    calibration result; ``steps`` without ``sampler`` is kept as such a plain field, as before). ``schedule``: a
-    :class:`LambdaSchedule` or a number (uniform λ)."""
+    it was calibrated on (``experiments.common.weights_id``); ``sample`` / ``measure`` refuse it for another model.
+    ``meta``: more JSON-able fields stored beside it (e.g. the calibration result; ``steps`` without ``sampler`` is
+    kept as such a plain field, as before). ``schedule``: a :class:`LambdaSchedule` or a number (uniform λ)."""
     from ..io import write_json
 
     schedule = as_schedule(schedule, "schedule")

@@ -360,24 +360,20 @@ def _trim_log(path: Path, step: int) -> float:
 
     if not path.exists():
         return float("nan")
-    keep = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                if int(rec["step"]) <= step:
-                    keep.append(line if line.endswith("\n") else line + "\n")
-            except (ValueError, KeyError, TypeError):  # a line cut by a kill: dropped
-                continue
-    with open(path) as f:
-        same = f.read() == "".join(keep)
-    if not same:
+    text = path.read_text()
+    keep, loss = [], float("nan")
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+            if int(rec["step"]) <= step:
+                keep.append(line + "\n")
+                loss = float(rec["loss"])
+        except (ValueError, KeyError, TypeError):  # a line cut by a kill: dropped
+            continue
+    if "".join(keep) != text:
         with atomic_path(path, suffix=".jsonl") as tmp:
             Path(tmp).write_text("".join(keep))
-    try:
-        return float(json.loads(keep[-1])["loss"]) if keep else float("nan")
-    except (ValueError, KeyError, TypeError):
-        return float("nan")
+    return loss
 
 
 def train(out_dir, cfg: TrainConfig = None, model: Optional[ModelConfig] = None, diffusion: Optional[dict] = None,
