@@ -205,6 +205,8 @@ class ShardedRun:
         this returns). ``progress(n)`` is called on rank 0."""
         ctx = self.ctx
         pending = ([i for i in range(len(self.chunks)) if not self._complete(i)] if ctx.is_main else None)
+        if ctx.is_main and self.layout == "png":  # before any rank rewrites a PNG
+            self._disown({s for i in pending for s in self.chunks[i]})
         pending = ctx.broadcast(pending)
         done_before = sum(len(self.chunks[i]) for i in set(range(len(self.chunks))) - set(pending))
         self.reused = done_before
@@ -234,7 +236,6 @@ class ShardedRun:
         from .io import atomic_path, save_png, write_json
 
         if self.layout == "png":
-            self._disown(chunk)
             for seed, img in zip(chunk, arr):
                 save_png(self.png_path(seed), img)
             write_json(self.shard_path(chunk), {"seeds": [int(chunk[0]), int(chunk[-1])], "n": len(chunk),
@@ -244,23 +245,18 @@ class ShardedRun:
             with open(tmp, "wb") as f:
                 np.savez(f, arr_0=arr, seeds=np.asarray(chunk, dtype=np.int64))
 
-    def _disown(self, chunk) -> None:
-        """Before a PNG chunk is (re)written: remove the markers of other runs (other settings) whose seed range
-        overlaps it, since the PNGs they vouch for are about to be replaced. Without this, a run killed after
-        overwriting seeds with other settings left the first run's marker standing, and the first run, resumed,
-        took the other settings' PNGs as its own."""
-        mine, ours = {int(s) for s in chunk}, self.shard_path(chunk).name
-        for p in self.dir.glob(f"seeds*-*-*.{self._suffix}"):
-            if p.name == ours:
+    def _disown(self, seeds: set) -> None:
+        """Before this run rewrites the PNGs of ``seeds``: remove the markers of other runs (other settings) that
+        vouch for any of them. Without this, a run killed after overwriting seeds with other settings left the first
+        run's marker standing, and the first run, resumed, took the other settings' PNGs as its own."""
+        ours = {self.shard_path(c).name for c in self.chunks}
+        for p in self.dir.glob(f"seeds*-*-*.{self._suffix}") if self.dir.is_dir() else ():
+            if p.name in ours:
                 continue
             try:
-                overlap = bool(mine & {int(s) for s in json.loads(p.read_text())["all"]})
-            except (OSError, ValueError, KeyError, TypeError):  # an older marker: its first-last range
-                try:
-                    a, b = sorted(int(v) for v in p.name[len("seeds"):].split("-")[:2])
-                    overlap = any(a <= s <= b for s in mine)
-                except ValueError:
-                    overlap = True  # unreadable: drop it (at worst a chunk is sampled again)
+                overlap = bool(seeds & {int(s) for s in json.loads(p.read_text())["all"]})
+            except (OSError, ValueError, KeyError, TypeError):  # unreadable, or a marker from before "all": drop it
+                overlap = True  # (at worst a chunk is sampled again)
             if overlap:
                 p.unlink(missing_ok=True)
 

@@ -85,17 +85,15 @@ def _run(args, ctx) -> int:
     with contextlib.ExitStack() as stack:
         store, parts = None, None
         if args.out and not ctx.is_distributed:  # each candidate's scores kept beside the output until it is written
-            from ..experiments.common import file_contents, fingerprint
+            from ..experiments.common import inputs_key
             from ..store import PartStore, output_lock
 
             stack.enter_context(output_lock(args.out))
             parts = Path(str(args.out) + ".parts")
             stack.callback(lambda: parts.exists() and not any(parts.iterdir()) and parts.rmdir())  # none scored
             # what a score depends on besides the sampling setting (which calibrate adds to each key itself)
-            store = PartStore(parts.parent, {"job": "calibrate", "version": 1, "model": fingerprint(model),
-                                             "data": data, "ref": args.ref, "features": args.features,
-                                             "metric": metric.name,
-                                             "files": file_contents(data, args.ref, args.inception)},
+            store = PartStore(parts.parent, {**inputs_key(model, data, args.ref, args.inception), "job": "calibrate",
+                                             "version": 1, "features": args.features, "metric": metric.name},
                               subdir=parts.name)
         r = _search(args, ctx, model, den, metric, store)
         if not ctx.is_main:

@@ -71,7 +71,7 @@ def _run(args, ctx) -> int:
     import numpy as np
     import torch
 
-    from ..hashing import model_fingerprint
+    from ..experiments.common import grid_key, weights_hash
     from ..io import check_output, read_png, save_grid, save_npz, to_rgb, to_uint8
     from ..models import load_model
     from ..samplers import SamplingPlan, get_sampler, resolve_batch_size, sample
@@ -121,11 +121,9 @@ def _run(args, ctx) -> int:
 
         bound = clip_bound(kwargs["clip"], den)
         kwargs = {**kwargs, "clip": True if bound == 1.0 else False if bound is None else bound}
-    identity = {"model": model_fingerprint(m.net), "shape": list(m.data_shape), "sampler": args.sampler,
+    identity = {"model": weights_hash(m), "shape": list(m.data_shape), "sampler": args.sampler,
                 "steps": args.steps, "es": None if es is None else es.to_dict(), "spacing": args.spacing,
                 "device": torch.device(args.device).type, **kwargs, **({"rgb": True} if args.rgb else {})}
-    from ..experiments.common import grid_key
-
     identity.update(grid_key(args.sampler, args.steps, schedule, args.spacing))  # (shards from before the adm fix)
     if getattr(schedule, "shift", None) is not None:  # a flow model: its grid's time shift decides the samples
         identity["shift"] = schedule.shift

@@ -54,12 +54,17 @@ def load_model_and_data(model_path, data: Optional[str], device="cpu"):
     return model, model.denoiser(), ds
 
 
+def weights_hash(model) -> str:
+    """The full hash of a loaded model's weights (:func:`diffusion_es.hashing.model_fingerprint`), computed once per
+    loaded model: a large network takes seconds to hash, and a command may need it for several keys."""
+    if getattr(model, "_weights_hash", None) is None:
+        model._weights_hash = model_fingerprint(model.net)
+    return model._weights_hash
+
+
 def weights_id(model) -> str:
-    """The short hash of a loaded model's weights: in part keys and in a calibration's ``made_for``. Computed once
-    per loaded model (a large network takes seconds to hash)."""
-    if getattr(model, "_weights_id", None) is None:
-        model._weights_id = model_fingerprint(model.net)[:16]
-    return model._weights_id
+    """The short weights hash of part keys and of a calibration's ``made_for``."""
+    return weights_hash(model)[:16]
 
 
 def fingerprint(model) -> dict:
@@ -94,6 +99,14 @@ def file_contents(*specs) -> dict:
         if (not sep or kind in FILE_KINDS or Path(s).exists()) and path.exists():
             out[s] = path_hash(path)
     return out
+
+
+def inputs_key(model, data: str, ref, *files) -> dict:
+    """The part of a stored result's key that says what it was measured on: the model (:func:`fingerprint`), the
+    data spec and the reference, and the contents of whichever of them (and of ``files``, e.g. an Inception file)
+    is a file of the user's (:func:`file_contents`; absent when none is, so such keys are as before)."""
+    contents = file_contents(data, ref, *files)
+    return {"model": fingerprint(model), "data": data, "ref": ref, **({"files": contents} if contents else {})}
 
 
 def grid_key(sampler: str, steps: int, schedule, spacing: str = "adm") -> dict:

@@ -32,7 +32,7 @@ from typing import Optional
 
 from ..errors import UsageError
 from .common import (CHURN_GAMMAS, IP_GAMMA, RANGES, S_NOISE_RANGE, TS_CUTOFFS, TS_WINDOW_FRACTIONS, Paired,
-                     Ticker, file_contents, fingerprint, grid_key, load_model_and_data, method_result,
+                     Ticker, fingerprint, grid_key, inputs_key, load_model_and_data, method_result,
                      search_lambda, seed_sets)
 
 __all__ = ["CompareConfig", "run_compare", "write_compare", "ip_recipe", "COMPARE_PROFILES", "ts_windows"]
@@ -205,10 +205,9 @@ class _Comparison:
             raise UsageError(f"the IP model {self.ip_path} makes samples of shape {tuple(self.ip.data_shape)}, the "
                              f"model {tuple(self.model.data_shape)}")
         self.data_var = data_variance(ds.train) if cfg.ts_rule == "data" else 0.0
-        self.store = PartStore(out, {"model": fingerprint(self.model),
-                                     "ip": fingerprint(self.ip) if self.ip else None, "data": cfg.data,
-                                     "ref": cfg.ref, "seed": cfg.seed, "version": 3,  # 3: searches extend
-                                     **({"files": files} if (files := file_contents(cfg.data, cfg.ref)) else {})})
+        self.store = PartStore(out, {**inputs_key(self.model, cfg.data, cfg.ref),
+                                     "ip": fingerprint(self.ip) if self.ip else None,
+                                     "seed": cfg.seed, "version": 3})  # 3: searches extend
         sets = seed_sets(cfg.seed, cfg.n_samples, cfg.n_sets + cfg.n_val_sets)
         self.ev_kw = dict(search_sets=sets[:cfg.n_sets], val_sets=sets[cfg.n_sets:])
         self.common = {k: getattr(cfg, k) for k in ("n_samples", "n_sets", "n_val_sets", "coarse", "refine")}
@@ -318,7 +317,6 @@ class _Comparison:
         self.tick(f"{sampler} {cell['nfe']} NFE: ES λ {es['candidate']['b']:.4f}", cached)
         ch, cached = self.store.get_or_run(
             f"cmp_churn_{sampler}_{steps}", {"part": "churn", "sampler": sampler, "steps": steps,
-                                             **grid_key(sampler, steps, self.model.schedule),
                                              "gammas": CHURN_GAMMAS, "s_noise": S_NOISE_RANGE,
                                              "range": RANGES[sampler], **self.common},
             lambda: self.churn(sampler, steps))

@@ -25,8 +25,8 @@ from typing import Optional
 import numpy as np
 
 from ..errors import UsageError
-from .common import (MODEL_SAMPLERS, RANGES, SAMPLER_NAMES, Ticker, file_contents, fingerprint, grid_key,
-                     load_model_and_data, seed_sets)
+from .common import (MODEL_SAMPLERS, RANGES, SAMPLER_NAMES, Ticker, grid_key, inputs_key, load_model_and_data,
+                     seed_sets)
 
 __all__ = ["ReproConfig", "run_repro", "PROFILES", "profile_for"]
 
@@ -148,10 +148,8 @@ class _Repro:
         self.cfg, self.log, self.out = cfg, log, Path(cfg.out)
         self.metric, self.extra = build_measures(data, self.ds, cfg.ref, cfg.features, cfg.inception,
                                                  self.model.data_shape, n_real_pr=cfg.n_samples, seed=cfg.seed)
-        files = file_contents(data, cfg.ref, cfg.inception)  # files by content, not by name
-        self.store = PartStore(self.out, {"model": fingerprint(self.model), "data": data, "ref": cfg.ref,
-                                          "features": cfg.features, "seed": cfg.seed, "version": 6,
-                                          **({"files": files} if files else {})})
+        self.store = PartStore(self.out, {**inputs_key(self.model, data, cfg.ref, cfg.inception),
+                                          "features": cfg.features, "seed": cfg.seed, "version": 6})
         self.linear_tasks = [s for s in cfg.linear_samplers if s in cfg.samplers]
         self.measure_tasks = [s for s in ("ddpm", "ddim") if s in cfg.samplers]
         n_parts = len(cfg.samplers) * len(cfg.nfe) + 2 * len(self.linear_tasks) + len(self.measure_tasks)
