@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import pkgutil
 import sys
 
@@ -100,7 +99,8 @@ class _TermAsInterrupt:
         return False
 
 
-RESUMABLE = ("sample", "repro", "compare")  # commands that keep finished parts (train: checkpoints)
+RESUMABLE = ("sample", "repro", "compare")  # commands that keep finished parts (train: checkpoints); a command
+# that keeps them only sometimes sets args.keeps_work when it does
 
 
 def main(argv=None) -> int:
@@ -122,8 +122,7 @@ def main(argv=None) -> int:
         if command == "train":
             msg = ("finished work was kept (train saves the step it was at; rerun with the same arguments and "
                    "--resume to continue)")
-        elif command in RESUMABLE or (command == "calibrate" and getattr(args, "out", None)
-                                      and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1):  # (one process only)
+        elif command in RESUMABLE or getattr(args, "keeps_work", False):  # (calibrate --out, in one process)
             msg = "finished work was kept (rerun with the same arguments to continue where it stopped)"
         else:
             msg = "this command does not resume: rerun it to start again (any file it wrote is complete)"

@@ -92,6 +92,7 @@ def _run(args, ctx) -> int:
             parts = Path(str(args.out) + ".parts")
             stack.callback(lambda: parts.exists() and not any(parts.iterdir()) and parts.rmdir())  # none scored
             # what a score depends on besides the sampling setting (which calibrate adds to each key itself)
+            args.keeps_work = True  # (for the interrupt line)
             store = PartStore(parts.parent, {**inputs_key(model, data, args.ref, args.inception), "job": "calibrate",
                                              "version": 1, "features": args.features, "metric": metric.name},
                               subdir=parts.name)
