@@ -161,3 +161,42 @@ def test_an_interrupt_says_what_was_kept(command, argv, says, tmp_path, monkeypa
     assert main([command, *argv]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
+
+
+def test_an_interrupt_while_the_command_line_starts_is_one_line(monkeypatch, capsys):
+    """Ctrl-C in the first second (the parser imports torch) is one line and exit 130, not a traceback."""
+    import diffusion_es.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["sample", "--out", "s.npz"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["diffusion-es: interrupted before the command started; nothing was written"]
+
+
+def test_the_package_and_the_command_line_reach_main_without_torch():
+    """`import diffusion_es` and `import diffusion_es.cli` (what the console script runs before main()) do not
+    import torch, so an interrupt while torch loads lands in main's handler; the public names still resolve
+    (on first use) to the objects of their modules, and `import *` gives all of them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import diffusion_es
+
+    code = ("import sys, diffusion_es, diffusion_es.cli; assert 'torch' not in sys.modules, 'torch imported'; "
+            "ns = {}; exec('from diffusion_es import *', ns); "
+            "assert sorted(k for k in ns if not k.startswith('__')) == sorted(set(diffusion_es.__all__) - "
+            "{'__version__'}); "
+            "from diffusion_es.samplers import sample; from diffusion_es.core.scaling import Uniform; "
+            "assert diffusion_es.sample is sample and diffusion_es.Uniform is Uniform; print('ok')")
+    env = {**os.environ, "PYTHONPATH": str(Path(diffusion_es.__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    for name in diffusion_es.__all__:
+        assert getattr(diffusion_es, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        diffusion_es.nope

@@ -104,9 +104,12 @@ RESUMABLE = ("sample", "repro", "compare")  # commands that keep finished parts 
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    try:
+    try:  # the parser imports torch (a second or more): a Ctrl-C there is one line too
+        parser = build_parser()
         args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("diffusion-es: interrupted before the command started; nothing was written", file=sys.stderr)
+        return 130
     except SystemExit as e:  # --help / --version (0) or a bad option, already reported in one line (2)
         return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
