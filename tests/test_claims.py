@@ -39,3 +39,44 @@ def test_cells_of_one_nfe_give_no_trend():
     """Two significant cells at the same NFE (e.g. repeated columns) with different λ: no ρ (it was NaN)."""
     c = _claim_c([10, 10], [1.01, 1.02])
     assert c["reproduced"] is None and "inconclusive" in c["evidence"]
+
+
+def test_welch_difference_equals_scipys_welch_interval():
+    """The interval of claims (d) and "gains are largest at low step counts": scipy's Welch t-test as the oracle
+    (it was mean ± 2 standard errors, too narrow for a few seed sets)."""
+    from scipy.stats import ttest_ind
+
+    from diffusion_es.experiments.claims import welch_difference
+
+    rng = np.random.default_rng(0)
+    for na, nb in [(2, 3), (4, 4), (8, 32)]:
+        a, b = rng.normal(0.0, 0.02, na), rng.normal(0.01, 0.05, nb)
+        d, half = welch_difference(a, b)
+        r = ttest_ind(a, b, equal_var=False)
+        if not hasattr(r, "confidence_interval"):  # scipy < 1.11
+            pytest.skip("scipy too old for the oracle")
+        lo, hi = r.confidence_interval(0.95)
+        scale = abs(lo) + abs(hi)
+        assert abs((d - half) - lo) <= 1e-12 * scale and abs((d + half) - hi) <= 1e-12 * scale
+
+
+def test_linear_claim_uses_the_main_tables_t_interval_and_names_the_schedule():
+    """Claim (e) with 4 validation sets: a change whose mean ± 2 SE excluded 0 but whose 95 % t-interval (t = 3.18
+    at 3 degrees of freedom) does not is inconclusive, and the schedule reads as λ at its ends, not a dict."""
+    from diffusion_es.diagnostics.calibrate import paired_gain
+
+    uniform = [50.0, 52.0, 48.0, 51.0]
+    ratio = np.array([0.97, 0.99, 0.95, 0.985])  # mean −2.6 %, sd 1.7 %: 2 SE = 1.7 %, t-half = 2.7 %
+    linear = list(np.asarray(uniform) * ratio)
+    cell = _cell(20, 1.02)
+    cell["best_val"] = uniform
+    results = {"table": [cell], "exposure": {}, "config": {"nfe": [20]},
+               "linear": [{"sampler": "ddpm", "steps": 20, "best_val": linear,
+                           "candidate": {"kind": "linear", "k": 0.002, "b": 1.0}}]}
+    c = next(c for c in check_claims(results) if c["claim"].startswith("(e)"))
+    _, m, (lo, hi) = paired_gain(uniform, linear)
+    g = ratio - 1
+    assert m + 2 * g.std(ddof=1) / 2 < 0 < hi  # the old rule said "yes"; the t-interval does not
+    assert c["reproduced"] is None
+    assert f"[{100 * lo:+.1f}, {100 * hi:+.1f}], paired 95 % t-interval" in c["evidence"]
+    assert "linear k=0.002, b=1.0000 (λ 1.038 at the first step → 1.000 at the last)" in c["evidence"], c

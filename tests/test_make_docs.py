@@ -47,3 +47,14 @@ def test_mnist_es1_docs_on_tiny_settings(make_docs, tmp_path):
     assert all(e["schedule"] is None or e["schedule"]["b"] >= 1.0 for e in r["evaluations"])
     text = (tmp_path / "README.md").read_text()
     assert "| ddim | 3 | 92.5 ± " in text and "| λ = 0.9300 |" in text and "--min-lambda 1" in text
+
+
+@pytest.mark.parametrize("name", ["repro", "repro_mnist"])
+def test_committed_repro_reports_are_what_the_code_renders_from_their_results(make_docs, tmp_path, name):
+    """docs/repro*/report.md is the current report code's rendering of the committed results.json (claims
+    included): a change to the claims or tables that was not re-rendered (`make_docs.py rerender`) fails here."""
+    import shutil
+
+    shutil.copytree(ROOT / "docs" / name, tmp_path / name)
+    make_docs["rerender_docs"]((name,), root=tmp_path)
+    assert (tmp_path / name / "report.md").read_text() == (ROOT / "docs" / name / "report.md").read_text()

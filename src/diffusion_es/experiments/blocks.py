@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import CHURN_GAMMAS, EDM_METHODS, IP_GAMMA, S_NOISE_RANGE, SAMPLER_NAMES, VP_METHODS
+from .common import (CHURN_GAMMAS, EDM_METHODS, IP_GAMMA, S_NOISE_RANGE, SAMPLER_NAMES, VP_METHODS,
+                     schedule_text)
 
 __all__ = ["repro_blocks", "compare_blocks", "cost_line"]
 
@@ -191,14 +192,13 @@ def repro_blocks(r: dict) -> list:
         blocks.append(("h2", "Uniform vs linear λ at 20 steps"))
         blocks.append(("p", "Both schedules are chosen on the same primary metric on the search sets and measured on "
                             "the same validation sets."))
-        rows = [["sampler", "baseline", "uniform (b)", "linear (k, b; λ first → last step)", "linear gain vs baseline",
+        rows = [["sampler", "baseline", "uniform (b)", "linear schedule chosen", "linear gain vs baseline",
                  "P, R (baseline → linear)"]]
         for lin in r["linear"]:
             cell = next((c for c in r["table"] if c["sampler"] == lin["sampler"] and c["steps"] == lin["steps"]),
                         None)
             cand = lin["candidate"]
-            lab = (f"k={cand['k']:.3g}, b={cand['b']:.4f}; {cand['k'] * (lin['steps'] - 1) + cand['b']:.3f} → "
-                   f"{cand['b']:.3f}" if cand["kind"] == "linear" else f"(uniform b={cand['b']:.4f} kept)")
+            lab = schedule_text(cand, lin["steps"]) + ("" if cand["kind"] == "linear" else " kept")
             lo, hi = lin["gain_ci"]
             rows.append([SAMPLER_NAMES[lin["sampler"]], f"{np.mean(lin['baseline_val']):.3f}",
                          f"{np.mean(cell['best_val']):.3f} (b={cell['candidate']['b']:.4f})" if cell else "–",

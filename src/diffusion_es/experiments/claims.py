@@ -5,9 +5,24 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
-from .common import SAMPLER_NAMES
+from ..diagnostics.calibrate import paired_gain
+from .common import SAMPLER_NAMES, schedule_text
 
-__all__ = ["check_claims"]
+__all__ = ["check_claims", "welch_difference"]
+
+
+def welch_difference(a, b, alpha: float = 0.05) -> tuple:
+    """mean(a) − mean(b) of two independent samples and the half-width of its two-sided (1 − α) Welch
+    t-interval (Welch–Satterthwaite degrees of freedom)."""
+    from scipy.stats import t
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se2 = va + vb
+    if se2 == 0:
+        return float(a.mean() - b.mean()), 0.0
+    df = se2 ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return float(a.mean() - b.mean()), float(t.ppf(1 - alpha / 2, df) * np.sqrt(se2))
 
 
 def check_claims(results: dict) -> list:
@@ -72,14 +87,14 @@ def check_claims(results: dict) -> list:
         return [g for c in cells for g in c["gain_per_set"]]
 
     def compare(a, b, name_a, name_b):
-        """Is mean(a) < mean(b) beyond two standard errors? None when the difference is within the noise."""
+        """Is mean(a) < mean(b)? None when the 95 % Welch t-interval of the difference contains 0."""
         if len(a) < 2 or len(b) < 2:
             return None, "too few values"
-        d = float(np.mean(a) - np.mean(b))
-        se = float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
-        ok = None if abs(d) <= 2 * se else d < 0
+        d, half = welch_difference(a, b)
+        ok = None if abs(d) <= half else d < 0
         return ok, (f"{name_a} {100 * np.mean(a):+.1f} %, {name_b} {100 * np.mean(b):+.1f} % "
-                    f"(difference {100 * d:+.1f} ± {200 * se:.1f} %{'; within the noise' if ok is None else ''})")
+                    f"(difference {100 * d:+.1f} ± {100 * half:.1f} %, 95 % Welch t-interval"
+                    f"{'; within the noise' if ok is None else ''})")
 
     nfes = results["config"]["nfe"]
     if len(nfes) > 1:
@@ -101,12 +116,12 @@ def check_claims(results: dict) -> list:
         cell = next((c for c in table if c["sampler"] == lin["sampler"] and c["steps"] == lin["steps"]), None)
         if cell is None:
             continue
-        # both were validated on the same fresh seed sets: a paired comparison
-        diff = np.asarray(lin["best_val"]) / np.asarray(cell["best_val"]) - 1
-        half = 2 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("inf")
-        ok = True if diff.mean() + half < 0 else (None if diff.mean() - half <= 0 else False)
+        # both were validated on the same fresh seed sets: a paired comparison, with the main table's interval
+        _, m, (lo, hi) = paired_gain(cell["best_val"], lin["best_val"])
+        ok = True if hi < 0 else (None if lo <= 0 else False)
         claim(f"(e) A linear λ schedule does better than the uniform one, both chosen on the same metric "
               f"({SAMPLER_NAMES[lin['sampler']]}, {lin['steps']} steps)", ok,
               f"validation metric: uniform {np.mean(cell['best_val']):.4g}, linear {np.mean(lin['best_val']):.4g} "
-              f"({100 * diff.mean():+.1f} ± {100 * half:.1f} %, paired; {lin['candidate']})")
+              f"({100 * m:+.1f} % [{100 * lo:+.1f}, {100 * hi:+.1f}], paired 95 % t-interval; "
+              f"{schedule_text(lin['candidate'], lin['steps'])})")
     return claims

@@ -13,7 +13,7 @@ from ..errors import UsageError
 from ..hashing import model_fingerprint
 from ..samplers.registry import SAMPLERS
 
-__all__ = ["SAMPLER_NAMES", "RANGES", "MODEL_SAMPLERS", "load_model_and_data", "fingerprint", "seed_sets", "Paired",
+__all__ = ["SAMPLER_NAMES", "schedule_text", "RANGES", "MODEL_SAMPLERS", "load_model_and_data", "fingerprint", "seed_sets", "Paired",
            "method_result", "search_lambda", "Ticker"]
 
 SAMPLER_NAMES = {name: spec.title for name, spec in SAMPLERS.items()}
@@ -123,6 +123,16 @@ def grid_key(sampler: str, steps: int, schedule, spacing: str = "adm") -> dict:
     except ValueError:  # a step count the sampler refuses anyway
         return {}
     return {"adm_rule": 2} if moved else {}
+
+
+def schedule_text(cand: dict, steps: int) -> str:
+    """A chosen schedule as a reader wants it: ``linear k=0.0407, b=0.7767 (λ 1.550 at the first step → 0.777 at
+    the last)``; a kept uniform one as ``uniform λ 1.0100``."""
+    if cand.get("kind") == "linear":
+        first = cand["k"] * (steps - 1) + cand["b"]
+        return (f"linear k={cand['k']:.3g}, b={cand['b']:.4f} (λ {first:.3f} at the first step → {cand['b']:.3f} at "
+                f"the last)")
+    return f"uniform λ {cand['b']:.4f}"
 
 
 def seed_sets(seed: int, n_samples: int, count: int) -> list:
