@@ -111,3 +111,19 @@ def test_eig_method_agrees(refs, tmp_path, capsys):
     ex = float64_extractor()
     a, b = (extract_stats(ex, to_uint8(load_digits(s)), progress=False)[0] for s in ("train", "heldout"))
     assert abs(vals[0] - vals[1]) <= 2 * fd_rounding_tol(a.cov, b.cov)
+
+
+@pytest.mark.parametrize("argv,out_name", [
+    (["fid-ref", "--data", "digits", "--no-progress"], "ref.npz"),
+    (["train-features", "--data", "digits", "--no-progress"], "f.safetensors")])
+def test_a_second_writer_of_a_reference_or_feature_network_is_refused(tmp_path, capsys, argv, out_name):
+    """fid-ref and train-features hold the output lock like every other writer: two runs on one output were
+    last-writer-wins, and train-features writes two files (weights and card) that must come from one run."""
+    from diffusion_es.store import output_lock
+
+    out = tmp_path / out_name
+    with output_lock(out):  # another process writing it (flock: also held against this process)
+        assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another diffusion-es process is writing this output now" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

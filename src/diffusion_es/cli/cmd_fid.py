@@ -96,18 +96,19 @@ def _auto_features(images) -> str:
 
 def run_fid_ref(args) -> int:
     from ..distributed import session
+    from ..io import check_output
+    from ..store import output_lock
 
-    with session() as ctx:  # one process, or one rank of a torchrun launch
+    check_output(args.out, "file", (".npz",))
+    with session() as ctx, output_lock(args.out, enabled=ctx.is_main):  # one writer per reference file
         return _run_fid_ref(args, ctx)
 
 
 def _run_fid_ref(args, ctx) -> int:
-    from ..io import check_output
     from ..metrics.quality import check_native_size
     from ..metrics.sharded import extract_stats
     from ..metrics.reference import save_reference
 
-    check_output(args.out, "file", (".npz",))
     images, dataset, split = _load_data(args)
     if len(images) < 2:
         raise UsageError(f"{args.data}: need at least 2 images for a covariance, found {len(images)}")

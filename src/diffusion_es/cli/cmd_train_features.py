@@ -25,13 +25,21 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..io import check_output
-    from ..metrics.classifier import save_classifier
-    from ..training.feature_net import train_feature_net
 
     if args.mnist_file is not None and args.data != "mnist":
         raise UsageError("--mnist-file is the MNIST data file; it is read only with --data mnist")
     check_output(args.out, "file", (".safetensors",))
     check_output(str(args.out)[: -len(".safetensors")] + ".json", "file", (".json",), "--out (its .json card)")
+    from ..store import output_lock
+
+    with output_lock(args.out):  # one writer: the weights and their card must come from the same run
+        return _train_and_save(args)
+
+
+def _train_and_save(args) -> int:
+    from ..metrics.classifier import save_classifier
+    from ..training.feature_net import train_feature_net
+
     model, card = train_feature_net(args.data, epochs=args.epochs or 0, seed=args.seed, mnist_file=args.mnist_file,
                                     log=(lambda s: None) if args.no_progress else (lambda s: print(s, file=sys.stderr)))
     cmd = ["diffusion-es train-features", "--data", args.data, "--out", args.out]
