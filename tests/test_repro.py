@@ -162,3 +162,24 @@ def test_parts_follow_the_reference_files_contents_not_its_name(tmp_path, capsys
         os.chdir(here)
     got = file_contents(str(ref), f"npz:{ref}", str(out / "parts"), f"images:{out / 'parts'}")
     assert len(got) == 4 and got[str(ref)] == got[f"npz:{ref}"]  # files, and folders (a bare path or KIND:PATH)
+
+
+@pytest.mark.slow
+def test_a_rerun_removes_figures_of_samplers_it_did_not_run(quick_run):
+    """Figures an earlier repro in the folder made for other samplers go (they sat beside the report as if they
+    were its own); `measure`'s exposure_SAMPLERSTEPS.png and other files in a shared folder stay."""
+    out = quick_run
+    stale = ["exposure_ddim.png", "exposure_linear_ddim.png", "exposure_heun.png"]
+    kept = ["exposure_ddim20.png", "notes.txt"]
+    for name in stale + kept:
+        (out / name).write_bytes(b"an earlier run's")
+    before = (out / "results.json").read_text()
+    assert main(["repro", *SMALL, "--out", str(out)]) == 0  # resumes every part: only the report is written again
+    for name in stale:
+        assert not (out / name).exists(), name
+    for name in kept + ["exposure_ddpm.png", "lambda_curves.png"]:
+        assert (out / name).is_file(), name
+    r0, r1 = json.loads(before), json.loads((out / "results.json").read_text())
+    assert r1["table"] == r0["table"] and r1["figures"] == r0["figures"]
+    for name in kept:
+        (out / name).unlink()

@@ -302,6 +302,13 @@ class _Repro:
                                     f"ES with {what} (solid: used ε; dashed: raw network ε)")
                 figures[f"exposure_{tag}{sampler}"] = name
         figures.update(_plot_lambda(table, self.cfg, self.out, self.metric.name))
+        # figures an earlier run with other samplers or step counts left in this folder would sit beside the
+        # report as if they were its own
+        # (only repro's own names: `measure` writes exposure_SAMPLERSTEPS.png, which a shared folder keeps)
+        made = set(figures.values())
+        for old in (self.out / f"exposure_{tag}{s}.png" for tag in ("", "linear_") for s in SAMPLER_NAMES):
+            if old.name not in made:
+                old.unlink(missing_ok=True)
         return figures
 
 
