@@ -136,3 +136,33 @@ def test_power_plan_options_are_keywords_and_checked():
         power_plan(0.03, 0.018, 500, 0.0082, ref_sd=-1.0)
     with pytest.raises(ValueError, match="floor must be"):
         power_plan(0.03, 0.018, 500, float("nan"))
+
+
+@pytest.mark.parametrize("sd,n", [(0.017, 8), (0.35, 4), (0.05, 30)])
+def test_detectable_effect_is_where_the_noncentral_t_power_is_80_percent(sd, n):
+    """The oracle: the power of the paired t-test from scipy's noncentral t (the lower tail through the upper tail
+    of the mirrored distribution, where nct.cdf returns NaN), solved for δ with brentq."""
+    from scipy import optimize, stats
+
+    from diffusion_es.experiments.power import detectable_effect
+
+    def power(delta):
+        c, nc = stats.t.ppf(0.975, n - 1), delta / (sd / np.sqrt(n))
+        return stats.nct.sf(c, n - 1, nc) + stats.nct.sf(c, n - 1, -nc)
+
+    want = optimize.brentq(lambda d: power(d) - 0.8, 1e-12, 50 * sd, xtol=1e-14)
+    assert detectable_effect(sd, n) == pytest.approx(want, rel=1e-6)
+    assert detectable_effect(sd, 1) == np.inf
+
+
+def test_a_metric_too_noisy_to_plan_uses_the_profiles_cap():
+    """More than 1,000 sets needed (a paired sd of 0.2 from 4 pilot sets): required_sets says None, and the plan
+    used to fail with a TypeError in max(None, ...)."""
+    from diffusion_es.experiments.power import required_sets, sd_upper_bound
+    from diffusion_es.experiments.repro import plan_val_sets
+
+    assert required_sets(0.03, sd_upper_bound(0.2, 4, 0.8), max_sets=1000) is None
+    assert plan_val_sets(0.2, 4, 2, 8) == (None, 8)
+    assert plan_val_sets(0.0, 4, 2, 8) == (2, 2)  # no paired noise at all
+    need, used = plan_val_sets(0.0274, 4, 2, 8)  # the digits run's pilot: 22 needed, 8 allowed
+    assert need == 22 and used == 8

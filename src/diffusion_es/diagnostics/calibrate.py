@@ -31,7 +31,7 @@ from ..samplers import SamplingPlan, default_schedule, get_sampler, sample
 from ..core.scaling import LambdaSchedule, Linear, Uniform
 from ..core.schedules import VPSchedule
 
-__all__ = ["CalibrationResult", "calibrate", "paired_gain"]
+__all__ = ["CalibrationResult", "calibrate", "paired_gain", "mean_t_interval"]
 
 
 @dataclass
@@ -63,10 +63,15 @@ class CalibrationResult:
         return dict(self.__dict__)
 
 
-def _t95(n: int) -> float:
+def mean_t_interval(values) -> tuple:
+    """Mean of ``values`` (e.g. paired differences, one per seed set) and the half-width of its two-sided 95 %
+    t-interval (inf for fewer than 2 values)."""
     from scipy.stats import t
 
-    return float(t.ppf(0.975, n - 1)) if n > 1 else float("inf")
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(v) < 2:
+        return float(v.mean()) if len(v) else float("nan"), float("inf")
+    return float(v.mean()), float(t.ppf(0.975, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
 
 
 def _finite(v, what: str) -> float:
@@ -86,8 +91,7 @@ def paired_gain(base: Sequence[float], new: Sequence[float]):
         raise ValueError(f"a relative change needs baseline values > 0 (a metric like FD: lower is better, positive), "
                          f"got {b.min():g}")
     g = np.asarray(new, dtype=np.float64) / b - 1.0
-    m = float(g.mean())
-    half = _t95(len(g)) * float(g.std(ddof=1)) / math.sqrt(len(g)) if len(g) > 1 else float("inf")
+    m, half = mean_t_interval(g)
     return g.tolist(), m, (m - half, m + half)
 
 

@@ -21,19 +21,16 @@ def _pct(v) -> str:
 def _cell_text(c) -> str:
     base, es = np.mean(c["baseline_val"]), np.mean(c["best_val"])
     lo, hi = c["gain_ci"]
-    mark = "" if c["significant"] else " (n.s.)"
+    mark = "" if c["significant"] else " (worse)" if lo > 0 else " (n.s.)"
     return (f"{base:.3f} → {es:.3f} (λ {c['candidate']['b']:.4f}, {_pct(c['gain'])} "
             f"[{100 * lo:+.1f}, {100 * hi:+.1f}]{mark})")
 
 
 def _paired(base, best) -> tuple:
     """Mean of best − base over seed sets and the half-width of its 95 % t-interval."""
-    from scipy.stats import t
+    from ..diagnostics.calibrate import mean_t_interval
 
-    d = np.asarray(best, float) - np.asarray(base, float)
-    if len(d) < 2:
-        return float(d.mean()), float("inf")
-    return float(d.mean()), float(t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return mean_t_interval(np.asarray(best, float) - np.asarray(base, float))
 
 
 def _pr_text(c) -> str:
@@ -69,6 +66,11 @@ def cost_line(r: dict) -> str:
 
 def power_text(p: dict) -> str:
     """The power statement of a repro run."""
+    from .power import MAX_PLANNED_SETS, detectable_effect, sd_upper_bound
+
+    need = p["sets_needed"] if p["sets_needed"] is not None else f"more than {MAX_PLANNED_SETS:,}"
+    planned = sd_upper_bound(p["sd_paired"], len(p["baseline"]), 0.8)
+    detectable = detectable_effect(planned, p["n_val_sets"]) if planned > 0 else 0.0
     pairing = ("; pairing cancels most of the seed-set noise" if p["sd_paired"] < p["sd_metric_rel"] / 2 else
                "; pairing does not help here: the λ change moves the samples more than the seeds do"
                if p["sd_paired"] >= p["sd_metric_rel"] else "")
@@ -76,13 +78,13 @@ def power_text(p: dict) -> str:
            f"metric varied by {100 * p['sd_metric_rel']:.1f} % (sd over {len(p['baseline'])} seed sets) and its "
            f"*paired* change (λ = {p['lam_probe']} vs 1 on the same seeds) by {100 * p['sd_paired']:.2f} % "
            f"(sd{pairing}). "
-           f"A paired t-test then needs {p['sets_needed']} seed sets to detect a {100 * p['effect']:.0f} % change "
+           f"A paired t-test then needs {need} seed sets to detect a {100 * p['effect']:.0f} % change "
            f"with 80 % power at α = 0.05 (planned with an 80 % upper bound on that sd); this run uses "
            f"**{p['n_val_sets']} validation sets**, so its 95 % intervals are about ±{100 * p['resolvable']:.1f} % "
            "wide")
     if p.get("capped"):
-        txt += (f" (capped by the profile: effects below about {100 * 2 * p['resolvable']:.1f} % are not "
-                "resolvable in this run)")
+        txt += (f" (capped by the profile: with {p['n_val_sets']} sets it detects a change of about "
+                f"{100 * detectable:.1f} % with 80 % power, on the same planning bound)")
     return txt + (". The reference's own noise is the same in every set: it does not widen these paired intervals, "
                   "but it limits what they say beyond this reference (docs/metrics.md).")
 
@@ -147,7 +149,7 @@ def repro_blocks(r: dict) -> list:
     blocks.append(("p", f"Each cell: {r['metric']} on the validation seed sets without ES → with ES (uniform λ, chosen "
                         "on the search sets with the same metric), the λ, and the relative change with its 95 % "
                         "t-interval over validation seed sets (n.s.: not significant, the calibration would keep "
-                        "λ = 1); then precision (P) and recall (R) against the held-out data on the same samples "
+                        "λ = 1; worse: the whole interval above 0); then precision (P) and recall (R) against the held-out data on the same samples "
                         "(↑/↓: a paired change beyond the noise). A fidelity-for-diversity trade shows as P↑ with R↓. "
                         "Heun with N steps costs 2N − 1 evaluations."))
     nfes = cfg["nfe"]

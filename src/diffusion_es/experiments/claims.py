@@ -2,27 +2,44 @@
 
 from __future__ import annotations
 
-import numpy as np
-from scipy.stats import spearmanr
+import math
 
-from ..diagnostics.calibrate import paired_gain
+import numpy as np
+from scipy.stats import binomtest, spearmanr
+
+from ..diagnostics.calibrate import mean_t_interval, paired_gain
 from .common import SAMPLER_NAMES, schedule_text
 
-__all__ = ["check_claims", "welch_difference"]
+__all__ = ["check_claims"]
 
 
-def welch_difference(a, b, alpha: float = 0.05) -> tuple:
-    """mean(a) − mean(b) of two independent samples and the half-width of its two-sided (1 − α) Welch
-    t-interval (Welch–Satterthwaite degrees of freedom)."""
-    from scipy.stats import t
+def _steps(base, es) -> tuple:
+    """Two per-step curves, cut to the steps where both are finite (a σ = ∞ step has no ratio)."""
+    base, es = np.asarray(base, dtype=np.float64), np.asarray(es, dtype=np.float64)
+    keep = np.isfinite(base) & np.isfinite(es)
+    return base[keep], es[keep]
 
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se2 = va + vb
-    if se2 == 0:
-        return float(a.mean() - b.mean()), 0.0
-    df = se2 ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    return float(a.mean() - b.mean()), float(t.ppf(1 - alpha / 2, df) * np.sqrt(se2))
+
+def _sign_verdict(k: int, n: int):
+    """True / False when k of n is more / fewer than half beyond a two-sided 5 % sign test, else None."""
+    if n == 0:
+        return None
+    p = binomtest(k, n, 0.5).pvalue
+    return None if p >= 0.05 else k > n / 2
+
+
+def _sign_text(k: int, n: int) -> str:
+    return f"sign test p = {binomtest(k, n, 0.5).pvalue:.2g}" if n else "no step changed"
+
+
+def _lambda_resolution(cell: dict) -> float:
+    """How finely a cell's search pinned its λ: the distance from the chosen λ to the nearest other λ it
+    evaluated, or the spread of the best λ over search sets where that is larger."""
+    lam = cell["candidate"]["b"]
+    others = [abs(e["schedule"]["b"] - lam) for e in cell.get("evaluations", [])
+              if e.get("schedule") and e["schedule"].get("kind") == "uniform" and e["schedule"]["b"] != lam]
+    spread = cell.get("lam_spread")
+    return max(min(others, default=0.0), spread if spread is not None and math.isfinite(spread) else 0.0)
 
 
 def check_claims(results: dict) -> list:
@@ -34,18 +51,26 @@ def check_claims(results: dict) -> list:
         claims.append({"claim": text, "reproduced": None if ok is None else bool(ok), "evidence": evidence})
 
     for s, e in results["exposure"].items():
-        b = e["baseline"]
+        b, es, cur = e["baseline"], e["es"], e["curves"]
+        raw, used = _steps(cur["baseline"]["ratio_raw"], cur["es"]["ratio_used"])
+        above = int(np.sum(raw > 1))
         claim(f"(a) Exposure bias exists ({SAMPLER_NAMES[s]}): the ε-norm along sampling is above the training "
-              f"curve for most steps", b["frac_steps_sampling_above_training"] > 0.5,
-              f"sampling above training at {100 * b['frac_steps_sampling_above_training']:.0f} % of steps, "
+              f"curve for most steps", _sign_verdict(above, len(raw)),
+              f"sampling above training at {above} of {len(raw)} steps ({_sign_text(above, len(raw))}), "
               f"mean ratio {b['mean_ratio_raw']:.4f}; Σδ_t {b['sum_delta']:.4g}")
-        es = e["es"]
+        # per step: a signed mean lets steps below and above the training curve cancel
+        closer = int(np.sum(np.abs(used - 1) < np.abs(raw - 1)))
+        moved = int(np.sum(np.abs(used - 1) != np.abs(raw - 1)))
         claim(f"ES pulls the used ε-norm toward the training curve ({SAMPLER_NAMES[s]})",
-              abs(es["mean_ratio_used"] - 1) < abs(b["mean_ratio_raw"] - 1),
-              f"|mean ratio − 1|: baseline {abs(b['mean_ratio_raw'] - 1):.4f}, ES (used ε) "
-              f"{abs(es['mean_ratio_used'] - 1):.4f}")
-        claim(f"(f) ES reduces the variance error δ_t ({SAMPLER_NAMES[s]})", es["sum_delta"] < b["sum_delta"],
-              f"Σδ_t baseline {b['sum_delta']:.4g}, ES at the calibrated uniform λ {es['sum_delta']:.4g}")
+              _sign_verdict(closer, moved),
+              f"closer at {closer} of {moved} steps ({_sign_text(closer, moved)}); mean over steps of "
+              f"|ratio − 1|: baseline {np.mean(np.abs(raw - 1)):.4f}, ES (used ε) {np.mean(np.abs(used - 1)):.4f}")
+        d_base, d_es = _steps(cur["baseline"]["delta"], cur["es"]["delta"])
+        smaller = int(np.sum(d_es < d_base))
+        changed = int(np.sum(d_es != d_base))
+        claim(f"(f) ES reduces the variance error δ_t ({SAMPLER_NAMES[s]})", _sign_verdict(smaller, changed),
+              f"smaller at {smaller} of {changed} steps ({_sign_text(smaller, changed)}); Σδ_t baseline "
+              f"{b['sum_delta']:.4g}, ES at the calibrated uniform λ {es['sum_delta']:.4g}")
     sig = [c for c in table if c["significant"]]
     effect = (results.get("power") or {}).get("effect", 0.03)
     for s in sorted({c["sampler"] for c in table}, key=list(SAMPLER_NAMES).index):
@@ -83,35 +108,47 @@ def check_claims(results: dict) -> list:
           f"{np.mean(rhos):+.2f} ({len(rhos)} samplers)" if rhos else
           "inconclusive: fewer than two cells per sampler where ES beat the baseline beyond the noise")
 
-    def gains(cells):
-        return [g for c in cells for g in c["gain_per_set"]]
+    def per_set(cells):
+        """The mean change over ``cells`` for each validation seed set (every cell uses the same sets)."""
+        return np.mean([c["gain_per_set"] for c in cells], axis=0)
 
-    def compare(a, b, name_a, name_b):
-        """Is mean(a) < mean(b)? None when the 95 % Welch t-interval of the difference contains 0."""
-        if len(a) < 2 or len(b) < 2:
-            return None, "too few values"
-        d, half = welch_difference(a, b)
+    def compare(a_cells, b_cells, name_a, name_b):
+        """Is the change of ``a_cells`` below that of ``b_cells``? Paired by validation seed set (the same seeds
+        are in every cell): None when the 95 % t-interval of the per-set difference contains 0."""
+        a, b = per_set(a_cells), per_set(b_cells)
+        if len(a) < 2 or len(a) != len(b):
+            return None, "too few seed sets"
+        d, half = mean_t_interval(a - b)
         ok = None if abs(d) <= half else d < 0
         return ok, (f"{name_a} {100 * np.mean(a):+.1f} %, {name_b} {100 * np.mean(b):+.1f} % "
-                    f"(difference {100 * d:+.1f} ± {100 * half:.1f} %, 95 % Welch t-interval"
-                    f"{'; within the noise' if ok is None else ''})")
+                    f"(difference {100 * d:+.1f} % [{100 * (d - half):+.1f}, {100 * (d + half):+.1f}], paired by "
+                    f"seed set, 95 % t-interval over {len(a)} sets{'; within the noise' if ok is None else ''})")
 
     nfes = results["config"]["nfe"]
     if len(nfes) > 1:
         lo, hi = min(nfes), max(nfes)
-        ok, ev = compare(gains(c for c in table if c["nfe_cell"] == lo), gains(c for c in table if c["nfe_cell"] == hi),
+        ok, ev = compare([c for c in table if c["nfe_cell"] == lo], [c for c in table if c["nfe_cell"] == hi],
                          f"mean change at {lo} NFE", f"at {hi} NFE")
         claim("Gains are largest at low step counts", ok, ev)
     by = {s: [c for c in table if c["sampler"] == s] for s in ("ddpm", "ddim", "euler", "heun")}
     if by["euler"] and by["heun"]:
-        ok, ev = compare(gains(by["euler"]), gains(by["heun"]), "mean change Euler", "Heun")
+        ok, ev = compare(by["euler"], by["heun"], "mean change Euler", "Heun")
         claim("(d) First-order solvers gain more than second-order (Euler vs Heun)", ok, ev)
-    sig_ddpm = [lam_of(c) for c in by["ddpm"] if c["significant"]]
-    sig_ddim = [lam_of(c) for c in by["ddim"] if c["significant"]]
-    claim("Stochastic samplers want a larger λ than deterministic ones (DDPM vs DDIM)",
-          (np.mean(sig_ddpm) > np.mean(sig_ddim)) if sig_ddpm and sig_ddim else None,
-          f"mean λ over significant cells: DDPM {np.mean(sig_ddpm):.4f}, DDIM {np.mean(sig_ddim):.4f}"
-          if sig_ddpm and sig_ddim else "inconclusive: needs cells of both samplers where ES beat the baseline")
+    sig_ddpm = [c for c in by["ddpm"] if c["significant"]]
+    sig_ddim = [c for c in by["ddim"] if c["significant"]]
+    if sig_ddpm and sig_ddim:
+        gap = np.mean([lam_of(c) for c in sig_ddpm]) - np.mean([lam_of(c) for c in sig_ddim])
+        # a gap within the search's own resolution (grid spacing at the optimum, spread over search sets) says
+        # nothing about the samplers
+        res = max(_lambda_resolution(c) for c in sig_ddpm + sig_ddim)
+        claim("Stochastic samplers want a larger λ than deterministic ones (DDPM vs DDIM)",
+              None if abs(gap) <= res else gap > 0,
+              f"mean λ over significant cells: DDPM {np.mean([lam_of(c) for c in sig_ddpm]):.4f}, DDIM "
+              f"{np.mean([lam_of(c) for c in sig_ddim]):.4f} (gap {gap:+.4f}; the search resolves λ to ±{res:.4f}"
+              f"{': within it' if abs(gap) <= res else ''})")
+    else:
+        claim("Stochastic samplers want a larger λ than deterministic ones (DDPM vs DDIM)", None,
+              "inconclusive: needs cells of both samplers where ES beat the baseline")
     for lin in results["linear"]:
         cell = next((c for c in table if c["sampler"] == lin["sampler"] and c["steps"] == lin["steps"]), None)
         if cell is None:

@@ -164,8 +164,11 @@ class Paired:
 
     def __call__(self, key: str, draw: Callable, which: str = "search") -> list:
         k = (which, key)
-        if k not in self.cache:
-            self.cache[k] = [float(self.metric(draw(seeds))) for seeds in self.sets[which]]
+        if k not in self.cache:  # NaN or inf is refused: it would give a NaN gain read as "not significant"
+            from ..diagnostics.calibrate import _finite
+
+            name = getattr(self.metric, "name", "the metric")
+            self.cache[k] = [_finite(self.metric(draw(seeds)), name) for seeds in self.sets[which]]
         return self.cache[k]
 
     def mean(self, key, draw, which="search") -> float:

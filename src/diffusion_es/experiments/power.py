@@ -47,10 +47,13 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["t_power", "required_sets", "required_sets_iterative", "sd_at", "fit_sd_scaling", "sd_upper_bound",
+__all__ = ["t_power", "required_sets", "detectable_effect", "MAX_PLANNED_SETS", "required_sets_iterative", "sd_at", "fit_sd_scaling", "sd_upper_bound",
            "PowerPlan", "PowerAnalysis", "power_plan", "paired_relative_sd", "DEFAULT_SAMPLE_GRID"]
 
 DEFAULT_SAMPLE_GRID = (250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 64000)
+
+
+MAX_PLANNED_SETS = 1000  # a repro's power plan looks no further ("more than 1,000 seed sets needed")
 
 
 def _check(effect: float, sd: float, alpha: float, power: Optional[float] = None):
@@ -97,6 +100,24 @@ def required_sets(effect: float, sd: float, alpha: float = 0.05, power: float = 
     while hi - lo > 1:  # power is increasing in K: bisection keeps power(lo) < target <= power(hi)
         mid = (lo + hi) // 2
         if t_power(effect, sd, mid, alpha, ref_sd) >= power:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def detectable_effect(sd: float, n_sets: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest change a two-sided paired t-test over ``n_sets`` sets detects with probability ``power``:
+    the δ > 0 with :func:`t_power` (δ, sd, n_sets) = ``power`` (power rises with δ; bisection to 1e-9 of sd)."""
+    _check(1.0, sd, alpha, power)
+    if int(n_sets) < 2:
+        return math.inf
+    lo, hi = 0.0, sd
+    while t_power(hi, sd, n_sets, alpha) < power:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1e-9 * sd:
+        mid = (lo + hi) / 2
+        if mid > 0 and t_power(mid, sd, n_sets, alpha) >= power:
             hi = mid
         else:
             lo = mid

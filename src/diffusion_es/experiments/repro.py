@@ -180,20 +180,19 @@ class _Repro:
         res, cached = self.store.get_or_run(f"power_{sampler}_{steps}", {"part": "power", "sampler": sampler,
                                             "steps": steps, **grid_key(sampler, steps, self.model.schedule), "k": k,
                                             "n": cfg.n_samples, "probe": probe}, run)
-        from .power import paired_relative_sd, required_sets, sd_upper_bound
+        from .power import paired_relative_sd
 
         base = np.asarray(res["baseline"])
         sd = paired_relative_sd(res["baseline"], res["probe"])
-        # planned with an 80 % upper confidence bound on the sd measured from only k sets
-        need = required_sets(POWER_EFFECT, sd_upper_bound(sd, k, 0.8), min_sets=2, max_sets=1000)
-        chosen = int(min(max(need, cfg.n_val_sets), cfg.max_val_sets))
+        need, chosen = plan_val_sets(sd, k, cfg.n_val_sets, cfg.max_val_sets)
         resolvable = half_width(sd, chosen)
         res.update(sd_paired=sd, sd_metric_rel=float(np.std(base, ddof=1) / np.mean(base)), sets_needed=need,
-                   n_val_sets=chosen, effect=POWER_EFFECT, resolvable=resolvable, capped=need > chosen)
+                   n_val_sets=chosen, effect=POWER_EFFECT, resolvable=resolvable,
+                   capped=need is None or need > chosen)
         cfg.n_val_sets = chosen
         self.power = res
         self.tick(f"power: paired sd {100 * sd:.2f} % at {cfg.n_samples} samples -> {chosen} validation sets "
-                  f"({need} needed for {100 * POWER_EFFECT:.0f} %)", cached)
+                  f"({need or 'too many'} needed for {100 * POWER_EFFECT:.0f} %)", cached)
         return res
 
     # -- 2. the main table ---------------------------------------------------------------------------------------
@@ -310,6 +309,17 @@ class _Repro:
             if old.name not in made:
                 old.unlink(missing_ok=True)
         return figures
+
+
+def plan_val_sets(sd: float, k: int, n_min: int, n_max: int) -> tuple:
+    """(sets needed, sets used) for a paired sd ``sd`` measured on ``k`` pilot sets: the paired t-test's count for
+    a POWER_EFFECT change with 80 % power, planned with an 80 % upper bound on the sd, within [n_min, n_max].
+    Needed is None when more than MAX_PLANNED_SETS would be (a metric this noisy): then n_max sets are used."""
+    from .power import MAX_PLANNED_SETS, required_sets, sd_upper_bound
+
+    need = (required_sets(POWER_EFFECT, sd_upper_bound(sd, k, 0.8), min_sets=2, max_sets=MAX_PLANNED_SETS)
+            if sd > 0 else 2)
+    return need, int(min(max(n_max if need is None else need, n_min), n_max))
 
 
 def get_steps(sampler: str, nfe: int) -> int:
