@@ -21,6 +21,7 @@ DEN = GaussianDenoiser((2,), std=0.5)
 @pytest.mark.parametrize("seeds, msg", [
     ([1.5], "whole numbers"), ([np.float64(2.0)], "whole numbers"), (["3"], "whole numbers"), ([True], "whole"),
     ([1, 1], "distinct"), ([-1], "lie in"), ([2**63], "lie in"), ([], "no seeds"),
+    ([5, 2**32 + 5], "seeds 5 and 4294967301 give the same sample"),
 ])
 def test_check_seeds_refuses_what_the_cli_refuses(seeds, msg):
     with pytest.raises(ValueError, match=msg):
@@ -266,3 +267,26 @@ def test_the_vp_samplers_say_they_need_a_respaced_chain():
         sample_ddim(DEN, noise.initial(), ts)
     x = sample_ddim(DEN, noise.initial(), VPSchedule.linear().respaced(ts))  # the form it names works
     assert torch.isfinite(x).all()
+
+
+def test_seeds_equal_modulo_2_to_the_32_are_the_same_sample_so_they_are_refused_together():
+    """Why: torch's CPU generator keeps a seed's low 32 bits (checked here on torch itself), so two such seeds in
+    one run were a duplicated sample in an FD set. Apart they stay allowed (the library's derived seed sets)."""
+    import torch
+
+    a = sample(DEN, "ddpm", 3, (2,), [7])
+    b = sample(DEN, "ddpm", 3, (2,), [7 + 2**32])
+    assert torch.equal(torch.randn(4, generator=torch.Generator().manual_seed(7)),
+                       torch.randn(4, generator=torch.Generator().manual_seed(7 + 2**32)))
+    assert torch.equal(a, b)
+    assert check_seeds([2**32 + 1, 2**33 + 2, 3]) == [2**32 + 1, 2**33 + 2, 3]
+
+
+@pytest.mark.parametrize("argv", [["sample", "--seeds", "4294967290-4294967300"], ["train", "--seed", "4294967296"]])
+def test_the_command_line_takes_seeds_below_2_to_the_32(argv, tmp_path, capsys):
+    from diffusion_es.cli import main
+
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "4294967295 (2^32 - 1: torch's CPU generator keeps only the low 32 bits" in err[0], err
+    assert list(tmp_path.iterdir()) == []

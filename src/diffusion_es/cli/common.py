@@ -30,7 +30,7 @@ MAX_SEEDS = 10_000_000  # samples one invocation may ask for (a typo like 0-9999
 
 def parse_seeds(text: str) -> list:
     """'0-1999' -> [0..1999]; '3,5,7' -> [3, 5, 7]; '0-9,20' -> both. Ranges include both ends."""
-    from ..samplers.common import MAX_SEED
+    from ..samplers.common import SEED_PERIOD
 
     parts = []
     try:
@@ -47,8 +47,8 @@ def parse_seeds(text: str) -> list:
         raise UsageError(f"bad --seeds {text!r}: use a range like 0-1999, a list like 1,2,3, or both (0-9,20)") from None
     if not parts:
         raise UsageError("--seeds is empty: give at least one seed, e.g. --seeds 0-99")
-    if max(hi for _, hi in parts) > MAX_SEED:
-        raise UsageError(f"--seeds {text!r}: seeds must lie in 0..{MAX_SEED} (2^63 - 1)")
+    if max(hi for _, hi in parts) >= SEED_PERIOD:
+        raise UsageError(f"--seeds {text!r}: seeds must lie in 0..{SEED_PERIOD - 1} ({SEED_BOUND})")
     count = sum(hi - lo + 1 for lo, hi in parts)
     if count > MAX_SEEDS:
         raise UsageError(f"--seeds {text!r} asks for {count:,} samples; at most {MAX_SEEDS:,} per run "
@@ -223,16 +223,21 @@ def name_list(text: str) -> list:
 
 MAX_STEPS = 100_000      # sampling steps of one run
 MAX_SAMPLES = 10_000_000  # samples per seed set / run (= MAX_SEEDS)
-MAX_SEED_OFFSET = 10**9   # --seed of measure / calibrate: derived seed sets stay below 2^63
+MAX_SEED_OFFSET = 10**9   # --seed of measure / calibrate: derived seed sets stay below 2^63 (distinct
+# modulo 2^32 within a run, which check_seeds requires)
+
+
+SEED_BOUND = ("2^32 - 1: torch's CPU generator keeps only the low 32 bits of a seed, so a larger one repeats a "
+              "smaller one")
 
 
 def seed_value(text: str) -> int:
-    """A seed for torch.Generator: a whole number in [0, 2^63 − 1]."""
-    from ..samplers.common import MAX_SEED
+    """A seed for torch.Generator: a whole number in [0, 2^32 − 1] (the bits the CPU generator keeps)."""
+    from ..samplers.common import SEED_PERIOD
 
     v = _int(text)
-    if not 0 <= v <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a seed from 0 to {MAX_SEED} (2^63 - 1)")
+    if not 0 <= v < SEED_PERIOD:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a seed from 0 to {SEED_PERIOD - 1} ({SEED_BOUND})")
     return v
 
 

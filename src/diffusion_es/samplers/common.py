@@ -16,7 +16,7 @@ from ..progress import advance as _advance, task as _task
 from ..core.param import as_denoiser, sigma_to_flow_space, sigma_to_vp_space
 from ..core.pfgm import check_D, seed_scales
 
-__all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches", "check_seeds", "MAX_SEED",
+__all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches", "check_seeds", "MAX_SEED", "SEED_PERIOD",
            "default_noise_workers", "auto_batch_size", "resolve_batch_size", "DEFAULT_BATCH"]
 
 # Step noise is drawn per seed in blocks of this many steps. It is part of the noise protocol (changing it
@@ -58,11 +58,14 @@ class StepInfo:
         return self.x_vp if self.process == "vp" else sigma_to_flow_space(self.x, self.sigma)
 
 
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed, but the CPU generator (mt19937)
+SEED_PERIOD = 2**32   # keeps only its low 32 bits: seeds s and s + 2^32 draw the same noise
 
 
 def check_seeds(seeds) -> list:
-    """Seeds as a list of distinct whole numbers in [0, 2^63 − 1]; anything else is refused with one line."""
+    """Seeds as a list of distinct whole numbers in [0, 2^63 − 1]; anything else is refused with one line. Seeds
+    equal modulo 2^32 are refused together: torch's CPU generator keeps only a seed's low 32 bits, so they would
+    be the same sample."""
     if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
         raise ValueError(f"seeds must be a collection of whole numbers, e.g. range({seeds!r}) for that many samples, "
                          f"got {type(seeds).__name__} {seeds!r}"[:200])
@@ -78,6 +81,12 @@ def check_seeds(seeds) -> list:
         raise ValueError("no seeds given: sample at least one")
     if len(set(out)) != len(out):
         raise ValueError("seeds must be distinct: a repeated seed gives a repeated sample")
+    if max(out) >= SEED_PERIOD:
+        first = {}
+        for v in out:
+            if first.setdefault(v % SEED_PERIOD, v) != v:
+                raise ValueError(f"seeds {first[v % SEED_PERIOD]} and {v} give the same sample: torch's CPU "
+                                 f"generator keeps only the low 32 bits of a seed (use seeds below 2^32)")
     return out
 
 
