@@ -3,6 +3,7 @@ the merged sample file is byte-identical, FD from all-reduced statistics equals 
 midway resumes to the identical file (with any number of processes), and an error on one rank ends the run with
 its one message and exit code 2 instead of a hang."""
 
+import importlib
 import json
 import os
 import re
@@ -165,3 +166,41 @@ def test_calibrate_under_torchrun_matches_one_process(tmp_path, capsys):
     np.testing.assert_allclose(two["baseline_val"], one["baseline_val"], rtol=1e-9)
     np.testing.assert_allclose([e["mean"] for e in two["evaluations"]], [e["mean"] for e in one["evaluations"]],
                                rtol=1e-9)
+
+
+def test_calibrate_under_torchrun_resumes_from_stored_scores(tmp_path, monkeypatch, capsys):
+    """calibrate --out keeps its scores under torchrun as in one process: rank 0 writes them, and every rank
+    serves those present when it started (so all of them sample the same candidates and no collective waits
+    alone). Here a one-process run is interrupted after 3 scores, one stored score is replaced by a marker value,
+    and the torchrun run must take the marker from disk, finish, and remove the parts."""
+    from diffusion_es.hashing import json_hash
+    from diffusion_es.store import _SHA
+
+    cal_mod = importlib.import_module("diffusion_es.diagnostics.calibrate")  # (a module named like its function)
+    out = tmp_path / "lam.json"
+    cal = ["calibrate", "--model", "default", "--sampler", "ddim", "--steps", "3", "--n", "140", "--sets", "1",
+           "--val-sets", "2", "--coarse", "2", "--refine", "0", "--batch-size", "35", "--out", str(out)]
+    real, calls = cal_mod.sample, []
+
+    def dies(*a, **kw):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cal_mod, "sample", dies)
+    torch.set_num_threads(1)
+    assert main([*cal, "--no-progress"]) == 130
+    capsys.readouterr()
+    parts = sorted(Path(str(out) + ".parts").glob("score-*.json"))
+    assert len(parts) == 3 and not out.exists()
+    part = json.loads(parts[0].read_text())
+    part.pop(_SHA)
+    part["value"] = 12345.678
+    parts[0].write_text(json.dumps({**part, _SHA: json_hash(part)}))
+    r = torchrun([*cal, "--json"])
+    assert r.returncode == 0, _why(r)
+    evals = json.loads(r.stdout)["evaluations"]
+    assert any(12345.678 in e["values"] for e in evals), evals
+    assert out.is_file() and not Path(str(out) + ".parts").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lam.json"]

@@ -95,10 +95,16 @@ _SHA = "_content_sha256"  # each part's hash of its own content (damage and edit
 class PartStore:
     """One JSON file per finished part, keyed by a hash of everything that determines it."""
 
-    def __init__(self, out: Path, fingerprint: dict, log: Callable = None, subdir: str = "parts"):
+    def __init__(self, out: Path, fingerprint: dict, log: Callable = None, subdir: str = "parts",
+                 writer: bool = True, snapshot: bool = False):
+        """``writer``: this process writes the parts it computes (in a torchrun job: rank 0 only). ``snapshot``:
+        serve only the parts that existed when the store was opened, so every process of a job that opened it at
+        the same point agrees on what is cached while the writer adds parts (a part one process takes from disk
+        and another computes would leave the second alone in a collective)."""
         self.dir = Path(out) / subdir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.fp = fingerprint
+        self.fp, self.writer = fingerprint, writer
+        self.known = {p.name for p in self.dir.glob("*.json")} if snapshot else None
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.served = self.from_cache = 0
         self.compute_s = 0.0  # compute time of every part served, cached or not: the real cost of the results
@@ -133,14 +139,15 @@ class PartStore:
         from .io import write_json
 
         p = self.path(name, params)
-        res = self._read(p)
+        res = self._read(p) if self.known is None or p.name in self.known else None
         cached = res is not None
         if res is None:
             t0 = time.time()
             res = fn()
             res["compute_s"] = time.time() - t0  # kept with the part, so a resumed run still reports the real cost
             res = json.loads(json.dumps(res, default=float))  # exactly what a rerun reads back
-            write_json(p, {**res, _SHA: json_hash(res)})
+            if self.writer:
+                write_json(p, {**res, _SHA: json_hash(res)})
         self.served += 1
         self.from_cache += cached
         self.compute_s += float(res.get("compute_s", 0.0) or 0.0)

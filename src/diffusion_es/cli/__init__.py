@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         if command == "train":
             msg = ("finished work was kept (train saves the step it was at; rerun with the same arguments and "
                    "--resume to continue)")
-        elif command in RESUMABLE or getattr(args, "keeps_work", False):  # (calibrate --out, in one process)
+        elif command in RESUMABLE or getattr(args, "keeps_work", False):  # (calibrate --out)
             msg = "finished work was kept (rerun with the same arguments to continue where it stopped)"
         else:
             msg = "this command does not resume: rerun it to start again (any file it wrote is complete)"

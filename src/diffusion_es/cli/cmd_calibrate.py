@@ -84,18 +84,22 @@ def _run(args, ctx) -> int:
 
     with contextlib.ExitStack() as stack:
         store, parts = None, None
-        if args.out and not ctx.is_distributed:  # each candidate's scores kept beside the output until it is written
+        if args.out:  # each candidate's scores kept beside the output until it is written
             from ..experiments.common import inputs_key
             from ..store import PartStore, output_lock
 
-            stack.enter_context(output_lock(args.out))
+            stack.enter_context(output_lock(args.out, enabled=ctx.is_main))
             parts = Path(str(args.out) + ".parts")
-            stack.callback(lambda: parts.exists() and not any(parts.iterdir()) and parts.rmdir())  # none scored
+            if ctx.is_main:
+                stack.callback(lambda: parts.exists() and not any(parts.iterdir()) and parts.rmdir())  # none scored
             # what a score depends on besides the sampling setting (which calibrate adds to each key itself)
             args.keeps_work = True  # (for the interrupt line)
+            # under torchrun rank 0 writes the scores, and every rank serves only those that existed when it
+            # started: they all agree on which candidates to sample (a score is the same number from any world
+            # size, up to float rounding of the combined statistics)
             store = PartStore(parts.parent, {**inputs_key(model, data, args.ref, args.inception), "job": "calibrate",
                                              "version": 1, "features": args.features, "metric": metric.name},
-                              subdir=parts.name)
+                              subdir=parts.name, writer=ctx.is_main, snapshot=ctx.is_distributed)
         r = _search(args, ctx, model, den, metric, store)
         if not ctx.is_main:
             return 0

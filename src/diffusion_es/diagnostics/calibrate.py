@@ -227,7 +227,8 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
     which shrinks the predicted noise; never the enlarging λ < 1 that trades recall for precision). The range and
     its extensions are cut there. ``store``: a :class:`diffusion_es.store.PartStore` whose fingerprint identifies the
     model and the metric; every candidate's score on a seed set is kept there, so an interrupted calibration run
-    again with the same arguments and store scores only what is missing (one process only)."""
+    again with the same arguments and store scores only what is missing (in a torchrun job every rank opens the
+    store with ``snapshot=True`` and only rank 0 writes, see :class:`~diffusion_es.store.PartStore`)."""
     check_device(device)
     try:
         lo, hi = (float(v) for v in lam_range)
