@@ -33,8 +33,13 @@ from diffusion_es.core.param import VPDenoiser
 from diffusion_es.core.schedules import VPSchedule
 
 torch.set_num_threads(1)
-if sys.argv[1] == "off":
-    heap._HEAP_SETTLED = True  # as if done already: glibc keeps its start thresholds (the control)
+if sys.argv[1] == "off":  # the control: glibc's start thresholds (128 KiB), kept
+    heap._HEAP_SETTLED = True  # as if done already
+    # set by hand as well: an import that frees a large block raises them on its own, and then whether the
+    # control page-faults depends on which modules were imported and in what order
+    import ctypes
+    libc = ctypes.CDLL(None)
+    assert libc.mallopt(-1, 128 * 1024) == 1 and libc.mallopt(-3, 128 * 1024) == 1  # M_TRIM_, M_MMAP_THRESHOLD
 
 
 class Net(torch.nn.Module):
