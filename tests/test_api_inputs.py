@@ -280,6 +280,10 @@ def test_seeds_equal_modulo_2_to_the_32_are_the_same_sample_so_they_are_refused_
                        torch.randn(4, generator=torch.Generator().manual_seed(7 + 2**32)))
     assert torch.equal(a, b)
     assert check_seeds([2**32 + 1, 2**33 + 2, 3]) == [2**32 + 1, 2**33 + 2, 3]
+    from diffusion_es.samplers import SeedNoise
+
+    with pytest.raises(ValueError, match="seeds 5 and 4294967301 give the same sample"):
+        SeedNoise([5, 2**32 + 5], (3,))  # the noise source of the hand-written loops (sample_ddpm(den, noise.initial()))
 
 
 @pytest.mark.parametrize("argv", [["sample", "--seeds", "4294967290-4294967300"], ["train", "--seed", "4294967296"]])

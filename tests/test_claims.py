@@ -60,7 +60,7 @@ def test_linear_claim_uses_the_main_tables_t_interval_and_names_the_schedule():
     assert m + 2 * g.std(ddof=1) / 2 < 0 < hi  # the old rule said "yes"; the t-interval does not
     assert c["reproduced"] is None
     assert f"[{100 * lo:+.1f}, {100 * hi:+.1f}], paired 95 % t-interval" in c["evidence"]
-    assert "linear k=0.002, b=1.0000 (λ 1.038 at the first step → 1.000 at the last)" in c["evidence"], c
+    assert "linear λ 1.038 → 1.000, first to last step (k 0.002, b 1.0000)" in c["evidence"], c
 
 
 def _exposure(raw, used, d_base, d_es):
@@ -122,15 +122,21 @@ def test_step_count_and_solver_claims_are_paired_by_seed_set():
     for c in table:
         c["nfe_cell"] = 10
     c = _claims(table=table, config={"nfe": [10]})["(d)"]
-    r = ttest_rel(euler, heun)
-    lo, hi = r.confidence_interval(0.95) if hasattr(r, "confidence_interval") else (None, None)
+    lo, hi = ttest_rel(euler, heun).confidence_interval(0.95)
     assert c["reproduced"] is True, c
-    if lo is not None:
-        assert f"[{100 * lo:+.1f}, {100 * hi:+.1f}], paired by seed set" in c["evidence"]
+    assert f"[{100 * lo:+.1f}, {100 * hi:+.1f}], paired by seed set" in c["evidence"]
     assert ttest_rel(euler, heun).pvalue < 0.05  # paired: clear; the old unpaired rule could not see it
     d = euler.mean() - heun.mean()
     se = np.sqrt(euler.var(ddof=1) / 6 + heun.var(ddof=1) / 6)
     assert abs(d) <= 2 * se
+    # the same for "gains are largest at low step counts": one sampler's cells at 10 and at 20 NFE
+    low, high = _gain_cell("ddpm", 10, euler), _gain_cell("ddpm", 20, heun)
+    low["nfe_cell"], high["nfe_cell"] = 10, 20
+    c = _claims(table=[low, high], config={"nfe": [10, 20]})["Gai"]
+    assert c["reproduced"] is True and f"[{100 * lo:+.1f}, {100 * hi:+.1f}], paired by seed set" in c["evidence"]
+    # no cells at one end: no verdict (the mean of no cells was NaN, and NaN read as "no")
+    c = _claims(table=[low], config={"nfe": [10, 20]})["Gai"]
+    assert c["reproduced"] is None and "no cells" in c["evidence"], c
 
 
 def test_stochastic_vs_deterministic_lambda_gap_must_exceed_the_search_resolution():

@@ -200,3 +200,11 @@ def test_the_package_and_the_command_line_reach_main_without_torch():
         assert getattr(diffusion_es, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         diffusion_es.nope
+    # in a fresh interpreter, every subpackage and module is reachable as an attribute after `import diffusion_es`
+    # alone, as after the eager import it replaced
+    code = ("import importlib, pkgutil, diffusion_es as d; names = [i.name for i in pkgutil.iter_modules(d.__path__) "
+            "if not i.name.startswith('_')]; assert len(names) > 10; "
+            "assert all(getattr(d, n) is importlib.import_module('diffusion_es.' + n) and n in dir(d) "
+            "for n in names), names; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

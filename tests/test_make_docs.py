@@ -57,4 +57,7 @@ def test_committed_repro_reports_are_what_the_code_renders_from_their_results(ma
 
     shutil.copytree(ROOT / "docs" / name, tmp_path / name)
     make_docs["rerender_docs"]((name,), root=tmp_path)
-    assert (tmp_path / name / "report.md").read_text() == (ROOT / "docs" / name / "report.md").read_text()
+    for f in ("report.md", "report.html"):
+        assert (tmp_path / name / f).read_text() == (ROOT / "docs" / name / f).read_text(), f
+    rendered = json.loads((tmp_path / name / "results.json").read_text())
+    assert rendered["claims"] == json.loads((ROOT / "docs" / name / "results.json").read_text())["claims"]

@@ -13,6 +13,7 @@ Public API (see the README for a tour):
 """
 
 import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from .version import __version__
 
@@ -33,13 +34,31 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = ["__version__", *_WHERE]
 
 
+# the subpackages and modules an eager import used to load, still reachable as attributes (diffusion_es.samplers)
+_SUBMODULES = ("adapters", "cli", "core", "data", "diagnostics", "experiments", "metrics", "models", "samplers", "training",
+               "devices", "distributed", "errors", "hashing", "heap", "io", "progress", "store")
+
+
 def __getattr__(name):
     if name in _WHERE:
         value = getattr(_importlib.import_module(_WHERE[name], __name__), name)
-        globals()[name] = value  # once: later lookups do not come back here
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    elif name in _SUBMODULES:
+        value = _importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # once: later lookups do not come back here
+    return value
 
 
 def __dir__():
-    return sorted({*globals(), *_WHERE})
+    return sorted({*globals(), *_WHERE, *_SUBMODULES})
+
+
+if _TYPE_CHECKING:  # what type checkers and IDEs see: the names as an eager import would give them
+    from .core.param import Denoiser, DenoiserEpsNet, FlowDenoiser, VPDenoiser
+    from .core.scaling import Linear, PerStep, SigmaKeyed, Uniform, epsilon_scaled, load_schedule, save_schedule
+    from .core.schedules import FlowSchedule, VPSchedule, karras_sigmas, respace
+    from .diagnostics.calibrate import calibrate
+    from .diagnostics.measure import measure_exposure
+    from .samplers import (SeedNoise, StepInfo, sample, sample_ddim, sample_ddpm, sample_euler, sample_flow_euler,
+                           sample_flow_heun, sample_heun)

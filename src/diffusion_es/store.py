@@ -98,9 +98,11 @@ class PartStore:
     def __init__(self, out: Path, fingerprint: dict, log: Callable = None, subdir: str = "parts",
                  writer: bool = True, snapshot: bool = False):
         """``writer``: this process writes the parts it computes (in a torchrun job: rank 0 only). ``snapshot``:
-        serve only the parts that existed when the store was opened, so every process of a job that opened it at
-        the same point agrees on what is cached while the writer adds parts (a part one process takes from disk
-        and another computes would leave the second alone in a collective)."""
+        serve only the parts that existed when the store was opened, so the processes of a job agree on what is
+        cached while the writer adds parts (a part one process takes from disk and another computes would leave
+        the second alone in a collective). That holds because computing any part takes a collective of every
+        process, so no part is written before every process has opened its store; with that invariant the check
+        on disk alone would agree too, and the snapshot keeps agreement if a part ever skips its collective."""
         self.dir = Path(out) / subdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fp, self.writer = fingerprint, writer

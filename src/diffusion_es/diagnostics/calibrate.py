@@ -31,7 +31,7 @@ from ..samplers import SamplingPlan, default_schedule, get_sampler, sample
 from ..core.scaling import LambdaSchedule, Linear, Uniform
 from ..core.schedules import VPSchedule
 
-__all__ = ["CalibrationResult", "calibrate", "paired_gain", "mean_t_interval"]
+__all__ = ["CalibrationResult", "calibrate", "paired_gain", "mean_t_interval", "finite_value"]
 
 
 @dataclass
@@ -74,7 +74,7 @@ def mean_t_interval(values) -> tuple:
     return float(v.mean()), float(t.ppf(0.975, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
 
 
-def _finite(v, what: str) -> float:
+def finite_value(v, what: str) -> float:
     """A metric's value as a float; NaN or inf would steer the search and the verdict silently, so it is refused."""
     f = float(v)
     if not math.isfinite(f):
@@ -117,8 +117,8 @@ class _Scorer:
         x = sample(self.den, self.plan_kw["sampler"], self.plan_kw["steps"], self.shape, self.shard(seeds),
                    schedule=self.plan_kw["schedule"], spacing=self.plan_kw["spacing"], es=sched,
                    batch_size=self.batch_size, device=self.device, **self.kw)
-        return {"value": _finite(self.metric(x), "the metric"),
-                "extra": {name: _finite(f(x), f"the metric {name!r}") for name, f in self.extra_metrics.items()}}
+        return {"value": finite_value(self.metric(x), "the metric"),
+                "extra": {name: finite_value(f(x), f"the metric {name!r}") for name, f in self.extra_metrics.items()}}
 
     def __call__(self, sched: Optional[LambdaSchedule]) -> list:
         key = "baseline" if sched is None else sched.to_json()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (CHURN_GAMMAS, EDM_METHODS, IP_GAMMA, S_NOISE_RANGE, SAMPLER_NAMES, VP_METHODS,
+from .common import (CHURN_GAMMAS, EDM_METHODS, IP_GAMMA, S_NOISE_RANGE, SAMPLER_NAMES, VP_METHODS, linear_first,
                      schedule_text)
 
 __all__ = ["repro_blocks", "compare_blocks", "cost_line"]
@@ -93,7 +93,7 @@ def _lambda_verdict(lin: dict, exp: dict) -> str:
     """Plain words on what a calibrated linear schedule is: the paper's ES (λ ≥ 1 everywhere) or a sharpening
     trade (λ < 1 at the last steps), with the diagnostics that say so."""
     cand, steps = lin["candidate"], lin["steps"]
-    first, last = cand["k"] * (steps - 1) + cand["b"], cand["b"]
+    first, last = linear_first(cand, steps), cand["b"]
     ev = lin.get("extra_val", {})
     pieces = []
     for key in ("precision", "recall", "nn_dist_train", "fd_train"):

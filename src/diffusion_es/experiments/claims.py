@@ -21,7 +21,8 @@ def _steps(base, es) -> tuple:
 
 
 def _sign_verdict(k: int, n: int):
-    """True / False when k of n is more / fewer than half beyond a two-sided 5 % sign test, else None."""
+    """True / False when k of n is more / fewer than half beyond a two-sided 5 % sign test, else None. A count over
+    steps: it says in how many steps a curve moved, not by how much (the evidence gives the sizes beside it)."""
     if n == 0:
         return None
     p = binomtest(k, n, 0.5).pvalue
@@ -53,10 +54,10 @@ def check_claims(results: dict) -> list:
     for s, e in results["exposure"].items():
         b, es, cur = e["baseline"], e["es"], e["curves"]
         raw, used = _steps(cur["baseline"]["ratio_raw"], cur["es"]["ratio_used"])
-        above = int(np.sum(raw > 1))
+        above, off = int(np.sum(raw > 1)), int(np.sum(raw != 1))  # (a step exactly on the curve counts for neither)
         claim(f"(a) Exposure bias exists ({SAMPLER_NAMES[s]}): the ε-norm along sampling is above the training "
-              f"curve for most steps", _sign_verdict(above, len(raw)),
-              f"sampling above training at {above} of {len(raw)} steps ({_sign_text(above, len(raw))}), "
+              f"curve for most steps", _sign_verdict(above, off),
+              f"sampling above training at {above} of {off} steps ({_sign_text(above, off)}), "
               f"mean ratio {b['mean_ratio_raw']:.4f}; Σδ_t {b['sum_delta']:.4g}")
         # per step: a signed mean lets steps below and above the training curve cancel
         closer = int(np.sum(np.abs(used - 1) < np.abs(raw - 1)))
@@ -115,13 +116,15 @@ def check_claims(results: dict) -> list:
     def compare(a_cells, b_cells, name_a, name_b):
         """Is the change of ``a_cells`` below that of ``b_cells``? Paired by validation seed set (the same seeds
         are in every cell): None when the 95 % t-interval of the per-set difference contains 0."""
+        if not a_cells or not b_cells:
+            return None, f"inconclusive: no cells {'for ' + name_a if not a_cells else name_b}"
         if len({len(c["gain_per_set"]) for c in [*a_cells, *b_cells]}) != 1:
             return None, "the cells were validated on different numbers of seed sets: no paired comparison"
         a, b = per_set(a_cells), per_set(b_cells)
         if len(a) < 2:
             return None, "too few seed sets"
         d, half = mean_t_interval(a - b)
-        ok = None if abs(d) <= half else d < 0
+        ok = None if not abs(d) > half else d < 0  # (NaN: no verdict)
         return ok, (f"{name_a} {100 * np.mean(a):+.1f} %, {name_b} {100 * np.mean(b):+.1f} % "
                     f"(difference {100 * d:+.1f} % [{100 * (d - half):+.1f}, {100 * (d + half):+.1f}], paired by "
                     f"seed set, 95 % t-interval over {len(a)} sets{'; within the noise' if ok is None else ''})")

@@ -13,7 +13,8 @@ from ..errors import UsageError
 from ..hashing import model_fingerprint
 from ..samplers.registry import SAMPLERS
 
-__all__ = ["SAMPLER_NAMES", "schedule_text", "RANGES", "MODEL_SAMPLERS", "load_model_and_data", "fingerprint", "seed_sets", "Paired",
+__all__ = ["SAMPLER_NAMES", "schedule_text", "linear_first",
+           "RANGES", "MODEL_SAMPLERS", "load_model_and_data", "fingerprint", "seed_sets", "Paired",
            "method_result", "search_lambda", "Ticker"]
 
 SAMPLER_NAMES = {name: spec.title for name, spec in SAMPLERS.items()}
@@ -126,13 +127,17 @@ def grid_key(sampler: str, steps: int, schedule, spacing: str = "adm") -> dict:
 
 
 def schedule_text(cand: dict, steps: int) -> str:
-    """A chosen schedule as a reader wants it: ``linear k=0.0407, b=0.7767 (λ 1.550 at the first step → 0.777 at
-    the last)``; a kept uniform one as ``uniform λ 1.0100``."""
+    """A chosen schedule as a reader wants it: ``linear λ 1.550 → 0.777, first to last step (k 0.0407, b 0.7767)``;
+    a uniform one as ``uniform λ 1.0100``."""
     if cand.get("kind") == "linear":
-        first = cand["k"] * (steps - 1) + cand["b"]
-        return (f"linear k={cand['k']:.3g}, b={cand['b']:.4f} (λ {first:.3f} at the first step → {cand['b']:.3f} at "
-                f"the last)")
+        return (f"linear λ {linear_first(cand, steps):.3f} → {cand['b']:.3f}, first to last step "
+                f"(k {cand['k']:.3g}, b {cand['b']:.4f})")
     return f"uniform λ {cand['b']:.4f}"
+
+
+def linear_first(cand: dict, steps: int) -> float:
+    """λ of a linear schedule ``{"k", "b"}`` at the first of ``steps`` steps (t = steps − 1; b is the last step's)."""
+    return cand["k"] * (steps - 1) + cand["b"]
 
 
 def seed_sets(seed: int, n_samples: int, count: int) -> list:
@@ -165,10 +170,10 @@ class Paired:
     def __call__(self, key: str, draw: Callable, which: str = "search") -> list:
         k = (which, key)
         if k not in self.cache:  # NaN or inf is refused: it would give a NaN gain read as "not significant"
-            from ..diagnostics.calibrate import _finite
+            from ..diagnostics.calibrate import finite_value
 
             name = getattr(self.metric, "name", "the metric")
-            self.cache[k] = [_finite(self.metric(draw(seeds)), name) for seeds in self.sets[which]]
+            self.cache[k] = [finite_value(self.metric(draw(seeds)), name) for seeds in self.sets[which]]
         return self.cache[k]
 
     def mean(self, key, draw, which="search") -> float:

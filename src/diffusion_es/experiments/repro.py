@@ -170,11 +170,13 @@ class _Repro:
         sets = seed_sets(cfg.seed + 7919, cfg.n_samples, k)  # pilot seeds, disjoint from calibration's
 
         def run():
+            from ..diagnostics.calibrate import finite_value
+
             vals = {}
             for lam in (None, probe):
-                vals["baseline" if lam is None else "probe"] = [
-                    float(self.metric(sample(self.den, sampler, steps, model.data_shape, s, schedule=model.schedule,
-                                             es=lam, batch_size=cfg.batch_size, device=cfg.device))) for s in sets]
+                vals["baseline" if lam is None else "probe"] = [finite_value(
+                    self.metric(sample(self.den, sampler, steps, model.data_shape, s, schedule=model.schedule, es=lam,
+                                       batch_size=cfg.batch_size, device=cfg.device)), self.metric.name) for s in sets]
             return {"sampler": sampler, "steps": steps, "lam_probe": probe, "n_samples": cfg.n_samples, **vals}
 
         res, cached = self.store.get_or_run(f"power_{sampler}_{steps}", {"part": "power", "sampler": sampler,
@@ -317,6 +319,8 @@ def plan_val_sets(sd: float, k: int, n_min: int, n_max: int) -> tuple:
     Needed is None when more than MAX_PLANNED_SETS would be (a metric this noisy): then n_max sets are used."""
     from .power import MAX_PLANNED_SETS, required_sets, sd_upper_bound
 
+    if not (math.isfinite(sd) and sd >= 0):
+        raise ValueError(f"the power pilot's paired sd is {sd}: it needs finite metric values on every pilot set")
     need = (required_sets(POWER_EFFECT, sd_upper_bound(sd, k, 0.8), min_sets=2, max_sets=MAX_PLANNED_SETS)
             if sd > 0 else 2)
     return need, int(min(max(n_max if need is None else need, n_min), n_max))

@@ -16,7 +16,7 @@ from ..progress import advance as _advance, task as _task
 from ..core.param import as_denoiser, sigma_to_flow_space, sigma_to_vp_space
 from ..core.pfgm import check_D, seed_scales
 
-__all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches", "check_seeds", "MAX_SEED", "SEED_PERIOD",
+__all__ = ["StepInfo", "SeedNoise", "NOISE_BLOCK", "over_seed_batches", "check_seeds", "check_seed_aliases", "MAX_SEED", "SEED_PERIOD",
            "default_noise_workers", "auto_batch_size", "resolve_batch_size", "DEFAULT_BATCH"]
 
 # Step noise is drawn per seed in blocks of this many steps. It is part of the noise protocol (changing it
@@ -81,13 +81,19 @@ def check_seeds(seeds) -> list:
         raise ValueError("no seeds given: sample at least one")
     if len(set(out)) != len(out):
         raise ValueError("seeds must be distinct: a repeated seed gives a repeated sample")
-    if max(out) >= SEED_PERIOD:
-        first = {}
-        for v in out:
-            if first.setdefault(v % SEED_PERIOD, v) != v:
-                raise ValueError(f"seeds {first[v % SEED_PERIOD]} and {v} give the same sample: torch's CPU "
-                                 f"generator keeps only the low 32 bits of a seed (use seeds below 2^32)")
+    check_seed_aliases(out)
     return out
+
+
+def check_seed_aliases(seeds: Sequence[int]) -> None:
+    """Refuse seeds equal modulo 2^32 (distinct seeds assumed): the same sample twice."""
+    if max(seeds) < SEED_PERIOD or len({v & (SEED_PERIOD - 1) for v in seeds}) == len(seeds):
+        return
+    first = {}
+    for v in seeds:
+        if first.setdefault(v & (SEED_PERIOD - 1), v) != v:
+            raise ValueError(f"seeds {first[v & (SEED_PERIOD - 1)]} and {v} give the same sample: torch's CPU "
+                             f"generator keeps only the low 32 bits of a seed (use seeds below 2^32)")
 
 
 _POOL: Optional[ThreadPoolExecutor] = None
@@ -149,6 +155,8 @@ class SeedNoise:
     def __init__(self, seeds: Sequence[int], shape: Sequence[int], device="cpu", *, workers: Optional[int] = None,
                  pfgm_D=None):
         self.seeds = [int(s) for s in seeds]
+        if self.seeds:
+            check_seed_aliases(self.seeds)  # (the samplers' own entry point checks the rest in check_seeds)
         self.pfgm_D = check_D(pfgm_D)
         self.shape = tuple(int(d) for d in shape)
         self.device = torch.device(device)
