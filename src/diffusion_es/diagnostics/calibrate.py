@@ -31,7 +31,7 @@ from ..samplers import SamplingPlan, default_schedule, get_sampler, sample
 from ..core.scaling import LambdaSchedule, Linear, Uniform
 from ..core.schedules import VPSchedule
 
-__all__ = ["CalibrationResult", "calibrate", "paired_gain", "mean_t_interval", "finite_value"]
+__all__ = ["CalibrationResult", "calibrate", "paired_gain", "mean_t_interval", "t_half_width", "finite_value"]
 
 
 @dataclass
@@ -63,15 +63,20 @@ class CalibrationResult:
         return dict(self.__dict__)
 
 
+def t_half_width(sd: float, n: int, alpha: float = 0.05) -> float:
+    """Half-width of the two-sided (1 − α) t-interval of a mean of ``n`` values with sd ``sd`` (inf for n < 2)."""
+    from scipy.stats import t
+
+    return float(t.ppf(1 - alpha / 2, n - 1)) * sd / math.sqrt(n) if n > 1 else math.inf
+
+
 def mean_t_interval(values) -> tuple:
     """Mean of ``values`` (e.g. paired differences, one per seed set) and the half-width of its two-sided 95 %
     t-interval (inf for fewer than 2 values)."""
-    from scipy.stats import t
-
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     if len(v) < 2:
         return float(v.mean()) if len(v) else float("nan"), float("inf")
-    return float(v.mean()), float(t.ppf(0.975, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return float(v.mean()), t_half_width(float(v.std(ddof=1)), len(v))
 
 
 def finite_value(v, what: str) -> float:

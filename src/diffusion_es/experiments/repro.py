@@ -187,7 +187,9 @@ class _Repro:
         base = np.asarray(res["baseline"])
         sd = paired_relative_sd(res["baseline"], res["probe"])
         need, chosen = plan_val_sets(sd, k, cfg.n_val_sets, cfg.max_val_sets)
-        resolvable = half_width(sd, chosen)
+        from ..diagnostics.calibrate import t_half_width
+
+        resolvable = t_half_width(sd, chosen)
         res.update(sd_paired=sd, sd_metric_rel=float(np.std(base, ddof=1) / np.mean(base)), sets_needed=need,
                    n_val_sets=chosen, effect=POWER_EFFECT, resolvable=resolvable,
                    capped=need is None or need > chosen)
@@ -331,13 +333,6 @@ def get_steps(sampler: str, nfe: int) -> int:
     from ..samplers import get_sampler
 
     return get_sampler(sampler).steps_for_nfe(nfe)
-
-
-def half_width(sd: float, n: int, alpha: float = 0.05) -> float:
-    """Half-width of the two-sided (1 − α) t-interval of a mean of ``n`` paired differences with sd ``sd``."""
-    from scipy.stats import t
-
-    return float(t.ppf(1 - alpha / 2, n - 1)) * sd / math.sqrt(n) if n > 1 else math.inf
 
 
 def run_repro(cfg: ReproConfig, log=print) -> dict:
