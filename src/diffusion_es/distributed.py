@@ -145,6 +145,8 @@ class Context:
 
     def close(self) -> None:
         if self.owned:
+            import gc
+
             import torch.distributed as dist
 
             try:
@@ -152,6 +154,10 @@ class Context:
             except Exception:  # pragma: no cover - best effort on the way out
                 pass
             self.owned = False
+            # free now, while the interpreter is whole, what still refers to the group's work: gloo work objects
+            # that hold Python references and are destroyed during interpreter finalization take the GIL there
+            # and abort the process (pytorch/pytorch#179291); a finished run then ended with SIGABRT on rank 0
+            gc.collect()
 
 
 def _env_int(name: str, default: int) -> int:
@@ -172,9 +178,13 @@ def init(device: str = "cpu") -> Context:
         timeout = float(os.environ.get(TIMEOUT_ENV, "1800"))
     except ValueError:
         raise UsageError(f"{TIMEOUT_ENV} must be a number of seconds") from None
+    import faulthandler
+
     import torch
     import torch.distributed as dist
 
+    if not faulthandler.is_enabled():  # a rank killed by a signal (SIGABRT in a C++ thread) shows where it was
+        faulthandler.enable()
     if not dist.is_available():
         raise UsageError("this torch build has no torch.distributed; install a torch with distributed support")
     cuda = str(device).startswith("cuda") and torch.cuda.is_available()
