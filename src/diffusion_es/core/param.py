@@ -68,6 +68,7 @@ __all__ = [
     "FnDenoiser",
     "VPDenoiser",
     "check_clip_x0",
+    "exact_sqrt",
     "real_number",
     "FlowDenoiser",
     "DenoiserEpsNet",
@@ -76,11 +77,25 @@ __all__ = [
 ]
 
 # ---- scalar relations (floats, numpy arrays or tensors) ----------------------------------------------------
-def _sqrt(v):
-    """Square root of a float, numpy array or tensor, correctly rounded in all three (Python's float ``** 0.5``
-    is not: it differs from the square root in the last bit for about 0.1 % of values)."""
+def exact_sqrt(v):
+    """Square root of a float, numpy array or tensor, correctly rounded in all three, so a level computed as a Python
+    float and the same level as a tensor give the same bytes.
+
+    * Python's float ``** 0.5`` is not correctly rounded (the last bit differs for about 0.1 % of values);
+      ``math.sqrt`` and ``numpy.sqrt`` are.
+    * torch's CPU ``sqrt`` is not, and how often it is off depends on the CPU (builds with MKL take the root from
+      MKL's vector maths, which picks its code by processor): on an Intel Xeon with torch 2.13 it missed the correctly
+      rounded root in the last bit for about 0.7 % of float64 values, ``sqrt(0.5)`` among them, whichever kernel
+      torch was told to use (``ATEN_CPU_CAPABILITY``); on the AMD EPYC boxes every exactness test here passed.
+      A CPU tensor without autograd is therefore rooted by numpy. Tensors on other devices (CUDA's ``sqrt`` is
+      correctly rounded), half precision and tensors that need a gradient keep torch's.
+    """
     if isinstance(v, torch.Tensor):
-        return v.sqrt()
+        if v.device.type != "cpu" or v.requires_grad or v.dtype not in (torch.float32, torch.float64):
+            return v.sqrt()
+        a = v.numpy()
+        with np.errstate(invalid="ignore"):  # a negative value gives NaN, as torch's does, without a warning
+            return torch.from_numpy(np.asarray(np.sqrt(a), dtype=a.dtype))
     return np.sqrt(v) if isinstance(v, np.ndarray) else math.sqrt(v)
 
 
@@ -92,7 +107,7 @@ def sigma_to_alpha_bar(sigma):
 def alpha_bar_to_sigma(alpha_bar):
     """σ = sqrt((1 − ᾱ) / ᾱ); ᾱ = 0 (zero terminal SNR) gives σ = ∞."""
     if isinstance(alpha_bar, torch.Tensor):
-        return ((1.0 - alpha_bar) / alpha_bar).sqrt()
+        return exact_sqrt((1.0 - alpha_bar) / alpha_bar)
     if not isinstance(alpha_bar, np.ndarray):
         return math.inf if alpha_bar == 0 else math.sqrt((1.0 - alpha_bar) / alpha_bar)
     with np.errstate(divide="ignore"):
@@ -125,7 +140,7 @@ def vp_to_sigma_space(x_t, alpha_bar):
     if isinstance(zero, (bool, np.bool_)) and zero:
         return x_t
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _pass_at(zero, x_t, x_t / _sqrt(alpha_bar))
+        return _pass_at(zero, x_t, x_t / exact_sqrt(alpha_bar))
 
 
 def sigma_to_vp_space(x, sigma):
@@ -135,7 +150,7 @@ def sigma_to_vp_space(x, sigma):
     inf = _is_inf(sigma)
     if isinstance(inf, (bool, np.bool_)) and inf:
         return x
-    return _pass_at(inf, x, x * _sqrt(sigma_to_alpha_bar(sigma)))
+    return _pass_at(inf, x, x * exact_sqrt(sigma_to_alpha_bar(sigma)))
 
 
 def flow_t_to_sigma(t):
@@ -366,13 +381,13 @@ def get_prediction(name) -> Prediction:
 def sigma_vp_coefficients(sigma):
     """(a, b) = (1/sqrt(1 + σ²), σ/sqrt(1 + σ²)) of the VP point at noise level σ, without the cancellation of
     sqrt(1 − ᾱ) at small σ."""
-    r = _sqrt(1.0 + sigma * sigma)
+    r = exact_sqrt(1.0 + sigma * sigma)
     return 1.0 / r, sigma / r
 
 
 def vp_coefficients(alpha_bar):
     """(a, b) = (sqrt(ᾱ), sqrt(1 − ᾱ)) of a VP point (floats or tensors)."""
-    return _sqrt(alpha_bar), _sqrt(1.0 - alpha_bar)
+    return exact_sqrt(alpha_bar), exact_sqrt(1.0 - alpha_bar)
 
 
 # ---- VP-space conversions (ab = ᾱ_t, broadcastable), through the prediction objects --------------------------

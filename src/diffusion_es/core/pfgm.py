@@ -38,7 +38,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .param import Denoiser, PreconditionedPrediction, _bcast, sigma_batch
+from .param import Denoiser, PreconditionedPrediction, _bcast, exact_sqrt, sigma_batch
 
 __all__ = ["PFGM_STREAM", "check_D", "mixing_w", "seed_scales", "generator_scales", "perturb", "prior",
            "EDMSchedule", "EDMDenoiser", "edm_scalings", "d_label"]
@@ -114,7 +114,7 @@ def edm_scalings(sigma, sigma_data: float):
     """(c_skip, c_out, c_in, c_noise) of EDM at σ (float or tensor); c_noise = ln(σ)/4."""
     sd2 = sigma_data * sigma_data
     tot = sigma * sigma + sd2
-    root = tot.sqrt() if isinstance(sigma, torch.Tensor) else math.sqrt(tot)
+    root = exact_sqrt(tot)
     c_noise = sigma.log() / 4 if isinstance(sigma, torch.Tensor) else math.log(sigma) / 4
     return sd2 / tot, sigma * sigma_data / root, 1.0 / root, c_noise
 

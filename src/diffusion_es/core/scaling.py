@@ -39,7 +39,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .param import Denoiser, as_denoiser, flow_t_to_sigma, get_prediction, real_number, sigma_batch
+from .param import (Denoiser, as_denoiser, flow_t_to_sigma, get_prediction, real_number, sigma_batch,
+                    vp_coefficients)
 
 __all__ = [
     "LambdaSchedule",
@@ -314,7 +315,7 @@ def scale_prediction(out: torch.Tensor, x_t: torch.Tensor, lam, alpha_bar, predi
         lam_t = _lam_tensor(lam_np, p, wd)
         if a is None:
             ab = _lam_tensor(_per_sample(as_numpy_1d(alpha_bar), B, "ᾱ"), p, wd)
-            a, b = ab.sqrt(), (1.0 - ab).sqrt()
+            a, b = vp_coefficients(ab)
         else:
             a = _lam_tensor(_per_sample(as_numpy_1d(a), B, "a"), p, wd)
             b = _lam_tensor(_per_sample(as_numpy_1d(b), B, "b"), p, wd)
