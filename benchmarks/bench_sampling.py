@@ -1,7 +1,7 @@
 """How much do the sampling loop, its per-seed noise and Epsilon Scaling cost on top of the network?
 
 Prints, in one run on the same inputs (a fixed residual MLP ε-network, dim 64, batch 256, float32 network,
-float64 loop, CPU), for ddpm, ddim, euler and heun:
+float64 loop, CPU; or, with ``--model``, a VP ε-model of your own or a shipped one), for ddpm, ddim, euler and heun:
 
 (a) sampling time with ES ÷ without                                   (target ≤ 1.01);
 (b) sampler time ÷ (NFE × time of one network evaluation)              (target ≤ 1.05),
@@ -26,6 +26,11 @@ while ``--clock wall`` is what a user waits on a quiet machine. ``--breakdown`` 
 and the ES wrapper.
 
     python benchmarks/bench_sampling.py [--threads 1] [--steps 20] [--repeats 7] [--breakdown] [--json]
+    python benchmarks/bench_sampling.py --model mnist --batch 64 --steps 10 --repeats 5   # a real image network
+
+``--model`` takes what ``diffusion-es sample --model`` takes (a shipped name, a ``train`` folder, a diffusers
+folder) as long as it is a VP ε-prediction model without a learned variance (the hand-written DDPM reference
+covers exactly that); its network, schedule and sample shape replace the MLP's.
 
 Measured results are recorded in docs/benchmarks.md.
 """
@@ -51,6 +56,8 @@ from diffusion_es.samplers import SAMPLERS as REGISTRY
 from diffusion_es.samplers import SamplingPlan, SeedNoise, sample
 from diffusion_es.core.scaling import Uniform, epsilon_scaled
 from diffusion_es.core.schedules import VPSchedule
+from diffusion_es.errors import UsageError
+from diffusion_es.models.checkpoint import load_model
 
 SAMPLERS = ("ddpm", "ddim", "euler", "heun")
 
@@ -159,12 +166,39 @@ def _hand_ddpm(net, sch, steps, seeds, shape):
     return run
 
 
+def _network(args):
+    """(network, VP schedule, sample shape, description): the MLP stress case, or the ``--model`` one."""
+    if args.model is None:
+        return ResMLP(args.dim).eval(), VPSchedule.linear(), (args.dim,), f"ResMLP(dim={args.dim}, 4x512)"
+    try:
+        m = load_model(args.model)
+    except UsageError as e:
+        raise SystemExit(f"bench_sampling: {e}") from None
+    vp = isinstance(m.schedule, VPSchedule)
+    if not vp or m.prediction != "eps" or m.learned_variance or m.schedule.zero_snr:
+        kind = f"a VP {m.prediction}-prediction model" if vp else _PROCESS_NAMES.get(m.process, f"a {m.process} model")
+        kind += " with a learned variance" if m.learned_variance else ""
+        kind += " with zero terminal SNR" if vp and m.schedule.zero_snr else ""
+        raise SystemExit(f"bench_sampling: --model {args.model} is {kind}; this benchmark's hand-written DDPM "
+                         f"reference covers VP ε-prediction models with a fixed variance and a finite first σ "
+                         f"(e.g. default, mnist)")
+    shape = tuple(int(d) for d in m.data_shape)
+    n_params = sum(p.numel() for p in m.net.parameters())
+    what = f"{args.model} ({type(m.net).__name__}, {n_params / 1e6:.2f} M parameters, samples {shape})"
+    return m.net, m.schedule, shape, what
+
+
+_PROCESS_NAMES = {"edm": "an EDM / PFGM++ model", "flow": "a rectified-flow model"}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (fixed for the whole run)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--model", default=None,
+                    help="time this VP ε-model's network instead of the MLP (what `sample --model` takes)")
     ap.add_argument("--repeats", type=int, default=7, help="rounds (each times every contender once)")
     ap.add_argument("--lam", type=float, default=1.01)
     ap.add_argument("--samplers", default=",".join(SAMPLERS))
@@ -176,14 +210,12 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    net = ResMLP(args.dim).eval()
-    sch = VPSchedule.linear()
+    net, sch, shape, what = _network(args)
     timed = TimedNet(net)
     den, free = VPDenoiser(timed, sch), VPDenoiser(FreeNet(), sch)
     seeds = list(range(args.batch))
-    shape = (args.dim,)
     es = Uniform(args.lam)
-    x_t = torch.randn(args.batch, args.dim)
+    x_t = torch.randn(args.batch, *shape)
     t = torch.full((args.batch,), 500.0)
     names = args.samplers.split(",")
 
@@ -230,7 +262,8 @@ def main(argv=None):
 
     med = statistics.median
     t_net = med(v / nfes[n] for n in names for v in times[n, "net"])
-    results = {"threads": args.threads, "batch": args.batch, "dim": args.dim, "steps": args.steps,
+    results = {"network": what, "threads": args.threads, "batch": args.batch, "shape": list(shape),
+               "steps": args.steps,
                "lambda": args.lam, "repeats": args.repeats, "clock": args.clock, "t_net_ms": 1e3 * t_net,
                "load_average": f"{load_before} -> {_loadavg()}", "samplers": {}}
     for name in names:
@@ -260,13 +293,13 @@ def main(argv=None):
         r["free_fraction"] = r["free_ms"] / r["net_x_nfe_ms"]
         r["noise_fraction"] = r["noise_ms"] / r["net_x_nfe_ms"]
         if args.breakdown:
-            r["breakdown_ms"] = _breakdown(net, sch, name, args, es)
+            r["breakdown_ms"] = _breakdown(sch, shape, name, args, es)
         results["samplers"][name] = r
 
     if args.json:
         print(json.dumps(results, indent=2))
         return results
-    print(f"network: ResMLP(dim={args.dim}, 4x512) float32, batch {args.batch}, {args.threads} thread(s), "
+    print(f"network: {what} float32, batch {args.batch}, {args.threads} thread(s), "
           f"{args.steps} steps; one evaluation = {1e3 * t_net:.2f} ms ({args.clock} time, median); load average "
           f"{results['load_average']}; medians over {args.repeats} interleaved rounds, {args.clock} time")
     print(f"{'sampler':8} {'NFE':>4} {'NFE·net ms':>11} {'base ms':>9} {'ES ms':>9} {'(a) ES/base':>12} "
@@ -307,12 +340,12 @@ def _loadavg():
         return "n/a"
 
 
-def _breakdown(net, sch, name, args, es):
+def _breakdown(sch, shape, name, args, es):
     """Time VPDenoiser's own work (σ → t, casts, D) and the ES wrapper on a free network (ms per run)."""
     plan = SamplingPlan(name, args.steps, sch)
     reps = max(3, args.repeats)
     out = {}
-    x = torch.randn(args.batch, args.dim, dtype=torch.float64)
+    x = torch.randn(args.batch, *shape, dtype=torch.float64)
     sig = float(plan.sigmas[len(plan.sigmas) // 2])
     vp_free = VPDenoiser(FreeNet(), sch)
     with torch.no_grad():

@@ -62,6 +62,21 @@ def test_bench_sampling_runs_and_its_hand_written_ddpm_keeps_the_bytes():
         assert set(ddpm["minor_faults"]) == {"net", "base", "free"}
 
 
+def test_bench_sampling_times_a_shipped_model_and_refuses_one_its_reference_does_not_cover(capsys):
+    bench = _bench("bench_sampling")
+    r = bench.main(["--model", "default", "--steps", "2", "--repeats", "1", "--batch", "3", "--samplers", "ddpm",
+                    "--json"])
+    # the shipped digits model's own network, schedule and shape; the hand-written DDPM still gives its bytes
+    assert r["network"].startswith("default (") and r["shape"] == [1, 8, 8]
+    assert math.isfinite(r["samplers"]["ddpm"]["hand_ratio"])
+    capsys.readouterr()
+    for model, why in (("digits-flow", "is a rectified-flow model"), ("digits-pfgm", "is an EDM / PFGM++ model"),
+                       ("no-such-model", "no such checkpoint")):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--model", model, "--steps", "2", "--repeats", "1", "--batch", "2"])
+        assert why in str(e.value) and str(e.value).startswith("bench_sampling: ")
+
+
 def test_bench_calibrate_runs(capsys):
     _bench("bench_calibrate").main(["--grid", "3", "--n", "8", "--sets", "1", "--steps", "3", "--threads", "1",
                                     "--json"])
