@@ -66,8 +66,10 @@ def test_linear_claim_uses_the_main_tables_t_interval_and_names_the_schedule():
 def _exposure(raw, used, d_base, d_es):
     def curve(ratio, delta, key):
         return {key: list(ratio), "delta": list(delta)}
-    return {"ddpm": {"baseline": {"mean_ratio_raw": float(np.mean(raw)), "sum_delta": float(np.sum(d_base))},
-                     "es": {"mean_ratio_used": float(np.mean(used)), "sum_delta": float(np.sum(d_es))},
+    return {"ddpm": {"baseline": {"mean_ratio_raw": float(np.mean(raw)), "sum_delta": float(np.sum(d_base)),
+                                  "steps": 20, "es": None},
+                     "es": {"mean_ratio_used": float(np.mean(used)), "sum_delta": float(np.sum(d_es)), "steps": 20,
+                            "es": {"kind": "uniform", "b": 1.02}},
                      "curves": {"baseline": curve(raw, d_base, "ratio_raw"), "es": curve(used, d_es, "ratio_used")}}}
 
 

@@ -57,6 +57,26 @@ def test_quick_repro_outputs_and_invariants(quick_run):
                                                                           "precision", "recall", "kid_x1000"}
         assert all(0 <= v <= 1 for v in lin["extra_val"]["recall"]["best"])
     assert "P, R (baseline → linear)" in md and "What the linear schedule does" in md
+    # no 20-NFE column here: the exposure curves use the column nearest to it (10) and the λ calibrated there,
+    # and the report says which (it once measured at λ 1.01 and 20 steps and called that "calibrated")
+    cell = next(c for c in r["table"] if (c["sampler"], c["nfe_cell"]) == ("ddpm", 10))
+    es = r["exposure"]["ddpm"]["es"]
+    assert es["steps"] == cell["steps"] == r["exposure"]["ddpm"]["baseline"]["steps"] and es["es"] == cell["candidate"]
+    assert "calibrated in the 10-NFE cell" in md and "'kind'" not in md
+
+
+def test_exposure_cell_and_its_label():
+    from diffusion_es.experiments.common import exposure_cell, exposure_es_text
+    table = [{"sampler": "ddpm", "nfe_cell": n, "steps": n, "candidate": {"kind": "uniform", "b": 1 + n / 1000}}
+             for n in (10, 30, 50)] + [{"sampler": "ddim", "nfe_cell": 20, "steps": 20,
+                                       "candidate": {"kind": "uniform", "b": 1.02}}]
+    assert exposure_cell(table, "ddpm")["nfe_cell"] == 30  # 10 and 30 tie: the larger NFE
+    assert exposure_cell(table, "ddim")["nfe_cell"] == 20
+    assert exposure_es_text(table, "ddpm", {"steps": 30, "es": {"kind": "uniform", "b": 1.03}}) == \
+        "uniform λ 1.0300, calibrated in the 30-NFE cell"
+    # a λ no cell chose at that step count is not called calibrated
+    assert exposure_es_text(table, "ddpm", {"steps": 20, "es": {"kind": "uniform", "b": 1.01}}) == \
+        "uniform λ 1.0100 (not calibrated)"
 
 
 @pytest.mark.slow
@@ -89,7 +109,7 @@ def test_min_lambda_keeps_the_papers_es_and_its_own_parts(tmp_path, capsys):
     assert r["hardware"].startswith("CPU ") and f"on {r['hardware']}" in md  # what the compute time was spent on
     capsys.readouterr()
     assert main(["repro", *tiny]) == 0
-    cell_line = [ln for ln in capsys.readouterr().err.splitlines() if "ddim 4 steps" in ln]
+    cell_line = [ln for ln in capsys.readouterr().err.splitlines() if "ddim 4 steps (4 NFE)" in ln]
     assert len(cell_line) == 1 and "(cached)" not in cell_line[0], cell_line
     assert len(list((out / "parts").glob("cell_ddim_4-*.json"))) == 2
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (CHURN_GAMMAS, EDM_METHODS, IP_GAMMA, S_NOISE_RANGE, SAMPLER_NAMES, VP_METHODS, linear_first,
-                     schedule_text)
+from .common import (CHURN_GAMMAS, EDM_METHODS, IP_GAMMA, S_NOISE_RANGE, SAMPLER_NAMES, VP_METHODS,
+                     exposure_es_text, linear_first, schedule_text)
 
 __all__ = ["repro_blocks", "compare_blocks", "cost_line"]
 
@@ -229,7 +229,8 @@ def repro_blocks(r: dict) -> list:
         blocks.append(("img", r["figures"][f"exposure_{s}"], f"exposure bias, {s}"))
         b, es = e["baseline"], e["es"]
         blocks.append(("p", f"{s}: mean sampling/training ε-norm ratio {b['mean_ratio_raw']:.4f} (baseline), "
-                            f"{es['mean_ratio_used']:.4f} (ES, used ε, {es['es']}); Σδ_t {b['sum_delta']:.4g} → "
+                            f"{es['mean_ratio_used']:.4f} (ES, used ε, {exposure_es_text(r['table'], s, es)}); "
+                            f"{b['steps']} steps; Σδ_t {b['sum_delta']:.4g} → "
                             f"{es['sum_delta']:.4g}."))
     blocks.append(("h2", "λ curves"))
     blocks.append(("img", r["figures"]["lambda_curves"], "metric vs λ"))

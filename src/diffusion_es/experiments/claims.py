@@ -8,7 +8,7 @@ import numpy as np
 from scipy.stats import binomtest, spearmanr
 
 from ..diagnostics.calibrate import mean_t_interval, paired_gain
-from .common import SAMPLER_NAMES, schedule_text
+from .common import SAMPLER_NAMES, exposure_es_text, schedule_text
 
 __all__ = ["check_claims"]
 
@@ -70,8 +70,9 @@ def check_claims(results: dict) -> list:
         smaller = int(np.sum(d_es < d_base))
         changed = int(np.sum(d_es != d_base))
         claim(f"(f) ES reduces the variance error δ_t ({SAMPLER_NAMES[s]})", _sign_verdict(smaller, changed),
-              f"smaller at {smaller} of {changed} steps ({_sign_text(smaller, changed)}); Σδ_t baseline "
-              f"{b['sum_delta']:.4g}, ES at the calibrated uniform λ {es['sum_delta']:.4g}")
+              f"smaller at {smaller} of {changed} steps ({_sign_text(smaller, changed)}); Σδ_t "
+              f"{b['sum_delta']:.4g} at baseline, {es['sum_delta']:.4g} with ES "
+              f"({exposure_es_text(table, s, es)}), {es['steps']} steps")
     sig = [c for c in table if c["significant"]]
     effect = (results.get("power") or {}).get("effect", 0.03)
     for s in sorted({c["sampler"] for c in table}, key=list(SAMPLER_NAMES).index):

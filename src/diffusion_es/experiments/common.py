@@ -13,7 +13,7 @@ from ..errors import UsageError
 from ..hashing import model_fingerprint
 from ..samplers.registry import SAMPLERS
 
-__all__ = ["SAMPLER_NAMES", "schedule_text", "linear_first",
+__all__ = ["SAMPLER_NAMES", "schedule_text", "linear_first", "exposure_cell", "exposure_es_text",
            "RANGES", "MODEL_SAMPLERS", "load_model_and_data", "fingerprint", "seed_sets", "Paired",
            "method_result", "search_lambda", "Ticker"]
 
@@ -133,6 +133,22 @@ def schedule_text(cand: dict, steps: int) -> str:
         return (f"linear λ {linear_first(cand, steps):.3f} → {cand['b']:.3f}, first to last step "
                 f"(k {cand['k']:.3g}, b {cand['b']:.4f})")
     return f"uniform λ {cand['b']:.4f}"
+
+
+def exposure_cell(table: list, sampler: str) -> dict:
+    """The main-table cell whose calibrated uniform λ the exposure step uses for ``sampler``: the one at 20 NFE, else
+    the one nearest to it (the larger NFE on a tie)."""
+    cells = [c for c in table if c["sampler"] == sampler]
+    return min(cells, key=lambda c: (abs(c["nfe_cell"] - 20), -c["nfe_cell"]))
+
+
+def exposure_es_text(table: list, sampler: str, es: dict) -> str:
+    """What the ES side of an exposure measurement used, for a reader: ``uniform λ 1.0800, calibrated in the 20-NFE
+    cell`` when it is a main-table cell's λ at that cell's step count, else the bare schedule ("not calibrated")."""
+    for c in table:
+        if c["sampler"] == sampler and c["steps"] == es["steps"] and c["candidate"] == es["es"]:
+            return f"{schedule_text(es['es'], es['steps'])}, calibrated in the {c['nfe_cell']}-NFE cell"
+    return f"{schedule_text(es['es'], es['steps'])} (not calibrated)"
 
 
 def linear_first(cand: dict, steps: int) -> float:

@@ -25,8 +25,8 @@ from typing import Optional
 import numpy as np
 
 from ..errors import UsageError
-from .common import (MODEL_SAMPLERS, RANGES, SAMPLER_NAMES, Ticker, grid_key, inputs_key, load_model_and_data,
-                     seed_sets)
+from .common import (MODEL_SAMPLERS, RANGES, SAMPLER_NAMES, Ticker, exposure_cell, exposure_es_text, grid_key,
+                     inputs_key, load_model_and_data, seed_sets)
 
 __all__ = ["ReproConfig", "run_repro", "PROFILES", "profile_for"]
 
@@ -265,13 +265,13 @@ class _Repro:
         return res
 
     # -- 4. exposure-bias curves ---------------------------------------------------------------------------------
-    def exposure(self, sampler: str, schedule: Optional[dict], tag: str) -> dict:
+    def exposure(self, sampler: str, schedule: Optional[dict], tag: str, nfe: int = 20) -> dict:
         """ε-norm and δ_t curves at 20 steps: baseline and with ``schedule`` (a schedule dict)."""
         from ..core.scaling import schedule_from_dict
         from ..diagnostics.measure import measure_exposure
 
         cfg, model = self.cfg, self.model
-        steps = get_steps(sampler, 20)
+        steps = get_steps(sampler, nfe)
         es = schedule_from_dict(schedule) if schedule is not None else None
 
         def run():
@@ -299,7 +299,8 @@ class _Repro:
         for tag, group in (("", exposure), ("linear_", exposure_linear)):
             for sampler, res in group.items():
                 name = f"exposure_{tag}{sampler}.png"
-                what = "the calibrated uniform λ" if not tag else "the calibrated linear schedule"
+                what = exposure_es_text(table, sampler, res["es"]["summary"]) if not tag else \
+                    "the calibrated linear schedule"
                 plot_exposure([curves(res["baseline"]), curves(res["es"])], self.out / name,
                               title=f"exposure bias, {SAMPLER_NAMES[sampler]}, {res['baseline']['steps']} steps, "
                                     f"ES with {what} (solid: used ε; dashed: raw network ε)")
@@ -347,9 +348,10 @@ def run_repro(cfg: ReproConfig, log=print) -> dict:
     power = run.choose_sets() if cfg.power else None
     table = [run.cell(s, n) for s in cfg.samplers for n in cfg.nfe]
     linear = [run.linear(s) for s in run.linear_tasks]
-    uniform_at = {c["sampler"]: c for c in table if c["nfe_cell"] == 20}
-    exposure = {s: run.exposure(s, (uniform_at.get(s) or {}).get("candidate") or {"kind": "uniform", "b": 1.01},
-                                "uniform") for s in run.measure_tasks}
+    # each sampler's curves at the column nearest 20 NFE (20 itself when it runs), with the λ calibrated there
+    source = {s: exposure_cell(table, s) for s in run.measure_tasks}
+    exposure = {s: run.exposure(s, source[s]["candidate"], "uniform", source[s]["nfe_cell"])
+                for s in run.measure_tasks}
     exposure_linear = {lin["sampler"]: run.exposure(lin["sampler"], lin["candidate"], "linear") for lin in linear
                        if lin["candidate"]["kind"] == "linear"}
     results = {
