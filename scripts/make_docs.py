@@ -11,8 +11,8 @@
 * ``docs/repro/``: the full ``diffusion-es repro`` report (digits); ``docs/compare/``: ``diffusion-es compare``.
 * ``docs/repro_mnist/``, ``docs/compare_mnist/``: the same on the shipped MNIST model (``--model mnist``); the
   comparison with its ``--quick`` profile (the full one is sized for a GPU: about 1,000 samples × 4 sets per cell).
-* ``rerender``: ``docs/repro/`` and ``docs/repro_mnist/`` re-rendered from their ``results.json`` with the current
-  report code (claims, tables), without sampling anything.
+* ``rerender``: ``docs/repro*/`` and ``docs/compare*/`` re-rendered from their results files with the current report
+  code (claims, tables), without sampling anything.
 * ``docs/calibrate_mnist/``: on the MNIST model, the uniform λ searched with ``--min-lambda 1`` (the paper's ES
   only) next to the free search of ``docs/repro_mnist``.
 * ``docs/flow/``: the shipped rectified-flow digits model (``--model digits-flow``): exposure-bias curves along
@@ -416,15 +416,26 @@ def _job(*argv) -> None:
         raise SystemExit(f"diffusion-es {' '.join(argv)} failed")
 
 
-def rerender_docs(folders=("repro", "repro_mnist"), root=DOCS) -> None:
-    """The repro reports re-rendered from their own results.json with the current report code (claims and
-    tables; no sampling, every measured number as stored)."""
+def rerender_docs(folders=("repro", "repro_mnist", "compare", "compare_mnist"), root=DOCS) -> None:
+    """The repro and compare reports re-rendered from their own results files with the current report code (claims
+    and tables; no sampling, every measured number as stored). A compare result from before ``ip_provenance`` was
+    recorded gets it from the two models' config.json files (what the run would have recorded)."""
     from diffusion_es.experiments.blocks import repro_blocks
     from diffusion_es.experiments.claims import check_claims
+    from diffusion_es.experiments.compare import ip_provenance, write_compare
     from diffusion_es.experiments.report import write_document
+    from diffusion_es.models import read_config
+    from diffusion_es.models.checkpoint import resolve_checkpoint
 
     for name in folders:
         out = Path(root) / name
+        if (out / "results_compare.json").exists():
+            results = json.loads((out / "results_compare.json").read_text())
+            if results.get("ip_model") and "ip_provenance" not in results:
+                results["ip_provenance"] = ip_provenance(read_config(resolve_checkpoint(results["model"])),
+                                                         read_config(ROOT / results["ip_model"]))
+            write_compare(results, out)
+            continue
         results = json.loads((out / "results.json").read_text())
         results["claims"] = check_claims(results)
         write_document(repro_blocks(results), results, out, "report", "results.json",

@@ -70,6 +70,31 @@ def test_ip_recipe_copies_the_base_options():
         ip_recipe({})
 
 
+def test_the_report_says_what_the_ip_model_records_not_what_the_recipe_would_be():
+    """--ip-model PATH is taken as given: the report used to say 'trained with the same recipe and budget and
+    ip_gamma 0.1' for any model, e.g. a 30-step, γ = 0 one."""
+    from diffusion_es.experiments.blocks import ip_gamma_text, ip_text
+    from diffusion_es.experiments.compare import ip_provenance
+    base = {"model": {"width": 64}, "diffusion": {"T": 1000},
+            "training": {"options": TrainConfig(steps=80000, keep_every=10000).to_dict(), "step": 50000}}
+    twin = {"model": {"width": 64}, "diffusion": {"T": 1000}, "training": {"options": ip_recipe(base), "step": 50000}}
+    p = ip_provenance(base, twin)
+    assert p == {"ip_gamma": 0.1, "options_differ": [], "steps": 50000, "base_steps": 50000, "same_network": True,
+                 "same_diffusion": True}
+    assert ip_text("ip", p) == ("the IP model `ip` was trained with ip_gamma 0.1, with the base model's network, "
+                                "diffusion, recipe and budget (50000 steps)") and ip_gamma_text(p) == "γ 0.1"
+    other = {"model": {"width": 32}, "diffusion": {"T": 1000},
+             "training": {"options": TrainConfig(steps=30, lr=2e-3).to_dict(), "step": 30}}
+    p = ip_provenance(base, other)
+    assert p["ip_gamma"] == 0.0 and p["options_differ"] == ["lr"] and not p["same_network"] and p["same_diffusion"]
+    t = ip_text("digits", p)
+    assert "ip_gamma 0 (no input perturbation" in t and "training options lr" in t
+    assert "30 training steps against 50000" in t and "the network" in t and "same recipe" not in t
+    assert ip_gamma_text(p) == "γ 0"
+    bare = ip_provenance(base, {"model": {"width": 64}})
+    assert bare["ip_gamma"] is None and ip_gamma_text(bare) == "γ ?" and "unknown" in ip_text("x", bare)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cmp")
@@ -109,6 +134,8 @@ def test_tiny_compare_end_to_end(tiny_run):
             assert c["methods"]["churn+S_noise"]["param"]["S_churn"] > 0
     md = (out / "compare.md").read_text()
     assert md.startswith("# Exposure-bias fixes compared") and "| method |" in md and "TS+ES" in md
+    assert r["ip_provenance"]["ip_gamma"] == 0.1 and r["ip_provenance"]["options_differ"] == []
+    assert "was trained with ip_gamma 0.1, with the base model's network, diffusion, recipe and budget" in md
     blocks = compare_blocks(res)
     assert blocks[0][0] == "h2" and all(b[0] in ("h2", "h3", "p", "table", "img") for b in blocks)
     assert any(b[0] == "table" and b[1][0][0] == "method" for b in blocks)

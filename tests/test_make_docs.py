@@ -49,6 +49,20 @@ def test_mnist_es1_docs_on_tiny_settings(make_docs, tmp_path):
     assert "| ddim | 3 | 92.5 ± " in text and "| λ = 0.9300 |" in text and "--min-lambda 1" in text
 
 
+@pytest.mark.parametrize("name", ["compare", "compare_mnist"])
+def test_committed_compare_reports_are_what_the_code_renders_from_their_results(make_docs, tmp_path, name):
+    """The same for docs/compare*/compare.md; the digits one names what its IP model's config.json records."""
+    import shutil
+
+    shutil.copytree(ROOT / "docs" / name, tmp_path / name)
+    make_docs["rerender_docs"]((name,), root=tmp_path)
+    for f in ("compare.md", "compare.html", "results_compare.json"):
+        assert (tmp_path / name / f).read_text() == (ROOT / "docs" / name / f).read_text(), f
+    if name == "compare":
+        md = (tmp_path / name / "compare.md").read_text()
+        assert "the IP model `digits_ip` was trained with ip_gamma 0.1, with the base model's network" in md
+
+
 @pytest.mark.parametrize("name", ["repro", "repro_mnist"])
 def test_committed_repro_reports_are_what_the_code_renders_from_their_results(make_docs, tmp_path, name):
     """docs/repro*/report.md is the current report code's rendering of the committed results.json (claims

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (CHURN_GAMMAS, EDM_METHODS, IP_GAMMA, S_NOISE_RANGE, SAMPLER_NAMES, VP_METHODS,
+from .common import (CHURN_GAMMAS, EDM_METHODS, S_NOISE_RANGE, SAMPLER_NAMES, VP_METHODS,
                      exposure_es_text, linear_first, schedule_text)
 
-__all__ = ["repro_blocks", "compare_blocks", "cost_line"]
+__all__ = ["repro_blocks", "compare_blocks", "cost_line", "ip_text", "ip_gamma_text"]
 
 def _pct(v) -> str:
     return f"{100 * v:+.1f} %"
@@ -272,6 +272,37 @@ def _table(cells, methods, col_of) -> list:
     return rows
 
 
+def ip_gamma_text(prov: dict) -> str:
+    """The IP rows' label: ``γ 0.1`` from the IP model's own record, ``γ ?`` where it records none."""
+    g = prov.get("ip_gamma")
+    return "γ ?" if g is None else f"γ {g:g}"
+
+
+def ip_text(name: str, prov: dict) -> str:
+    """One sentence on the IP model for the report, from :func:`ip_provenance`."""
+    g = prov.get("ip_gamma")
+    if g is None:
+        return (f"the IP model `{name}` records no training options, so its ip_gamma and its recipe are unknown "
+                f"(the IP rows are labelled γ ?)")
+    txt = f"the IP model `{name}` was trained with ip_gamma {g:g}"
+    if g == 0:
+        txt += " (no input perturbation: its rows are a retrained baseline, not DDPM-IP)"
+    unlike = []
+    if prov.get("options_differ") is None:
+        unlike.append("the base model records no training options to compare")
+    elif prov["options_differ"]:
+        unlike.append("training options " + ", ".join(prov["options_differ"]))
+    if prov.get("steps") != prov.get("base_steps"):
+        unlike.append(f"{prov.get('steps')} training steps against {prov.get('base_steps')}")
+    if not prov.get("same_network", True):
+        unlike.append("the network")
+    if not prov.get("same_diffusion", True):
+        unlike.append("the diffusion process")
+    if unlike:
+        return txt + "; it differs from the base model in: " + "; ".join(unlike)
+    return txt + f", with the base model's network, diffusion, recipe and budget ({prov.get('steps')} steps)"
+
+
 def compare_blocks(results: dict) -> list:
     """Report blocks (``("h2", text)``, ``("p", text)``, ``("table", rows)``) of a compare result, in the format of
     :func:`diffusion_es.experiments.report.build_blocks`, so the section can be added to the repro report."""
@@ -279,8 +310,7 @@ def compare_blocks(results: dict) -> list:
     ss = results["seed_sets"]
     blocks = [("h2", "Epsilon Scaling and the other fixes for exposure bias, on the same model and noise")]
     ip_txt = ("no IP model was given (pass --ip-model PATH or --train-ip)" if not results.get("ip_model") else
-              f"the IP model `{Path(results['ip_model']).name}` was trained with the same recipe and budget and "
-              f"ip_gamma {IP_GAMMA}")
+              ip_text(Path(results["ip_model"]).name, results.get("ip_provenance") or {}))
     blocks.append(("p", f"Primary metric: **{results['metric']}** (lower is better). Every method's parameter was "
                         f"chosen on {ss['search']} search seed set(s) and measured on {ss['val']} fresh validation seed "
                         f"sets of {ss['n_samples']} samples each; all methods use the same seed sets, hence identical "

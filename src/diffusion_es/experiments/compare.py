@@ -13,7 +13,8 @@ Methods (VP cells):
 * **TS**: the Time-Shift sampler (:mod:`diffusion_es.samplers.timeshift`), window then cutoff chosen on a small grid
   scaled to the step spacing;
 * **TS+ES**: λ searched at the chosen TS setting (ES bound to the nominal grid);
-* **IP**: the plain sampler on the DDPM-IP model (trained with the same recipe and ``ip_gamma`` 0.1);
+* **IP**: the plain sampler on the DDPM-IP model (trained with the same recipe and ``ip_gamma`` 0.1; the report
+  states what the IP model's own config.json records, :func:`ip_provenance`);
 * **IP+ES**: λ calibrated on the IP model.
 
 EDM cells: deterministic **baseline** and **ES**; **churn** (S_churn searched, S_noise 1); **churn+S_noise**
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UsageError
+from .blocks import ip_gamma_text
 from .common import (CHURN_GAMMAS, IP_GAMMA, RANGES, S_NOISE_RANGE, TS_CUTOFFS, TS_WINDOW_FRACTIONS, Paired,
                      Ticker, fingerprint, grid_key, inputs_key, load_model_and_data, method_result,
                      search_lambda, seed_sets)
@@ -124,6 +126,25 @@ def ip_recipe(base_config: dict) -> dict:
                          "would differ. Train the IP twin by hand and pass --ip-model PATH")
     opts.update(steps=step, ip_gamma=IP_GAMMA, keep_every=0)
     return opts
+
+
+# training options that say how often a run saved or logged, not what it learned
+_BOOKKEEPING = ("steps", "ip_gamma", "keep_every", "ckpt_every", "log_every", "eval_every")
+
+
+def ip_provenance(base_config: dict, ip_config: dict) -> dict:
+    """What the IP model's own config.json says about it, next to the base model's: its ``ip_gamma`` (None: not
+    recorded), the training options in which the two differ (None: either records none; bookkeeping such as
+    checkpoint intervals left out), both step counts, and whether network and diffusion are the same. The report
+    states these rather than assuming the IP model was trained as ``ip_recipe`` would have."""
+    tb, ti = base_config.get("training") or {}, ip_config.get("training") or {}
+    ob, oi = tb.get("options") or {}, ti.get("options") or {}
+    differ = None if not (ob and oi) else sorted(k for k in set(ob) | set(oi)
+                                                 if k not in _BOOKKEEPING and ob.get(k) != oi.get(k))
+    return {"ip_gamma": oi.get("ip_gamma") if oi else None, "options_differ": differ,
+            "steps": ti.get("step", oi.get("steps")), "base_steps": tb.get("step", ob.get("steps")),
+            "same_network": base_config.get("model") == ip_config.get("model"),
+            "same_diffusion": base_config.get("diffusion") == ip_config.get("diffusion")}
 
 
 def _train_ip(base, out: Path, device, log) -> Path:
@@ -266,9 +287,10 @@ class _Comparison:
         self.tick(f"{sampler} {steps} steps: TS w {ts['window']} t_c {ts['cutoff']}, TS+ES λ {ts['lam']:.4f}", cached)
         if self.ip is not None:
             ipr, cached = self.es_cell(cell, self.ip.denoiser(), "ip")
-            cell["methods"]["IP"] = method_result(ipr["baseline_val"], base_val, {}, f"γ {IP_GAMMA}")
+            gamma = ip_gamma_text(ip_provenance(self.model.config, self.ip.config))
+            cell["methods"]["IP"] = method_result(ipr["baseline_val"], base_val, {}, gamma)
             cell["methods"]["IP+ES"] = method_result(ipr["best_val"], base_val, {"lam": ipr["candidate"]["b"]},
-                                                     f"γ {IP_GAMMA}, λ {ipr['candidate']['b']:.4f}", _lam_search(ipr))
+                                                     f"{gamma}, λ {ipr['candidate']['b']:.4f}", _lam_search(ipr))
             cell["ip_es_vs_ip"] = {"gain": ipr["gain"], "gain_ci": list(ipr["gain_ci"])}
             self.tick(f"{sampler} {steps} steps: IP, IP+ES λ {ipr['candidate']['b']:.4f}", cached)
         return cell
@@ -376,6 +398,7 @@ class _Comparison:
             "ip_training": None if ip is None else {k: ip.config.get("training", {}).get(k) for k in
                                                     ("options", "step", "train_seconds", "hardware", "final_loss",
                                                      "heldout_loss_ema")},
+            "ip_provenance": None if ip is None else ip_provenance(self.model.config, ip.config),
             "ts_rule": cfg.ts_rule, "ts_data_var": self.data_var,
             "seed_sets": {"search": cfg.n_sets, "val": cfg.n_val_sets, "n_samples": cfg.n_samples},
             "cells": cells, "wall_time_s": self.tick.elapsed(), "hardware": hardware(cfg.device),
