@@ -136,3 +136,31 @@ def test_a_damaged_npz_that_starts_like_a_zip_is_named_so(tmp_path, capsys):
     assert main(["fid", str(bad), "--ref", str(ref)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not an .npz file (not a zip archive)" in err[0] and "pickle" not in err[0], err
+
+
+def test_a_folder_that_no_longer_says_its_schedule_is_refused(unet_dir, tmp_path, capsys):
+    """A pipeline folder without scheduler/ was sampled with diffusers' default linear table (a cosine model then
+    gave a σ column of 157 / 3.4 / 0.01 instead of 2.0e4 / 1.0 / 0.0064), with no word; so was a bare UNet folder
+    from the CLI. Both are refused in one line that says how to restore the schedule; the library still reads a bare
+    UNet folder with the documented defaults unless told to require a scheduler."""
+    import shutil
+
+    from diffusion_es.models.diffusers_unet import load_diffusers_unet
+
+    pipe = tmp_path / "pipe"
+    shutil.copytree(unet_dir, pipe)
+    shutil.rmtree(pipe / "scheduler")
+    bare = tmp_path / "bare"
+    shutil.copytree(unet_dir / "unet", bare)
+    capsys.readouterr()
+    for d in (pipe, bare):
+        assert main(["measure", "--model", str(d), "--sampler", "ddim", "--steps", "2", "--n", "4",
+                     "--out", str(tmp_path / "m")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no scheduler_config.json" in err[0] and "save_config" in err[0], err
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(ValueError, match="no scheduler_config.json"):
+        load_diffusers_unet(pipe)
+    assert load_diffusers_unet(bare).schedule.T == 1000  # the library's documented default
+    with pytest.raises(ValueError, match="no scheduler_config.json"):
+        load_diffusers_unet(bare, require_scheduler=True)

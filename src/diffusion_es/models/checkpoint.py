@@ -288,10 +288,10 @@ def _load_diffusers(p: Path, device) -> LoadedModel:
     from .diffusers_unet import load_diffusers_unet
 
     try:
-        den = load_diffusers_unet(p, device=device)
+        den = load_diffusers_unet(p, device=device, require_scheduler=True)
     except (OSError, KeyError, TypeError, ValueError, RuntimeError, NotImplementedError) as e:
         # a config that does not fit its weights (RuntimeError), an unknown beta_schedule (NotImplementedError), ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:400]
         raise UsageError(f"{p}: could not load it as a diffusers UNet ({first})") from None
     cfg = den.net.unet.config if hasattr(den.net, "unet") else den.net.config
     size = cfg.sample_size if isinstance(cfg.sample_size, (list, tuple)) else (cfg.sample_size, cfg.sample_size)

@@ -49,13 +49,15 @@ def _vp_config(cfg: dict) -> dict:
     return cfg
 
 
-def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None):
+def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None, require_scheduler: bool = False):
     """Load a diffusers ``UNet2DModel`` saved with ``save_pretrained`` as a :class:`diffusion_es.core.param.VPDenoiser`.
 
     ``path``: the UNet folder, or a pipeline folder (``model_index.json`` with ``unet/`` and ``scheduler/``).
     ``scheduler``: a diffusers scheduler, its config dict, or a folder / ``scheduler_config.json``; by default the
     pipeline's ``scheduler/`` (or a ``scheduler_config.json`` beside the UNet) and otherwise diffusers'
-    ``DDPMScheduler()`` defaults (linear β 1e-4..0.02, T = 1000, ε-prediction).
+    ``DDPMScheduler()`` defaults (linear β 1e-4..0.02, T = 1000, ε-prediction). A pipeline folder without its
+    scheduler config is refused (its model was trained with a schedule the folder no longer says), and with
+    ``require_scheduler`` (what every ``--model`` of the CLI uses) so is a bare UNet folder without one.
 
     The VP schedule reproduces the scheduler's own ᾱ table (``alphas_cumprod``, as diffusers computes it), the
     prediction type comes from its ``prediction_type`` and the x̂_0 clipping of the VP samplers from its
@@ -80,6 +82,11 @@ def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None):
 
     if scheduler is None:
         cfg_path = _read_scheduler_config(path)
+        pipeline = (path / "model_index.json").is_file()
+        if cfg_path is None and (pipeline or require_scheduler):
+            where = f"{path}/scheduler/" if pipeline else f"{path}/ (nor in ../scheduler/)"
+            raise ValueError(f"no scheduler_config.json in {where}: the model's noise schedule is unknown; restore "
+                             f"it, or write diffusers' defaults there with DDPMScheduler().save_config(...)")
         sched = DDPMScheduler.from_config(_vp_config(DDPMScheduler.load_config(cfg_path))) if cfg_path else DDPMScheduler()
     elif isinstance(scheduler, (str, Path)):
         p = Path(scheduler)
