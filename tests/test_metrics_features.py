@@ -94,6 +94,21 @@ def test_order_batching_resizing_and_channels_do_not_change_stats(digits_u8):
         np.testing.assert_allclose(other.cov, want.cov, atol=cov_tol, rtol=0)
 
 
+def test_features_do_not_depend_on_how_a_grey_array_is_strided(ex, digits_u8):
+    """numpy calls (N, H, W, 1) arrays contiguous whatever the stride of the size-1 axis, and torch took one such
+    layout for channels-last and convolved it with other roundings: a grey folder and its --rgb copy gave references
+    3e-7 apart. The network input now has standard strides, so the features are the same bit for bit."""
+    from diffusion_es.metrics.inception import preprocess
+
+    u = np.ascontiguousarray(digits_u8["heldout"][:64])
+    n, h, w, _ = u.shape
+    odd = np.lib.stride_tricks.as_strided(u, shape=u.shape, strides=(h * w, w, 1, 1))
+    assert np.array_equal(odd, u) and odd.strides != u.strides
+    assert np.array_equal(extract(ex, odd), extract(ex, u))
+    assert _to_grey_float(odd).stride() == _to_grey_float(u).stride()
+    assert preprocess(odd[:2]).stride() == preprocess(u[:2]).stride()
+
+
 def test_keep_features_and_streaming_batches(digits_u8):
     u = digits_u8["train"]
     batches = (u[i:i + 100] for i in range(0, len(u), 100))

@@ -66,13 +66,22 @@ def test_fid_and_fid_ref_read_both_forms_alike(runs, tmp_path, capsys):
         assert main(["fid", str(runs / samples), "--ref", str(ref), "--json", "--no-progress"]) == 0
         fds.append(json.loads(capsys.readouterr().out)["fd"])
     assert fds[0] == fds[1] == fds[2] == fds[3], fds
-    for i, data in enumerate(("s.npz", "pngs")):
+    # a reference from any of the four forms records grey 8x8x1 (the --rgb ones were recorded 8x8x3, and `fid` then
+    # refused the very images the reference was made from) and holds the same statistics
+    forms = ("s.npz", "pngs", "rgb", "rgb.npz")
+    for i, data in enumerate(forms):
         assert main(["fid-ref", "--data", str(runs / data), "--out", str(tmp_path / f"r{i}.npz"), "--json",
                      "--no-progress"]) == 0
-        assert json.loads(capsys.readouterr().out)["image_shape"] == [8, 8, 1]
-    with np.load(tmp_path / "r0.npz") as a, np.load(tmp_path / "r1.npz") as b:
-        np.testing.assert_array_equal(a["mu"], b["mu"])
-        np.testing.assert_array_equal(a["sigma"], b["sigma"])
+        assert json.loads(capsys.readouterr().out)["image_shape"] == [8, 8, 1], data
+    for i in range(1, len(forms)):
+        with np.load(tmp_path / "r0.npz") as a, np.load(tmp_path / f"r{i}.npz") as b:
+            np.testing.assert_array_equal(a["mu"], b["mu"])
+            np.testing.assert_array_equal(a["sigma"], b["sigma"])
+    for samples in forms:  # every form against a reference made from every other
+        for i in range(len(forms)):
+            assert main(["fid", str(runs / samples), "--ref", str(tmp_path / f"r{i}.npz"), "--json",
+                         "--no-progress"]) == 0, (samples, forms[i])
+            capsys.readouterr()
 
 
 def test_killed_png_run_resumes_to_the_same_files(runs, tmp_path, monkeypatch):

@@ -107,9 +107,10 @@ def run_fid_ref(args) -> int:
 def _run_fid_ref(args, ctx) -> int:
     from ..metrics.quality import check_native_size
     from ..metrics.sharded import extract_stats
-    from ..metrics.reference import save_reference
+    from ..metrics.reference import grey_channel, save_reference
 
     images, dataset, split = _load_data(args)
+    images = grey_channel(images)[0]
     if len(images) < 2:
         raise UsageError(f"{args.data}: need at least 2 images for a covariance, found {len(images)}")
     ex = _extractor(args, args.features or _auto_features(images))
@@ -139,7 +140,7 @@ def _run_fid(args, ctx) -> int:
     from ..io import load_images
     from ..metrics.frechet import frechet_distance
     from ..metrics.prdc import precision_recall
-    from ..metrics.reference import check_features, check_images, load_reference
+    from ..metrics.reference import check_features, check_images, grey_channel, load_reference
 
     ref = load_reference(args.ref)
     if args.features and args.features != ref.feature_name:
@@ -148,12 +149,10 @@ def _run_fid(args, ctx) -> int:
                          f"--features {args.features}`")
     ex = _extractor(args, args.features or ref.feature_name)
     check_features(ref, ex)
-    images = load_images(args.samples)
+    images, stored_rgb = grey_channel(load_images(args.samples))
     if len(images) < 2:
         raise UsageError(f"{args.samples}: need at least 2 images, found {len(images)}")
-    grey = images.shape[-1] == 1 or bool((images[..., 0] == images[..., 1]).all() and
-                                         (images[..., 0] == images[..., 2]).all())
-    check_images(ref, ex, images.shape[1:], what=str(args.samples), grey=grey)
+    check_images(ref, ex, images.shape[1:], what=str(args.samples), stored_rgb=stored_rgb)
     want_pr = not args.no_pr and ref.features is not None
     keep = len(ref.features) if want_pr else 0
     if want_pr and min(len(images), keep) <= args.k:

@@ -46,7 +46,10 @@ def _to_grey_float(images_u8: np.ndarray) -> torch.Tensor:
         raise UsageError(f"expected uint8 images (N, H, W, C), got {u.dtype} {u.shape}")
     if u.shape[-1] == 3 and (u[..., :1] == u[..., 1:]).all():
         u = np.ascontiguousarray(u[..., 0]).reshape(*u.shape[:3], 1)  # grey stored as RGB: the grey image, exactly
-    x = torch.from_numpy(np.ascontiguousarray(u.transpose(0, 3, 1, 2))).float() / 127.5 - 1.0
+    # standard NCHW strides whatever the array's: numpy calls (N, H, W, 1) contiguous with any stride on the size-1
+    # axis, and torch then took some layouts for channels-last and ran another convolution (another rounding)
+    x = torch.from_numpy(np.ascontiguousarray(u.transpose(0, 3, 1, 2))).to(
+        torch.float32, memory_format=torch.contiguous_format) / 127.5 - 1.0
     if x.shape[1] == 3:
         x = x.mean(dim=1, keepdim=True)
     elif x.shape[1] != 1:

@@ -80,7 +80,8 @@ def preprocess(images_u8: np.ndarray) -> torch.Tensor:
     u = np.asarray(images_u8)
     if u.ndim != 4 or u.dtype != np.uint8 or u.shape[-1] not in (1, 3):
         raise UsageError(f"expected uint8 images (N, H, W, 1 or 3), got {u.dtype} {u.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(u.transpose(0, 3, 1, 2))).to(torch.float64)
+    x = torch.from_numpy(np.ascontiguousarray(u.transpose(0, 3, 1, 2))).to(  # standard strides (features.py)
+        torch.float64, memory_format=torch.contiguous_format)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     h, w = x.shape[-2:]

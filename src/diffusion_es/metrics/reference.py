@@ -27,7 +27,7 @@ from ..errors import UsageError
 from .frechet import FeatureStats
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Reference", "save_reference", "load_reference", "check_features",
-           "check_images"]
+           "check_images", "is_grey", "grey_channel"]
 
 FORMAT = "diffusion-es-reference"
 FORMAT_VERSION = 1
@@ -153,16 +153,32 @@ def load_reference(path) -> Reference:
                      str(path))
 
 
-def check_images(ref: Reference, extractor, image_shape, what: str = "samples", grey: bool = False) -> None:
+def is_grey(images) -> bool:
+    """Whether images (N, H, W, C) are grey: one channel, or three equal ones (``sample --rgb`` writes grey images
+    so). Every feature network sees such images the same either way."""
+    if images.shape[-1] == 1:
+        return True
+    return images.shape[-1] == 3 and bool((images[..., 0] == images[..., 1]).all()
+                                          and (images[..., 0] == images[..., 2]).all())
+
+
+def grey_channel(images):
+    """(images, stored_rgb): grey images stored with three equal channels (``sample --rgb``) as their one channel,
+    anything else as it is. ``fid`` and ``fid-ref`` read every input through it, so the grey files and their
+    ``--rgb`` copies give the same features bit for bit (the same batches, the same network input) and a reference
+    records them as (H, W, 1) either way; every feature network sees a grey image the same in both forms."""
+    if images.shape[-1] == 3 and is_grey(images):
+        return np.ascontiguousarray(images[..., :1]), True
+    return images, False
+
+
+def check_images(ref: Reference, extractor, image_shape, what: str = "samples", stored_rgb: bool = False) -> None:
     """Refuse images (H, W, C) that the reference was not made from: another size or channel count than its
     ``image_shape``, or, for a reference that does not record it, not the feature network's own input (8x8 grey
     for digits, 28x28 grey for mnist). An FD between images of different kinds is a number, not an answer.
-    ``grey``: the images are grey even if stored with 3 equal channels (``sample --rgb``); they then match a grey
-    reference of their size."""
+    ``image_shape`` is that of the images as :func:`grey_channel` gives them; ``stored_rgb``: they were grey
+    stored with 3 equal channels (the message says so)."""
     shape = tuple(int(v) for v in image_shape)
-    stored_rgb = grey and shape[2] == 3
-    if stored_rgb:
-        shape = (shape[0], shape[1], 1)
     want = ref.provenance.get("image_shape")
     if want is None:
         native = getattr(extractor, "native_shape", None)
