@@ -85,7 +85,7 @@ def test_measure_and_calibrate_on_a_flow_model(flow_ckpt, tmp_path, capsys):
                  "--es", "1.02", "--out", str(tmp_path / "m"), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     base = json.loads((tmp_path / "m" / "exposure_flow_euler5_baseline.json").read_text())
-    assert base["t"][0] == 1.0 and base["sigma"][0] == float("inf")  # step 0 is t = 1 (σ = ∞)
+    assert base["t"][0] == 1.0 and base["sigma"][0] == "Infinity"  # step 0 is t = 1 (σ = ∞; strict JSON)
     assert base["lam"] == [1.0] * 5 and len(s["runs"]) == 2
     es = json.loads((tmp_path / "m" / "exposure_flow_euler5_es.json").read_text())
     assert es["lam"][0] == 1.0 and es["lam"][1:] == [1.02] * 4

@@ -94,3 +94,37 @@ def test_every_command_refuses_an_unwritable_output_before_any_work(argv, tmp_pa
     assert len(err) == 1 and ("cannot write in /proc" in err[0] or "no permission to write in /proc" in err[0])
     assert "--out" in err[0] or "--grid" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def _strict(text):
+    """json.loads that refuses NaN / Infinity / -Infinity as bare numbers (as JavaScript's JSON.parse does)."""
+    import json
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_files_and_json_stdout_are_strict(tmp_path, capsys):
+    """Python's json writes bare NaN / Infinity, which JSON.parse, jq and most parsers refuse: `sample --json` printed
+    "S_tmax": Infinity and calibrate "lam_spread": NaN. NaN is now null and ±∞ "Infinity" / "-Infinity"."""
+    import math
+
+    import torch
+
+    from diffusion_es.cli import main
+    from diffusion_es.io import json_ready, json_text
+
+    obj = {"nan": float("nan"), "inf": math.inf, "ninf": -math.inf, "np": np.float32(0.5), "i": np.int64(3),
+           "b": np.bool_(True), "list": [np.float64("nan"), (1.0, -math.inf)], "t": torch.tensor(2.5)}
+    want = {"nan": None, "inf": "Infinity", "ninf": "-Infinity", "np": 0.5, "i": 3, "b": True,
+            "list": [None, [1.0, "-Infinity"]], "t": 2.5}
+    assert _strict(json_text(obj)) == want and json_ready(1.25) == 1.25
+    assert float(json_ready(math.inf)) == math.inf  # Python reads the strings back
+    write_json(tmp_path / "x.json", obj)
+    assert _strict((tmp_path / "x.json").read_text()) == want
+    capsys.readouterr()
+    assert main(["sample", "--sampler", "euler", "--steps", "2", "--seeds", "0-1", "--out", str(tmp_path / "s.npz"),
+                 "--json", "--no-progress"]) == 0
+    out = _strict(capsys.readouterr().out)
+    assert "Infinity" in json_text(out)  # EDM's S_tmax = ∞ is in the echoed settings

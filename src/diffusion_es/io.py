@@ -32,6 +32,8 @@ from .errors import UsageError
 __all__ = [
     "atomic_path",
     "write_json",
+    "json_ready",
+    "json_text",
     "to_uint8",
     "from_uint8",
     "to_rgb",
@@ -79,9 +81,35 @@ def atomic_path(path, suffix: str = ""):
             os.unlink(tmp)
 
 
+def json_ready(obj):
+    """``obj`` with every value strict JSON can hold: NaN (an undefined number, e.g. the spread of one value)
+    becomes null, ±∞ the strings ``"Infinity"`` / ``"-Infinity"`` (protobuf's JSON mapping; Python's ``float()``
+    reads them back), numpy scalars plain numbers. Python's own ``json`` writes bare ``NaN`` / ``Infinity``, which
+    JavaScript's ``JSON.parse``, jq and most other parsers refuse."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        if f != f:
+            return None
+        return f if abs(f) != float("inf") else ("Infinity" if f > 0 else "-Infinity")
+    return obj
+
+
+def json_text(obj, indent: Optional[int] = 2) -> str:
+    """Strict JSON of ``obj`` (:func:`json_ready`; anything else float() takes, such as a 0-d tensor, as a number)."""
+    return json.dumps(json_ready(obj), indent=indent, default=lambda o: json_ready(float(o)), allow_nan=False)
+
+
 def write_json(path, obj) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+        tmp.write_text(json_text(obj) + "\n")
 
 
 def to_uint8(x) -> np.ndarray:

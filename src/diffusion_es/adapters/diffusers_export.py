@@ -28,7 +28,6 @@ against ours on random inputs before anything is written.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..io import plain_file_mode
+from ..io import json_text, plain_file_mode
 
 __all__ = ["diffusers_unet_config", "unet_to_diffusers", "verify_export", "ddpm_scheduler_config",
            "export_diffusers", "EXPORT_INFO", "EXPORT_TOLERANCE"]
@@ -353,7 +352,7 @@ def _write_export(out: Path, pipe, loaded, use_ema: bool, err: float, sched_cfg:
     }
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        (tmp / EXPORT_INFO).write_text(json_text(info) + "\n")
         mode = plain_file_mode()  # save_pretrained may leave private temp-file modes
         for f in tmp.rglob("*"):
             if f.is_file():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import sys
 
@@ -13,8 +12,10 @@ from ..errors import UsageError
 
 
 def print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=float)
-    sys.stdout.write("\n")
+    """``--json`` output: strict JSON (:func:`diffusion_es.io.json_text`: NaN as null, ±∞ as "Infinity")."""
+    from ..io import json_text
+
+    sys.stdout.write(json_text(obj) + "\n")
 
 
 def parse_int_list(text, what: str) -> list:

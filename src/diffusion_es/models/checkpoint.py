@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..io import atomic_path, read_json, read_safetensors
+from ..io import atomic_path, json_text, read_json, read_safetensors
 from ..core.pfgm import EDMSchedule
 from ..core.schedules import FlowSchedule, VPSchedule
 from .config import ModelConfig
@@ -143,7 +143,7 @@ def save_checkpoint(out_dir, config: dict, ema: nn.Module, net: Optional[nn.Modu
     cfg = {"format": FORMAT, "format_version": FORMAT_VERSION}
     cfg.update({k: v for k, v in config.items() if k not in cfg})
     with atomic_path(out / "config.json") as tmp:
-        tmp.write_text(json.dumps(cfg, indent=2, default=float) + "\n")
+        tmp.write_text(json_text(cfg) + "\n")
     return out
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..io import atomic_path
+from ..io import atomic_path, json_text
 from ..models.checkpoint import FORMAT, build_model, diffusion_config, read_config, save_checkpoint
 from ..models.config import ModelConfig
 from ..core.pfgm import EDMSchedule, generator_scales
@@ -350,7 +350,7 @@ class _Run:
         if self.heldout is not None:
             rec["heldout_loss_ema"] = round(self.heldout, 6)
         with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
+            f.write(json_text(rec, indent=None) + "\n")  # strict JSON: a NaN loss is null
 
 
 def _trim_log(path: Path, step: int) -> float:
@@ -367,7 +367,7 @@ def _trim_log(path: Path, step: int) -> float:
             rec = json.loads(line)
             if int(rec["step"]) <= step:
                 keep.append(line + "\n")
-                loss = float(rec["loss"])
+                loss = float("nan") if rec["loss"] is None else float(rec["loss"])  # null: a NaN loss
         except (ValueError, KeyError, TypeError):  # a line cut by a kill: dropped
             continue
     if "".join(keep) != text:
