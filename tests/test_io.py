@@ -96,6 +96,21 @@ def test_every_command_refuses_an_unwritable_output_before_any_work(argv, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv", [
+    ["calibrate", "--sampler", "ddim", "--steps", "3", "--n", "10", "--sets", "1", "--val-sets", "2", "--out", ""],
+    ["sample", "--seeds", "0-1", "--steps", "2", "--out", "OUT/x.npz", "--grid", ""],
+], ids=["calibrate", "sample-grid"])
+def test_an_empty_output_name_is_refused(argv, tmp_path, capsys):
+    """calibrate --out '' ran the whole search, wrote nothing and exited 0 (the empty string read as 'no --out')."""
+    from diffusion_es.cli import main
+
+    argv = [a.replace("OUT", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is empty" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
 def _strict(text):
     """json.loads that refuses NaN / Infinity / -Infinity as bare numbers (as JavaScript's JSON.parse does)."""
     import json

@@ -274,3 +274,12 @@ def test_shard_keys_change_only_for_step_counts_the_adm_fix_moved(tmp_path, monk
     # the paper's counts (repro's and compare's columns), EDM grids and other spacings keep their keys
     assert [grid_key("ddim", n, vp) for n in (10, 20, 50, 100)] == [{}] * 4
     assert grid_key("euler", 21, vp) == {} and grid_key("ddim", 21, vp, "linspace") == {}
+
+
+def test_a_run_refused_by_the_sampler_leaves_no_parts_folder(tmp_path, capsys):
+    """The sampler refuses churn on a PFGM++ model only when it starts; the empty OUT.parts/ made just before was
+    left behind ("before any work and without partial files"). A finished chunk of a later failure stays."""
+    out = tmp_path / "y.npz"
+    assert main(["sample", "--seeds", "0-3", "--model", "digits-pfgm", "--sampler", "heun", "--churn", "1",
+                 "--steps", "3", "--out", str(out), "--no-progress"]) == 2
+    assert "churn" in capsys.readouterr().err and list(tmp_path.iterdir()) == []

@@ -224,21 +224,30 @@ class ShardedRun:
         if ctx.is_main and done_before:
             print(f"resuming: {done_before} of {len(self.seeds)} seeds already sampled in {self.dir}",
                   file=sys.stderr)
+        created = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
         W = ctx.world_size
-        for r in range(math.ceil(len(pending) / W)):  # round r: chunk pending[r*W + rank] on each rank
-            mine = r * W + ctx.rank
-            n = 0
-            if mine < len(pending):
-                chunk = self.chunks[pending[mine]]
-                arr = run_chunk(chunk, progress if W == 1 else None)
-                if len(arr) != len(chunk):
-                    raise RuntimeError(f"sampling returned {len(arr)} rows for {len(chunk)} seeds")
-                self._write(chunk, arr)
-                n = len(chunk)
-            counts = ctx.exchange(n)  # the per-round sync: progress, and a failure anywhere stops everyone
-            if ctx.is_main and progress and W > 1:
-                progress(sum(counts))
+        try:
+            for r in range(math.ceil(len(pending) / W)):  # round r: chunk pending[r*W + rank] on each rank
+                mine = r * W + ctx.rank
+                n = 0
+                if mine < len(pending):
+                    chunk = self.chunks[pending[mine]]
+                    arr = run_chunk(chunk, progress if W == 1 else None)
+                    if len(arr) != len(chunk):
+                        raise RuntimeError(f"sampling returned {len(arr)} rows for {len(chunk)} seeds")
+                    self._write(chunk, arr)
+                    n = len(chunk)
+                counts = ctx.exchange(n)  # the per-round sync: progress, and a failure anywhere stops everyone
+                if ctx.is_main and progress and W > 1:
+                    progress(sum(counts))
+        except BaseException:
+            # a run refused or stopped before any chunk finished leaves no empty OUT.parts/ behind (rmdir removes
+            # only an empty folder: a finished chunk stays for the resume)
+            if created and ctx.is_main:
+                with contextlib.suppress(OSError):
+                    self.dir.rmdir()
+            raise
         return self._merge() if ctx.is_main else None
 
     def _write(self, chunk, arr) -> None:

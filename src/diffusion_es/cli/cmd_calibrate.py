@@ -67,7 +67,7 @@ def _run(args, ctx) -> int:
     from ..metrics.quality import build_metric
     from ..metrics.sharded import ShardedMetric
 
-    if args.out:
+    if args.out is not None:  # (an empty --out is refused, as everywhere: it wrote nothing and said so nowhere)
         check_output(args.out, "file", (".json",))
     model, den = load_model_arg(args.model)
     from ..samplers import resolve_batch_size

@@ -81,7 +81,7 @@ def _run(args, ctx) -> int:
     # everything is checked before any work or any file: options, output paths, model, sampler, λ
     layout = out_layout(args.out)
     check_output(args.out, "file" if layout == "npz" else "dir", (".npz",) if layout == "npz" else ())
-    if args.grid:
+    if args.grid is not None:  # (an empty --grid is refused)
         check_output(args.grid, "file", (".png",), "--grid")
     elif args.grid_n is not None:
         raise UsageError("--grid-n is the number of samples in the --grid PNG; add --grid FILE.png, or drop it")
