@@ -159,8 +159,13 @@ def test_compare_bad_input(capsys):
     assert main(["compare", "--steps", "ten"]) == 2
     assert main(["compare", "--samplers", "ddpm,foo"]) == 2
     assert main(["compare", "--samples", "3"]) == 2
+    # a row or column named twice ran (and was tabled) twice
+    assert main(["compare", "--quick", "--steps", "10,10"]) == 2
+    assert main(["compare", "--quick", "--samplers", "ddim,ddim"]) == 2
+    assert main(["compare", "--quick", "--edm-samplers", "heun,heun"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("diffusion-es: error:") for line in err)
+    assert len(err) == 6 and all(line.startswith("diffusion-es: error:") for line in err)
+    assert all("twice" in line for line in err[3:])
 
 
 def test_compare_says_what_fits_a_flow_or_pfgm_model(tmp_path, capsys):

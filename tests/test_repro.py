@@ -118,10 +118,11 @@ def test_repro_bad_input(capsys):
     assert main(["repro", "--quick", "--nfe", "ten"]) == 2
     assert main(["repro", "--quick", "--samplers", "ddpm,foo"]) == 2
     assert main(["repro", "--quick", "--nfe", "10,10"]) == 2
+    assert main(["repro", "--quick", "--samplers", "ddim,ddim"]) == 2  # ran twice: "4 of 4 cells" for 2
     assert main(["repro", "--quick", "--min-lambda", "5"]) == 2  # refused before the power step's sampling
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all(line.startswith("diffusion-es: error:") for line in err)
-    assert "twice" in err[2] and "not below the top of the λ search range" in err[3]
+    assert len(err) == 5 and all(line.startswith("diffusion-es: error:") for line in err)
+    assert "twice" in err[2] and "twice" in err[3] and "not below the top of the λ search range" in err[4]
     # checked on the rows that run: a PFGM++ model's heun (top 1.02), not the profile's ddpm (top 1.08)
     assert main(["repro", "--quick", "--model", "digits-pfgm", "--min-lambda", "1.025"]) == 2
     assert "heun (0.98–1.02)" in capsys.readouterr().err

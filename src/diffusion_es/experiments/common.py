@@ -13,7 +13,7 @@ from ..errors import UsageError
 from ..hashing import model_fingerprint
 from ..samplers.registry import SAMPLERS
 
-__all__ = ["SAMPLER_NAMES", "schedule_text", "linear_first", "exposure_cell", "exposure_es_text",
+__all__ = ["SAMPLER_NAMES", "check_unique", "schedule_text", "linear_first", "exposure_cell", "exposure_es_text",
            "RANGES", "MODEL_SAMPLERS", "load_model_and_data", "fingerprint", "seed_sets", "Paired",
            "method_result", "search_lambda", "Ticker"]
 
@@ -124,6 +124,15 @@ def grid_key(sampler: str, steps: int, schedule, spacing: str = "adm") -> dict:
     except ValueError:  # a step count the sampler refuses anyway
         return {}
     return {"adm_rule": 2} if moved else {}
+
+
+def check_unique(values, what: str) -> None:
+    """Refuse a list of rows or columns that names one twice: each would run, and be counted, twice."""
+    seen = set()
+    for v in values or []:
+        if v in seen:
+            raise UsageError(f"{what} lists {v} twice ({','.join(str(x) for x in values)}): give each once")
+        seen.add(v)
 
 
 def schedule_text(cand: dict, steps: int) -> str:

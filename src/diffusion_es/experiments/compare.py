@@ -33,8 +33,8 @@ from typing import Optional
 
 from ..errors import UsageError
 from .blocks import ip_gamma_text
-from .common import (CHURN_GAMMAS, IP_GAMMA, RANGES, S_NOISE_RANGE, TS_CUTOFFS, TS_WINDOW_FRACTIONS, Paired,
-                     Ticker, fingerprint, grid_key, inputs_key, load_model_and_data, method_result,
+from .common import (CHURN_GAMMAS, IP_GAMMA, RANGES, check_unique, S_NOISE_RANGE, TS_CUTOFFS, TS_WINDOW_FRACTIONS,
+                     Paired, Ticker, fingerprint, grid_key, inputs_key, load_model_and_data, method_result,
                      search_lambda, seed_sets)
 
 __all__ = ["CompareConfig", "run_compare", "write_compare", "ip_recipe", "COMPARE_PROFILES", "ts_windows"]
@@ -90,6 +90,9 @@ class CompareConfig:
             raise UsageError(f"unknown sampler(s) {bad}: VP rows take ddpm,ddim; EDM rows take euler,heun")
         if any(int(n) < 2 for n in list(c.steps) + list(c.edm_nfe)):
             raise UsageError("steps and edm_nfe need counts >= 2, e.g. 10,20,50")
+        for what, values in (("samplers", c.samplers), ("edm_samplers", c.edm_samplers), ("steps", c.steps),
+                             ("edm_nfe", c.edm_nfe)):
+            check_unique(values, what)
         if c.n_samples < 10:
             raise UsageError(f"n_samples must be at least 10 per seed set, got {c.n_samples}")
         if c.n_val_sets < 2:

@@ -25,8 +25,8 @@ from typing import Optional
 import numpy as np
 
 from ..errors import UsageError
-from .common import (MODEL_SAMPLERS, RANGES, SAMPLER_NAMES, Ticker, exposure_cell, exposure_es_text, grid_key,
-                     inputs_key, load_model_and_data, seed_sets)
+from .common import (MODEL_SAMPLERS, RANGES, SAMPLER_NAMES, Ticker, check_unique, exposure_cell, exposure_es_text,
+                     grid_key, inputs_key, load_model_and_data, seed_sets)
 
 __all__ = ["ReproConfig", "run_repro", "PROFILES", "profile_for"]
 
@@ -100,8 +100,8 @@ class ReproConfig:
             raise UsageError(f"unknown sampler(s) {bad}: use {', '.join(SAMPLER_NAMES)}")
         if not c.nfe or any(int(n) < 2 for n in c.nfe):
             raise UsageError("nfe needs network-evaluation counts >= 2, e.g. 10,20,50,100")
-        if len(set(c.nfe)) != len(c.nfe):
-            raise UsageError(f"nfe lists a count twice ({', '.join(str(n) for n in c.nfe)}): give each column once")
+        for what, values in (("nfe", c.nfe), ("samplers", c.samplers), ("linear_samplers", c.linear_samplers)):
+            check_unique(values, what)
         if c.min_lambda is not None and not (math.isfinite(float(c.min_lambda)) and float(c.min_lambda) > 0):
             raise UsageError(f"min_lambda must be a finite number > 0, got {c.min_lambda}")
         if c.n_samples < 10:
