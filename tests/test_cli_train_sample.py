@@ -208,3 +208,19 @@ def test_the_package_and_the_command_line_reach_main_without_torch():
             "for n in names), names; print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_calibrate_with_out_stopped_while_it_loads_says_it_resumes(tmp_path, monkeypatch, capsys):
+    """calibrate --out keeps its scored candidates; stopped while the model loaded (minutes for the MNIST metric) it
+    said 'this command does not resume', although a rerun resumes."""
+    import diffusion_es.cli.cmd_calibrate as cal
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cal, "load_model_arg", interrupted)
+    assert main(["calibrate", "--out", str(tmp_path / "lam.json")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "finished work was kept (rerun with the same arguments" in err[0], err
+    assert main(["calibrate"]) == 130  # without --out nothing is kept, and it says so
+    assert "does not resume" in capsys.readouterr().err

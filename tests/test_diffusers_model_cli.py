@@ -164,3 +164,21 @@ def test_a_folder_that_no_longer_says_its_schedule_is_refused(unet_dir, tmp_path
     assert load_diffusers_unet(bare).schedule.T == 1000  # the library's documented default
     with pytest.raises(ValueError, match="no scheduler_config.json"):
         load_diffusers_unet(bare, require_scheduler=True)
+
+
+def test_a_folder_without_its_weights_is_one_line(unet_dir, tmp_path, capfd):
+    """diffusers logged two lines of its own beside our error; a bare UNet folder without weights was called 'not a
+    diffusion-es checkpoint'."""
+    import shutil
+
+    pipe, bare = tmp_path / "pipe", tmp_path / "bare"
+    shutil.copytree(unet_dir, pipe)
+    (pipe / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    shutil.copytree(pipe / "unet", bare)
+    shutil.copy(pipe / "scheduler" / "scheduler_config.json", bare)
+    capfd.readouterr()
+    for d in (pipe, bare):
+        assert main(["measure", "--model", str(d), "--n", "4", "--steps", "2", "--out", str(tmp_path / "m")]) == 2
+        captured = capfd.readouterr()
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and "no weights in" in err[0] and "could not load it as a diffusers UNet" in err[0], err

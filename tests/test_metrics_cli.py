@@ -82,6 +82,9 @@ def test_fid_ref_from_npz_and_text_output(refs, tmp_path, capsys):
     (["fid-ref", "--data", "digits", "--features", "inception", "--out", "{tmp}/t.npz"], "Inception"),
     (["fid-ref", "--data", "digits", "--features", "mnist", "--out", "{tmp}/t.npz"], "classifier of 28x28 images"),
     (["fid", "{tmp}/rgb28.npz", "--ref", "{refs}/held.npz"], "28x28x1 images (H x W x C; grey, stored as 3 equal"),
+    # the user's own path is missing: say so (it said "reinstall diffusion-es")
+    (["fid", "{tmp}/s.npz", "--ref", "{refs}/held.npz", "--feature-weights", "{tmp}/nosuch.safetensors"],
+     "nosuch.safetensors: no such file (digits feature classifier weights (--feature-weights))"),
 ])
 def test_bad_input_exits_2_with_one_line(refs, tmp_path, capsys, monkeypatch, argv, msg):
     monkeypatch.delenv("DIFFUSION_ES_INCEPTION", raising=False)

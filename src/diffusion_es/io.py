@@ -174,8 +174,10 @@ def save_npz(path, images_uint8: np.ndarray, **extra) -> None:
 def check_input(path, what: str, hint: str = "", folder: Optional[bool] = False) -> Path:
     """``path`` as a Path that exists and is a file (``folder=False``), a folder (``True``) or either (``None``);
     otherwise a UsageError naming it."""
-    p = Path(path)
     tail = f"; {hint}" if hint else ""
+    if not str(path).strip():  # Path("") is the current folder, which exists
+        raise UsageError(f"an empty path was given for {what}{tail}")
+    p = Path(path)
     if not p.exists():
         raise UsageError(f"{p}: no such {'folder' if folder else 'file'}{' or folder' if folder is None else ''} "
                          f"({what}){tail}")

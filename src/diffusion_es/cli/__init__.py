@@ -51,6 +51,18 @@ def _command_flags(parser: argparse.ArgumentParser, command) -> dict:
     return {}
 
 
+def _empty_option(parser: argparse.ArgumentParser, args) -> str:
+    """The first option (or positional argument) of the chosen subcommand given as an empty or blank string, or ''.
+    No option of ours means anything by an empty value."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and args.command in action.choices:
+            for a in action.choices[args.command]._actions:
+                v = getattr(args, a.dest, None)
+                if isinstance(v, str) and not v.strip() and v is not a.default:
+                    return max(a.option_strings, key=len) if a.option_strings else a.metavar or a.dest
+    return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..version import __version__
 
@@ -114,6 +126,10 @@ def main(argv=None) -> int:
         return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
+        return 2
+    empty = _empty_option(parser, args)
+    if empty:  # Path("") is the current folder: an empty path read as "." or as "not given" (calibrate --out '')
+        print(f"diffusion-es: error: {empty} is empty: give a value (a path, a name or a number)", file=sys.stderr)
         return 2
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: the provenance of reports
     try:

@@ -69,6 +69,7 @@ def _run(args, ctx) -> int:
 
     if args.out is not None:  # (an empty --out is refused, as everywhere: it wrote nothing and said so nowhere)
         check_output(args.out, "file", (".json",))
+        args.keeps_work = True  # the interrupt line: with --out a rerun resumes, even if stopped while loading
     model, den = load_model_arg(args.model)
     from ..samplers import resolve_batch_size
 
@@ -93,7 +94,6 @@ def _run(args, ctx) -> int:
             if ctx.is_main:
                 stack.callback(lambda: parts.exists() and not any(parts.iterdir()) and parts.rmdir())  # none scored
             # what a score depends on besides the sampling setting (which calibrate adds to each key itself)
-            args.keeps_work = True  # (for the interrupt line)
             # under torchrun rank 0 writes the scores, and every rank serves only those that existed when it
             # started: they all agree on which candidates to sample (a score is the same number from any world
             # size, up to float rounding of the combined statistics)

@@ -93,7 +93,12 @@ class ClassifierExtractor:
 
 
 def _classifier_weights(name: str, weights=None) -> Path:
-    p = Path(weights) if weights else assets_dir() / f"{name}_cnn.safetensors"
+    if weights:  # the user's own file: say so, not "reinstall"
+        from ..io import check_input
+
+        return check_input(weights, f"{name} feature classifier weights (--feature-weights)",
+                           "give a .safetensors file written by `diffusion-es train-features`")
+    p = assets_dir() / f"{name}_cnn.safetensors"
     if not p.is_file():
         how = ("train one with: python -m diffusion_es.metrics.classifier --data mnist --mnist-file mnist.pkl.gz "
                "--out mnist_cnn.safetensors, then pass it with --feature-weights" if name == "mnist"

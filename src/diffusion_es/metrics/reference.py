@@ -205,9 +205,10 @@ def check_features(ref: Reference, extractor) -> None:
                          f"{have['name']!r}; use --features {want['name']} or make a new reference with "
                          f"`diffusion-es fid-ref --features {have['name']}`")
     if want["weights_sha256"] != have["weights_sha256"] or want["dim"] != have["dim"]:
-        raise UsageError(f"{ref.path}: reference was made with different {want['name']!r} weights (sha256 "
-                         f"{want['weights_sha256'][:12]}..., now {have['weights_sha256'][:12]}...); recreate it with "
-                         "`diffusion-es fid-ref` using the current network")
+        raise UsageError(f"{ref.path}: reference was made with other {want['name']!r} weights (sha256 "
+                         f"{want['weights_sha256'][:12]}..., these are {have['weights_sha256'][:12]}...); pass the "
+                         f"weights it was made with (--feature-weights PATH, or none for the shipped ones), or "
+                         f"recreate it with `diffusion-es fid-ref` and these weights")
     if want.get("preprocess") != have["preprocess"]:
         raise UsageError(f"{ref.path}: reference used different preprocessing ({want.get('preprocess')!r}); "
                          "recreate it with `diffusion-es fid-ref`")

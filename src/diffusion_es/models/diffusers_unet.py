@@ -75,7 +75,19 @@ def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None, require_
     unet_dir = path / "unet" if (path / "model_index.json").is_file() else path
     if not (unet_dir / "config.json").is_file():
         raise ValueError(f"{unet_dir}: no config.json; expected a UNet2DModel folder written by save_pretrained")
-    unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)  # no "install accelerate" notice
+    if not any((unet_dir / f"diffusion_pytorch_model.{ext}").is_file() for ext in ("safetensors", "bin")):
+        raise ValueError(f"no weights in {unet_dir} (diffusion_pytorch_model.safetensors, as save_pretrained writes "
+                         f"them)")
+    import logging
+
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity(logging.CRITICAL)  # a failed load is our one-line error, not diffusers' log lines besides it
+    try:
+        unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)  # no "install accelerate" notice
+    finally:
+        dlog.set_verbosity(level)
     unet.eval().to(device)
     if dtype is not None:
         unet.to(dtype)
