@@ -143,3 +143,42 @@ def test_json_files_and_json_stdout_are_strict(tmp_path, capsys):
                  "--json", "--no-progress"]) == 0
     out = _strict(capsys.readouterr().out)
     assert "Infinity" in json_text(out)  # EDM's S_tmax = ∞ is in the echoed settings
+
+
+def test_an_output_that_another_command_wrote_is_refused(tmp_path, capsys):
+    """sample --out replaced a reference file with samples, fid-ref a sample file with statistics; repro wrote its
+    report and parts into a PNG sample folder (whose next `fid` then read the report's PNGs); measure wrote into a
+    training checkpoint, train into a repro folder. Each is refused before any work, and nothing is touched.
+    repro, compare and measure may share a folder (repro --compare writes both reports into one)."""
+    import shutil
+
+    from diffusion_es.cli import main
+    from diffusion_es.models.checkpoint import shipped_path
+
+    assert main(["sample", "--seeds", "0-3", "--steps", "2", "--out", str(tmp_path / "s.npz"), "--no-progress"]) == 0
+    assert main(["sample", "--seeds", "0-3", "--steps", "2", "--out", str(tmp_path / "pngs"), "--no-progress"]) == 0
+    assert main(["fid-ref", "--data", "digits", "--split", "heldout", "--out", str(tmp_path / "ref.npz"),
+                 "--no-progress"]) == 0
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(shipped_path("default"), ckpt)
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").write_text("# a repro report\n")
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    cases = [
+        (["sample", "--seeds", "0-3", "--steps", "2", "--out", "ref.npz"], "reference statistics file"),
+        (["fid-ref", "--data", "digits", "--out", "s.npz"], "holds samples"),
+        (["repro", "--quick", "--out", "pngs"], "holds samples (`diffusion-es sample`) (seed000000.png)"),
+        (["measure", "--n", "4", "--steps", "2", "--out", "ckpt"], "holds a model checkpoint"),
+        (["train", "--steps", "2", "--out", "report"], "holds a report"),
+        (["export", "--model", "default", "--out", "report"], "holds a report"),
+    ]
+    for argv, says in cases:
+        argv = [str(tmp_path / a) if a in ("ref.npz", "s.npz", "pngs", "ckpt", "report") else a for a in argv]
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], (argv, err)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    # the report family shares a folder
+    assert main(["measure", "--n", "4", "--steps", "2", "--out", str(report), "--no-progress"]) == 0

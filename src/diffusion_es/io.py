@@ -107,9 +107,11 @@ def json_text(obj, indent: Optional[int] = 2) -> str:
     return json.dumps(json_ready(obj), indent=indent, default=lambda o: json_ready(float(o)), allow_nan=False)
 
 
-def write_json(path, obj) -> None:
+def write_json(path, obj, strict: bool = True) -> None:
+    """``obj`` as JSON at ``path``, atomically: strict JSON (:func:`json_text`) for what people and other tools read;
+    ``strict=False`` keeps Python's NaN / Infinity, for our own caches that must read back exactly as written."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json_text(obj) + "\n")
+        tmp.write_text((json_text(obj) if strict else json.dumps(obj, indent=2, default=float)) + "\n")
 
 
 def to_uint8(x) -> np.ndarray:
@@ -314,11 +316,54 @@ def load_images(path) -> np.ndarray:
 
 
 # ---- outputs: checked before any work starts --------------------------------------------------------------
-def check_output(path, kind: str = "file", suffixes: Iterable[str] = (), flag: str = "--out") -> Path:
+# what each family of commands leaves in its output folder (the first match names the family): a folder holding
+# one family's files is not another family's output. repro, compare and measure may share a folder (repro --compare
+# writes both reports into one; measure's files have names of their own).
+_FOLDER_FAMILIES = (
+    ("export", "a diffusers pipeline (`diffusion-es export`)", ("model_index.json",)),
+    ("train", "a model checkpoint (`diffusion-es train`)", ("config.json", "model.safetensors", "train_state.pt")),
+    ("sample", "samples (`diffusion-es sample`)", ("seed[0-9][0-9][0-9][0-9][0-9][0-9]*.png",)),
+    ("report", "a report (`diffusion-es repro`, `compare` or `measure`)",
+     ("report.md", "results.json", "compare.md", "results_compare.json", "exposure_*_summary.json", "parts")),
+)
+_COMMAND_FAMILY = {"export": "export", "train": "train", "sample": "sample", "repro": "report",
+                   "compare": "report", "measure": "report"}
+
+
+def _foreign_output(p: Path, command: str, kind: str) -> Optional[str]:
+    """Why ``p`` (existing) is another command's output and not ``command``'s, or None."""
+    if kind == "dir" and p.is_dir():
+        own = _COMMAND_FAMILY.get(command)
+        for family, what, patterns in _FOLDER_FAMILIES:
+            if family == own:
+                continue
+            for pat in patterns:
+                hit = next(iter(sorted(p.glob(pat))), None)
+                if hit is not None:
+                    return f"it holds {what} ({hit.name})"
+        return None
+    if kind == "file" and p.is_file() and p.suffix.lower() == ".npz" and command in ("sample", "fid-ref"):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = {n[:-4] if n.endswith(".npy") else n for n in z.namelist()}
+        except (OSError, zipfile.BadZipFile):
+            return None  # not an .npz at all: nothing of ours to protect
+        if command == "sample" and "provenance" in names:
+            return "it is a reference statistics file (`diffusion-es fid-ref`)"
+        if command == "fid-ref" and "provenance" not in names and "arr_0" in names:
+            return "it holds samples (`diffusion-es sample`), not reference statistics"
+    return None
+
+
+def check_output(path, kind: str = "file", suffixes: Iterable[str] = (), flag: str = "--out",
+                 command: Optional[str] = None) -> Path:
     """Refuse an output path that cannot be written as asked, before any work starts: ``kind`` ``"file"`` (with
     one of ``suffixes``) where a folder exists, ``"dir"`` where a file exists, a file in the way of a parent
-    folder, or a parent folder that cannot be written (tried with an empty file, removed at once). Nothing else is
-    created."""
+    folder, or a parent folder that cannot be written (tried with an empty file, removed at once). With ``command``,
+    also an existing file or folder that another command wrote (a training checkpoint given to ``repro --out``, a
+    reference given to ``sample --out``): it would be overwritten or mixed into. Nothing else is created."""
     p = Path(path)
     suffixes = tuple(suffixes)
     if not str(path).strip():
@@ -349,6 +394,10 @@ def check_output(path, kind: str = "file", suffixes: Iterable[str] = (), flag: s
             break
     if p.exists() and not os.access(p, os.W_OK):
         raise UsageError(f"{flag} {p}: no permission to write it")
+    why = _foreign_output(p, command, kind) if command and p.exists() else None
+    if why:
+        raise UsageError(f"{flag} {p}: {why}; give a {'folder' if kind == 'dir' else 'file name'} of its own (a new "
+                         f"one, or one `diffusion-es {command}` wrote)")
     return p
 
 

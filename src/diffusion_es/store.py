@@ -149,7 +149,7 @@ class PartStore:
             res["compute_s"] = time.time() - t0  # kept with the part, so a resumed run still reports the real cost
             res = json.loads(json.dumps(res, default=float))  # exactly what a rerun reads back
             if self.writer:
-                write_json(p, {**res, _SHA: json_hash(res)})
+                write_json(p, {**res, _SHA: json_hash(res)}, strict=False)  # a cache: it reads back exactly
         self.served += 1
         self.from_cache += cached
         self.compute_s += float(res.get("compute_s", 0.0) or 0.0)

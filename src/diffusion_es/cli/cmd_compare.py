@@ -57,7 +57,7 @@ def run(args) -> int:
     from ..experiments.compare import CompareConfig, run_compare
     from ..io import check_output
 
-    check_output(args.out, "dir")
+    check_output(args.out, "dir", command="compare")
     edm = [] if args.edm_samplers.strip().lower() == "none" else _names(args.edm_samplers)
     vp = None if args.samplers is None else [] if [s.lower() for s in args.samplers] == ["none"] else args.samplers
     ip = None if str(args.ip_model).lower() == "none" else args.ip_model

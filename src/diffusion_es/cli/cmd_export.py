@@ -27,7 +27,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..io import check_output
 
-    check_output(args.out, "dir")
+    check_output(args.out, "dir", command="export")
     from ..adapters.diffusers_export import export_diffusers
 
     info = export_diffusers(args.model, args.out, use_ema=not args.raw_weights, overwrite=args.overwrite)

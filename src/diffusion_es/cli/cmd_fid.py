@@ -99,7 +99,7 @@ def run_fid_ref(args) -> int:
     from ..io import check_output
     from ..store import output_lock
 
-    check_output(args.out, "file", (".npz",))
+    check_output(args.out, "file", (".npz",), command="fid-ref")
     with session() as ctx, output_lock(args.out, enabled=ctx.is_main):  # one writer per reference file
         return _run_fid_ref(args, ctx)
 

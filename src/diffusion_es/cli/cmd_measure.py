@@ -30,7 +30,7 @@ def run(args) -> int:
 
     if args.steps < 2:  # the λ estimate fits a line over the steps
         raise UsageError(f"--steps must be at least 2 for measure (the λ estimate fits over the steps), got {args.steps}")
-    out = check_output(args.out, "dir")
+    out = check_output(args.out, "dir", command="measure")
     with output_lock(out):  # one writer per output folder
         return _measure(args, out)
 

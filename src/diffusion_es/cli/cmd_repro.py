@@ -49,7 +49,7 @@ def run(args) -> int:
     from ..experiments.repro import ReproConfig, run_repro
     from ..io import check_output
 
-    check_output(args.out, "dir")
+    check_output(args.out, "dir", command="repro")
     cfg = ReproConfig(model=args.model, data=args.data, out=args.out, quick=args.quick,
                       samplers=args.samplers,
                       nfe=args.nfe, n_samples=args.samples,

@@ -80,7 +80,8 @@ def _run(args, ctx) -> int:
 
     # everything is checked before any work or any file: options, output paths, model, sampler, λ
     layout = out_layout(args.out)
-    check_output(args.out, "file" if layout == "npz" else "dir", (".npz",) if layout == "npz" else ())
+    check_output(args.out, "file" if layout == "npz" else "dir", (".npz",) if layout == "npz" else (),
+                 command="sample")
     if args.grid is not None:  # (an empty --grid is refused)
         check_output(args.grid, "file", (".png",), "--grid")
     elif args.grid_n is not None:

@@ -147,7 +147,7 @@ def run(args) -> int:
     from ..models.config import ModelConfig
     from ..training.train import TrainConfig, train
 
-    check_output(args.out, "dir")
+    check_output(args.out, "dir", command="train")
     tr = _given(args, _TRAIN)
     if args.data is not None:
         tr["data"] = args.data
