@@ -85,3 +85,19 @@ def test_a_lambda_far_from_one_is_run_with_a_note(tmp_path, capsys):
     assert "note:" not in capsys.readouterr().err
     es_from_args(ns)
     assert "note:" in capsys.readouterr().err
+
+
+def test_help_texts_are_plain_text(capsys):
+    """Descriptions built from module docstrings showed reStructuredText (``diffusion-es calibrate``:, :func:`x`),
+    repro --help named an internal issue number and train's empty default read '(default )'."""
+    from diffusion_es.cli import main
+
+    for command in ("sample", "fid", "fid-ref", "calibrate", "measure", "demo", "train", "train-features", "export",
+                    "repro", "compare"):
+        assert main([command, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "``" not in text and ":func:" not in text and ":mod:" not in text, command
+        assert "(issue" not in text and "(default )" not in text, command
+    from diffusion_es.core.scaling import Linear, Uniform
+    assert repr(Uniform(1.1300000000000001)) == "Uniform(b=1.13)"  # (calibrate's summary line printed the repr)
+    assert repr(Linear(k=0.1 + 0.2, b=0.8299999999999998)) == "Linear(k=0.3, b=0.83)"

@@ -15,14 +15,14 @@ import shutil
 from pathlib import Path
 
 from ..errors import UsageError
-from .common import (BATCH_HELP, MAX_SAMPLES, MAX_SEED_OFFSET, add_min_lambda_arg, add_model_args,
-                     add_progress_arg, add_sampler_args, float_pair, int_in, job_progress, load_model_arg, note,
-                     print_json, sampler_kwargs, schedule_arg, schedule_made_for)
+from .common import (BATCH_HELP, MAX_SAMPLES, MAX_SEED_OFFSET, add_min_lambda_arg, add_model_args, add_progress_arg,
+                     add_sampler_args, float_pair, int_in, job_progress, load_model_arg, note, plain_help, print_json,
+                     sampler_kwargs, schedule_arg, schedule_made_for)
 
 
 def register(sub):
     p = sub.add_parser("calibrate", help="find the λ schedule that minimises FD, with its gain and uncertainty",
-                       description=__doc__)
+                       description=plain_help(__doc__))
     add_model_args(p)
     p.add_argument("--data", default=None,
                    help="the model's training data (default: the data recorded in the model's config.json, else digits)")

@@ -6,8 +6,8 @@ Writes compare.md, compare.html and results_compare.json into --out.
 
 from __future__ import annotations
 
-from .common import (BATCH_HELP, MAX_SAMPLES, add_device_arg, add_model_args, add_progress_arg, add_threads_arg, int_in,
-                     command_line, int_list, job_progress, name_list, note, print_json)
+from .common import (BATCH_HELP, MAX_SAMPLES, add_device_arg, add_model_args, add_progress_arg, add_threads_arg,
+                     command_line, int_in, int_list, job_progress, name_list, note, plain_help, print_json)
 
 
 def _names(text):
@@ -16,7 +16,7 @@ def _names(text):
 
 def register(sub):
     p = sub.add_parser("compare", help="compare ES with time-shift sampling, S_churn/S_noise and IP training",
-                       description=__doc__)
+                       description=plain_help(__doc__))
     p.add_argument("--quick", action="store_true", help="the small version (fewer cells and samples)")
     p.add_argument("--out", default="compare_out", help="output folder (default compare_out)")
     add_model_args(p)

@@ -14,12 +14,13 @@ import math
 import numpy as np
 import torch
 
-from .common import MAX_STEPS, add_progress_arg, int_in, job_progress, parse_seeds, positive_float, print_json
+from .common import (MAX_STEPS, add_progress_arg, int_in, job_progress, parse_seeds, plain_help, positive_float,
+                     print_json)
 
 
 def register(sub):
     p = sub.add_parser("demo", help="ES on an analytic 2-D model: baseline vs ES, seconds on a CPU",
-                       description=__doc__.split("\n\n")[0])
+                       description=plain_help(__doc__.split("\n\n")[0]))
     p.add_argument("--eps-error", type=positive_float, default=1.1, metavar="C",
                    help="factor by which the model over-predicts ε (default 1.1); ES uses λ = C")
     p.add_argument("--steps", type=int_in(2, MAX_STEPS), default=20, help="sampling steps (default 20)")

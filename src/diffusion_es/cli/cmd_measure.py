@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from .common import (MAX_SAMPLES, MAX_SEED_OFFSET, add_es_args, add_model_args, add_progress_arg, add_sampler_args,
-                     es_from_args, int_in, job_progress, load_model_arg, print_json, sampler_kwargs, schedule_arg)
+                     es_from_args, int_in, job_progress, load_model_arg, plain_help, print_json, sampler_kwargs,
+                     schedule_arg)
 
 
 def register(sub):
     p = sub.add_parser("measure", help="ε-norm gap, δ_t and Var(x_t) along sampling vs training (tables + plots)",
-                       description=__doc__)
+                       description=plain_help(__doc__))
     add_model_args(p)
     p.add_argument("--data", default=None,
                    help="real data the model was trained on (default: the data recorded in its config.json, else digits)")

@@ -7,12 +7,13 @@ Writes report.md, report.html, results.json and PNG figures into --out. Resumabl
 from __future__ import annotations
 
 from .common import (BATCH_HELP, MAX_SAMPLES, add_device_arg, add_min_lambda_arg, add_model_args, add_progress_arg,
-                     add_threads_arg, command_line, int_in, int_list, job_progress, name_list, note, print_json)
+                     add_threads_arg, command_line, int_in, int_list, job_progress, name_list, note, plain_help,
+                     print_json)
 
 
 def register(sub):
     p = sub.add_parser("repro", help="reproduce the paper's findings on our model: tables, figures, claims",
-                       description=__doc__)
+                       description=plain_help(__doc__))
     p.add_argument("--quick", action="store_true",
                    help="the small version (digits about 2-3 min, --model mnist about 10 min, on one CPU core)")
     p.add_argument("--out", default="repro_out", help="output folder (default repro_out)")
@@ -35,7 +36,7 @@ def register(sub):
                    help="feature network (default: by dataset)")
     p.add_argument("--inception", default=None, help="Inception TorchScript file (for --features inception)")
     p.add_argument("--compare", action="store_true",
-                   help="add the comparison with time-shift sampling, EDM S_noise and input perturbation (issue 9)")
+                   help="add the comparison with time-shift sampling, EDM S_noise and input perturbation")
     add_min_lambda_arg(p)
     add_device_arg(p)
     add_threads_arg(p)

@@ -94,7 +94,8 @@ _DIFF = [
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a small diffusion model (resumable, EMA, checkpoints)",
-                       description="Train a small VP diffusion model into a checkpoint folder "
+                       description="Train a small diffusion model (VP ε / v / x0, rectified flow, or EDM / PFGM++: "
+                                   "--prediction) into a checkpoint folder "
                                    "(config.json + model.safetensors + train_state.safetensors).")
     # every help text states its default: the parser's defaults are None so --resume can tell set options apart
     p.add_argument("--data", default=None, help="digits | toy:8gaussians|moons|spiral | mnist:PATH | npz:PATH | PATH "
@@ -103,10 +104,12 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     g = p.add_argument_group("training")
     for flag, dest, typ, default, hlp in _TRAIN:
-        g.add_argument(flag, dest=dest, type=typ, default=None, help=f"{hlp} (default {default})")
+        g.add_argument(flag, dest=dest, type=typ, default=None,
+                       help=f"{hlp} (default {default if default != '' else 'none'})")
     g = p.add_argument_group("model")
     for flag, dest, typ, default, hlp in _MODEL:
-        g.add_argument(flag, dest=dest, type=typ, default=None, help=f"{hlp} (default {default})")
+        g.add_argument(flag, dest=dest, type=typ, default=None,
+                       help=f"{hlp} (default {default if default != '' else 'none'})")
     g = p.add_argument_group("diffusion")
     for flag, dest, typ, default, hlp in _DIFF:
         g.add_argument(flag, dest=dest, type=typ, default=None,

@@ -6,12 +6,12 @@ from __future__ import annotations
 import sys
 
 from ..errors import UsageError
-from .common import add_progress_arg, add_threads_arg, int_in, print_json, seed_value
+from .common import add_progress_arg, add_threads_arg, int_in, plain_help, print_json, seed_value
 
 
 def register(sub) -> None:
     p = sub.add_parser("train-features", help="train the FD feature classifier for digits or MNIST",
-                       description=__doc__)
+                       description=plain_help(__doc__))
     p.add_argument("--data", choices=["digits", "mnist"], default="digits", help="data (default digits)")
     p.add_argument("--out", required=True, help="output .safetensors (a .json card is written beside it)")
     p.add_argument("--epochs", type=int_in(1, 100_000), default=None, help="default: 40 for digits, 4 for MNIST")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import re
 import sys
 
 from ..errors import UsageError
@@ -16,6 +17,14 @@ def print_json(obj) -> None:
     from ..io import json_text
 
     sys.stdout.write(json_text(obj) + "\n")
+
+
+def plain_help(doc: str) -> str:
+    """A module docstring as ``--help`` text: reStructuredText's double backticks and roles (``:func:`x```) as plain
+    `x`, and no references to the project's issue numbers."""
+    text = re.sub(r":(?:func|mod|class|meth|attr|data):`~?([^`]+)`", r"`\1`", doc)
+    text = text.replace("``", "`")
+    return re.sub(r"\s*\(issue \d+\)", "", text)
 
 
 def parse_int_list(text, what: str) -> list:

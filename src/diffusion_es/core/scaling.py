@@ -102,7 +102,9 @@ class LambdaSchedule:
         return type(self) is type(other) and self.to_dict() == other.to_dict()
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "kind")
+        # floats to 12 significant digits: a grid's 1.13 reads 1.13, not 1.1300000000000001 (to_dict keeps all bits)
+        args = ", ".join(f"{k}={float(f'{v:.12g}')!r}" if isinstance(v, float) else f"{k}={v!r}"
+                         for k, v in self.to_dict().items() if k != "kind")
         return f"{type(self).__name__}({args})"
 
 
