@@ -225,6 +225,13 @@ def test_resume_refuses_changed_options_and_new_runs_refuse_old_folders(tmp_path
         train(tmp_path / "r", TrainConfig(steps=20, batch_size=8, lr=0.5), resume=True, progress=False)
     with pytest.raises(UsageError, match="nothing to resume"):
         train(tmp_path / "none", cfg, resume=True, progress=False)
+    # a changed model or diffusion option is named (it said only "the model options differ")
+    import dataclasses
+    with pytest.raises(UsageError, match=r"--width 48 differs from the run being resumed \(\d+; model options\)"):
+        train(tmp_path / "r", cfg, dataclasses.replace(TINY, width=48), resume=True, progress=False)
+    with pytest.raises(UsageError, match=r"--beta-schedule 'cosine' differs .*\('linear'; diffusion options\)"):
+        train(tmp_path / "r", cfg, TINY, diffusion=diffusion_config(beta_schedule="cosine"), resume=True,
+              progress=False)
     s = train(tmp_path / "r", TrainConfig(steps=20, batch_size=8, ckpt_every=5, log_every=5), resume=True, progress=False)
     assert s["step"] == 20
     with pytest.raises(UsageError, match="already at step 20, not below --steps 15: nothing to train"):

@@ -353,6 +353,15 @@ class _Run:
             f.write(json_text(rec, indent=None) + "\n")  # strict JSON: a NaN loss is null
 
 
+def _refuse_changed(what: str, given: dict, recorded: dict) -> None:
+    """One line naming the first option that differs from the run being resumed (as the CLI spells it)."""
+    for k in sorted(set(given) | set(recorded)):
+        if given.get(k) != recorded.get(k):
+            raise UsageError(f"--{k.replace('_', '-')} {given.get(k)!r} differs from the run being resumed "
+                             f"({recorded.get(k)!r}; {what} options); resume with the same options")
+    raise UsageError(f"the {what} options differ from the run being resumed; resume with the same options")
+
+
 def _trim_log(path: Path, step: int) -> float:
     """Keep the lines of ``log.jsonl`` up to ``step`` (all of them for a new run at step 0: none); return the loss
     of the last one kept (NaN if none). Rewritten atomically, and only when something is dropped."""
@@ -403,10 +412,10 @@ def train(out_dir, cfg: TrainConfig = None, model: Optional[ModelConfig] = None,
             cfg = rec_cfg
         rec_model = ModelConfig.from_dict(rec["model"])
         if model is not None and model != rec_model:
-            raise UsageError("the model options differ from the run being resumed; resume with the same options")
+            _refuse_changed("model", model.to_dict(), rec_model.to_dict())
         model = rec_model
         if diffusion is not None and diffusion != rec["diffusion"]:
-            raise UsageError("the diffusion options differ from the run being resumed; resume with the same options")
+            _refuse_changed("diffusion", dict(diffusion), dict(rec["diffusion"]))
         diffusion = rec["diffusion"]
         history = list(rec.get("training", {}).get("commands", []))
     else:
