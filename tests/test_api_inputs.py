@@ -294,3 +294,16 @@ def test_the_command_line_takes_seeds_below_2_to_the_32(argv, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "4294967295 (2^32 - 1: torch's CPU generator keeps only the low 32 bits" in err[0], err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ddim_eta_above_one_is_refused():
+    """η > 1 asks for more step noise than the posterior has (ADM's and diffusers' DDIM give NaN where the direction
+    term's root goes negative); the samplers clipped it to 0 and ran a sampler of no family."""
+    from diffusion_es.core.schedules import VPSchedule
+    from diffusion_es.samplers import sample
+
+    sch = VPSchedule.linear()
+    assert sample(DEN, "ddim", 3, (2,), [0, 1], eta=1.0, schedule=sch).shape == (2, 2)
+    for eta in (1.5, float("inf")):
+        with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\]"):
+            sample(DEN, "ddim", 3, (2,), [0, 1], eta=eta, schedule=sch)

@@ -254,7 +254,7 @@ NUMBERS = [
     *_nums("sample", "--grid-n", ["0", "1.5"], S_OUT),
     *_nums("sample", "--es", ["nan", "inf", "0", "-1"], S_OUT),
     *_nums("sample", "--es-linear", ["1", "nan,1", "1,inf", "1,2,3"], S_OUT),
-    *_nums("sample", "--eta", ["nan", "-1"], [*S_OUT, "--sampler", "ddim"]),
+    *_nums("sample", "--eta", ["nan", "-1", "1.5"], [*S_OUT, "--sampler", "ddim"]),
     *_nums("sample", "--churn", NONNEG_FLOAT_BAD, [*S_OUT, "--sampler", "euler"]),
     *_nums("sample", "--s-tmin", ["nan", "-1"], [*S_OUT, "--sampler", "euler"]),
     *_nums("sample", "--s-tmax", ["nan", "-1", "abc"], [*S_OUT, "--sampler", "euler"]),

@@ -57,8 +57,9 @@ def _check_vp(name: str, opts: dict) -> None:
     if name == "ddpm" and opts["variance"] is not None and opts["variance"] not in VARIANCES:
         raise ValueError(f"variance must be one of {', '.join(VARIANCES)} (or None: the model's own), "
                          f"got {opts['variance']!r}")
-    if name == "ddim" and not _finite_nonneg(float(opts["eta"])):
-        raise ValueError(f"eta must be finite and >= 0, got {opts['eta']}")
+    if name == "ddim" and not (_finite_nonneg(float(opts["eta"])) and float(opts["eta"]) <= 1):
+        raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: ancestral), got {opts['eta']}; above 1 "
+                         f"the step's noise would exceed what the posterior allows (ADM and diffusers give NaN there)")
     clip_bound(opts["clip"], None)  # None, a boolean, 0 or a bound r > 0
     if opts["time_shift"] is not None and not isinstance(opts["time_shift"], TimeShift):
         raise ValueError("time_shift must be a TimeShift policy (or None)")

@@ -197,8 +197,8 @@ def sample_ddim(denoiser, x: torch.Tensor, chain: RespacedChain, *, noise: Optio
     """DDIM (ADM's ``ddim_sample``): ε is re-derived from the (clipped) x_0 estimate; η = 0 is deterministic,
     η = 1 is ancestral sampling with the posterior variance. The last step goes to ᾱ = 1. ``clip``: as for
     :func:`sample_ddpm`."""
-    if not (math.isfinite(eta) and eta >= 0):
-        raise ValueError(f"eta must be finite and >= 0, got {eta}")
+    if not (math.isfinite(eta) and 0 <= eta <= 1):
+        raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: ancestral), got {eta}")
     if eta > 0 and noise is None:
         raise ValueError("DDIM with eta > 0 needs a noise source (noise=...)")
 
