@@ -320,8 +320,10 @@ def load_images(path) -> np.ndarray:
 # one family's files is not another family's output. repro, compare and measure may share a folder (repro --compare
 # writes both reports into one; measure's files have names of their own).
 _FOLDER_FAMILIES = (
-    ("export", "a diffusers pipeline (`diffusion-es export`)", ("model_index.json",)),
-    ("train", "a model checkpoint (`diffusion-es train`)", ("config.json", "model.safetensors", "train_state.pt")),
+    ("export", "a diffusers pipeline or UNet (`diffusion-es export`, save_pretrained)",
+     ("model_index.json", "diffusion_pytorch_model.*")),
+    ("train", "a model checkpoint (`diffusion-es train`)",
+     ("model.safetensors", "train_state.safetensors", "log.jsonl", "config.json")),
     ("sample", "samples (`diffusion-es sample`)", ("seed[0-9][0-9][0-9][0-9][0-9][0-9]*.png",)),
     ("report", "a report (`diffusion-es repro`, `compare` or `measure`)",
      ("report.md", "results.json", "compare.md", "results_compare.json", "exposure_*_summary.json", "parts")),
