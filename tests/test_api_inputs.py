@@ -307,3 +307,37 @@ def test_ddim_eta_above_one_is_refused():
     for eta in (1.5, float("inf")):
         with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\]"):
             sample(DEN, "ddim", 3, (2,), [0, 1], eta=eta, schedule=sch)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_network_gets_exact_timesteps(dtype):
+    """VPDenoiser cast t to the network's dtype: bf16 holds 999 as 1000 and 749 as 748, so a bf16 UNet got the
+    wrong time conditioning (t = 1000 is outside a 1000-step table; an nn.Embedding(1000, ...) crashed). t now stays
+    float32 for half-precision networks, as diffusers' pipelines hand it over; the sample itself keeps the net's
+    dtype. The same for flow and EDM denoisers."""
+    from diffusion_es.core.param import FlowDenoiser, VPDenoiser
+    from diffusion_es.core.pfgm import EDMDenoiser, EDMSchedule
+    from diffusion_es.core.schedules import VPSchedule
+    from diffusion_es.samplers import sample
+
+    seen = []
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros((), dtype=dtype))
+
+        def forward(self, x, t):
+            seen.append((x.dtype, t.dtype, t.double()))
+            return x * self.w
+
+    sch = VPSchedule.linear()
+    sample(VPDenoiser(Net(), sch), "ddim", 5, (2,), [0, 1], schedule=sch)
+    assert all(xd == dtype and td == torch.float32 for xd, td, _ in seen)
+    assert [float(t[0]) for *_, t in seen] == [999.0, 749.0, 500.0, 250.0, 0.0]  # ADM's respacing, exactly
+    seen.clear()
+    FlowDenoiser(Net(), time_scale=1000.0)(torch.zeros(2, 2, dtype=torch.float64), 0.5)
+    assert seen[0][1] == torch.float32
+    seen.clear()
+    EDMDenoiser(Net(), EDMSchedule())(torch.zeros(2, 2, dtype=torch.float64), 0.5)
+    assert seen[0][1] == torch.float32

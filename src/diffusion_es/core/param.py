@@ -553,6 +553,12 @@ class VPDenoiser(Denoiser):
                 return t.dtype
         return torch.float64
 
+    def _t_dtype(self, dtype):
+        """The dtype the time input is handed over in: the network's, but never below float32. bfloat16 holds
+        integers only up to 256 exactly (t = 999 became 1000, outside a 1000-step table) and float16 none above
+        2048; diffusers' pipelines also hand a half-precision UNet float32 / int64 timesteps."""
+        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
     def _t_of(self, s: float) -> float:
         """``schedule.sigma_to_t(s)`` for one σ, remembered: a sampler asks for the same few σ in every batch."""
         memo = self.__dict__.get("_t_memo")
@@ -565,14 +571,15 @@ class VPDenoiser(Denoiser):
 
     def forward_full(self, x, sigma, step_sigma=None, **kwargs):
         dtype = self._net_dtype()
+        t_dtype = self._t_dtype(dtype)
         if isinstance(sigma, (float, int)):  # one noise level for the batch: scalar arithmetic, one lookup
             s = float(sigma)
-            t = torch.full((x.shape[0],), self._t_of(s), dtype=dtype, device=x.device)
+            t = torch.full((x.shape[0],), self._t_of(s), dtype=t_dtype, device=x.device)
             ab = sigma_to_alpha_bar(s)
             x_t = sigma_to_vp_space(x, s)
         else:
             s = sigma_batch(sigma, x)
-            t = torch.from_numpy(self.schedule.sigma_to_t(s.detach().cpu().numpy())).to(x.device, dtype)
+            t = torch.from_numpy(self.schedule.sigma_to_t(s.detach().cpu().numpy())).to(x.device, t_dtype)
             s = _bcast(s, x)
             ab = sigma_to_alpha_bar(s)
             x_t = sigma_to_vp_space(x, s)
@@ -632,13 +639,14 @@ class FlowDenoiser(Denoiser):
             self.sigma_min, self.sigma_max = schedule.sigma_min, schedule.sigma_max
 
     _net_dtype = VPDenoiser._net_dtype
+    _t_dtype = VPDenoiser._t_dtype
 
     def _velocity(self, x_t, t, kwargs):
         """The network's output at (x_t, t), in the network's dtype; t a float or a (B,) float64 tensor."""
         dtype = self._net_dtype()
         tau = (torch.full((x_t.shape[0],), float(t) * self.time_scale, dtype=torch.float64, device=x_t.device)
                if isinstance(t, float) else t * self.time_scale)
-        out = self.net(x_t.to(dtype), tau.to(dtype), **kwargs)
+        out = self.net(x_t.to(dtype), tau.to(self._t_dtype(dtype)), **kwargs)
         if out.shape != x_t.shape:
             raise ValueError(f"network output shape {tuple(out.shape)} does not match input {tuple(x_t.shape)}")
         return out
