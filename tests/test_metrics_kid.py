@@ -189,7 +189,10 @@ def test_subsets_reproducible_and_clipped():
     assert a.subsets == b.subsets and a.full == b.full
     c = kid(x, y, n_subsets=2, subset_size=10_000, generator=np.random.default_rng(0), full=False)
     assert c.subset_size == 260 and math.isnan(c.full)
-    with pytest.raises(ValueError, match="generator"):
-        kid(x, y, n_subsets=3)
+    # the defaults run (they raised "pass generator="): None is torch-fidelity's RandomState(2020)
+    d = kid(x, y)
+    assert d.subsets == kid(x, y, generator=np.random.RandomState(2020)).subsets and d.n_subsets == 100
+    with pytest.raises(TypeError, match="generator must be a numpy Generator"):
+        kid(x, y, n_subsets=3, generator=7)
     with pytest.raises(ValueError, match="dimensions differ"):
         kid(x, y[:, :5], n_subsets=0)

@@ -115,7 +115,8 @@ def kid(sample_feats, ref_feats, n_subsets: int = 100, subset_size: int = 1000, 
 
     ``subset_size`` is clipped to min(m, n) (torch-fidelity refuses instead; with a 500-sample set the subsets
     are then permutations of the full sets and only ``full`` is informative). ``generator``: a
-    ``np.random.Generator`` or ``np.random.RandomState`` (required when ``n_subsets > 0``: no hidden seeding).
+    ``np.random.Generator`` or ``np.random.RandomState`` that draws the subsets; None (the default) is a fresh
+    ``np.random.RandomState(2020)``, torch-fidelity's own default, so the subsets are its subsets.
     ``full=False`` skips the full estimate (O(m² + n² + mn) kernel evaluations) and sets it to NaN.
     """
     x, y = _f64(sample_feats, "sample features"), _f64(ref_feats, "reference features")
@@ -127,7 +128,7 @@ def kid(sample_feats, ref_feats, n_subsets: int = 100, subset_size: int = 1000, 
     if n_subsets > 0 and size < 2:
         raise ValueError(f"KID subsets need at least 2 rows, have m={m}, n={n}, subset_size={subset_size}")
     if n_subsets > 0:
-        numpy_generator(generator, "kid (np.random.RandomState(2020) draws torch-fidelity's subsets)")
+        generator = np.random.RandomState(2020) if generator is None else numpy_generator(generator, "kid")
     vals = []
     for _ in range(int(n_subsets)):
         ix = generator.choice(m, size, replace=False)
