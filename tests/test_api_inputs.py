@@ -341,3 +341,17 @@ def test_a_half_precision_network_gets_exact_timesteps(dtype):
     seen.clear()
     EDMDenoiser(Net(), EDMSchedule())(torch.zeros(2, 2, dtype=torch.float64), 0.5)
     assert seen[0][1] == torch.float32
+
+
+def test_sample_shape_is_checked_before_any_work():
+    """A shape that is not one sample's (0 or negative sizes, fractions, not numbers) failed deep inside torch;
+    an int n is the shape (n,)."""
+    from diffusion_es.core.schedules import VPSchedule
+    from diffusion_es.samplers import check_shape, sample
+
+    sch = VPSchedule.linear()
+    assert sample(DEN, "ddim", 2, 2, [0, 1], schedule=sch).shape == (2, 2)
+    assert check_shape(np.int64(4)) == (4,) and check_shape(torch.Size([1, 2])) == (1, 2)
+    for bad in ((3, 0, 4), (3, -4, 4), (2.5,), "ab", (), None):
+        with pytest.raises(ValueError, match="shape must be the shape of one sample"):
+            sample(DEN, "ddim", 2, bad, [0, 1], schedule=sch)

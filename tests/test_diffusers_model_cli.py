@@ -182,3 +182,15 @@ def test_a_folder_without_its_weights_is_one_line(unet_dir, tmp_path, capfd):
         captured = capfd.readouterr()
         err = captured.err.strip().splitlines()
         assert len(err) == 1 and "no weights in" in err[0] and "could not load it as a diffusers UNet" in err[0], err
+
+
+def test_a_shape_with_other_channels_than_the_unet_is_refused(unet_dir):
+    """(4, 4) for a 1-channel UNet read the seeds as channels, (3, 8, 8) failed inside a conv."""
+    from diffusion_es.models.diffusers_unet import load_diffusers_unet
+    from diffusion_es.samplers import sample
+
+    den = load_diffusers_unet(unet_dir)
+    for bad in ((4, 4), (3, 8, 8)):
+        with pytest.raises(ValueError, match=r"the network takes 1-channel images, i.e. a shape \(1, H, W\)"):
+            sample(den, "ddim", 2, bad, [0, 1])
+    assert sample(den, "ddim", 2, (1, 8, 8), [0, 1]).shape == (2, 1, 8, 8)

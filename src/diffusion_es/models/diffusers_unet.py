@@ -124,4 +124,5 @@ def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None, require_
     clip = float(sched.config.get("clip_sample_range", 1.0)) if sched.config.get("clip_sample", True) else None
     den = VPDenoiser(_UNetEps(unet), schedule, prediction=prediction, learned_variance=learned, clip_x0=clip)
     den.scheduler_config = dict(sched.config)
+    den.in_channels = int(unet.config.in_channels)  # sample() refuses a shape with other channels in one line
     return den

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ..core.param import as_denoiser
@@ -29,6 +30,7 @@ from .timeshift import TimeShift, choose_timesteps, data_variance
 from .vp import VARIANCES, clip_bound, sample_ddim, sample_ddpm
 
 __all__ = [
+    "check_shape",
     "SAMPLERS",
     "clip_bound",
     "SamplerSpec",
@@ -67,6 +69,26 @@ def default_schedule(denoiser):
     return FlowSchedule() if getattr(denoiser, "prediction", None) == "flow" else VPSchedule.linear()
 
 
+def check_shape(shape, denoiser=None) -> tuple:
+    """The shape of one sample as a tuple of positive ints (an int n is (n,)), refused in one line otherwise; and,
+    for a denoiser that knows its network's input channels (``in_channels``: a diffusers UNet loaded by
+    :func:`~diffusion_es.models.diffusers_unet.load_diffusers_unet`), images with that many channels. Without this a
+    wrong shape failed deep inside the network, and (4, 4) for a 3-channel UNet read two seeds as two channels."""
+    try:
+        shp = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+        ok = bool(shp) and all(d >= 1 for d in shp) and all(float(d) == float(a) for d, a in
+                                                            zip(shp, (shape,) if np.ndim(shape) == 0 else shape))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"shape must be the shape of one sample as positive whole numbers, e.g. (3, 32, 32), got "
+                         f"{shape!r}")
+    ch = getattr(denoiser, "in_channels", None)
+    if ch is not None and (len(shp) != 3 or shp[0] != int(ch)):
+        raise ValueError(f"shape {shp}: the network takes {ch}-channel images, i.e. a shape ({ch}, H, W)")
+    return shp
+
+
 def sample(denoiser, sampler: str, steps: int, shape: Sequence[int], seeds: Sequence[int],
            schedule: Optional[VPSchedule] = None, es: Union[LambdaSchedule, float, None] = None,
            batch_size: Union[int, str, None] = 256, device="cpu", spacing: str = "adm", rho: float = 7.0,
@@ -88,6 +110,7 @@ def sample(denoiser, sampler: str, steps: int, shape: Sequence[int], seeds: Sequ
     the PFGM++ prior, each seed's mixing variable from its own stream.
     """
     check_device(device)
+    shape = check_shape(shape, denoiser)
     if schedule is None:
         schedule = default_schedule(denoiser)
     plan = SamplingPlan(sampler, steps, schedule, spacing=spacing, rho=rho, shift=shift)
