@@ -109,9 +109,9 @@ def test_bad_input_is_one_line_exit_2(ckpt, tmp_path, capsys):
     (bad / "model.safetensors").write_bytes(b"\x80\x04garbage")
     assert main(["sample", "--model", str(bad), *out]) == 2
     assert "damaged or not a .safetensors file" in _err(capsys)
-    (bad / "config.json").write_text('{"_class_name": "UNet2DModel"}')  # a diffusers UNet's config, not its weights
+    (bad / "config.json").write_text('{"_class_name": "UNet2DModel"}')
     assert main(["sample", "--model", str(bad), *out]) == 2
-    assert "could not load it as a diffusers UNet (no weights in" in _err(capsys)
+    assert "not a diffusion-es checkpoint" in _err(capsys)
     assert main(["sample", "--model", str(ckpt), "--es", "-1", *out]) == 2
     _err(capsys)
     assert main(["sample", "--model", str(ckpt), "--es-linear", "abc", *out]) == 2

@@ -132,7 +132,7 @@ def test_unknown_and_missing_extractors():
 
     with pytest.raises(UsageError, match="unknown feature network"):
         get_extractor("vgg")
-    with pytest.raises(UsageError, match="not found"):
+    with pytest.raises(UsageError, match=r"w.safetensors: no such file \(digits feature classifier weights"):
         get_extractor("digits", weights="/nonexistent/w.safetensors")
 
 

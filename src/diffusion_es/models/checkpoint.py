@@ -276,6 +276,8 @@ def _is_diffusers_folder(p: Path) -> bool:
     """A diffusers pipeline folder (model_index.json) or a UNet2DModel folder saved with save_pretrained."""
     if (p / "model_index.json").is_file():
         return True
+    if (p / "model.safetensors").is_file():  # our weights beside a foreign config: ours to explain
+        return False
     try:  # (a UNet folder whose weights are missing is still one: the loader then says what is missing)
         return json.loads((p / "config.json").read_text()).get("_class_name") == "UNet2DModel"
     except (OSError, ValueError, AttributeError):
