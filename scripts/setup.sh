@@ -14,4 +14,12 @@ pip install -q --no-deps -r requirements-fid.txt  # FID tools for the parity tes
 for s in scripts/get_inception.sh scripts/get_mnist.sh; do
   if [ -f "$s" ]; then bash "$s" || echo "setup: $s failed; the tests that need it will be skipped" >&2; fi
 done
+# Chromium for the browser checks of the HTML reports (tests/test_report_html.py, scripts/check_html.py): Debian's
+# package, where this runs as root with apt-get (about 30 s); elsewhere those checks are skipped, the static ones run.
+if ! command -v chromium > /dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -q chromium > /dev/null 2>&1 ||
+    { apt-get update -q > /dev/null 2>&1 && apt-get install -y -q chromium > /dev/null 2>&1; }; } ||
+    echo "setup: could not install chromium; the browser checks of the HTML reports will be skipped" >&2
+fi
 echo "setup: ready (.venv)"
