@@ -355,3 +355,24 @@ def test_sample_shape_is_checked_before_any_work():
     for bad in ((3, 0, 4), (3, -4, 4), (2.5,), "ab", (), None):
         with pytest.raises(ValueError, match="shape must be the shape of one sample"):
             sample(DEN, "ddim", 2, bad, [0, 1], schedule=sch)
+
+
+def test_sampler_inputs_of_the_wrong_type_are_one_clear_error():
+    """From a library-API audit: eta='0.5' passed the check (float('0.5')) and failed inside the step with a
+    TypeError; schedule=3 gave an AttributeError; es= refused a 0-d tensor or array although Uniform takes one."""
+    from diffusion_es.core.schedules import VPSchedule
+    from diffusion_es.samplers import sample
+
+    sch = VPSchedule.linear()
+    with pytest.raises(ValueError, match="eta must be one real number, got str"):
+        sample(DEN, "ddim", 2, (2,), [0, 1], schedule=sch, eta="0.5")
+    with pytest.raises(ValueError, match="S_churn must be one real number"):
+        sample(DEN, "euler", 2, (2,), [0, 1], schedule=sch, S_churn="1")
+    for bad in (3, np.linspace(1e-4, 0.02, 1000)):
+        with pytest.raises(TypeError, match="schedule must be a noise schedule"):
+            sample(DEN, "ddim", 2, (2,), [0, 1], schedule=bad)
+    base = sample(DEN, "ddim", 2, (2,), [0, 1], schedule=sch, es=1.01)
+    for lam in (torch.tensor(1.01, dtype=torch.float64), np.array(1.01)):
+        assert torch.equal(sample(DEN, "ddim", 2, (2,), [0, 1], schedule=sch, es=lam), base)
+    with pytest.raises(TypeError, match="es must be a LambdaSchedule or a number"):
+        sample(DEN, "ddim", 2, (2,), [0, 1], schedule=sch, es=torch.tensor([1.01, 1.02]))

@@ -194,3 +194,15 @@ def test_a_shape_with_other_channels_than_the_unet_is_refused(unet_dir):
         with pytest.raises(ValueError, match=r"the network takes 1-channel images, i.e. a shape \(1, H, W\)"):
             sample(den, "ddim", 2, bad, [0, 1])
     assert sample(den, "ddim", 2, (1, 8, 8), [0, 1]).shape == (2, 1, 8, 8)
+
+
+def test_a_dtype_may_be_given_by_name(unet_dir):
+    """load_diffusers_unet(dtype="float16") said 'Invalid device string' (the name went to .to() as a device)."""
+    import torch
+
+    from diffusion_es.models.diffusers_unet import load_diffusers_unet
+
+    assert load_diffusers_unet(unet_dir, dtype="float16")._net_dtype() == torch.float16
+    assert load_diffusers_unet(unet_dir, dtype="torch.bfloat16")._net_dtype() == torch.bfloat16
+    with pytest.raises(ValueError, match="'int8' is not a torch floating-point dtype"):
+        load_diffusers_unet(unet_dir, dtype="int8")

@@ -366,6 +366,9 @@ def as_schedule(es, what: str = "es") -> Union[LambdaSchedule, None]:
         return es
     if isinstance(es, (int, float, np.floating, np.integer)) and not isinstance(es, bool):
         return Uniform(float(es))
+    if isinstance(es, (torch.Tensor, np.ndarray)) and es.ndim == 0 and es.dtype not in (torch.bool, np.bool_) \
+            and not (isinstance(es, torch.Tensor) and (es.is_complex() or es.requires_grad)):
+        return Uniform(float(es))  # a 0-d tensor or array holds one number, as Uniform(...) itself accepts
     raise TypeError(f"{what} must be a LambdaSchedule or a number (uniform λ; schedules: Uniform, Linear, PerStep, SigmaKeyed), "
                     f"got {type(es).__name__}")
 

@@ -89,6 +89,11 @@ def load_diffusers_unet(path, scheduler=None, device="cpu", dtype=None, require_
     finally:
         dlog.set_verbosity(level)
     unet.eval().to(device)
+    if isinstance(dtype, str):  # "float16", "bfloat16", "torch.float16": unet.to("float16") read it as a device
+        name = dtype.removeprefix("torch.")
+        if not isinstance(getattr(torch, name, None), torch.dtype) or not getattr(torch, name).is_floating_point:
+            raise ValueError(f"dtype {dtype!r} is not a torch floating-point dtype (e.g. torch.float16, 'bfloat16')")
+        dtype = getattr(torch, name)
     if dtype is not None:
         unet.to(dtype)
 

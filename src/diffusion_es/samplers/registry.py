@@ -16,9 +16,9 @@ from typing import Callable, Optional
 
 import torch
 
-from ..core.param import flow_t_to_sigma, sigma_to_flow_space, sigma_to_vp_space
+from ..core.param import flow_t_to_sigma, real_number, sigma_to_flow_space, sigma_to_vp_space
 from ..core.pfgm import EDMSchedule, check_D
-from ..core.schedules import FlowSchedule, karras_sigmas, respace
+from ..core.schedules import FlowSchedule, VPSchedule, karras_sigmas, respace
 from .edm import check_churn, check_pfgm_churn, sample_euler, sample_heun
 from .flow import FLOW_DTYPES, sample_flow_euler, sample_flow_heun
 from .timeshift import TimeShift
@@ -57,7 +57,7 @@ def _check_vp(name: str, opts: dict) -> None:
     if name == "ddpm" and opts["variance"] is not None and opts["variance"] not in VARIANCES:
         raise ValueError(f"variance must be one of {', '.join(VARIANCES)} (or None: the model's own), "
                          f"got {opts['variance']!r}")
-    if name == "ddim" and not (_finite_nonneg(float(opts["eta"])) and float(opts["eta"]) <= 1):
+    if name == "ddim" and not (_finite_nonneg(real_number(opts["eta"], "eta")) and float(opts["eta"]) <= 1):
         raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: ancestral), got {opts['eta']}; above 1 "
                          f"the step's noise would exceed what the posterior allows (ADM and diffusers give NaN there)")
     clip_bound(opts["clip"], None)  # None, a boolean, 0 or a bound r > 0
@@ -66,7 +66,7 @@ def _check_vp(name: str, opts: dict) -> None:
 
 
 def _check_edm(name: str, opts: dict) -> None:
-    check_churn(float(opts["S_churn"]), float(opts["S_tmin"]), float(opts["S_tmax"]), float(opts["S_noise"]))
+    check_churn(*(real_number(opts[k], k) for k in ("S_churn", "S_tmin", "S_tmax", "S_noise")))
 
 
 def _check_flow(name: str, opts: dict) -> None:
@@ -166,6 +166,10 @@ class SamplingPlan:
             raise ValueError(f"steps must be a whole number >= 1, got {steps}")
         self.sampler, self.steps = sampler, int(steps)
         grid = self.spec.grid
+        if not isinstance(schedule, (VPSchedule, FlowSchedule, EDMSchedule)) and not (
+                hasattr(schedule, "respaced") and hasattr(schedule, "T")):  # (or a VP-like object of one's own)
+            raise TypeError(f"schedule must be a noise schedule (VPSchedule, FlowSchedule or EDMSchedule; for a β "
+                            f"array, VPSchedule(betas)), got {type(schedule).__name__}")
         flow_model = isinstance(schedule, FlowSchedule)
         edm_model = isinstance(schedule, EDMSchedule)
         self.pfgm_D = check_D(getattr(schedule, "pfgm_D", None))
