@@ -181,7 +181,8 @@ def _run(args, ctx) -> int:
     if args.json:
         print_json(summary)
     else:
-        print(f"wrote {len(seeds)} sample{'s' if len(seeds) != 1 else ''} to {args.out}{' (PNG folder)' if layout == 'png' else ''} in "
+        what = f"{len(seeds)} sample{'s' if len(seeds) != 1 else ''}"
+        print(f"wrote {what} to {args.out}{' (PNG folder)' if layout == 'png' else ''} in "
               f"{seconds:.1f} s ({summary['samples_per_s']:.1f}/s)")
     return 0
 

@@ -266,7 +266,8 @@ class _Repro:
 
     # -- 4. exposure-bias curves ---------------------------------------------------------------------------------
     def exposure(self, sampler: str, schedule: Optional[dict], tag: str, nfe: int = 20) -> dict:
-        """ε-norm and δ_t curves at 20 steps: baseline and with ``schedule`` (a schedule dict)."""
+        """ε-norm and δ_t curves at the steps that cost ``nfe`` evaluations: baseline and with ``schedule`` (a
+        schedule dict)."""
         from ..core.scaling import schedule_from_dict
         from ..diagnostics.measure import measure_exposure
 

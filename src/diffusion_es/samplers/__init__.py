@@ -74,15 +74,11 @@ def check_shape(shape, denoiser=None) -> tuple:
     for a denoiser that knows its network's input channels (``in_channels``: a diffusers UNet loaded by
     :func:`~diffusion_es.models.diffusers_unet.load_diffusers_unet`), images with that many channels. Without this a
     wrong shape failed deep inside the network, and (4, 4) for a 3-channel UNet read two seeds as two channels."""
-    try:
-        shp = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
-        ok = bool(shp) and all(d >= 1 for d in shp) and all(float(d) == float(a) for d, a in
-                                                            zip(shp, (shape,) if np.ndim(shape) == 0 else shape))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
+    dims = [shape] if np.ndim(shape) == 0 else list(shape)
+    if not dims or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in dims):
         raise ValueError(f"shape must be the shape of one sample as positive whole numbers, e.g. (3, 32, 32), got "
                          f"{shape!r}")
+    shp = tuple(int(d) for d in dims)
     ch = getattr(denoiser, "in_channels", None)
     if ch is not None and (len(shp) != 3 or shp[0] != int(ch)):
         raise ValueError(f"shape {shp}: the network takes {ch}-channel images, i.e. a shape ({ch}, H, W)")

@@ -22,7 +22,7 @@ from ..core.schedules import FlowSchedule, VPSchedule, karras_sigmas, respace
 from .edm import check_churn, check_pfgm_churn, sample_euler, sample_heun
 from .flow import FLOW_DTYPES, sample_flow_euler, sample_flow_heun
 from .timeshift import TimeShift
-from .vp import VARIANCES, clip_bound, sample_ddim, sample_ddpm
+from .vp import VARIANCES, check_eta, clip_bound, sample_ddim, sample_ddpm
 
 __all__ = ["Option", "SamplerSpec", "SAMPLERS", "get_sampler", "SamplingPlan", "OPTION_FLAGS"]
 
@@ -35,10 +35,6 @@ class Option:
     default: object
     help: str
     flag: str = ""
-
-
-def _finite_nonneg(v):
-    return math.isfinite(v) and v >= 0
 
 
 _VP_CLIP = Option("clip", None, "clipping of the x_0 estimate: None = the model's own ([-1, 1], ADM's default, "
@@ -57,9 +53,8 @@ def _check_vp(name: str, opts: dict) -> None:
     if name == "ddpm" and opts["variance"] is not None and opts["variance"] not in VARIANCES:
         raise ValueError(f"variance must be one of {', '.join(VARIANCES)} (or None: the model's own), "
                          f"got {opts['variance']!r}")
-    if name == "ddim" and not (_finite_nonneg(real_number(opts["eta"], "eta")) and float(opts["eta"]) <= 1):
-        raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: ancestral), got {opts['eta']}; above 1 "
-                         f"the step's noise would exceed what the posterior allows (ADM and diffusers give NaN there)")
+    if name == "ddim":
+        check_eta(opts["eta"])
     clip_bound(opts["clip"], None)  # None, a boolean, 0 or a bound r > 0
     if opts["time_shift"] is not None and not isinstance(opts["time_shift"], TimeShift):
         raise ValueError("time_shift must be a TimeShift policy (or None)")

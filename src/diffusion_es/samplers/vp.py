@@ -21,13 +21,13 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..core.param import (alpha_bar_to_sigma, as_denoiser, check_clip_x0, implied_eps, sigma_to_alpha_bar,
-                          vp_to_sigma_space)
+from ..core.param import (alpha_bar_to_sigma, as_denoiser, check_clip_x0, implied_eps, real_number,
+                          sigma_to_alpha_bar, vp_to_sigma_space)
 from ..core.schedules import RespacedChain, VPSchedule, posterior_coefficients
 from .common import StepInfo
 
 __all__ = ["sample_ddpm", "sample_ddim", "VARIANCES", "Transition", "chain_transition", "pair_transition",
-           "ddpm_update", "ddim_update", "clip_bound"]
+           "ddpm_update", "ddim_update", "clip_bound", "check_eta"]
 
 VARIANCES = ("small", "large", "learned")
 
@@ -110,6 +110,16 @@ def ddim_update(x, x0, tr: Transition, eta: float, z, last: bool):
     keep = np.maximum(1 - ab_prev - sig**2, 0.0) if tr.per_sample else max(1 - ab_prev - sig**2, 0.0)
     x_next = _bc(xp.sqrt(ab_prev), x) * x0 + _bc(xp.sqrt(keep), x) * eps
     return x_next + _bc(sig, x) * z if (z is not None and not last) else x_next
+
+
+def check_eta(eta) -> float:
+    """DDIM's η as a float in [0, 1] (0: deterministic, 1: ancestral); above 1 the step's noise would exceed the
+    posterior's (ADM's and diffusers' DDIM give NaN there)."""
+    eta = real_number(eta, "eta")
+    if not (math.isfinite(eta) and 0 <= eta <= 1):
+        raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: ancestral), got {eta}; above 1 the "
+                         f"step's noise would exceed what the posterior allows (ADM and diffusers give NaN there)")
+    return eta
 
 
 def clip_bound(clip, denoiser) -> Optional[float]:
@@ -197,8 +207,7 @@ def sample_ddim(denoiser, x: torch.Tensor, chain: RespacedChain, *, noise: Optio
     """DDIM (ADM's ``ddim_sample``): ε is re-derived from the (clipped) x_0 estimate; η = 0 is deterministic,
     η = 1 is ancestral sampling with the posterior variance. The last step goes to ᾱ = 1. ``clip``: as for
     :func:`sample_ddpm`."""
-    if not (math.isfinite(eta) and 0 <= eta <= 1):
-        raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: ancestral), got {eta}")
+    check_eta(eta)
     if eta > 0 and noise is None:
         raise ValueError("DDIM with eta > 0 needs a noise source (noise=...)")
 

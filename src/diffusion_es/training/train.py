@@ -403,10 +403,10 @@ def train(out_dir, cfg: TrainConfig = None, model: Optional[ModelConfig] = None,
         rec = read_config(out)
         rec_cfg = TrainConfig.from_dict(rec.get("training", {}).get("options", {}))
         if cfg is not None:
-            for f in fields(TrainConfig):
-                if f.name not in _RESUME_FREE and getattr(cfg, f.name) != getattr(rec_cfg, f.name):
-                    raise UsageError(f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)!r} differs from the run being "
-                                     f"resumed ({getattr(rec_cfg, f.name)!r}); resume with the same options")
+            given, recorded = cfg.to_dict(), rec_cfg.to_dict()
+            if any(given[k] != recorded[k] for k in given if k not in _RESUME_FREE):
+                _refuse_changed("training", {k: v for k, v in given.items() if k not in _RESUME_FREE},
+                                {k: v for k, v in recorded.items() if k not in _RESUME_FREE})
             cfg = TrainConfig.from_dict({**rec_cfg.to_dict(), **{k: getattr(cfg, k) for k in _RESUME_FREE}})
         else:
             cfg = rec_cfg
