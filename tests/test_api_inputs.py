@@ -376,3 +376,33 @@ def test_sampler_inputs_of_the_wrong_type_are_one_clear_error():
         assert torch.equal(sample(DEN, "ddim", 2, (2,), [0, 1], schedule=sch, es=lam), base)
     with pytest.raises(TypeError, match="es must be a LambdaSchedule or a number"):
         sample(DEN, "ddim", 2, (2,), [0, 1], schedule=sch, es=torch.tensor([1.01, 1.02]))
+
+
+# ---- a network passed where a denoiser is expected -------------------------------------------------------------------
+class _EpsNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+
+    def forward(self, x_t, t):
+        return self.lin(x_t.float())
+
+
+@pytest.mark.parametrize("net, arg", [(_EpsNet(), "t"), (lambda sample, timestep: sample, "timestep"),
+                                      (lambda x, timesteps, cond=None: x, "timesteps")])
+def test_a_network_is_refused_where_a_denoiser_is_expected(net, arg):
+    """Read as D(x, σ), a network's ε would be taken for x̂_0 and sampling would run to wrong samples, silently."""
+    with pytest.raises(TypeError, match=rf"net\(x_t, {arg}\): a network, not a denoiser.*VPDenoiser"):
+        sample(net, "ddim", 2, (2,), range(2))
+
+
+def test_denoiser_functions_and_explicit_wrappers_still_run():
+    from diffusion_es.core.param import VPDenoiser
+    from diffusion_es.core.schedules import VPSchedule
+    net = _EpsNet()
+    wrapped = sample(VPDenoiser(net, VPSchedule.linear()), "ddim", 2, (2,), range(2))
+    assert wrapped.shape == (2, 2) and torch.isfinite(wrapped).all()
+    assert sample(lambda x, sigma: 0 * x, "ddim", 2, (2,), range(2)).abs().max() == 0
+    assert sample(FnDenoiser(lambda x, t: 0 * x), "ddim", 2, (2,), range(2)).abs().max() == 0  # "t" is σ here
+    with pytest.raises(TypeError, match="expected a denoiser"):
+        sample(3, "ddim", 2, (2,), range(2))

@@ -27,6 +27,7 @@ interpolation value) keep their variance output as ``extras["var_values"]``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, Optional
 
@@ -461,8 +462,42 @@ class FnDenoiser(Denoiser):
         return self.fn(x, sigma_batch(sigma, x), **kwargs), {}
 
 
+# names a network's time argument goes by (ADM's and our own ``t``, diffusers' ``timestep``); a function whose
+# second argument is called one of these is a network net(x_t, t), not a denoiser D(x, σ)
+_TIME_ARGUMENTS = ("t", "ts", "time", "times", "timestep", "timesteps")
+
+
+def _time_argument(model) -> Optional[str]:
+    """The name of ``model``'s second positional argument if it is a time argument (:data:`_TIME_ARGUMENTS`),
+    else None (also where the signature cannot be read)."""
+    fn = model.forward if isinstance(model, nn.Module) else model
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or an extension type without a signature
+        return None
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return positional[1] if len(positional) > 1 and positional[1].lower() in _TIME_ARGUMENTS else None
+
+
 def as_denoiser(model) -> Denoiser:
-    return model if isinstance(model, Denoiser) else FnDenoiser(model)
+    """``model`` as a :class:`Denoiser`: a Denoiser itself, else a function ``fn(x, sigma) -> D`` wrapped in
+    :class:`FnDenoiser`. A network called as ``net(x_t, t)`` (its second argument named ``t``, ``timestep``, …) is
+    refused: read as a denoiser, its ε (or v) would be taken for x̂_0 and sampling would run to wrong samples
+    without an error. Wrap it in :class:`VPDenoiser` (or :class:`FlowDenoiser`); a function that does take σ under
+    such a name goes through ``FnDenoiser(fn)`` explicitly."""
+    if isinstance(model, Denoiser):
+        return model
+    if not callable(model):
+        raise TypeError(f"expected a denoiser D(x, σ) (a Denoiser or a function), got {type(model).__name__}")
+    arg = _time_argument(model)
+    if arg is not None:
+        name = type(model).__name__ if isinstance(model, nn.Module) else getattr(model, "__name__", "the function")
+        raise TypeError(f"{name} is called as net(x_t, {arg}): a network, not a denoiser D(x, σ); wrap it, e.g. "
+                        f"VPDenoiser(net, VPSchedule.linear(), prediction='eps') for a VP network or "
+                        f"FlowDenoiser(net) for a rectified-flow one (diffusion_es.core.param; a diffusers UNet: "
+                        f"diffusion_es.models.diffusers_unet.load_diffusers_unet), or FnDenoiser(fn) if its "
+                        f"'{arg}' is σ")
+    return FnDenoiser(model)
 
 
 def _first_tensor(module: nn.Module, kind: str, keep=None):
