@@ -179,6 +179,35 @@ def test_step_signature_stays_visible(unet_lat):
     h.remove()  # a second remove is a no-op
 
 
+
+def test_replacing_the_pipelines_scheduler_detaches_the_patch(unet):
+    """``pipe.scheduler = ...`` after ES runs the new scheduler without ES: the handle says so instead of
+    claiming to be active, the model route refuses to run with the old scheduler's λ, and remove() still restores
+    the old scheduler."""
+    pipe = ddim_pipe(unet)
+    old = pipe.scheduler
+    h = apply_epsilon_scaling(pipe, 1.02)
+    assert h.active and h.detached is None and "(active)" in repr(h)
+    pipe.scheduler = DDIMScheduler.from_config(old.config)
+    assert not h.active and "scheduler was replaced" in h.detached and "detached" in repr(h)
+    assert "step" in old.__dict__  # still patched until removed
+    h.remove()
+    assert "step" not in old.__dict__ and not h.active and "(removed)" in repr(h)
+    # applied to a scheduler directly there is no pipeline to watch
+    with apply_epsilon_scaling(old, 1.02) as h2:
+        assert h2.active and h2.detached is None
+
+    pipe = ddim_pipe(unet)
+    hm = scale_model_output(pipe.unet, pipe, 1.02)
+    assert hm.active
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    assert not hm.active
+    with pytest.raises(RuntimeError, match="scheduler was replaced.*scale_model_output again"):
+        run(pipe, batch_size=2)
+    hm.remove()
+    assert "forward" not in pipe.unet.__dict__
+
+
 # ---- λ per network evaluation: Heun (two calls per interval) and multistep DPM-Solver++ ----------------------
 @pytest.mark.parametrize("make", [
     lambda: HeunDiscreteScheduler(),

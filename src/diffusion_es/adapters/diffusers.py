@@ -354,13 +354,31 @@ class _SchedulerView:
 class EpsilonScalingHandle:
     """Undo handle for one patch (also a context manager). ``records`` lists :class:`CallRecord` when recording."""
 
-    def __init__(self, target, attr: str, wrapper, view: _SchedulerView, record: bool):
+    def __init__(self, target, attr: str, wrapper, view: _SchedulerView, record: bool, pipeline=None):
         self.target, self.attr, self.view = target, attr, view
         self.records = [] if record else None
         self._had_own = attr in target.__dict__
         self._own = target.__dict__.get(attr)
         self._wrapper = wrapper
-        self.active = True
+        self._applied = True
+        # the pipeline it was applied through (weakly): replacing pipe.scheduler afterwards detaches the patch
+        self._pipeline = None if pipeline is None else weakref.ref(pipeline)
+
+    @property
+    def detached(self) -> Optional[str]:
+        """Why a patch still in place no longer reaches the pipeline it was applied through (its ``scheduler`` was
+        replaced afterwards: ``pipe.scheduler = ...`` runs the new, unpatched one), else None."""
+        pipe = None if self._pipeline is None else self._pipeline()
+        if not self._applied or pipe is None or getattr(pipe, "scheduler", None) is self.view.scheduler:
+            return None
+        return (f"the pipeline's scheduler was replaced after Epsilon Scaling was applied (it now runs "
+                f"{type(pipe.scheduler).__name__} without ES); apply Epsilon Scaling again, after choosing the scheduler")
+
+    @property
+    def active(self) -> bool:
+        """True while the patch is in place and, where it was applied through a pipeline, that pipeline still runs
+        the patched scheduler (:attr:`detached`)."""
+        return self._applied and self.detached is None
 
     @property
     def schedule(self) -> LambdaSchedule:
@@ -373,7 +391,7 @@ class EpsilonScalingHandle:
 
     def remove(self) -> None:
         """Restore the original ``step`` / ``forward`` exactly. Removing twice is a no-op."""
-        if not self.active:
+        if not self._applied:
             return
         current = self.target.__dict__.get(self.attr)
         if current is not self._wrapper:
@@ -383,7 +401,7 @@ class EpsilonScalingHandle:
             setattr(self.target, self.attr, self._own)
         else:
             delattr(self.target, self.attr)
-        self.active = False
+        self._applied = False
 
     def _log(self, route, timestep, sigma, lam):
         if self.records is not None:
@@ -397,7 +415,7 @@ class EpsilonScalingHandle:
         return False
 
     def __repr__(self):
-        state = "active" if self.active else "removed"
+        state = "removed" if not self._applied else "detached: pipe.scheduler replaced" if self.detached else "active"
         return f"<EpsilonScalingHandle {type(self.target).__name__}.{self.attr} {self.schedule!r} ({state})>"
 
 
@@ -414,6 +432,11 @@ def _find_scheduler(obj):
     if sched is not None and hasattr(sched, "step") and hasattr(sched, "set_timesteps"):
         return sched
     raise TypeError(f"expected a diffusers pipeline or scheduler, got {type(obj).__name__}")
+
+
+def _pipeline_of(obj, sched):
+    """``obj`` when it is a pipeline holding ``sched`` (what a handle watches for a replaced scheduler), else None."""
+    return obj if obj is not sched and getattr(obj, "scheduler", None) is sched else None
 
 
 def _already_patched(target, attr):
@@ -438,14 +461,15 @@ def apply_epsilon_scaling(pipe_or_scheduler, schedule: Union[LambdaSchedule, flo
 
     ``schedule``: a :class:`~diffusion_es.scaling.LambdaSchedule` or a number (uniform λ). Returns a handle;
     ``handle.remove()`` (or leaving ``with apply_epsilon_scaling(...):``) restores the scheduler exactly.
-    Apply it after choosing the pipeline's scheduler (``pipe.scheduler = ...`` afterwards replaces the patched
-    one). ``record=True`` logs every λ lookup in ``handle.records``.
+    Apply it after choosing the pipeline's scheduler: ``pipe.scheduler = ...`` afterwards runs the new scheduler
+    without ES, and the handle then says so (``handle.active`` False, ``handle.detached`` the reason).
+    ``record=True`` logs every λ lookup in ``handle.records``.
     """
     sched = _find_scheduler(pipe_or_scheduler)
     if _already_patched(sched, "step"):
         raise RuntimeError("Epsilon Scaling is already applied to this scheduler; remove the first handle before "
                            "applying another schedule")
-    if any(h.active for h in _MODEL_ROUTES.get(sched, ())):
+    if any(h._applied for h in _MODEL_ROUTES.get(sched, ())):
         raise RuntimeError(f"scale_model_output already scales a model's output for this scheduler; scaling its step "
                            f"too {_BOTH_ROUTES}")
     view = _SchedulerView(sched, _as_schedule(schedule))
@@ -475,7 +499,7 @@ def apply_epsilon_scaling(pipe_or_scheduler, schedule: Union[LambdaSchedule, flo
         return orig(*args, **kwargs)
 
     step.__signature__ = inspect.signature(orig)
-    handle = EpsilonScalingHandle(sched, "step", step, view, record)
+    handle = EpsilonScalingHandle(sched, "step", step, view, record, _pipeline_of(pipe_or_scheduler, sched))
     step._es_handle = handle
     sched.step = step
     return handle
@@ -490,6 +514,8 @@ def scale_model_output(model, pipe_or_scheduler, schedule: Union[LambdaSchedule,
     :func:`apply_epsilon_scaling`); the prediction type defaults to the scheduler's. With classifier-free guidance
     this scales every branch *before* guidance, which equals scaling the guided prediction (guidance is linear).
     Learned-variance outputs (2C channels) keep their last C channels. Returns an undo handle.
+    Given a pipeline, the wrapped model refuses to run (one line) once ``pipe.scheduler`` has been replaced: its λ
+    and noise levels would come from the old scheduler.
     """
     sched = _find_scheduler(pipe_or_scheduler)
     if _already_patched(model, "forward"):
@@ -503,6 +529,9 @@ def scale_model_output(model, pipe_or_scheduler, schedule: Union[LambdaSchedule,
 
     @functools.wraps(orig)
     def forward(*args, **kwargs):
+        detached = handle.detached
+        if detached:  # λ and the noise levels would come from a scheduler the pipeline no longer runs
+            raise RuntimeError(f"scale_model_output: {detached} (handle.remove(), then scale_model_output again)")
         result = orig(*args, **kwargs)
         bound = view.ensure_bound()
         if bound.identity:
@@ -532,8 +561,8 @@ def scale_model_output(model, pipe_or_scheduler, schedule: Union[LambdaSchedule,
         raise TypeError(f"cannot apply Epsilon Scaling to a model output of type {type(result).__name__}")
 
     forward.__signature__ = inspect.signature(orig)
-    handle = EpsilonScalingHandle(model, "forward", forward, view, record)
+    handle = EpsilonScalingHandle(model, "forward", forward, view, record, _pipeline_of(pipe_or_scheduler, sched))
     forward._es_handle = handle
     model.forward = forward
-    _MODEL_ROUTES[sched] = [h for h in _MODEL_ROUTES.get(sched, ()) if h.active] + [handle]
+    _MODEL_ROUTES[sched] = [h for h in _MODEL_ROUTES.get(sched, ()) if h._applied] + [handle]
     return handle
