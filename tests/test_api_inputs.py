@@ -157,6 +157,32 @@ def test_adapt_schedule():
         adapt_schedule(lin, 20, 10, "squeeze")
 
 
+
+def test_library_refuses_a_loaded_schedule_made_for_another_setting(tmp_path):
+    """load_schedule keeps what the file was made for; sample() and measure_exposure refuse it for another setting
+    (as the CLI does) until adapt_schedule says how to use it, and give the same samples as the schedule in code."""
+    from diffusion_es.diagnostics.measure import measure_exposure
+
+    lam = tmp_path / "lam.json"
+    save_schedule(lam, Linear(0.01, 1.0), sampler="ddim", steps=4, spacing="adm")
+    es = load_schedule(lam)
+    assert es.made_for == {"sampler": "ddim", "steps": 4, "spacing": "adm"} and es == Linear(0.01, 1.0)
+    assert torch.equal(sample(DEN, "ddim", 4, (2,), range(3), es=es),
+                       sample(DEN, "ddim", 4, (2,), range(3), es=Linear(0.01, 1.0)))
+    for sampler, steps, spacing, diff in (("ddim", 8, "adm", "4 steps, not 8"), ("ddpm", 4, "adm", "sampler ddim"),
+                                          ("ddim", 4, "linspace", "spacing adm, not linspace")):
+        with pytest.raises(ValueError, match=rf"made for ddim with 4 steps \({diff}.*adapt_schedule\(es, 4, {steps}"):
+            sample(DEN, sampler, steps, (2,), range(3), es=es, spacing=spacing)
+    with pytest.raises(ValueError, match="made for ddim with 4 steps"):
+        measure_exposure(DEN, torch.zeros(4, 2), "heun", 4, es=es, n_samples=4)
+    assert sample(DEN, "euler", 4, (2,), range(3), es=adapt_schedule(es, 4, 4, "stretch")).shape == (3, 2)
+    stretched = adapt_schedule(es, 4, 8, "stretch")
+    assert stretched.made_for is None and es.made_for is not None  # the loaded one is left as it was
+    assert torch.equal(sample(DEN, "ddim", 8, (2,), range(3), es=stretched),
+                       sample(DEN, "ddim", 8, (2,), range(3), es=Linear(0.01 * 3 / 7, 1.0)))
+    save_schedule(lam, Uniform(1.01))  # a file made for no setting: any run
+    assert sample(DEN, "heun", 3, (2,), range(3), es=load_schedule(lam)).shape == (3, 2)
+
 def test_cli_refuses_a_schedule_made_for_another_setting_unless_told(tmp_path, capsys):
     from diffusion_es.cli import main
 

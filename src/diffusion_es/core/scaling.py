@@ -32,6 +32,7 @@ arithmetic runs in float32 at least (float64 where the inputs are).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from typing import Callable, Optional, Sequence, Union
@@ -61,6 +62,7 @@ __all__ = [
     "save_schedule",
     "schedule_mismatch",
     "adapt_schedule",
+    "check_made_for",
     "ADAPT_MODES",
 ]
 
@@ -82,6 +84,9 @@ class LambdaSchedule:
     """Base class. ``values(n)`` gives λ for the n sampling steps in sampling order (first = noisiest)."""
 
     kind = ""
+    # the sampling setting a schedule file says it was made for ({"sampler", "steps"[, "spacing"][, "weights"]}):
+    # set by load_schedule, checked by the samplers (check_made_for); None: made for no setting in particular
+    made_for: Optional[dict] = None
 
     def values(self, n: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -448,8 +453,13 @@ def read_schedule(path):
 
 
 def load_schedule(path) -> LambdaSchedule:
-    """The schedule of a schedule JSON file (see :func:`read_schedule`, which also returns what it was made for)."""
-    return read_schedule(path)[0]
+    """The schedule of a schedule JSON file (see :func:`read_schedule`). What the file says it was made for stays
+    with it (``schedule.made_for``): :func:`~diffusion_es.samplers.sample` and ``measure_exposure`` refuse it for
+    another sampler, number of steps or spacing (:func:`check_made_for`) unless it is adapted
+    (:func:`adapt_schedule`)."""
+    schedule, made_for = read_schedule(path)
+    schedule.made_for = made_for
+    return schedule
 
 
 def save_schedule(path, schedule: LambdaSchedule, sampler: Optional[str] = None, steps: Optional[int] = None,
@@ -497,6 +507,19 @@ def schedule_mismatch(made_for: Optional[dict], sampler: str, steps: int, spacin
     return "; ".join(diffs)
 
 
+def check_made_for(schedule: Optional[LambdaSchedule], sampler: str, steps: int, spacing: Optional[str] = None) -> None:
+    """Refuse, in one line, a schedule loaded from a file made for another sampling setting (its ``made_for``;
+    :func:`schedule_mismatch`): λ tuned for one sampler and number of steps is not λ for another. A schedule from
+    :func:`adapt_schedule`, or one built in code, carries no setting and passes."""
+    made_for = getattr(schedule, "made_for", None)
+    diff = schedule_mismatch(made_for, sampler, steps, spacing)
+    if diff:
+        n0 = made_for["steps"]
+        raise ValueError(f"es: this λ schedule was made for {made_for['sampler']} with {n0} steps ({diff}); "
+                         f"calibrate for this setting, or use it anyway through adapt_schedule(es, {n0}, {int(steps)}, "
+                         f"'stretch') (the same λ curve over the run) or 'index' (the same λ per step index)")
+
+
 def adapt_schedule(schedule: LambdaSchedule, steps_from: int, steps_to: int, how: str) -> LambdaSchedule:
     """A schedule made for ``steps_from`` sampling steps, for a run of ``steps_to`` steps.
 
@@ -504,7 +527,17 @@ def adapt_schedule(schedule: LambdaSchedule, steps_from: int, steps_to: int, how
       keeps its values at the first and the last step (k scaled by (n_from − 1)/(n_to − 1)), per-step values are
       interpolated linearly;
     * ``index``: the same λ per step index t (t = 0 the last step): a linear schedule is extended or cut; a
-      per-step schedule cannot be (refused)."""
+      per-step schedule cannot be (refused).
+
+    The result is made for no setting in particular (no ``made_for``): it is the schedule to use for the run."""
+    adapted = _adapt(schedule, steps_from, steps_to, how)
+    if adapted is schedule:
+        adapted = copy.copy(schedule)
+    adapted.made_for = None
+    return adapted
+
+
+def _adapt(schedule: LambdaSchedule, steps_from: int, steps_to: int, how: str) -> LambdaSchedule:
     if how not in ADAPT_MODES:
         raise ValueError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {how!r}")
     n0, n1 = int(steps_from), int(steps_to)

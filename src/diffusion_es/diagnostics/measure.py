@@ -35,7 +35,7 @@ from ..devices import check_device
 from ..errors import UsageError
 from ..core.param import as_denoiser, implied_eps, noised, process_coefficients, sigma_to_flow_space, sigma_to_vp_space
 from ..samplers import SamplingPlan, SeedNoise, default_schedule, resolve_batch_size
-from ..core.scaling import LambdaSchedule, as_schedule, epsilon_scaled
+from ..core.scaling import LambdaSchedule, as_schedule, check_made_for, epsilon_scaled
 from ..core.schedules import VPSchedule
 
 __all__ = ["ExposureCurves", "measure_exposure", "training_eps_norms", "estimate_lambda", "plot_exposure"]
@@ -175,6 +175,7 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
     batch_size = resolve_batch_size(batch_size, denoiser, shape, device)
     plan = SamplingPlan(sampler, steps, schedule, spacing=spacing)
     sampler_kwargs = plan.spec.resolve(sampler_kwargs)
+    check_made_for(es, plan.sampler, plan.steps, plan.spacing)  # a λ file made for another setting
     den = epsilon_scaled(as_denoiser(denoiser), es, plan.sigmas)
     n = plan.steps
     # λ of each sampling step, as the sampler applies it: keyed on the step's σ_i (under EDM churn the network is

@@ -19,7 +19,7 @@ import torch
 
 from ..core.param import as_denoiser
 from ..devices import check_device
-from ..core.scaling import LambdaSchedule, as_schedule, epsilon_scaled
+from ..core.scaling import LambdaSchedule, as_schedule, check_made_for, epsilon_scaled
 from ..core.schedules import FlowSchedule, VPSchedule
 from .common import (DEFAULT_BATCH, NOISE_BLOCK, SeedNoise, StepInfo, auto_batch_size, check_seeds, over_seed_batches,
                      resolve_batch_size)
@@ -111,8 +111,10 @@ def sample(denoiser, sampler: str, steps: int, shape: Sequence[int], seeds: Sequ
         schedule = default_schedule(denoiser)
     plan = SamplingPlan(sampler, steps, schedule, spacing=spacing, rho=rho, shift=shift)
     plan.resolve(opts)  # refuse bad options before any work
+    es = as_schedule(es)
+    check_made_for(es, plan.sampler, plan.steps, plan.spacing)  # a λ file made for another setting
     batch_size = resolve_batch_size(batch_size, denoiser, shape, device)
-    den = epsilon_scaled(as_denoiser(denoiser), as_schedule(es), plan.sigmas)
+    den = epsilon_scaled(as_denoiser(denoiser), es, plan.sigmas)
     x = over_seed_batches(check_seeds(seeds), shape, batch_size, device,
                           lambda noise, cb: plan.run(den, noise.initial(), noise, callback=cb, **opts),
                           callback, progress, pfgm_D=plan.pfgm_D)

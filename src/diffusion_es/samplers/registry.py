@@ -183,6 +183,7 @@ class SamplingPlan:
             schedule = schedule.with_shift(shift)
         self.schedule = schedule
         self.process = "flow" if grid == "flow" else "vp"
+        self.spacing = spacing if grid == "vp" else None  # (what a λ schedule file records of the setting)
         if grid == "vp":
             self.chain = schedule.respaced(respace(schedule.T, self.steps, spacing))
             self.grid = self.chain
