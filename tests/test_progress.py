@@ -94,6 +94,7 @@ def bar_at_once(monkeypatch):
     import diffusion_es.cli.common as common
 
     monkeypatch.setattr(common, "PROGRESS_DELAY", 0.0)
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)  # (stderr is not a terminal under pytest)
 
 
 def test_json_stdout_stays_parseable_while_the_bar_is_shown(bar_at_once, tmp_path, capsys):
@@ -170,3 +171,32 @@ def test_the_human_summary_goes_to_stdout_for_every_command_that_writes_one(tmp_
         assert main([*argv, "--no-progress"]) == 0, cmd
         out, err = capsys.readouterr()
         assert line in out and line not in err, (cmd, out, err)
+
+
+def test_a_bar_written_to_a_file_is_refreshed_rarely(monkeypatch, tmp_path, capsys):
+    """On a terminal the bar redraws in place; in a log file (a batch job's stderr) every refresh stays, so there
+    the bar is refreshed at most every LOG_INTERVAL seconds: one sample run of 12 batches leaves a few refreshes,
+    not one per batch."""
+    import io
+
+    import diffusion_es.cli.common as common
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert progress.bar_interval(Tty()) == 0.1 and progress.bar_interval(Tty(), terminal=0.5) == 0.5
+    assert progress.bar_interval(io.StringIO()) == progress.LOG_INTERVAL == 30.0
+    closed = io.StringIO()
+    closed.close()
+    assert progress.bar_interval(closed) == progress.LOG_INTERVAL and progress.bar_interval(object()) == 30.0
+
+    monkeypatch.setattr(common, "PROGRESS_DELAY", 0.0)
+    run = ["sample", "--model", "default", "--sampler", "ddim", "--steps", "2", "--seeds", "0-23", "--batch-size",
+           "2"]
+    assert main([*run, "--out", str(tmp_path / "a.npz")]) == 0
+    few = capsys.readouterr().err.count("\r")
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)
+    assert main([*run, "--out", str(tmp_path / "b.npz")]) == 0
+    many = capsys.readouterr().err.count("\r")
+    assert few <= 4 and many >= 12, (few, many)

@@ -19,7 +19,22 @@ import contextlib
 import contextvars
 from typing import Callable, Optional
 
-__all__ = ["Meter", "tracking", "task", "advance", "active"]
+__all__ = ["Meter", "tracking", "task", "advance", "active", "bar_interval", "LOG_INTERVAL"]
+
+# seconds between progress-bar refreshes where stderr is not a terminal (a log file, a batch job's output): a
+# terminal redraws the bar in place, a file keeps every refresh, so there it is refreshed twice a minute
+LOG_INTERVAL = 30.0
+
+
+def bar_interval(stream, terminal: float = 0.1) -> float:
+    """The least time between two refreshes of a progress bar drawn on ``stream``: ``terminal`` on a terminal,
+    :data:`LOG_INTERVAL` elsewhere (every refresh of a bar written to a file stays in it)."""
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        tty = False
+    return terminal if tty else LOG_INTERVAL
+
 
 _METER: contextvars.ContextVar = contextvars.ContextVar("diffusion_es_progress", default=None)
 

@@ -459,11 +459,14 @@ def add_progress_arg(p) -> None:
 
 
 def progress_bar(total, desc: str, unit: str = "sample", disable: bool = False):
-    """A tqdm bar on stderr with rate and ETA, shown after PROGRESS_DELAY seconds, cleared when done."""
+    """A tqdm bar on stderr with rate and ETA, shown after PROGRESS_DELAY seconds, cleared when done; refreshed
+    at most twice a minute where stderr is a file (:func:`diffusion_es.progress.bar_interval`)."""
     from tqdm import tqdm
 
+    from ..progress import bar_interval
+
     return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, disable=disable,
-                delay=PROGRESS_DELAY, dynamic_ncols=True)
+                delay=PROGRESS_DELAY, dynamic_ncols=True, mininterval=bar_interval(sys.stderr))
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..io import atomic_path, json_text
+from ..progress import bar_interval
 from ..models.checkpoint import FORMAT, build_model, diffusion_config, read_config, save_checkpoint
 from ..models.config import ModelConfig
 from ..core.pfgm import EDMSchedule, generator_scales
@@ -521,7 +522,7 @@ def _loop(run: _Run, progress: bool, callback) -> dict:
     cfg = run.cfg
     run.out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, file=sys.stderr, dynamic_ncols=True,
-               unit="step", mininterval=0.5)
+               unit="step", mininterval=bar_interval(sys.stderr, terminal=0.5))
     try:
         if run.step >= cfg.steps:  # the last checkpoint stopped after its training state: write the rest of it
             run.eval_heldout()
