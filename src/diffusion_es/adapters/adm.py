@@ -50,6 +50,10 @@ class EpsilonScaledEpsNet(WrapsInner):
         if len(ab) == 0 or np.any(~np.isfinite(ab)) or np.any(ab[:-1] <= 0) or ab[-1] < 0 or np.any(ab >= 1):
             raise ValueError("alphas_cumprod must be a non-empty table of values in (0, 1); only the last may be 0 "
                              "(zero terminal SNR, where λ = 1)")
+        if np.any(np.diff(ab) > 0):  # β (increasing, also in (0, 1)) or ᾱ in reverse would key λ on wrong levels
+            raise ValueError(f"alphas_cumprod must fall with the timestep (ᾱ_0 near 1, ᾱ_T-1 near 0); this table "
+                             f"rises ({ab[0]:.4g} at t = 0, {ab[-1]:.4g} at t = {len(ab) - 1}): if it is β, pass "
+                             f"VPSchedule(betas) or numpy.cumprod(1 - betas)")
         schedule = as_schedule(schedule, "schedule")
         if schedule is None:
             raise TypeError("schedule must be a LambdaSchedule or a number (uniform λ), got None")
