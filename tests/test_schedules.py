@@ -199,3 +199,15 @@ def test_sigma_to_t_exact_on_table_and_monotone_between():
     np.testing.assert_allclose(sch.sigma_to_t(mid), np.arange(sch.T - 1) + 0.5, atol=1e-9)
     # out-of-range sigmas clamp to the table ends
     assert sch.sigma_to_t(1e-9) == 0.0 and sch.sigma_to_t(1e9) == sch.T - 1
+
+
+def test_an_alpha_bar_table_passed_as_betas_is_refused_with_the_conversion():
+    """ᾱ lies in (0, 1) like β; read as β it gave a schedule whose first step removes almost all the signal."""
+    for ref in (VPSchedule.linear(), VPSchedule.cosine(), VPSchedule.linear(T=20)):
+        ab = ref.alphas_cumprod
+        with pytest.raises(ValueError, match="looks like ᾱ"):
+            VPSchedule(ab)
+        betas = 1 - ab / np.concatenate([[1.0], ab[:-1]])  # the conversion the message names
+        np.testing.assert_allclose(VPSchedule(betas).alphas_cumprod, ab, rtol=64 * np.finfo(np.float64).eps * len(ab),
+                                   atol=0)
+    VPSchedule(np.array([0.6, 0.7, 0.8]))  # large but rising β: a (coarse) schedule, accepted

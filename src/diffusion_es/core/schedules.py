@@ -93,6 +93,10 @@ class VPSchedule:
         b = np.asarray(self.betas, dtype=np.float64)
         if b.ndim != 1 or len(b) == 0:
             raise ValueError("betas must be a non-empty 1-D array")
+        if len(b) > 1 and 0.5 < b[0] < 1 and 0 <= b[-1] < b[0]:  # ᾱ (in [0, 1) too) read as β: β tables rise
+            raise ValueError(f"betas fall from {b[0]:.4g} to {b[-1]:.4g}: a β table rises from near 0 (the first "
+                             f"step adds a little noise); this looks like ᾱ (alphas_cumprod): pass "
+                             f"1 - ab / numpy.concatenate([[1.0], ab[:-1]]) as betas")
         if not np.all(np.isfinite(b)) or np.any(b <= 0) or np.any(b[:-1] >= 1) or b[-1] > 1 or \
                 (len(b) == 1 and b[0] >= 1):
             raise ValueError("betas must lie in (0, 1); only the last may be 1 (zero terminal SNR)")
