@@ -71,6 +71,18 @@ def test_fid_ref_from_npz_and_text_output(refs, tmp_path, capsys):
     assert "precision" in text
 
 
+
+def test_fewer_samples_than_feature_dimensions_get_a_note(refs, tmp_path, capsys):
+    """FD from n <= d samples (singular covariance) is allowed but says what it is worth, on stderr only."""
+    u = to_uint8(load_digits("train"))
+    for n, noted in ((40, True), (300, False)):
+        save_npz(tmp_path / f"s{n}.npz", u[:n])
+        capsys.readouterr()
+        assert main(["fid", str(tmp_path / f"s{n}.npz"), "--ref", str(refs / "held.npz"), "--json"]) == 0
+        out, err = capsys.readouterr()
+        assert json.loads(out)["n_samples"] == n
+        assert ("note: 40 samples for 128-d features" in err) is noted, err
+
 @pytest.mark.parametrize("argv, msg", [
     (["fid", "{tmp}/missing.npz", "--ref", "{refs}/held.npz"], "no such file"),
     (["fid", "{tmp}/s.npz", "--ref", "{tmp}/missing_ref.npz"], "does not exist"),
