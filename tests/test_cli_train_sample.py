@@ -176,6 +176,36 @@ def test_an_interrupt_while_the_command_line_starts_is_one_line(monkeypatch, cap
     assert err == ["diffusion-es: interrupted before the command started; nothing was written"]
 
 
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_torch_is_imported_is_held_until_the_imports_are_done(signame, tmp_path, monkeypatch, capsys):
+    """torch imports numpy from C, where a KeyboardInterrupt raised inside the import was swallowed (the Ctrl-C
+    lost, the whole job run) or left numpy half-imported (a traceback). While the parser is built a signal is
+    recorded, not raised: the imports finish, then the command stops in one line, and the handlers are restored."""
+    import os
+    import signal
+    import time
+
+    import diffusion_es.cli as cli
+
+    sig = getattr(signal, signame)
+    real, finished = cli.build_parser, []
+
+    def build_parser_hit_by_a_signal():
+        os.kill(os.getpid(), sig)  # arrives "inside the imports"
+        time.sleep(0.05)  # Python runs the handler here: without deferral KeyboardInterrupt (or death) here
+        finished.append(True)
+        return real()
+
+    monkeypatch.setattr(cli, "build_parser", build_parser_hit_by_a_signal)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "s.npz"
+    assert cli.main(["sample", "--seeds", "0-3", "--steps", "2", "--out", str(out)]) == 130
+    assert finished == [True] and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["diffusion-es: interrupted before the command started; nothing was written"]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def test_the_package_and_the_command_line_reach_main_without_torch():
     """`import diffusion_es` and `import diffusion_es.cli` (what the console script runs before main()) do not
     import torch, so an interrupt while torch loads lands in main's handler; the public names still resolve

@@ -111,19 +111,59 @@ class _TermAsInterrupt:
         return False
 
 
+class _DeferInterrupts:
+    """While the parser is built (it imports torch, a second or more), SIGINT and SIGTERM are recorded
+    (``self.got``) instead of acted on, and the handlers in place before are put back afterwards.
+
+    torch imports numpy from its C code, where a KeyboardInterrupt raised inside numpy's import is swallowed: the
+    Ctrl-C was lost (the whole job then ran), or numpy was left half-imported (an AttributeError traceback), or a
+    C++ exception aborted the process. Recording the signal and acting on it once the imports are done makes every
+    such Ctrl-C the one line 'interrupted before the command started'. Only the default handlers are replaced (a
+    program that calls main() with handlers of its own keeps them), and only in the main thread."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.got, self.old = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL, None):
+                    self.old[sig] = signal.signal(sig, self._record)
+        return self
+
+    def _record(self, signum, frame):
+        self.got = self.got or signum
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+        return False
+
+
 RESUMABLE = ("sample", "repro", "compare")  # commands that keep finished parts (train: checkpoints); a command
 # that keeps them only sometimes sets args.keeps_work when it does
 
 
 def main(argv=None) -> int:
+    interrupted = "diffusion-es: interrupted before the command started; nothing was written"
     try:  # the parser imports torch (a second or more): a Ctrl-C there is one line too
-        parser = build_parser()
-        args = parser.parse_args(argv)
-    except KeyboardInterrupt:
-        print("diffusion-es: interrupted before the command started; nothing was written", file=sys.stderr)
+        with _DeferInterrupts() as pending:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # (outside the main thread, where signals cannot be deferred)
+        print(interrupted, file=sys.stderr)
         return 130
     except SystemExit as e:  # --help / --version (0) or a bad option, already reported in one line (2)
+        if pending.got:
+            print(interrupted, file=sys.stderr)
+            return 130
         return e.code if isinstance(e.code, int) else 2
+    if pending.got:
+        print(interrupted, file=sys.stderr)
+        return 130
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
