@@ -84,7 +84,7 @@ def test_fid_and_fid_ref_read_both_forms_alike(runs, tmp_path, capsys):
             capsys.readouterr()
 
 
-def test_killed_png_run_resumes_to_the_same_files(runs, tmp_path, monkeypatch):
+def test_killed_png_run_resumes_to_the_same_files(runs, tmp_path, monkeypatch, capsys):
     import diffusion_es.samplers as samplers
 
     real = samplers.sample
@@ -101,6 +101,14 @@ def test_killed_png_run_resumes_to_the_same_files(runs, tmp_path, monkeypatch):
     assert main([*COMMON, "--out", str(out)]) == 130
     assert sorted(p.name for p in out.iterdir()) == [f"seed{s:06d}.png" for s in range(4)]  # the first chunk
     assert _hidden(tmp_path) == []
+    ref = tmp_path / "held.npz"
+    assert main(["fid-ref", "--data", "digits", "--split", "heldout", "--out", str(ref), "--no-progress"]) == 0
+    for command in (["fid", str(out), "--ref", str(ref)], ["fid-ref", "--data", str(out), "--out",
+                                                                     str(tmp_path / "r.npz")]):
+        capsys.readouterr()
+        assert main([*command, "--no-progress"]) == 2  # an unfinished folder is not read as samples
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "an unfinished sample folder (p.parts/ beside it" in err[0], err
     calls.clear()
 
     def counts(*a, **kw):
@@ -113,6 +121,7 @@ def test_killed_png_run_resumes_to_the_same_files(runs, tmp_path, monkeypatch):
     for s in range(10):
         assert (out / f"seed{s:06d}.png").read_bytes() == (runs / "pngs" / f"seed{s:06d}.png").read_bytes()
     assert not (tmp_path / "p.parts").exists()
+    assert main(["fid", str(out), "--ref", str(ref), "--no-progress"]) == 0  # finished: read again
 
 
 def test_png_folder_with_other_files_is_refused(tmp_path, capsys):

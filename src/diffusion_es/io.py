@@ -282,6 +282,11 @@ def read_png(path) -> np.ndarray:
     return a[:, :, None] if a.ndim == 2 else a
 
 
+# the markers a sample run into a PNG folder OUT/ leaves in OUT.parts/, one per finished chunk, until the whole
+# folder is written (store.ShardedRun names them seeds{first}-{last}-{key}.done)
+PNG_CHUNK_MARKERS = "seeds*-*-*.done"
+
+
 def _png_files(folder: Path) -> list:
     """The PNGs of a sample folder, sorted; hidden files (temporary files of a writer) are not samples."""
     return sorted(q for q in folder.iterdir() if q.suffix.lower() == ".png" and not q.name.startswith(".")
@@ -295,6 +300,12 @@ def load_images(path) -> np.ndarray:
         files = _png_files(p)
         if not files:
             raise UsageError(f"{p}: folder holds no .png files; {SAMPLES_HINT}")
+        parts = p.with_name(p.name + ".parts")
+        if parts.is_dir() and any(parts.glob(PNG_CHUNK_MARKERS)):
+            raise UsageError(f"{p}: an unfinished sample folder ({parts.name}/ beside it records a `diffusion-es "
+                             f"sample` run into it that has not finished; the folder may hold part of it, or mix "
+                             f"runs): rerun that sample command to finish it, or remove {parts.name}/ to use the "
+                             f"{len(files)} images as they are")
         imgs, first = [], None
         for q in files:
             a = read_png(q)

@@ -175,7 +175,7 @@ class ShardedRun:
         if layout not in ("npz", "png"):
             raise ValueError(f"layout must be npz or png, got {layout!r}")
         self.ctx, self.out, self.layout = ctx, Path(out), layout
-        self._suffix = "npz" if layout == "npz" else "done"  # a shard, or a PNG folder's marker
+        self._suffix = "npz" if layout == "npz" else "done"  # a shard, or a PNG folder's marker (io.PNG_CHUNK_MARKERS)
         self.dir = self.out.with_name(self.out.name + ".parts")
         self.seeds = [int(s) for s in seeds]
         per = shard_seeds_per_chunk(batch_size, shard_size)
