@@ -141,7 +141,7 @@ def test_unet_v_prediction_learned_variance(tmp_path):
 
 
 @pytest.mark.parametrize("command,argv,says", [
-    ("train", ["--out", "r", "--steps", "5"], "same arguments and --resume"),
+    ("train", ["--out", "r", "--steps", "5"], "no checkpoint was written yet: rerun without --resume"),
     ("sample", ["--out", "s.npz"], "finished work was kept (rerun with the same arguments to continue"),
     ("repro", ["--quick"], "finished work was kept"),
     ("calibrate", [], "this command does not resume: rerun it to start again"),  # it kept nothing: not "kept"

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from argparse import Namespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 from scipy import stats
 from scipy.integrate import quad
 
+from diffusion_es.cli.cmd_train import interrupted_message
 from diffusion_es.errors import UsageError
 from diffusion_es.models import ModelConfig, build_model, diffusion_config
 from diffusion_es.core.schedules import VPSchedule
@@ -306,9 +308,23 @@ def test_ctrl_c_saves_the_step_it_was_at(tmp_path):
         finally:
             signal.signal(sig, old)
         assert json.loads((out / "config.json").read_text())["training"]["step"] == 8  # the signal came after 7
+        # what the command line then says it kept, read from the folder
+        assert "checkpoint at step 8 of 12 was kept" in interrupted_message(Namespace(out=out))
         assert train(out, cfg, resume=True, progress=False)["step"] == 12
+        assert "training had finished" in interrupted_message(Namespace(out=out))
         a, b = _weights(tmp_path / "full"), _weights(out)
         assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), sig.name
+    # a signal during the last step: training is complete when it is acted on, so the run ends as a finished one
+    # (it raised KeyboardInterrupt, and the command line then said to --resume a run that had nothing left)
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        assert train(tmp_path / "last", cfg, TINY, progress=False,
+                     callback=lambda step, info: step == 11 and os.kill(os.getpid(), signal.SIGINT))["step"] == 12
+    finally:
+        signal.signal(signal.SIGINT, old)
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "no checkpoint was written yet" in interrupted_message(Namespace(out=tmp_path / "nothing"))
     # an ignored SIGINT (a background job of a script) stays ignored: the run goes on to the end
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

@@ -178,9 +178,10 @@ def main(argv=None) -> int:
             rc = args.func(args)
     except KeyboardInterrupt:
         command = getattr(args.func, "__module__", "").rsplit(".cmd_", 1)[-1]
-        if command == "train":
-            msg = ("finished work was kept (train saves the step it was at; rerun with the same arguments and "
-                   "--resume to continue)")
+        if command == "train":  # what it kept, from its folder
+            from .cmd_train import interrupted_message
+
+            msg = interrupted_message(args)
         elif command in RESUMABLE or getattr(args, "keeps_work", False):  # (calibrate --out)
             msg = "finished work was kept (rerun with the same arguments to continue where it stopped)"
         else:

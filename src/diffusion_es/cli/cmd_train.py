@@ -219,3 +219,25 @@ def run(args) -> int:
               + (f", held-out loss (EMA) {summary['heldout_loss_ema']:.4f}" if summary.get("heldout_loss_ema") else "")
               + f"; checkpoint in {summary['out']}")
     return 0
+
+
+def interrupted_message(args) -> str:
+    """What an interrupted ``train`` kept, read from its folder: nothing (no checkpoint yet: start again without
+    --resume), a checkpoint to resume from, or a finished run (nothing to resume)."""
+    from pathlib import Path
+
+    from ..models.checkpoint import read_config
+
+    out = Path(getattr(args, "out", None) or ".")
+    if not (out / "train_state.safetensors").exists():
+        return "no checkpoint was written yet: rerun without --resume to start again"
+    try:
+        training = read_config(out)["training"]
+        step, steps = int(training["step"]), int(training["options"]["steps"])
+    except Exception:  # noqa: BLE001 - a folder we cannot read: say what holds in general
+        return "finished work was kept (train saves the step it was at; rerun with the same arguments and --resume)"
+    if step >= steps:
+        return f"training had finished: the checkpoint at step {step} of {steps} is complete (nothing to resume)"
+    return (f"the checkpoint at step {step} of {steps} was kept; rerun with the same arguments and --resume to "
+            f"continue")
+

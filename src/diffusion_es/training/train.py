@@ -562,7 +562,7 @@ def _steps(run: _Run, bar, callback, stop: _StopAtStepEnd) -> None:
             run.checkpoint()
         if cfg.keep_every and step % cfg.keep_every == 0:
             save_checkpoint(run.out / "snapshots" / f"step_{step:07d}", run.info(), run.ema)
-        if stop.requested:  # the step is finished and saved: now the interrupt
-            raise KeyboardInterrupt
+        if stop.requested and step < cfg.steps:  # the step is finished and saved: now the interrupt (at the last
+            raise KeyboardInterrupt  # step training is complete: it ends as a finished run, nothing to resume)
         if callback is not None:
             callback(step, {"loss": terms["mse"], "lr": lr})
