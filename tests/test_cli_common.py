@@ -63,6 +63,14 @@ def test_threads_option_is_applied_once_for_every_command(tmp_path, capsys):
                  "--out", str(tmp_path / "s.npz"), "--threads", "-1", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("diffusion-es: error: argument --threads: '-1': give a whole number >= 0")
+    # every command that runs a network takes it (calibrate ran on all cores with no way to say otherwise)
+    from diffusion_es.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["calibrate"], ["measure"], ["fid", "s.npz", "--ref", "r.npz"], ["fid-ref", "--data", "digits",
+                 "--out", "r.npz"], ["sample", "--seeds", "0-1", "--out", "s.npz"], ["repro"], ["compare"],
+                 ["train", "--out", "m"], ["train-features", "--out", "f"]):
+        assert parser.parse_args([*argv, "--threads", "1"]).threads == 1, argv
 
 
 def test_a_lambda_far_from_one_is_run_with_a_note(tmp_path, capsys):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .common import (BATCH_HELP, MAX_SAMPLES, MAX_SEED_OFFSET, add_min_lambda_arg, add_model_args, add_progress_arg,
-                     add_sampler_args, float_pair, int_in, job_progress, load_model_arg, note, plain_help, print_json,
-                     sampler_kwargs, schedule_arg, schedule_made_for)
+                     add_sampler_args, add_threads_arg, float_pair, int_in, job_progress, load_model_arg, note, plain_help,
+                     print_json, sampler_kwargs, schedule_arg, schedule_made_for)
 
 
 def register(sub):
@@ -50,6 +50,7 @@ def register(sub):
                    help="write the result here, with the sampler, steps and model weights it was made for "
                         "(readable by `sample --es-schedule`); its schedule is null when no λ beat λ = 1. "
                         "Scores are kept in FILE.parts/ meanwhile: an interrupted run resumes")
+    add_threads_arg(p)
     add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print the full result as JSON (progress stays on stderr)")
     p.set_defaults(func=run)

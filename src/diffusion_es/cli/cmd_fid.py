@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UsageError
-from .common import add_progress_arg, int_in, job_progress, print_json
+from .common import add_progress_arg, add_threads_arg, int_in, job_progress, print_json
 
 METRIC_NAME = {"digits": "FD-digits", "mnist": "FD-mnist", "inception": "FID"}
 
@@ -20,6 +20,7 @@ def _add_feature_opts(p, default_help: str) -> None:
                    help="classifier weights (.safetensors) for --features digits/mnist instead of the shipped ones")
     p.add_argument("--batch-size", type=int_in(0, 1_000_000), default=0,
                    help="images per feature batch (default 0: the network's own)")
+    add_threads_arg(p)
     add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from .common import (MAX_SAMPLES, MAX_SEED_OFFSET, add_es_args, add_model_args, add_progress_arg, add_sampler_args,
-                     es_from_args, int_in, job_progress, load_model_arg, plain_help, print_json, sampler_kwargs,
-                     schedule_arg)
+                     add_threads_arg, es_from_args, int_in, job_progress, load_model_arg, plain_help, print_json,
+                     sampler_kwargs, schedule_arg)
 
 
 def register(sub):
@@ -20,6 +20,7 @@ def register(sub):
     p.add_argument("--n", type=int_in(2, MAX_SAMPLES), default=500, help="samples per run (default 500; at least 2)")
     p.add_argument("--seed", type=int_in(0, MAX_SEED_OFFSET), default=0, help="seed offset (default 0)")
     p.add_argument("--out", default="measure_out", help="output folder (default measure_out)")
+    add_threads_arg(p)
     add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
