@@ -145,6 +145,8 @@ def test_an_interrupted_calibration_resumes_from_its_scored_candidates(tiny_mode
     calls.clear()
     monkeypatch.setattr(cal_mod, "sample", counting)
     assert main([*argv, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"resuming: {out}.parts holds 5 score(s) of an interrupted run" in err, err
     assert len(calls) == total - 5  # only what was missing
     assert json.loads(out.read_text()) == json.loads((tmp_path / "full.json").read_text())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full.json", "lam.json"]  # the parts are removed

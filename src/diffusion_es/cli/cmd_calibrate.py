@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
+import sys
 from pathlib import Path
 
 from ..errors import UsageError
@@ -101,6 +102,10 @@ def _run(args, ctx) -> int:
             store = PartStore(parts.parent, {**inputs_key(model, data, args.ref, args.inception), "job": "calibrate",
                                              "version": 1, "features": args.features, "metric": metric.name},
                               subdir=parts.name, writer=ctx.is_main, snapshot=ctx.is_distributed)
+            kept = sum(1 for _ in parts.glob("*.json")) if parts.is_dir() else 0
+            if kept and ctx.is_main:  # (sample says "resuming: N of M seeds"; repro marks parts "(cached)")
+                print(f"resuming: {parts} holds {kept} score(s) of an interrupted run; those made with these "
+                      f"settings are reused", file=sys.stderr)
         r = _search(args, ctx, model, den, metric, store)
         if not ctx.is_main:
             return 0
