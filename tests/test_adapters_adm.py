@@ -166,7 +166,7 @@ def test_an_empty_grid_is_one_clear_error(parts):
 
 
 def test_a_beta_table_passed_as_alphas_cumprod_is_refused(parts):
-    """β lies in (0, 1) too, so only its direction tells it from ᾱ: read as ᾱ, λ would be keyed on wrong levels."""
+    """β lies in (0, 1) too, so only its direction tells it from ᾱ: read as ᾱ, λ was keyed on wrong levels."""
     net, sched, ts = parts
     for wrong in (sched.betas, sched.alphas_cumprod[::-1].copy()):
         with pytest.raises(ValueError, match=r"must fall with the timestep.*VPSchedule\(betas\)"):

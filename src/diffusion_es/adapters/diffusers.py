@@ -372,7 +372,8 @@ class EpsilonScalingHandle:
         if not self._applied or pipe is None or getattr(pipe, "scheduler", None) is self.view.scheduler:
             return None
         return (f"the pipeline's scheduler was replaced after Epsilon Scaling was applied (it now runs "
-                f"{type(pipe.scheduler).__name__} without ES); apply Epsilon Scaling again, after choosing the scheduler")
+                f"{type(pipe.scheduler).__name__} without ES); apply Epsilon Scaling again, after choosing the "
+                f"scheduler")
 
     @property
     def active(self) -> bool:

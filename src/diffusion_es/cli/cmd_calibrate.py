@@ -17,8 +17,8 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .common import (BATCH_HELP, MAX_SAMPLES, MAX_SEED_OFFSET, add_min_lambda_arg, add_model_args, add_progress_arg,
-                     add_sampler_args, add_threads_arg, float_pair, int_in, job_progress, load_model_arg, note, plain_help,
-                     print_json, sampler_kwargs, schedule_arg, schedule_made_for)
+                     add_sampler_args, add_threads_arg, float_pair, int_in, job_progress, load_model_arg, note,
+                     plain_help, print_json, sampler_kwargs, schedule_arg, schedule_made_for)
 
 
 def register(sub):
