@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from .version import __version__
 
-# the public names and the modules that define them, imported on first use (PEP 562): `import diffusion_es` and
-# the command line's start (`diffusion-es --help`, a Ctrl-C in its first second) do not wait for torch
+# the public names and the modules that define them, imported on first use (PEP 562): `import diffusion_es` does not
+# wait for torch (the command line's parser does import it: its options come from the sampler registry)
 _EXPORTS = {
     ".core.schedules": ("VPSchedule", "FlowSchedule", "respace", "karras_sigmas"),
     ".core.param": ("Denoiser", "VPDenoiser", "FlowDenoiser", "DenoiserEpsNet"),
