@@ -82,6 +82,11 @@ def test_fewer_samples_than_feature_dimensions_get_a_note(refs, tmp_path, capsys
         out, err = capsys.readouterr()
         assert json.loads(out)["n_samples"] == n
         assert ("note: 40 samples for 128-d features" in err) is noted, err
+    # a reference of no more images than dimensions is said too
+    assert main(["fid-ref", "--data", str(tmp_path / "s40.npz"), "--out", str(tmp_path / "r40.npz")]) == 0
+    capsys.readouterr()
+    assert main(["fid", str(tmp_path / "s300.npz"), "--ref", str(tmp_path / "r40.npz"), "--no-pr"]) == 0
+    assert "note: 40 reference images for 128-d features" in capsys.readouterr().err
 
 @pytest.mark.parametrize("argv, msg", [
     (["fid", "{tmp}/missing.npz", "--ref", "{refs}/held.npz"], "no such file"),

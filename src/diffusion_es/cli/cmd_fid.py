@@ -165,10 +165,11 @@ def _run_fid(args, ctx) -> int:
         return 0
     fd = frechet_distance(stats, ref.stats, method=args.method)
     prov = ref.provenance
-    if stats.n <= stats.dim:  # allowed (a quick look), but the number means little: said once, on stderr
-        print(f"note: {stats.n} samples for {stats.dim}-d features: their covariance is singular and FD is biased "
-              f"far upward at this size; compare FDs only at equal sample counts, of more than {stats.dim} samples "
-              f"(papers use 50,000 with Inception)", file=sys.stderr)
+    few = [f"{n} {what}" for n, what in ((stats.n, "samples"), (ref.stats.n, "reference images")) if n <= stats.dim]
+    if few:  # allowed (a quick look), but the number means little: said once, on stderr
+        print(f"note: {' and '.join(few)} for {stats.dim}-d features: a covariance from no more vectors than "
+              f"dimensions is singular and FD is biased far upward at this size; compare FDs only at equal counts, "
+              f"of more than {stats.dim} (papers use 50,000 samples with Inception)", file=sys.stderr)
     out = {"metric": METRIC_NAME[ex.name], "fd": fd, "fd_method": args.method, "samples": str(args.samples), "n_samples": stats.n,
            "reference": {"path": str(args.ref), "dataset": prov["dataset"], "split": prov["split"],
                          "count": prov["count"]},
