@@ -146,3 +146,35 @@ def test_outputs_csv_json_and_plot(tmp_path, data):
     assert d["summary"]["steps"] == 8 and len(d["ratio_raw"]) == 8
     plot_exposure([cur, es], tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_sigma_keyed_schedule_is_measured_and_recorded(data):
+    """SigmaKeyed has no JSON form: the measurement ran to the end, then failed building its result."""
+    from diffusion_es.core.scaling import SigmaKeyed
+
+    def lam_of(sigma):
+        return 1.01
+
+    den = scaled_eps_denoiser(0.9)
+    a = measure_exposure(den, data, "ddim", 5, n_samples=16, es=SigmaKeyed(lam_of))
+    b = measure_exposure(den, data, "ddim", 5, n_samples=16, es=Uniform(1.01))
+    assert a.es == {"kind": "sigma_keyed", "fn": lam_of.__qualname__} and a.lam == b.lam == [1.01] * 5
+    assert a.eps_norm_sample_used == b.eps_norm_sample_used
+
+
+def test_data_far_outside_the_models_range_are_refused(data):
+    """Images in [0, 255] against a model of [-1, 1] data gave ratios far below 1 without a word; the model's x̂_0
+    clipping range says what its data are."""
+    from diffusion_es.core.param import VPDenoiser
+
+    class Net(torch.nn.Module):
+        def forward(self, x, t):
+            return 0 * x
+
+    den = VPDenoiser(Net(), VPSchedule.linear())  # clip_x0 1: data in [-1, 1]
+    u8 = torch.rand(64, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 255
+    with pytest.raises(UsageError, match=r"the data lie in \[.*\], but this model's data lie in \[-1, 1\].*127.5"):
+        measure_exposure(den, u8, "ddim", 3, n_samples=4)
+    assert measure_exposure(den, u8 / 127.5 - 1, "ddim", 3, n_samples=4).steps == 3
+    # no clipping range (a latent model): not checked
+    assert measure_exposure(VPDenoiser(Net(), VPSchedule.linear(), clip_x0=None), u8, "ddim", 3, n_samples=4).steps == 3

@@ -351,3 +351,45 @@ def test_float_fast_paths_equal_the_tensor_paths(v):
     if v != math.inf:
         assert torch.equal(vp_to_sigma_space(x, v), vp_to_sigma_space(x, t))
     assert torch.equal(sigma_to_vp_space(x, v), sigma_to_vp_space(x, t))
+
+
+# ---- what a network may return, and the dtype of a plain function around one ------------------------------------
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x, t):
+        return self.lin(x) * (1 + t.reshape(-1, 1) / 1000)
+
+
+class _Out:  # what a diffusers model returns (UNet2DOutput)
+    def __init__(self, sample):
+        self.sample = sample
+
+
+@pytest.mark.parametrize("wrap", [lambda o: (o,), lambda o: [o], lambda o: _Out(o)])
+def test_a_network_may_return_a_tuple_or_a_diffusers_output(wrap):
+    """diffusers models return UNet2DOutput (or a tuple with return_dict=False): the denoisers take the tensor from
+    it, the same bytes as the tensor itself; a plain function gets its dtype from ``dtype=``."""
+    from diffusion_es.core.param import FlowDenoiser
+    from diffusion_es.core.pfgm import EDMDenoiser, EDMSchedule
+
+    torch.manual_seed(0)
+    net = _Net()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    for make in (lambda n, **kw: VPDenoiser(n, VPSchedule.linear(), **kw), lambda n, **kw: FlowDenoiser(n, **kw)):
+        ref = make(net)(x, 0.7)
+        assert torch.equal(make(lambda a, t: wrap(net(a, t)), dtype=torch.float32)(x, 0.7), ref)
+        assert torch.equal(make(lambda a, t: wrap(net(a, t)), dtype="float32")(x, 0.7), ref)
+    net64 = _Net().double()  # (EDMDenoiser has no dtype option: a plain function runs in float64)
+    assert torch.equal(EDMDenoiser(lambda a, t: wrap(net64(a, t)), EDMSchedule())(x, 0.7),
+                       EDMDenoiser(net64, EDMSchedule())(x, 0.7))
+    with pytest.raises(TypeError, match="returned dict, not a tensor"):
+        VPDenoiser(lambda a, t: {"eps": a}, VPSchedule.linear())(x, 0.7)
+    with pytest.raises(ValueError, match="dtype must be a floating torch dtype.*got 'int8'"):
+        VPDenoiser(net, VPSchedule.linear(), dtype="int8")
+    with pytest.raises(TypeError, match=r"FlowDenoiser's schedule must be a FlowSchedule.*got float"):
+        FlowDenoiser(net, 3.0)
+    with pytest.raises(TypeError, match=r"must be a FlowSchedule.*got VPSchedule"):
+        FlowDenoiser(net, VPSchedule.linear())

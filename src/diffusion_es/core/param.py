@@ -538,6 +538,34 @@ def check_clip_x0(v, name: str = "clip_x0") -> Optional[float]:
     return f
 
 
+def network_output(out) -> torch.Tensor:
+    """A network's prediction as a tensor: the tensor itself, the first entry of a tuple or list (diffusers'
+    ``return_dict=False``), or ``.sample`` of a diffusers output object (``UNet2DOutput``); anything else is
+    refused in one line."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    sample = getattr(out, "sample", None)
+    if isinstance(sample, torch.Tensor):
+        return sample
+    raise TypeError(f"the network returned {type(out).__name__}, not a tensor: it must return its prediction as a "
+                    f"tensor (or a tuple, or an object with .sample, whose first entry / .sample is that tensor)")
+
+
+def check_net_dtype(dtype) -> Optional[torch.dtype]:
+    """The ``dtype`` option of the network wrappers: None (the network's own) or a floating torch dtype."""
+    if dtype is None:
+        return None
+    dt = dtype
+    if isinstance(dt, str):
+        dt = getattr(torch, dt, None) if dt in ("float16", "bfloat16", "float32", "float64") else None
+    if not (isinstance(dt, torch.dtype) and dt.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch dtype (torch.float32, 'float16', ...) or None (the "
+                         f"network's own), got {dtype!r}")
+    return dt
+
+
 class VPDenoiser(Denoiser):
     """A VP network ``net(x_t, t, **kw)`` (ε-, x0- or v-prediction; optionally 2C channels with learned variance)
     seen as a sigma-space denoiser.
@@ -549,11 +577,17 @@ class VPDenoiser(Denoiser):
     ``clip_x0``: the x̂_0 clipping the model is sampled with, [-clip_x0, clip_x0] (1.0: data in [-1, 1], ADM's and
     diffusers' default), or None (none: a latent model, a diffusers scheduler with ``clip_sample=False``). The VP
     samplers read it when their ``clip`` option is left at None.
+
+    ``dtype``: the dtype the network takes its input in. None (default): its own, i.e. a ``dtype`` attribute,
+    else a Module's first parameter's, else float64. Give it for a plain function around a network
+    (``lambda x, t: unet(x, t).sample`` has no parameters to read: ``dtype=torch.float32``). The network may return
+    a tensor, a tuple or a diffusers output object (:func:`network_output`).
     """
 
     def __init__(self, net: Callable, schedule, prediction: str = "eps", learned_variance: bool = False,
-                 clip_x0: Optional[float] = 1.0):
+                 clip_x0: Optional[float] = 1.0, dtype=None):
         super().__init__()
+        self.net_dtype = check_net_dtype(dtype)
         pred = get_prediction(prediction)
         if pred.name not in PREDICTIONS:
             raise ValueError(f"unknown prediction type {prediction!r} for a VP network: use one of "
@@ -570,7 +604,11 @@ class VPDenoiser(Denoiser):
         self.sigma_min, self.sigma_max = schedule.sigma_min, schedule.sigma_max
 
     def _net_dtype(self):
-        """The network's own dtype: a ``dtype`` attribute, else its first parameter's or buffer's, else float64."""
+        """The ``dtype`` given, else the network's own: a ``dtype`` attribute, else its first parameter's or
+        buffer's, else float64."""
+        given = self.__dict__.get("net_dtype")
+        if given is not None:
+            return given
         net = self.net
         if not isinstance(net, nn.Module):
             dt = getattr(net, "dtype", None)
@@ -621,7 +659,7 @@ class VPDenoiser(Denoiser):
         if self.pred.name == "eps" and (math.isinf(s) if isinstance(s, float) else bool(torch.isinf(s).any())):
             raise ValueError("an ε-prediction network cannot give x̂_0 at σ = ∞ (ᾱ = 0, zero terminal SNR): "
                              "x̂_0 = (x_t − ε̂)/0; use a v- or x0-prediction model there, or a schedule with ᾱ_T > 0")
-        out = self.net(x_t.to(dtype), t, **kwargs).to(torch.float64)
+        out = network_output(self.net(x_t.to(dtype), t, **kwargs)).to(torch.float64)
         extras = {}
         if self.learned_variance:
             if out.shape[1] != 2 * x.shape[1]:
@@ -661,13 +699,17 @@ class FlowDenoiser(Denoiser):
     samplers the network's velocity itself (no round trip), so they can follow diffusers' FlowMatch schedulers
     bit for bit. The network runs in its own dtype and, on the denoiser route, everything around it in float64.
     ``schedule``: the :class:`~diffusion_es.core.schedules.FlowSchedule` it was trained for (its grid, shift);
-    without one the samplers use ``FlowSchedule()`` (T = 1000, no shift).
+    without one the samplers use ``FlowSchedule()`` (T = 1000, no shift). ``dtype``: as for :class:`VPDenoiser`.
     """
 
-    def __init__(self, net: Callable, schedule=None, time_scale: float = 1000.0):
+    def __init__(self, net: Callable, schedule=None, time_scale: float = 1000.0, dtype=None):
         super().__init__()
         if not (math.isfinite(time_scale) and time_scale > 0):
             raise ValueError(f"time_scale must be finite and > 0, got {time_scale}")
+        if schedule is not None and not all(hasattr(schedule, a) for a in ("sigma_min", "sigma_max", "grid")):
+            raise TypeError(f"FlowDenoiser's schedule must be a FlowSchedule (e.g. FlowSchedule(shift=3.0)) or None "
+                            f"(FlowSchedule()), got {type(schedule).__name__}")
+        self.net_dtype = check_net_dtype(dtype)
         self.net, self.schedule, self.time_scale = net, schedule, float(time_scale)
         self.pred, self.prediction = FLOW, "flow"
         if schedule is not None:
@@ -681,7 +723,7 @@ class FlowDenoiser(Denoiser):
         dtype = self._net_dtype()
         tau = (torch.full((x_t.shape[0],), float(t) * self.time_scale, dtype=torch.float64, device=x_t.device)
                if isinstance(t, float) else t * self.time_scale)
-        out = self.net(x_t.to(dtype), tau.to(self._t_dtype(dtype)), **kwargs)
+        out = network_output(self.net(x_t.to(dtype), tau.to(self._t_dtype(dtype)), **kwargs))
         if out.shape != x_t.shape:
             raise ValueError(f"network output shape {tuple(out.shape)} does not match input {tuple(x_t.shape)}")
         return out

@@ -184,10 +184,10 @@ class EDMDenoiser(Denoiser):
             raise ValueError("an EDM-preconditioned model is evaluated at 0 < σ < ∞ only")
         c_skip, c_out, c_in, c_noise = edm_scalings(s, self.schedule.sigma_data)
         dtype = self._net_dtype()
-        from .param import VPDenoiser
+        from .param import VPDenoiser, network_output
 
-        out = self.net((c_in * x).to(dtype),
-                       (self.schedule.time_scale * c_noise).reshape(-1).to(VPDenoiser._t_dtype(self, dtype)), **kwargs)
+        out = network_output(self.net((c_in * x).to(dtype), (self.schedule.time_scale * c_noise).reshape(-1).to(
+            VPDenoiser._t_dtype(self, dtype)), **kwargs))
         if out.shape != x.shape:
             raise ValueError(f"network output shape {tuple(out.shape)} does not match input {tuple(x.shape)}")
         return PreconditionedPrediction(c_skip, c_out).x0_eps(out.to(torch.float64), x, 1.0, s)[0], {}

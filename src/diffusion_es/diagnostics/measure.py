@@ -35,7 +35,7 @@ from ..devices import check_device
 from ..errors import UsageError
 from ..core.param import as_denoiser, implied_eps, noised, process_coefficients, sigma_to_flow_space, sigma_to_vp_space
 from ..samplers import SamplingPlan, SeedNoise, default_schedule, resolve_batch_size
-from ..core.scaling import LambdaSchedule, as_schedule, check_made_for, epsilon_scaled
+from ..core.scaling import LambdaSchedule, SigmaKeyed, as_schedule, check_made_for, epsilon_scaled
 from ..core.schedules import VPSchedule
 
 __all__ = ["ExposureCurves", "measure_exposure", "training_eps_norms", "estimate_lambda", "plot_exposure"]
@@ -108,6 +108,19 @@ def _check_data(data: torch.Tensor, shape, n_min: int = 2) -> torch.Tensor:
     return data.to(torch.float64)
 
 
+def _check_data_range(data: torch.Tensor, denoiser) -> None:
+    """Data far outside the range a model clips its x̂_0 to (``clip_x0`` r: data in [-r, r]) are not the data it was
+    trained on: images in [0, 255] measured against a model of [-1, 1] images gave ε-norm ratios far below 1, read
+    as the opposite of exposure bias. Beyond 2r is refused; models without a clipping range are not checked."""
+    r = getattr(denoiser, "clip_x0", None)
+    if r is None:
+        return
+    lo, hi = float(data.min()), float(data.max())
+    if max(-lo, hi) > 2 * r:
+        raise UsageError(f"the data lie in [{lo:.4g}, {hi:.4g}], but this model's data lie in [-{r:g}, {r:g}] (the "
+                         f"range it clips x̂_0 to): scale them as it was trained (uint8 images: x / 127.5 − 1)")
+
+
 def _flat_norm(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).norm(dim=1)
 
@@ -151,6 +164,16 @@ def training_eps_norms(denoiser, x0: torch.Tensor, sigmas: Sequence[float], seed
     return norms, varis
 
 
+def _es_record(es: Optional[LambdaSchedule]) -> Optional[dict]:
+    """The λ schedule as the result records it: its JSON form, or for a sigma-keyed (callable) one, which has none,
+    its kind and the function's name (its λ per step is the result's ``lam``)."""
+    if es is None:
+        return None
+    if isinstance(es, SigmaKeyed):
+        return {"kind": es.kind, "fn": getattr(es.fn, "__qualname__", repr(es.fn))}
+    return es.to_dict()
+
+
 def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, schedule: Optional[VPSchedule] = None,
                      es: Union[LambdaSchedule, float, None] = None, n_samples: int = 500, seed: int = 0,
                      batch_size="auto", shape: Optional[Sequence[int]] = None, device="cpu",
@@ -172,6 +195,7 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
                          f"{type(data).__name__}{' ' + str(tuple(data.shape)) if hasattr(data, 'shape') else ''}")
     shape = tuple(data.shape[1:]) if shape is None else tuple(shape)
     data = _check_data(data, shape)
+    _check_data_range(data, denoiser)
     batch_size = resolve_batch_size(batch_size, denoiser, shape, device)
     plan = SamplingPlan(sampler, steps, schedule, spacing=spacing)
     sampler_kwargs = plan.spec.resolve(sampler_kwargs)
@@ -230,7 +254,7 @@ def measure_exposure(denoiser, data: torch.Tensor, sampler: str, steps: int, sch
     else:
         t_list = schedule.sigma_to_t(sig_eval).tolist()
     return ExposureCurves(
-        sampler=sampler, steps=n, es=None if es is None else es.to_dict(), n_samples=n_samples,
+        sampler=sampler, steps=n, es=_es_record(es), n_samples=n_samples,
         sigma=sig_eval.tolist(), t=t_list, lam=lam_steps,
         eps_norm_train=train_norms, eps_norm_sample_raw=(raw_sum / n_samples).tolist(),
         eps_norm_sample_used=(used_sum / n_samples).tolist(), var_train=var_train,
