@@ -432,3 +432,7 @@ def test_denoiser_functions_and_explicit_wrappers_still_run():
     assert sample(FnDenoiser(lambda x, t: 0 * x), "ddim", 2, (2,), range(2)).abs().max() == 0  # "t" is σ here
     with pytest.raises(TypeError, match="expected a denoiser"):
         sample(3, "ddim", 2, (2,), range(2))
+    from diffusion_es.models import load_model
+
+    with pytest.raises(TypeError, match=r"got LoadedModel \(a loaded model: pass model.denoiser\(\)\)"):
+        sample(load_model("default"), "ddim", 2, (64,), range(2))

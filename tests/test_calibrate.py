@@ -154,10 +154,21 @@ def test_a_metric_that_is_not_finite_is_refused(bad):
         calibrate(den, "ddim", 3, (D,), gaussian_fd, extra_metrics={"pr": lambda x: bad}, **kw)
 
 
-def test_a_metric_of_zero_has_no_relative_change():
-    with pytest.raises(ValueError, match="baseline values > 0"):
-        calibrate(over_predicting(1.0), "ddim", 3, (D,), lambda x: 0.0, n_samples=8, n_sets=1, n_val_sets=2,
+@pytest.mark.parametrize("value", [0.0, -0.002])
+def test_a_metric_of_zero_or_below_has_no_relative_change_and_is_refused_at_once(value):
+    """A KID can be negative: refused at the first score, not after the whole search (it took 16 runs)."""
+    calls = []
+
+    def metric(x):
+        calls.append(1)
+        return value
+
+    with pytest.raises(ValueError, match=f"the metric returned {value:g} .* needs a metric > 0"):
+        calibrate(over_predicting(1.0), "ddim", 3, (D,), metric, n_samples=8, n_sets=1, n_val_sets=2,
                   coarse=2, refine=0)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="baseline values > 0"):  # the rule itself, where the gain is computed
+        paired_gain([0.0, 1.0], [1.0, 1.0])
 
 
 def test_paired_gain_matches_hand_computation():

@@ -488,7 +488,8 @@ def as_denoiser(model) -> Denoiser:
     if isinstance(model, Denoiser):
         return model
     if not callable(model):
-        raise TypeError(f"expected a denoiser D(x, σ) (a Denoiser or a function), got {type(model).__name__}")
+        hint = " (a loaded model: pass model.denoiser())" if callable(getattr(model, "denoiser", None)) else ""
+        raise TypeError(f"expected a denoiser D(x, σ) (a Denoiser or a function), got {type(model).__name__}{hint}")
     arg = _time_argument(model)
     if arg is not None:
         name = type(model).__name__ if isinstance(model, nn.Module) else getattr(model, "__name__", "the function")

@@ -122,7 +122,12 @@ class _Scorer:
         x = sample(self.den, self.plan_kw["sampler"], self.plan_kw["steps"], self.shape, self.shard(seeds),
                    schedule=self.plan_kw["schedule"], spacing=self.plan_kw["spacing"], es=sched,
                    batch_size=self.batch_size, device=self.device, **self.kw)
-        return {"value": finite_value(self.metric(x), "the metric"),
+        value = finite_value(self.metric(x), "the metric")
+        if value <= 0:  # found now, not after the whole search (paired_gain's relative changes need it > 0)
+            raise ValueError(f"the metric returned {value:g} on a seed set's samples; calibrate compares relative "
+                             f"changes, so it needs a metric > 0 (like FD; a KID can be negative: add an offset or "
+                             f"use FD)")
+        return {"value": value,
                 "extra": {name: finite_value(f(x), f"the metric {name!r}") for name, f in self.extra_metrics.items()}}
 
     def __call__(self, sched: Optional[LambdaSchedule]) -> list:
@@ -224,7 +229,8 @@ def calibrate(denoiser, sampler: str, steps: int, shape: Sequence[int], metric: 
               spacing: str = "adm", min_lambda: Optional[float] = None, store=None,
               **sampler_kwargs) -> CalibrationResult:
     """Find the λ schedule (``kind`` = uniform or linear) that minimises ``metric(samples)`` for one sampler
-    setting. ``metric`` takes a float64 tensor (N, *shape) and returns a float, lower is better.
+    setting. ``metric`` takes a float64 tensor (N, *shape) and returns a float > 0, lower is better (the search
+    compares relative changes; a value <= 0 is refused when it first appears).
     ``extra_metrics`` (name -> callable) are only reported, on the validation sets, for λ = 1 and the choice.
     ``shard(seeds) -> seeds``: in a distributed run, the part of each seed set this process samples; ``metric``
     (and ``extra_metrics``) then get only that part and must combine the parts (distributed.ShardedMetric).

@@ -90,12 +90,14 @@ def sample(denoiser, sampler: str, steps: int, shape: Sequence[int], seeds: Sequ
            batch_size: Union[int, str, None] = 256, device="cpu", spacing: str = "adm", rho: float = 7.0,
            callback: Optional[Callable] = None, progress: Optional[Callable[[int], None]] = None,
            shift: Optional[float] = None, **opts) -> torch.Tensor:
-    """Draw one sample per seed. Returns float64 (len(seeds), *shape) on the CPU.
+    """Draw one sample per seed. Returns float64 (len(seeds), *shape) on the CPU (float32 from the flow samplers
+    with ``dtype="float32"``, which step in float32 as diffusers' FlowMatch schedulers do).
 
     Every sample has its own noise generator seeded by its seed, so with the same seeds the baseline (``es=None``)
     and ES runs use identical noise. The bytes of a sample depend on its seed and on the batch it is evaluated in
-    (a network's float output depends on the batch size through its kernels): the same seeds with the same
-    ``batch_size`` give the same bytes, on any number of processes; ``"auto"`` or None: :func:`auto_batch_size` (what the
+    (a network's float output depends on the batch and its size through its kernels): the same seeds with the same
+    ``batch_size`` give the same bytes, on any number of processes, and so do calls that split the seed list at
+    multiples of ``batch_size`` (other splits put seeds in other batches: equal up to float rounding); ``"auto"`` or None: :func:`auto_batch_size` (what the
     commands use unless told; on the CPU it keeps the network's tensors off the page-fault path). ``schedule``
     defaults to the denoiser's own (:func:`default_schedule`). ``es``: a λ schedule or a number (uniform λ).
     ``opts`` go to the sampler (see :data:`SAMPLERS`: ddpm: variance, clip, time_shift; ddim: eta, clip,
