@@ -22,6 +22,7 @@ DEN = GaussianDenoiser((2,), std=0.5)
     ([1.5], "whole numbers"), ([np.float64(2.0)], "whole numbers"), (["3"], "whole numbers"), ([True], "whole"),
     ([1, 1], "distinct"), ([-1], "lie in"), ([2**63], "lie in"), ([], "no seeds"),
     ([5, 2**32 + 5], "seeds 5 and 4294967301 give the same sample"),
+    (torch.tensor(3), r"a collection of whole numbers, e\.g\. range\(3\)"), (torch.tensor([1.5]), "whole numbers"),
 ])
 def test_check_seeds_refuses_what_the_cli_refuses(seeds, msg):
     with pytest.raises(ValueError, match=msg):
@@ -436,3 +437,14 @@ def test_denoiser_functions_and_explicit_wrappers_still_run():
 
     with pytest.raises(TypeError, match=r"got LoadedModel \(a loaded model: pass model.denoiser\(\)\)"):
         sample(load_model("default"), "ddim", 2, (64,), range(2))
+
+
+
+def test_steps_and_per_step_values_of_the_wrong_type_are_one_line():
+    for steps in (None, "20", float("inf"), float("nan"), 2.5):
+        with pytest.raises(ValueError, match="steps must be a whole number >= 1"):
+            sample(DEN, "ddim", steps, (2,), range(2))
+    assert torch.equal(sample(DEN, "ddim", 2.0, (2,), range(2)), sample(DEN, "ddim", 2, (2,), range(2)))
+    with pytest.raises(ValueError, match="not booleans or strings"):  # as Uniform("1.01") is refused
+        PerStep(["1.0", "1.01"])
+    assert torch.equal(sample(DEN, "ddim", 2, (2,), torch.tensor([0, 1])), sample(DEN, "ddim", 2, (2,), range(2)))

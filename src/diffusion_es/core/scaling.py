@@ -159,8 +159,8 @@ class PerStep(LambdaSchedule):
             arr = np.asarray(values, dtype=np.float64)
         except (TypeError, ValueError):
             raise ValueError(f"per-step schedule: the λ values must be numbers, got {list(values)[:5]!r}") from None
-        if any(isinstance(v, (bool, np.bool_)) for v in np.asarray(values, dtype=object)):
-            raise ValueError("per-step schedule: the λ values must be numbers, not booleans")
+        if any(isinstance(v, (bool, np.bool_, str, bytes)) for v in np.asarray(values, dtype=object)):
+            raise ValueError("per-step schedule: the λ values must be numbers, not booleans or strings")
         self._values = _check_lambda(arr, "per-step schedule")
         if len(self._values) == 0:
             raise ValueError("per-step schedule: the list of λ values is empty")

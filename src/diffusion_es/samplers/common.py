@@ -66,14 +66,18 @@ def check_seeds(seeds) -> list:
     """Seeds as a list of distinct whole numbers in [0, 2^63 − 1]; anything else is refused with one line. Seeds
     equal modulo 2^32 are refused together: torch's CPU generator keeps only a seed's low 32 bits, so they would
     be the same sample."""
-    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
-        raise ValueError(f"seeds must be a collection of whole numbers, e.g. range({seeds!r}) for that many samples, "
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__") or getattr(seeds, "ndim", 1) == 0:
+        n = seeds.item() if getattr(seeds, "ndim", 1) == 0 and hasattr(seeds, "item") else seeds  # a 0-d tensor
+        raise ValueError(f"seeds must be a collection of whole numbers, e.g. range({n!r}) for that many samples, "
                          f"got {type(seeds).__name__} {seeds!r}"[:200])
     out = []
     for s in seeds:
         if isinstance(s, bool) or not isinstance(s, (int,)) and not (hasattr(s, "__index__")):
             raise ValueError(f"seeds must be whole numbers, got {s!r}")
-        v = int(s.__index__()) if not isinstance(s, int) else s
+        try:
+            v = int(s.__index__()) if not isinstance(s, int) else s
+        except (TypeError, ValueError, RuntimeError):  # e.g. an element of a float tensor
+            raise ValueError(f"seeds must be whole numbers, got {s!r}") from None
         if not 0 <= v <= MAX_SEED:
             raise ValueError(f"seeds must lie in [0, 2^63 − 1], got {v}")
         out.append(v)

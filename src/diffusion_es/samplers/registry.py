@@ -157,8 +157,12 @@ class SamplingPlan:
     def __init__(self, sampler: str, steps: int, schedule, spacing: str = "adm", rho: float = 7.0,
                  sigma_min: Optional[float] = None, sigma_max: Optional[float] = None, shift: Optional[float] = None):
         self.spec = get_sampler(sampler)
-        if isinstance(steps, bool) or int(steps) != steps or int(steps) < 1:
-            raise ValueError(f"steps must be a whole number >= 1, got {steps}")
+        try:
+            whole = not isinstance(steps, bool) and int(steps) == steps and int(steps) >= 1
+        except (TypeError, ValueError, OverflowError):  # None, a string, inf, NaN
+            whole = False
+        if not whole:
+            raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
         self.sampler, self.steps = sampler, int(steps)
         grid = self.spec.grid
         if not isinstance(schedule, (VPSchedule, FlowSchedule, EDMSchedule)) and not (
